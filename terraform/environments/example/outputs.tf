@@ -23,10 +23,10 @@ output "hub_endpoints" {
 }
 
 output "edge_autoscaling_groups" {
-  description = "Autoscaling group per PoP, for rolling instance refreshes (see README)."
+  description = "Autoscaling group, launch template and NLB ARN per PoP, for rolling instance refreshes (see README)."
   value = merge(
-    { for k, m in module.edge_eu : "eu/${k}" => m.asg_name },
-    { for k, m in module.edge_us : "us/${k}" => m.asg_name },
+    { for k, m in module.edge_eu : "eu/${k}" => { asg_name = m.asg_name, launch_template_id = m.launch_template_id, nlb_arn = m.nlb_arn } },
+    { for k, m in module.edge_us : "us/${k}" => { asg_name = m.asg_name, launch_template_id = m.launch_template_id, nlb_arn = m.nlb_arn } },
   )
 }
 
@@ -35,5 +35,35 @@ output "hub_instances" {
   value = {
     eu = { instance_ids = module.hub_eu.instance_ids, data_volume_ids = module.hub_eu.data_volume_ids }
     us = { instance_ids = module.hub_us.instance_ids, data_volume_ids = module.hub_us.data_volume_ids }
+  }
+}
+
+output "security_groups" {
+  description = "Security group IDs of the edge PoPs (per \"<region>/<pop>\") and of the hubs (per region), e.g. for extra rules in other stacks."
+  value = {
+    edges = merge(
+      { for k, m in module.edge_eu : "eu/${k}" => m.security_group_id },
+      { for k, m in module.edge_us : "us/${k}" => m.security_group_id },
+    )
+    hubs = { eu = module.hub_eu.security_group_id, us = module.hub_us.security_group_id }
+  }
+}
+
+output "node_iam_roles" {
+  description = "Instance role ARNs per PoP and hub region; reference them in the TLS secrets' resource policies if those restrict principals."
+  value = {
+    edges = merge(
+      { for k, m in module.edge_eu : "eu/${k}" => m.iam_role_arn },
+      { for k, m in module.edge_us : "us/${k}" => m.iam_role_arn },
+    )
+    hubs = { eu = module.hub_eu.iam_role_arn, us = module.hub_us.iam_role_arn }
+  }
+}
+
+output "internal_addresses" {
+  description = "Internal view per hub region: internal NLB name, hub private IPs and hub subnet CIDRs (for edges in peered VPCs or cross-region hub peering)."
+  value = {
+    eu = { internal_nlb_dns_name = module.hub_eu.internal_nlb_dns_name, hub_private_ips = module.hub_eu.hub_private_ips, hub_cidrs = module.hub_eu.hub_cidrs }
+    us = { internal_nlb_dns_name = module.hub_us.internal_nlb_dns_name, hub_private_ips = module.hub_us.hub_private_ips, hub_cidrs = module.hub_us.hub_cidrs }
   }
 }

@@ -9,7 +9,7 @@ data "aws_vpc" "this" {
 locals {
   prefix = "trackline-edge-${var.name}"
   # NLB and target group names are limited to 32 characters.
-  short = substr(replace("tl-edge-${var.name}", "_", "-"), 0, 24)
+  short = replace(substr(replace("tl-edge-${var.name}", "_", "-"), 0, 24), "/-+$/", "")
 
   tags = merge(var.tags, {
     "trackline:component" = "edge-node"
@@ -168,13 +168,15 @@ resource "aws_autoscaling_group" "edge" {
     version = aws_launch_template.edge.latest_version
   }
 
-  # Rolling replacement, one node at a time: a new node must pass /healthz
-  # before the next old one is drained (deregistration delay) and stopped.
+  # Rolling replacement, started automatically when the launch template
+  # changes (new release or AMI): launch-before-terminate with a surge of at
+  # least one node (10%, so one at a time in small PoPs). A new node must pass
+  # /healthz before an old one is drained (deregistration delay) and stopped.
   instance_refresh {
     strategy = "Rolling"
     preferences {
       min_healthy_percentage = 100
-      max_healthy_percentage = 200
+      max_healthy_percentage = 110
       instance_warmup        = 120
     }
   }

@@ -13,7 +13,7 @@ data "aws_subnet" "hub" {
 
 locals {
   prefix = "trackline-hub-${var.name}"
-  short  = substr(replace("tl-hub-${var.name}", "_", "-"), 0, 24)
+  short  = replace(substr(replace("tl-hub-${var.name}", "_", "-"), 0, 24), "/-+$/", "")
 
   tags = merge(var.tags, {
     "trackline:component" = "region-hub"
@@ -31,8 +31,8 @@ locals {
   vpc_cidr     = data.aws_vpc.this.cidr_block
   admin_cidrs  = distinct(concat([local.vpc_cidr], var.admin_cidrs))
   gossip_cidrs = distinct(concat([local.vpc_cidr], var.edge_cidrs))
-  # Peer hubs (same VPC) also reach UDP 7443 through the VPC CIDR rule below
-  # only if they are listed; allow the hub subnets explicitly.
+  # UDP 7443 is open to edge security groups (rule below), to the hub subnets
+  # (peer hubs) and to edge_cidrs, never to the whole VPC or internet.
   hub_subnet_cidrs = distinct([for s in data.aws_subnet.hub : s.cidr_block])
   peer_cidrs       = distinct(concat(local.hub_subnet_cidrs, var.edge_cidrs))
 

@@ -1,0 +1,50 @@
+//! What the node binaries share: HTTPS serving over rustls, the admin server, config, tracing, clocks.
+
+mod admin;
+mod config;
+mod serve;
+
+pub use admin::admin_router;
+pub use config::{load_config, to_verifier, LoadedTls, TlsFiles, TokenKeyConfig};
+pub use serve::{serve_http, serve_https};
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Starts a `tracing` subscriber once per process; `RUST_LOG` overrides `default_directive`.
+pub fn init_tracing(default_directive: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_directive));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+}
+
+/// Wall-clock milliseconds since the Unix epoch (only at the IO edge; cores take time as input).
+pub fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Wall-clock seconds since the Unix epoch.
+pub fn unix_s() -> u64 {
+    unix_ms() / 1000
+}
+
+/// Resolves on Ctrl-C or, on Unix, SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
