@@ -89,8 +89,14 @@ mod tests {
         let summary = CertSummary::from_der(&der, "browser cert").expect("parse");
         assert!(summary.validity() <= Duration::from_secs(14 * 24 * 3600));
         assert!(summary.validity() >= Duration::from_secs(9 * 24 * 3600));
-        assert!(summary.sans.contains(&"127.0.0.1".to_owned()), "{summary:?}");
-        assert!(summary.sans.contains(&"localhost".to_owned()), "{summary:?}");
+        assert!(
+            summary.sans.contains(&"127.0.0.1".to_owned()),
+            "{summary:?}"
+        );
+        assert!(
+            summary.sans.contains(&"localhost".to_owned()),
+            "{summary:?}"
+        );
     }
 
     #[test]
@@ -111,7 +117,8 @@ mod tests {
     fn written_browser_cert_reloads_with_same_hash() {
         let dir = crate::test_dir("browser-write");
         let identity = browser_webtransport_identity(&sans()).expect("identity");
-        let (cert_path, _key_path) = write_identity(&identity, &dir, "webtransport").expect("write");
+        let (cert_path, _key_path) =
+            write_identity(&identity, &dir, "webtransport").expect("write");
         let chain = crate::load_certs_pem(&cert_path).expect("reload");
         let digest = wtransport::tls::Certificate::from_der(chain[0].to_vec()).expect("der");
         assert_eq!(*digest.hash().as_ref(), certificate_sha256(&identity));

@@ -108,11 +108,20 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
             writeln!(out, "  not after: {}", leaf.not_after_text)?;
             writeln!(out, "{}: private key (0600)", key_path.display())?;
         }
-        Command::Browser { out: dir, stem, sans } => {
+        Command::Browser {
+            out: dir,
+            stem,
+            sans,
+        } => {
             let identity = browser_webtransport_identity(&sans)?;
             let (cert_path, key_path) = write_identity(&identity, &dir, &stem)?;
             let hash = certificate_sha256(&identity);
-            writeln!(out, "wrote {} and {}", cert_path.display(), key_path.display())?;
+            writeln!(
+                out,
+                "wrote {} and {}",
+                cert_path.display(),
+                key_path.display()
+            )?;
             writeln!(
                 out,
                 "valid {} days; restart with a new one before then",
@@ -159,4 +168,58 @@ fn show(dir: &Path, out: &mut dyn Write) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(args: &[&str]) -> String {
+        let cli = Cli::try_parse_from(args).expect("valid arguments");
+        let mut out = Vec::new();
+        run(cli, &mut out).expect("command succeeds");
+        String::from_utf8(out).expect("utf-8 output")
+    }
+
+    #[test]
+    fn init_issue_browser_show_round_trip() {
+        let dir = crate::test_dir("cli");
+        let d = dir.to_str().expect("utf-8 temp path");
+        assert!(run_args(&["certs", "init", "--dir", d]).starts_with("created CA"));
+        assert!(run_args(&["certs", "init", "--dir", d]).starts_with("using existing CA"));
+        let issued = run_args(&[
+            "certs",
+            "issue",
+            "--dir",
+            d,
+            "--name",
+            "edge-1",
+            "--role",
+            "edge",
+            "--san",
+            "localhost",
+            "--san",
+            "10.0.0.7",
+        ]);
+        assert!(issued.contains("CN=edge-1"), "{issued}");
+        assert!(issued.contains("10.0.0.7"), "{issued}");
+        let browser = run_args(&["certs", "browser", "--out", d]);
+        assert!(browser.contains("sha256 base64: "), "{browser}");
+        let shown = run_args(&["certs", "show", "--dir", d]);
+        assert!(shown.contains("ca.pem #0"), "{shown}");
+        assert!(
+            shown.contains("edge-1.pem #1"),
+            "chain includes the CA: {shown}"
+        );
+        assert!(shown.contains("OU=edge"), "{shown}");
+        assert!(shown.contains("webtransport.pem #0"), "{shown}");
+        assert!(!shown.contains("EXPIRED"), "{shown}");
+    }
+
+    #[test]
+    fn issue_rejects_unknown_role() {
+        let err = Cli::try_parse_from(["certs", "issue", "--name", "x", "--role", "boss"])
+            .expect_err("unknown role");
+        assert!(err.to_string().contains("boss"), "{err}");
+    }
 }

@@ -26,9 +26,27 @@ pub use tls::{
     server_tls_config, TlsFor,
 };
 
-/// A fresh, empty directory under the system temp dir for one test.
+/// A fresh, empty directory under the system temp dir for one test, removed on drop.
 #[cfg(test)]
-pub(crate) fn test_dir(name: &str) -> std::path::PathBuf {
+pub(crate) struct TestDir(std::path::PathBuf);
+
+#[cfg(test)]
+impl std::ops::Deref for TestDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+pub(crate) fn test_dir(name: &str) -> TestDir {
     use std::sync::atomic::{AtomicU32, Ordering};
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let dir = std::env::temp_dir().join(format!(
@@ -38,5 +56,5 @@ pub(crate) fn test_dir(name: &str) -> std::path::PathBuf {
     ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create test dir");
-    dir
+    TestDir(dir)
 }

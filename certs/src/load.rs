@@ -120,6 +120,9 @@ mod tests {
     fn unreadable_file_error_names_the_path() {
         let path = Path::new("/nonexistent/trackline/x.pem");
         let err = load_certs_pem(path).expect_err("missing file");
-        assert!(err.to_string().contains("/nonexistent/trackline/x.pem"), "{err}");
+        assert!(
+            err.to_string().contains("/nonexistent/trackline/x.pem"),
+            "{err}"
+        );
     }
 }

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -103,9 +103,8 @@ impl DevPki {
         let key_path = dir.join(CA_KEY_FILE);
         let ca_cert_pem = read_string(&cert_path)?;
         let key_pem = read_string(&key_path)?;
-        let key = KeyPair::from_pem(&key_pem).map_err(|e| {
-            CertError::generate(format!("parse CA key {}", key_path.display()), e)
-        })?;
+        let key = KeyPair::from_pem(&key_pem)
+            .map_err(|e| CertError::generate(format!("parse CA key {}", key_path.display()), e))?;
         let ca_cert_der = parse_certs_pem(&ca_cert_pem, &cert_path.display().to_string())?
             .into_iter()
             .next()
@@ -178,6 +177,9 @@ impl DevPki {
         sans: &[String],
         role: NodeRole,
     ) -> Result<NodeCert, CertError> {
+        for san in sans {
+            check_san(san)?;
+        }
         let mut params =
             CertificateParams::new(sans.to_vec()).map_err(|e| CertError::InvalidSan {
                 san: sans.join(","),
@@ -226,7 +228,10 @@ impl fmt::Debug for NodeCert {
 impl NodeCert {
     /// Paths `dir/stem.pem` and `dir/stem.key`.
     pub fn paths(dir: &Path, stem: &str) -> (PathBuf, PathBuf) {
-        (dir.join(format!("{stem}.pem")), dir.join(format!("{stem}.key")))
+        (
+            dir.join(format!("{stem}.pem")),
+            dir.join(format!("{stem}.key")),
+        )
     }
 
     /// Writes `dir/stem.pem` and `dir/stem.key` (0600) and returns their paths.
@@ -292,6 +297,18 @@ impl NodeCert {
         })?;
         CertSummary::from_der(leaf, "node leaf certificate")
     }
+}
+
+/// Accepts IP addresses, DNS names and `*.`-wildcard DNS names; rejects anything a TLS
+/// client could never match (spaces, empty labels, non-ASCII).
+fn check_san(san: &str) -> Result<(), CertError> {
+    let name = san.strip_prefix("*.").unwrap_or(san);
+    rustls::pki_types::ServerName::try_from(name)
+        .map(|_| ())
+        .map_err(|e| CertError::InvalidSan {
+            san: san.to_owned(),
+            reason: e.to_string(),
+        })
 }
 
 fn distinguished_name(common_name: &str, role: Option<NodeRole>) -> DistinguishedName {
@@ -445,7 +462,9 @@ mod tests {
         let created = DevPki::load_or_create(&dir).expect("create");
         drop(created);
         let pki = DevPki::load(&dir).expect("load");
-        let node = pki.issue_node("edge-1", &sans(), NodeRole::Edge).expect("issue");
+        let node = pki
+            .issue_node("edge-1", &sans(), NodeRole::Edge)
+            .expect("issue");
         let leaf = node.leaf_summary().expect("leaf");
         let ca = CertSummary::from_der(&pki.ca_cert_der(), "ca").expect("ca");
         assert_eq!(leaf.issuer, ca.subject);
@@ -455,12 +474,14 @@ mod tests {
     fn load_or_issue_reuses_existing_files() {
         let dir = crate::test_dir("node-reuse");
         let pki = DevPki::load_or_create(&dir).expect("pki");
-        let first = NodeCert::load_or_issue(&pki, &dir, "edge-1", &sans(), NodeRole::Edge)
-            .expect("issue");
-        let second = NodeCert::load_or_issue(&pki, &dir, "edge-1", &sans(), NodeRole::Edge)
-            .expect("reuse");
+        let first =
+            NodeCert::load_or_issue(&pki, &dir, "edge-1", &sans(), NodeRole::Edge).expect("issue");
+        let second =
+            NodeCert::load_or_issue(&pki, &dir, "edge-1", &sans(), NodeRole::Edge).expect("reuse");
         assert_eq!(first, second);
-        let fresh = pki.issue_node("edge-1", &sans(), NodeRole::Edge).expect("issue");
+        let fresh = pki
+            .issue_node("edge-1", &sans(), NodeRole::Edge)
+            .expect("issue");
         assert_ne!(first, fresh, "a new issue makes a new key");
     }
 
@@ -469,8 +490,18 @@ mod tests {
         let dir = crate::test_dir("node-bad-san");
         let pki = DevPki::load_or_create(&dir).expect("pki");
         let err = pki
-            .issue_node("edge-1", &["bad\u{e9}name".to_owned()], NodeRole::Edge)
-            .expect_err("non-ASCII DNS name");
-        assert!(matches!(err, CertError::InvalidSan { .. }), "{err}");
+            .issue_node(
+                "edge-1",
+                &["localhost".to_owned(), "bad name".to_owned()],
+                NodeRole::Edge,
+            )
+            .expect_err("DNS name with a space");
+        assert!(err.to_string().contains("\"bad name\""), "{err}");
+        pki.issue_node(
+            "edge-1",
+            &["*.edge.local".to_owned(), "::1".to_owned()],
+            NodeRole::Edge,
+        )
+        .expect("wildcard and IPv6 are fine");
     }
 }

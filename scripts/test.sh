@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The project's test command (README: "Run the tests"). CI runs exactly this via .ci/run.
+# One release build is shared by the unit/integration tests, the benchmarks' smoke run and the
+# demo, so the stack is compiled once.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
+
+stage() { printf '\n=== %s (%s)\n' "$1" "$(date -u +%H:%M:%S)"; }
+
+stage "system packages"
+bash scripts/setup.sh
+
+stage "format"
+cargo fmt --all -- --check
+
+stage "clippy"
+cargo clippy --workspace --all-targets --release -- -D warnings
+
+stage "unit and integration tests"
+cargo test --workspace --release
+
+stage "terraform structure check"
+bash scripts/check-terraform.sh
+
+stage "demo smoke run"
+report=target/demo-smoke.json
+cargo run --release -q -p client-sim -- --drivers 60 --consumers 60 --duration 12s \
+  --data-dir target/demo-smoke-data --report "$report" >/dev/null
+python3 scripts/check-report.py "$report"
+
+echo
+echo "all stages passed"
