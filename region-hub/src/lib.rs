@@ -1,1 +1,321 @@
-//! placeholder
+//! Region hub: delivery state, the durable status event log (redb), a simple ETA, and the push
+//! of every accepted fix to consumers over WebTransport, WebSocket and REST.
+//!
+//! [`spawn`] binds every listener (use port 0 in tests), recovers the event log and returns a
+//! [`HubHandle`]. The decision logic lives in the sans-IO [`core`] module; [`store`] owns redb.
+
+pub mod config;
+pub mod core;
+pub mod fanout;
+mod http;
+mod hub;
+pub mod link;
+pub mod metrics;
+pub mod store;
+pub mod wt;
+
+pub use config::{CommitConfig, ConfigError, HubConfig, WebTransportTls};
+pub use hub::{ApiFailure, AuthRefusal};
+pub use metrics::HubMetrics;
+
+use anyhow::Context;
+use protocol::token::{Subject, TokenSigner};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// How often the hub checks for silent drivers and idle deliveries.
+const TICK: Duration = Duration::from_secs(1);
+
+/// A running hub.
+#[derive(Debug)]
+pub struct HubHandle {
+    hub: Arc<hub::Hub>,
+    link_addr: SocketAddr,
+    webtransport_addr: SocketAddr,
+    https_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
+    admin_addr: SocketAddr,
+    shutdown: CancellationToken,
+    writer_shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    writer: JoinHandle<()>,
+    ready: Arc<AtomicBool>,
+}
+
+impl HubHandle {
+    /// UDP address of the edge link (QUIC, mTLS).
+    pub fn link_addr(&self) -> SocketAddr {
+        self.link_addr
+    }
+    /// UDP address of the WebTransport endpoint.
+    pub fn webtransport_addr(&self) -> SocketAddr {
+        self.webtransport_addr
+    }
+    /// TCP address of the HTTPS API.
+    pub fn https_addr(&self) -> SocketAddr {
+        self.https_addr
+    }
+    /// TCP address of the plain-HTTP API, when configured.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+    /// TCP address of the admin server.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+    /// SHA-256 of the WebTransport certificate (for `serverCertificateHashes`).
+    pub fn webtransport_cert_hash(&self) -> [u8; 32] {
+        self.hub.webtransport_cert_sha256
+    }
+    /// Signs a token with the hub's key (tests, demo, `mint-token`).
+    pub fn mint_token(&self, sub: Subject, ttl_s: u64) -> String {
+        self.hub.mint(sub, ttl_s)
+    }
+    /// The hub's metrics.
+    pub fn metrics(&self) -> &HubMetrics {
+        self.hub.metrics()
+    }
+    /// Stops accepting work; [`HubHandle::join`] waits for everything to end.
+    pub fn shutdown(&self) {
+        self.ready.store(false, Ordering::Relaxed);
+        self.shutdown.cancel();
+    }
+    /// Waits until every task has ended (after [`HubHandle::shutdown`] or a fatal error). The
+    /// event log writer stops last, after committing whatever was queued.
+    pub async fn join(self) {
+        for t in self.tasks {
+            if let Err(e) = t.await {
+                tracing::error!(error = %e, "hub task panicked");
+            }
+        }
+        self.writer_shutdown.cancel();
+        if let Err(e) = self.writer.await {
+            tracing::error!(error = %e, "event log writer panicked");
+        }
+        self.hub.store.close().await;
+    }
+}
+
+/// Loads the PKCS#8 token signing key, creating it (mode 0600) when the file does not exist.
+pub fn load_or_create_signing_key(path: &Path, kid: u32) -> anyhow::Result<TokenSigner> {
+    let der = match std::fs::read(path) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let der = TokenSigner::generate_pkcs8()?;
+            write_private(path, &der)?;
+            tracing::info!(path = %path.display(), "created a token signing key");
+            der
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("reading token signing key {}", path.display()))
+        }
+    };
+    TokenSigner::from_pkcs8(kid, &der)
+        .with_context(|| format!("loading token signing key {}", path.display()))
+}
+
+/// Writes `bytes` to `path` readable by the owner only.
+pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    use std::io::Write;
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(bytes)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// Starts a hub: loads keys and certificates, recovers the event log, binds every listener.
+pub async fn spawn(config: HubConfig) -> anyhow::Result<HubHandle> {
+    config.validate()?;
+    let signer = load_or_create_signing_key(&config.token_signing_key, config.token_kid)?;
+    let mut verifier = nodekit::to_verifier(&config.token_keys)?;
+    verifier.add_key(config.token_kid, signer.public_key());
+    let tls = config.tls.load().context("loading the hub's TLS files")?;
+
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = Arc::new(HubMetrics::new(&mut registry));
+
+    let db_path = config.db_path();
+    let store = store::Store::open(&db_path)?;
+    let now = nodekit::unix_ms();
+    let mut deliveries = core::Deliveries::new(core::CoreConfig {
+        state_ttl_ms: config.state_ttl_s.saturating_mul(1000),
+        location_unavailable_after_ms: config.location_unavailable_after_s.saturating_mul(1000),
+        ..core::CoreConfig::default()
+    });
+    let recovered = store.load_all()?;
+    let n = recovered.len();
+    for d in recovered {
+        deliveries.restore(now, d);
+    }
+    deliveries.expire(now);
+    tracing::info!(path = %db_path.display(), recovered = n, live = deliveries.len(), "event log recovered");
+
+    let shared = Arc::new(hub::Shared {
+        state: parking_lot::Mutex::new(hub::State {
+            core: deliveries,
+            fanout: fanout::Fanout::new(config.consumer_queue),
+        }),
+        metrics: metrics.clone(),
+    });
+    let shutdown = CancellationToken::new();
+    let writer_shutdown = CancellationToken::new();
+    let (log, writer) = store::spawn_event_log(
+        store.clone(),
+        store::WriterConfig {
+            max_batch: config.commit.max_batch_events,
+            max_delay: Duration::from_millis(config.commit.max_delay_ms),
+            queue: config.commit.queue,
+        },
+        shared.clone(),
+        metrics.clone(),
+        writer_shutdown.clone(),
+    );
+
+    let link_endpoint = quinn::Endpoint::server(link::server_config(&tls)?, config.link_listen)
+        .with_context(|| format!("binding the edge link on {}", config.link_listen))?;
+    let identity = match &config.webtransport_tls {
+        Some(t) => wtransport::Identity::load_pemfiles(&t.cert, &t.key)
+            .await
+            .with_context(|| {
+                format!("loading the WebTransport certificate {}", t.cert.display())
+            })?,
+        None => {
+            let sans = [
+                "localhost".to_owned(),
+                "127.0.0.1".to_owned(),
+                "::1".to_owned(),
+            ];
+            certs::browser_webtransport_identity(&sans)?
+        }
+    };
+    let cert_hash = certs::certificate_sha256(&identity);
+    let wt_endpoint = wt::bind(config.webtransport_listen, identity)
+        .with_context(|| format!("binding WebTransport on {}", config.webtransport_listen))?;
+    let https_listener = tokio::net::TcpListener::bind(config.https_listen)
+        .await
+        .with_context(|| format!("binding HTTPS on {}", config.https_listen))?;
+    let http_listener = match config.http_listen {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("binding HTTP on {a}"))?,
+        ),
+        None => None,
+    };
+    let admin_listener = tokio::net::TcpListener::bind(config.admin_listen)
+        .await
+        .with_context(|| format!("binding the admin server on {}", config.admin_listen))?;
+    let https_tls = certs::server_tls_config(
+        tls.chain.clone(),
+        tls.key.clone_key(),
+        &[b"h2", b"http/1.1"],
+        certs::TlsFor::Tcp,
+    )?;
+
+    let link_addr = link_endpoint.local_addr()?;
+    let webtransport_addr = wt_endpoint.local_addr()?;
+    let https_addr = https_listener.local_addr()?;
+    let http_addr = http_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let admin_addr = admin_listener.local_addr()?;
+
+    let hub = Arc::new(hub::Hub {
+        shared,
+        log,
+        store,
+        verifier,
+        signer,
+        hub_id: config.hub_id.clone(),
+        tracking_token_ttl_s: config.tracking_token_ttl_s,
+        webtransport_port: webtransport_addr.port(),
+        webtransport_cert_sha256: cert_hash,
+    });
+
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(link::run(
+        link_endpoint,
+        hub.clone(),
+        shutdown.clone(),
+    )));
+    tasks.push(tokio::spawn(wt::run(
+        wt_endpoint,
+        hub.clone(),
+        shutdown.clone(),
+    )));
+    let router = http::router(hub.clone(), shutdown.clone());
+    {
+        let (router, shutdown) = (router.clone(), shutdown.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) =
+                nodekit::serve_https(https_listener, Arc::new(https_tls), router, shutdown).await
+            {
+                tracing::error!(error = %e, "https server failed");
+            }
+        }));
+    }
+    if let Some(l) = http_listener {
+        let (router, shutdown) = (router.clone(), shutdown.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = nodekit::serve_http(l, router, shutdown).await {
+                tracing::error!(error = %e, "http server failed");
+            }
+        }));
+    }
+    let ready = Arc::new(AtomicBool::new(false));
+    {
+        let admin = nodekit::admin_router(Arc::new(registry), ready.clone());
+        let shutdown = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = nodekit::serve_http(admin_listener, admin, shutdown).await {
+                tracing::error!(error = %e, "admin server failed");
+            }
+        }));
+    }
+    {
+        let (hub, shutdown) = (hub.clone(), shutdown.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut every = tokio::time::interval(TICK);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = every.tick() => hub.tick(nodekit::unix_ms()),
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+        }));
+    }
+    ready.store(true, Ordering::Relaxed);
+    tracing::info!(
+        hub_id = %config.hub_id, link = %link_addr, webtransport = %webtransport_addr, https = %https_addr,
+        admin = %admin_addr, "hub started"
+    );
+    Ok(HubHandle {
+        hub,
+        link_addr,
+        webtransport_addr,
+        https_addr,
+        http_addr,
+        admin_addr,
+        shutdown,
+        writer_shutdown,
+        tasks,
+        writer,
+        ready,
+    })
+}

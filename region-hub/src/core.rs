@@ -1,0 +1,978 @@
+//! Sans-IO delivery state: records, status machine with idempotency, live positions and a simple ETA.
+//!
+//! Nothing here touches a socket, a file or a clock. A status change is two-phase: the core
+//! reserves the next event (`change_status` returns a [`LogEntry`]), the caller appends it to the
+//! durable log and then calls [`Deliveries::commit`] (or [`Deliveries::abort`] on failure). Only
+//! committed events are visible in snapshots and pushed to consumers.
+
+use protocol::api::{ChangeStatus, CreateDelivery};
+use protocol::consumer::{ConsumerFrame, Eta, Position, Snapshot, StatusEvent};
+use protocol::geo::{haversine_m, LatLng};
+use protocol::status::DeliveryStatus;
+use protocol::wire::RoutedFix;
+use protocol::{DeliveryId, DriverId};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashMap};
+
+/// Longest idempotency key accepted.
+pub const MAX_IDEMPOTENCY_KEY: usize = 128;
+
+/// Tuning of the core.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CoreConfig {
+    /// Live state is dropped this long after the last update (fix or status event).
+    pub state_ttl_ms: u64,
+    /// A delivery with no fix for this long is reported as location-unavailable.
+    pub location_unavailable_after_ms: u64,
+    /// Assumed travel speed of the simple ETA.
+    pub eta_speed_mps: f64,
+    /// Weight of the newest estimate in the ETA's exponential moving average.
+    pub eta_smoothing: f64,
+    /// ETA frames are pushed at most this often per delivery.
+    pub eta_push_interval_ms: u64,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        Self {
+            state_ttl_ms: 7_200_000,
+            location_unavailable_after_ms: 30_000,
+            eta_speed_mps: 8.0,
+            eta_smoothing: 0.3,
+            eta_push_interval_ms: 2_000,
+        }
+    }
+}
+
+/// What the order service said about a delivery; stored in the `deliveries` table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryRecord {
+    pub id: DeliveryId,
+    pub pickup: LatLng,
+    pub dropoff: LatLng,
+    pub driver_id: Option<DriverId>,
+    pub created_ms: u64,
+}
+
+/// One atomic append to the durable log: an optional new/updated record, events, and the
+/// idempotency key that produced them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogEntry {
+    pub delivery_id: DeliveryId,
+    pub record: Option<DeliveryRecord>,
+    pub events: Vec<StatusEvent>,
+    pub idempotency_key: Option<String>,
+}
+
+/// Why a request was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CoreError {
+    #[error("delivery {0} not found")]
+    NotFound(DeliveryId),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    BadRequest(String),
+}
+
+/// Result of a status change request.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StatusOutcome {
+    /// A new event to append; answer after the commit.
+    Append(LogEntry),
+    /// The idempotency key was seen before: this is the event it made.
+    Replayed { event: StatusEvent, committed: bool },
+}
+
+/// What one fix changed for one delivery.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FixUpdate {
+    pub position: Position,
+    /// Present when an ETA frame is due for consumers.
+    pub eta: Option<Eta>,
+}
+
+/// Result of applying one fix.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FixOutcome {
+    /// False when the driver has no active delivery.
+    pub matched: bool,
+    pub updates: Vec<FixUpdate>,
+}
+
+/// A delivery's recovered durable state (from the log at start).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecoveredDelivery {
+    pub record: DeliveryRecord,
+    /// Every event in seq order.
+    pub events: Vec<StatusEvent>,
+    /// Idempotency keys and the event seq each produced.
+    pub idempotency: Vec<(String, u64)>,
+}
+
+#[derive(Clone, Debug)]
+struct Pending {
+    seq: u64,
+    prev_status: DeliveryStatus,
+    prev_driver: Option<DriverId>,
+    key: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+struct DeliveryState {
+    record: DeliveryRecord,
+    /// Latest reserved status and seq (may not be durable yet).
+    status: DeliveryStatus,
+    event_seq: u64,
+    committed_status: Option<DeliveryStatus>,
+    committed_seq: u64,
+    pending: Vec<Pending>,
+    idempotency: HashMap<String, StatusEvent>,
+    position: Option<Position>,
+    position_seq: u64,
+    last_fix_rx_ms: u64,
+    last_update_ms: u64,
+    eta: Option<Eta>,
+    eta_seq: u64,
+    last_eta_push_ms: Option<u64>,
+    unavailable_reported: bool,
+}
+
+impl DeliveryState {
+    fn active_driver(&self) -> Option<DriverId> {
+        if self.status.is_terminal() {
+            None
+        } else {
+            self.record.driver_id
+        }
+    }
+}
+
+/// The hub's live view of every delivery.
+#[derive(Debug, Default)]
+pub struct Deliveries {
+    config: CoreConfig,
+    by_id: HashMap<DeliveryId, DeliveryState>,
+    by_driver: HashMap<DriverId, BTreeSet<DeliveryId>>,
+    next_id: u64,
+}
+
+impl Deliveries {
+    pub fn new(config: CoreConfig) -> Self {
+        Self {
+            config,
+            by_id: HashMap::new(),
+            by_driver: HashMap::new(),
+            next_id: 1,
+        }
+    }
+
+    /// Number of deliveries held in memory.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// Restores a delivery from the log; the current status is the last event's.
+    pub fn restore(&mut self, now_ms: u64, rec: RecoveredDelivery) {
+        let id = rec.record.id;
+        self.next_id = self.next_id.max(id.0.saturating_add(1));
+        let last = rec.events.last();
+        let status = last.map(|e| e.status).unwrap_or(DeliveryStatus::Confirmed);
+        let seq = last.map(|e| e.event_seq).unwrap_or(0);
+        let last_update_ms = last
+            .map(|e| e.ts_ms)
+            .unwrap_or(rec.record.created_ms)
+            .max(rec.record.created_ms);
+        let idempotency = rec
+            .idempotency
+            .into_iter()
+            .filter_map(|(k, s)| {
+                rec.events
+                    .iter()
+                    .find(|e| e.event_seq == s)
+                    .map(|e| (k, e.clone()))
+            })
+            .collect();
+        let state = DeliveryState {
+            record: rec.record,
+            status,
+            event_seq: seq,
+            committed_status: Some(status),
+            committed_seq: seq,
+            pending: Vec::new(),
+            idempotency,
+            position: None,
+            position_seq: 0,
+            last_fix_rx_ms: 0,
+            last_update_ms: last_update_ms.min(now_ms),
+            eta: None,
+            eta_seq: 0,
+            last_eta_push_ms: None,
+            unavailable_reported: false,
+        };
+        if let Some(old) = self.by_id.insert(id, state) {
+            self.unindex(id, old.active_driver());
+        }
+        let driver = self.by_id.get(&id).and_then(DeliveryState::active_driver);
+        self.index(id, driver);
+    }
+
+    /// Validates a new delivery and reserves its record and first events (`confirmed`, plus
+    /// `driver_assigned` when a driver is given).
+    pub fn create(&mut self, now_ms: u64, req: &CreateDelivery) -> Result<LogEntry, CoreError> {
+        for (name, p) in [("pickup", req.pickup), ("dropoff", req.dropoff)] {
+            if !p.is_valid() {
+                return Err(CoreError::BadRequest(format!(
+                    "{name} {},{} is not a valid position",
+                    p.lat, p.lng
+                )));
+            }
+        }
+        let id = match req.delivery_id {
+            Some(id) if self.by_id.contains_key(&id) => {
+                return Err(CoreError::Conflict(format!("delivery {id} already exists")));
+            }
+            Some(id) => id,
+            None => {
+                while self.by_id.contains_key(&DeliveryId(self.next_id)) {
+                    self.next_id += 1;
+                }
+                DeliveryId(self.next_id)
+            }
+        };
+        self.next_id = self.next_id.max(id.0.saturating_add(1));
+        let record = DeliveryRecord {
+            id,
+            pickup: req.pickup,
+            dropoff: req.dropoff,
+            driver_id: req.driver_id,
+            created_ms: now_ms,
+        };
+        let mut events = vec![event(
+            id,
+            1,
+            DeliveryStatus::Confirmed,
+            now_ms,
+            "api",
+            serde_json::Value::Null,
+        )];
+        if req.driver_id.is_some() {
+            events.push(event(
+                id,
+                2,
+                DeliveryStatus::DriverAssigned,
+                now_ms,
+                "api",
+                serde_json::Value::Null,
+            ));
+        }
+        let last = events.last().cloned();
+        let (status, seq) = last
+            .map(|e| (e.status, e.event_seq))
+            .unwrap_or((DeliveryStatus::Confirmed, 1));
+        let state = DeliveryState {
+            record: record.clone(),
+            status,
+            event_seq: seq,
+            committed_status: None,
+            committed_seq: 0,
+            pending: events
+                .iter()
+                .map(|e| Pending {
+                    seq: e.event_seq,
+                    prev_status: DeliveryStatus::Confirmed,
+                    prev_driver: None,
+                    key: None,
+                })
+                .collect(),
+            idempotency: HashMap::new(),
+            position: None,
+            position_seq: 0,
+            last_fix_rx_ms: 0,
+            last_update_ms: now_ms,
+            eta: None,
+            eta_seq: 0,
+            last_eta_push_ms: None,
+            unavailable_reported: false,
+        };
+        self.by_id.insert(id, state);
+        self.index(id, req.driver_id);
+        Ok(LogEntry {
+            delivery_id: id,
+            record: Some(record),
+            events,
+            idempotency_key: None,
+        })
+    }
+
+    /// Validates a status change against the latest (possibly not yet durable) status and
+    /// reserves the next event.
+    pub fn change_status(
+        &mut self,
+        now_ms: u64,
+        id: DeliveryId,
+        req: &ChangeStatus,
+        source: &str,
+    ) -> Result<StatusOutcome, CoreError> {
+        let st = self.by_id.get(&id).ok_or(CoreError::NotFound(id))?;
+        if st.committed_status.is_none() {
+            return Err(CoreError::NotFound(id));
+        }
+        if let Some(key) = &req.idempotency_key {
+            if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
+                return Err(CoreError::BadRequest(format!(
+                    "idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY} bytes long"
+                )));
+            }
+            if let Some(ev) = st.idempotency.get(key) {
+                return Ok(StatusOutcome::Replayed {
+                    event: ev.clone(),
+                    committed: ev.event_seq <= st.committed_seq,
+                });
+            }
+        }
+        st.status
+            .check_transition(req.status)
+            .map_err(|e| CoreError::Conflict(e.to_string()))?;
+        let new_driver = match (req.status, req.driver_id, st.record.driver_id) {
+            (DeliveryStatus::DriverAssigned, Some(d), _) => Some(d),
+            (DeliveryStatus::DriverAssigned, None, None) => {
+                return Err(CoreError::BadRequest(
+                    "driver_assigned needs a driver_id".into(),
+                ));
+            }
+            (_, Some(d), Some(cur)) if d != cur => {
+                return Err(CoreError::BadRequest(format!(
+                    "driver_id {d} given with {} but delivery {id} is assigned to driver {cur}",
+                    req.status
+                )));
+            }
+            (_, _, cur) => cur,
+        };
+        let old_active = st.active_driver();
+        let prev_status = st.status;
+        let prev_driver = st.record.driver_id;
+        let seq = st.event_seq + 1;
+        let ev = event(id, seq, req.status, now_ms, source, req.metadata.clone());
+        let record_changed = new_driver != prev_driver;
+        let st = self.by_id.get_mut(&id).ok_or(CoreError::NotFound(id))?;
+        st.status = req.status;
+        st.event_seq = seq;
+        st.record.driver_id = new_driver;
+        st.pending.push(Pending {
+            seq,
+            prev_status,
+            prev_driver,
+            key: req.idempotency_key.clone(),
+        });
+        if let Some(key) = &req.idempotency_key {
+            st.idempotency.insert(key.clone(), ev.clone());
+        }
+        let record = record_changed.then(|| st.record.clone());
+        let new_active = st.active_driver();
+        self.unindex(id, old_active);
+        self.index(id, new_active);
+        Ok(StatusOutcome::Append(LogEntry {
+            delivery_id: id,
+            record,
+            events: vec![ev],
+            idempotency_key: req.idempotency_key.clone(),
+        }))
+    }
+
+    /// Marks an appended entry durable; its events become visible to snapshots.
+    pub fn commit(&mut self, entry: &LogEntry) {
+        let Some(st) = self.by_id.get_mut(&entry.delivery_id) else {
+            return;
+        };
+        for ev in &entry.events {
+            if ev.event_seq > st.committed_seq {
+                st.committed_seq = ev.event_seq;
+                st.committed_status = Some(ev.status);
+                st.last_update_ms = st.last_update_ms.max(ev.ts_ms);
+            }
+            st.pending.retain(|p| p.seq != ev.event_seq);
+        }
+    }
+
+    /// Undoes a reserved entry whose append failed (entries of one failed batch must be aborted
+    /// newest first).
+    pub fn abort(&mut self, entry: &LogEntry) {
+        let id = entry.delivery_id;
+        let Some(st) = self.by_id.get_mut(&id) else {
+            return;
+        };
+        if st.committed_status.is_none() {
+            // A creation that never became durable: forget the delivery.
+            if let Some(old) = self.by_id.remove(&id) {
+                self.unindex(id, old.active_driver());
+            }
+            return;
+        }
+        let old_active = st.active_driver();
+        for ev in entry.events.iter().rev() {
+            if st.event_seq != ev.event_seq {
+                continue; // a later event was reserved on top; it fails with the same batch
+            }
+            if let Some(pos) = st.pending.iter().position(|p| p.seq == ev.event_seq) {
+                let p = st.pending.remove(pos);
+                st.status = p.prev_status;
+                st.record.driver_id = p.prev_driver;
+                st.event_seq = ev.event_seq - 1;
+                if let Some(k) = p.key {
+                    st.idempotency.remove(&k);
+                }
+            }
+        }
+        let new_active = st.active_driver();
+        self.unindex(id, old_active);
+        self.index(id, new_active);
+    }
+
+    /// Applies a fix to every active delivery of its driver.
+    pub fn handle_fix(&mut self, now_ms: u64, fix: &RoutedFix) -> FixOutcome {
+        let Some(ids) = self.by_driver.get(&fix.driver_id) else {
+            return FixOutcome::default();
+        };
+        let mut out = FixOutcome {
+            matched: !ids.is_empty(),
+            updates: Vec::new(),
+        };
+        let ids: Vec<DeliveryId> = ids.iter().copied().collect();
+        let f = fix.fix;
+        let here = f.position();
+        if !here.is_valid() {
+            return out;
+        }
+        for id in ids {
+            let Some(st) = self.by_id.get_mut(&id) else {
+                continue;
+            };
+            if st.position.as_ref().is_some_and(|p| p.ts_ms >= f.ts_ms) {
+                continue; // older than what consumers already have: newest wins
+            }
+            st.position_seq += 1;
+            let position = Position {
+                delivery_id: id,
+                seq: st.position_seq,
+                lat: f.lat(),
+                lng: f.lng(),
+                heading_deg: f.heading_deg(),
+                speed_mps: f.speed_mps(),
+                accuracy_m: f.accuracy_m(),
+                ts_ms: f.ts_ms,
+            };
+            st.position = Some(position.clone());
+            st.last_fix_rx_ms = now_ms;
+            st.last_update_ms = now_ms;
+            st.unavailable_reported = false;
+            let remaining_m = if matches!(
+                st.status,
+                DeliveryStatus::Confirmed
+                    | DeliveryStatus::Preparing
+                    | DeliveryStatus::DriverAssigned
+            ) {
+                haversine_m(here, st.record.pickup)
+                    + haversine_m(st.record.pickup, st.record.dropoff)
+            } else {
+                haversine_m(here, st.record.dropoff)
+            };
+            let raw_s = remaining_m / self.config.eta_speed_mps;
+            let eta_s = match &st.eta {
+                Some(prev) => {
+                    // Smooth in "arrival time" terms so that elapsed time does not fight the EMA.
+                    let elapsed_s = f.ts_ms.saturating_sub(prev.ts_ms) as f64 / 1000.0;
+                    let carried = (prev.eta_s - elapsed_s).max(0.0);
+                    carried + self.config.eta_smoothing * (raw_s - carried)
+                }
+                None => raw_s,
+            };
+            st.eta_seq += 1;
+            let eta = Eta {
+                delivery_id: id,
+                seq: st.eta_seq,
+                eta_s,
+                remaining_m,
+                ts_ms: f.ts_ms,
+                route_polyline: None,
+            };
+            st.eta = Some(eta.clone());
+            let due = st
+                .last_eta_push_ms
+                .is_none_or(|t| now_ms.saturating_sub(t) >= self.config.eta_push_interval_ms);
+            let eta = if due {
+                st.last_eta_push_ms = Some(now_ms);
+                Some(eta)
+            } else {
+                None
+            };
+            out.updates.push(FixUpdate { position, eta });
+        }
+        out
+    }
+
+    /// A consumer's view of a durable delivery.
+    pub fn snapshot(&self, id: DeliveryId, now_ms: u64) -> Option<Snapshot> {
+        let st = self.by_id.get(&id)?;
+        let status = st.committed_status?;
+        Some(Snapshot {
+            delivery_id: id,
+            status,
+            last_event_seq: st.committed_seq,
+            pickup: st.record.pickup,
+            dropoff: st.record.dropoff,
+            position: st.position.clone(),
+            eta: st.eta.clone(),
+            position_age_s: st
+                .position
+                .as_ref()
+                .map(|p| now_ms.saturating_sub(p.ts_ms) as f64 / 1000.0),
+            server_time_ms: now_ms,
+        })
+    }
+
+    /// Reports deliveries whose driver went silent (once per outage).
+    pub fn tick(&mut self, now_ms: u64) -> Vec<ConsumerFrame> {
+        let mut out = Vec::new();
+        for (id, st) in &mut self.by_id {
+            let Some(p) = &st.position else { continue };
+            if st.unavailable_reported || st.status.is_terminal() {
+                continue;
+            }
+            let silent_ms = now_ms.saturating_sub(st.last_fix_rx_ms);
+            if silent_ms > self.config.location_unavailable_after_ms {
+                st.unavailable_reported = true;
+                out.push(ConsumerFrame::LocationUnavailable {
+                    delivery_id: *id,
+                    last_ts_ms: p.ts_ms,
+                    age_s: now_ms.saturating_sub(p.ts_ms) as f64 / 1000.0,
+                });
+            }
+        }
+        out
+    }
+
+    /// Drops deliveries not updated for the state TTL; returns their ids. Deliveries with
+    /// events still being committed are kept.
+    pub fn expire(&mut self, now_ms: u64) -> Vec<DeliveryId> {
+        let ttl = self.config.state_ttl_ms;
+        let gone: Vec<DeliveryId> = self
+            .by_id
+            .iter()
+            .filter(|(_, st)| {
+                st.pending.is_empty() && now_ms.saturating_sub(st.last_update_ms) >= ttl
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &gone {
+            if let Some(st) = self.by_id.remove(id) {
+                self.unindex(*id, st.active_driver());
+            }
+        }
+        gone
+    }
+
+    /// The delivery's durable record, if held.
+    pub fn record(&self, id: DeliveryId) -> Option<&DeliveryRecord> {
+        self.by_id.get(&id).map(|s| &s.record)
+    }
+
+    fn index(&mut self, id: DeliveryId, driver: Option<DriverId>) {
+        if let Some(d) = driver {
+            self.by_driver.entry(d).or_default().insert(id);
+        }
+    }
+
+    fn unindex(&mut self, id: DeliveryId, driver: Option<DriverId>) {
+        if let Some(d) = driver {
+            if let Some(set) = self.by_driver.get_mut(&d) {
+                set.remove(&id);
+                if set.is_empty() {
+                    self.by_driver.remove(&d);
+                }
+            }
+        }
+    }
+}
+
+fn event(
+    id: DeliveryId,
+    seq: u64,
+    status: DeliveryStatus,
+    ts_ms: u64,
+    source: &str,
+    metadata: serde_json::Value,
+) -> StatusEvent {
+    StatusEvent {
+        delivery_id: id,
+        event_seq: seq,
+        status,
+        ts_ms,
+        source: source.to_owned(),
+        metadata,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::geo::destination;
+    use protocol::wire::Fix;
+    use DeliveryStatus::*;
+
+    const PICKUP: LatLng = LatLng::new(60.170, 24.940);
+    const DROPOFF: LatLng = LatLng::new(60.175, 24.950);
+    const T0: u64 = 1_764_000_000_000;
+
+    fn core() -> Deliveries {
+        Deliveries::new(CoreConfig::default())
+    }
+
+    fn create(c: &mut Deliveries, driver: Option<u64>) -> DeliveryId {
+        let e = c
+            .create(
+                T0,
+                &CreateDelivery {
+                    delivery_id: None,
+                    pickup: PICKUP,
+                    dropoff: DROPOFF,
+                    driver_id: driver.map(DriverId),
+                },
+            )
+            .expect("create");
+        c.commit(&e);
+        e.delivery_id
+    }
+
+    fn change(status: DeliveryStatus, key: Option<&str>) -> ChangeStatus {
+        ChangeStatus {
+            status,
+            idempotency_key: key.map(str::to_owned),
+            driver_id: None,
+            metadata: serde_json::Value::Null,
+        }
+    }
+
+    fn append(o: StatusOutcome) -> LogEntry {
+        match o {
+            StatusOutcome::Append(e) => e,
+            other => panic!("expected append, got {other:?}"),
+        }
+    }
+
+    fn fix(driver: u64, ts_ms: u64, at: LatLng) -> RoutedFix {
+        RoutedFix {
+            driver_id: DriverId(driver),
+            fix: Fix::from_units(1, ts_ms, at.lat, at.lng, 90.0, 8.0, 5.0),
+            edge_rx_ms: ts_ms,
+        }
+    }
+
+    #[test]
+    fn creating_with_a_driver_logs_confirmed_then_driver_assigned() {
+        let mut c = core();
+        let e = c
+            .create(
+                T0,
+                &CreateDelivery {
+                    delivery_id: Some(DeliveryId(7)),
+                    pickup: PICKUP,
+                    dropoff: DROPOFF,
+                    driver_id: Some(DriverId(3)),
+                },
+            )
+            .expect("create");
+        assert_eq!(
+            e.events
+                .iter()
+                .map(|e| (e.event_seq, e.status))
+                .collect::<Vec<_>>(),
+            vec![(1, Confirmed), (2, DriverAssigned)]
+        );
+        assert!(
+            c.snapshot(DeliveryId(7), T0).is_none(),
+            "not visible before the commit"
+        );
+        c.commit(&e);
+        let s = c.snapshot(DeliveryId(7), T0).expect("snapshot");
+        assert_eq!((s.status, s.last_event_seq), (DriverAssigned, 2));
+        let dup = CreateDelivery {
+            delivery_id: Some(DeliveryId(7)),
+            pickup: PICKUP,
+            dropoff: DROPOFF,
+            driver_id: None,
+        };
+        assert!(matches!(c.create(T0, &dup), Err(CoreError::Conflict(_))));
+    }
+
+    #[test]
+    fn refuses_transitions_the_status_machine_forbids_with_a_conflict() {
+        let mut c = core();
+        let id = create(&mut c, None);
+        let err = c
+            .change_status(T0, id, &change(Delivered, None), "api")
+            .expect_err("refused");
+        assert_eq!(
+            err,
+            CoreError::Conflict("cannot move a delivery from confirmed to delivered".into())
+        );
+        assert_eq!(
+            c.change_status(T0, DeliveryId(999), &change(Preparing, None), "api"),
+            Err(CoreError::NotFound(DeliveryId(999)))
+        );
+    }
+
+    #[test]
+    fn status_is_visible_only_after_commit_and_rolls_back_on_abort() {
+        let mut c = core();
+        let id = create(&mut c, None);
+        let e = append(
+            c.change_status(T0 + 1, id, &change(Preparing, Some("k1")), "api")
+                .expect("ok"),
+        );
+        assert_eq!(e.events[0].event_seq, 2);
+        assert_eq!(c.snapshot(id, T0).expect("snap").status, Confirmed);
+        c.abort(&e);
+        assert_eq!(c.snapshot(id, T0).expect("snap").status, Confirmed);
+        // The key was forgotten with the aborted event, and the seq is reused.
+        let e = append(
+            c.change_status(T0 + 2, id, &change(Preparing, Some("k1")), "api")
+                .expect("ok"),
+        );
+        assert_eq!(e.events[0].event_seq, 2);
+        c.commit(&e);
+        assert_eq!(c.snapshot(id, T0).expect("snap").last_event_seq, 2);
+    }
+
+    #[test]
+    fn the_same_idempotency_key_replays_the_first_event() {
+        let mut c = core();
+        let id = create(&mut c, None);
+        let e = append(
+            c.change_status(T0, id, &change(Preparing, Some("abc")), "api")
+                .expect("ok"),
+        );
+        match c
+            .change_status(T0, id, &change(Preparing, Some("abc")), "api")
+            .expect("ok")
+        {
+            StatusOutcome::Replayed { event, committed } => {
+                assert_eq!(event, e.events[0]);
+                assert!(!committed);
+            }
+            other => panic!("{other:?}"),
+        }
+        c.commit(&e);
+        // Even a request that would now be refused replays the recorded answer.
+        assert!(matches!(
+            c.change_status(T0, id, &change(Preparing, Some("abc")), "api"),
+            Ok(StatusOutcome::Replayed {
+                committed: true,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn fixes_reach_only_the_drivers_active_delivery_and_stop_after_delivery() {
+        let mut c = core();
+        let id = create(&mut c, Some(5));
+        let _other = create(&mut c, Some(6));
+        let out = c.handle_fix(T0 + 1000, &fix(5, T0 + 1000, PICKUP));
+        assert!(out.matched);
+        assert_eq!(out.updates.len(), 1);
+        assert_eq!(out.updates[0].position.delivery_id, id);
+        assert_eq!(out.updates[0].position.seq, 1);
+        assert!(!c.handle_fix(T0, &fix(77, T0, PICKUP)).matched);
+        for s in [PickedUp, Delivered] {
+            let e = append(
+                c.change_status(T0, id, &change(s, None), "api")
+                    .expect("ok"),
+            );
+            c.commit(&e);
+        }
+        assert!(!c.handle_fix(T0 + 2000, &fix(5, T0 + 2000, PICKUP)).matched);
+    }
+
+    #[test]
+    fn older_fixes_do_not_replace_newer_positions() {
+        let mut c = core();
+        let id = create(&mut c, Some(5));
+        assert_eq!(
+            c.handle_fix(T0, &fix(5, T0 + 2000, PICKUP)).updates.len(),
+            1
+        );
+        let out = c.handle_fix(T0, &fix(5, T0 + 1000, DROPOFF));
+        assert!(out.matched && out.updates.is_empty());
+        assert_eq!(
+            c.snapshot(id, T0 + 2000)
+                .and_then(|s| s.position)
+                .map(|p| p.seq),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn eta_counts_the_pickup_leg_before_pickup_and_is_smoothed() {
+        let mut c = core();
+        let id = create(&mut c, Some(5));
+        let out = c.handle_fix(T0, &fix(5, T0, PICKUP));
+        let eta = out.updates[0].eta.clone().expect("first eta is pushed");
+        let leg = haversine_m(PICKUP, DROPOFF);
+        assert!((eta.remaining_m - leg).abs() < 1.0, "{eta:?}");
+        assert!((eta.eta_s - leg / 8.0).abs() < 0.5);
+        let e = append(
+            c.change_status(T0, id, &change(PickedUp, None), "api")
+                .expect("ok"),
+        );
+        c.commit(&e);
+        // Jump to the drop-off one second later: raw ETA 0, smoothed keeps 70% of the carry.
+        let out = c.handle_fix(T0 + 1000, &fix(5, T0 + 1000, DROPOFF));
+        assert!(
+            out.updates[0].eta.is_none(),
+            "throttled to one push per 2 s"
+        );
+        let snap = c.snapshot(id, T0 + 1000).expect("snap").eta.expect("eta");
+        let carried = leg / 8.0 - 1.0;
+        assert!(
+            (snap.eta_s - 0.7 * carried).abs() < 0.5,
+            "{} vs {}",
+            snap.eta_s,
+            0.7 * carried
+        );
+        assert_eq!(snap.seq, 2);
+        let out = c.handle_fix(
+            T0 + 3000,
+            &fix(5, T0 + 3000, destination(DROPOFF, 0.0, 1.0)),
+        );
+        assert!(out.updates[0].eta.is_some());
+    }
+
+    #[test]
+    fn reports_location_unavailable_once_per_outage() {
+        let mut c = core();
+        let id = create(&mut c, Some(5));
+        assert!(
+            c.tick(T0 + 60_000).is_empty(),
+            "no position yet, nothing to report"
+        );
+        c.handle_fix(T0, &fix(5, T0, PICKUP));
+        assert!(c.tick(T0 + 30_000).is_empty());
+        let frames = c.tick(T0 + 30_001);
+        assert_eq!(frames.len(), 1);
+        assert!(
+            matches!(&frames[0], ConsumerFrame::LocationUnavailable { delivery_id, .. } if *delivery_id == id)
+        );
+        assert!(c.tick(T0 + 40_000).is_empty());
+        c.handle_fix(T0 + 41_000, &fix(5, T0 + 41_000, PICKUP));
+        assert!(c.tick(T0 + 50_000).is_empty());
+        assert_eq!(c.tick(T0 + 71_001).len(), 1);
+    }
+
+    #[test]
+    fn drops_state_two_hours_after_the_last_update() {
+        let mut c = core();
+        let id = create(&mut c, Some(5));
+        c.handle_fix(T0 + 1_000, &fix(5, T0 + 1_000, PICKUP));
+        assert!(c.expire(T0 + 7_200_000).is_empty());
+        assert_eq!(c.expire(T0 + 7_201_000), vec![id]);
+        assert!(c.snapshot(id, T0).is_none());
+        assert!(
+            !c.handle_fix(T0 + 7_202_000, &fix(5, T0 + 7_202_000, PICKUP))
+                .matched
+        );
+    }
+
+    #[test]
+    fn restore_rebuilds_status_seq_and_idempotency_from_the_log() {
+        let mut c = core();
+        let id = DeliveryId(40);
+        let record = DeliveryRecord {
+            id,
+            pickup: PICKUP,
+            dropoff: DROPOFF,
+            driver_id: Some(DriverId(9)),
+            created_ms: T0,
+        };
+        let events = vec![
+            event(id, 1, Confirmed, T0, "api", serde_json::Value::Null),
+            event(id, 2, DriverAssigned, T0, "api", serde_json::Value::Null),
+            event(id, 3, PickedUp, T0 + 5, "api", serde_json::Value::Null),
+        ];
+        c.restore(
+            T0 + 10,
+            RecoveredDelivery {
+                record,
+                events,
+                idempotency: vec![("k".into(), 3)],
+            },
+        );
+        let s = c.snapshot(id, T0 + 10).expect("snap");
+        assert_eq!((s.status, s.last_event_seq), (PickedUp, 3));
+        assert!(matches!(
+            c.change_status(T0, id, &change(EnRoute, Some("k")), "api"),
+            Ok(StatusOutcome::Replayed { .. })
+        ));
+        assert!(c.handle_fix(T0 + 11, &fix(9, T0 + 11, PICKUP)).matched);
+        let e = c
+            .create(
+                T0,
+                &CreateDelivery {
+                    delivery_id: None,
+                    pickup: PICKUP,
+                    dropoff: DROPOFF,
+                    driver_id: None,
+                },
+            )
+            .expect("create");
+        assert_eq!(
+            e.delivery_id,
+            DeliveryId(41),
+            "new ids continue after recovered ones"
+        );
+    }
+
+    proptest::proptest! {
+        /// Whatever mix of requests, commits and failed commits: the durable view only ever
+        /// moves along the status machine, its seq counts the committed events, and the
+        /// reserved seq is never behind it.
+        #[test]
+        fn committed_history_always_follows_the_status_machine(
+            ops in proptest::collection::vec((0usize..8, proptest::bool::ANY, proptest::bool::ANY), 1..40)
+        ) {
+            let mut c = core();
+            let id = create(&mut c, Some(1));
+            let mut committed = vec![Confirmed, DriverAssigned];
+            let mut queued: Vec<LogEntry> = Vec::new();
+            for (status_ix, commit_now, ok) in ops {
+                let req = change(DeliveryStatus::ALL[status_ix], None);
+                if let Ok(StatusOutcome::Append(e)) = c.change_status(T0, id, &req, "api") {
+                    queued.push(e);
+                }
+                if commit_now {
+                    let batch = std::mem::take(&mut queued);
+                    if ok {
+                        for e in &batch {
+                            c.commit(e);
+                            committed.extend(e.events.iter().map(|e| e.status));
+                        }
+                    } else {
+                        for e in batch.iter().rev() {
+                            c.abort(e);
+                        }
+                    }
+                }
+                let snap = c.snapshot(id, T0).expect("snapshot");
+                proptest::prop_assert_eq!(snap.last_event_seq as usize, committed.len());
+                proptest::prop_assert_eq!(Some(&snap.status), committed.last());
+                for w in committed.windows(2) {
+                    proptest::prop_assert!(w[0].check_transition(w[1]).is_ok(), "{} -> {}", w[0], w[1]);
+                }
+            }
+        }
+    }
+}

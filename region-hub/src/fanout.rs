@@ -1,0 +1,213 @@
+//! Per-delivery consumer registry: newest-wins position slots and bounded reliable queues.
+//!
+//! Publishing never awaits. A position replaces whatever the subscriber has not yet sent
+//! (`watch`), so a slow consumer skips positions but never sees them out of order. Reliable
+//! frames (status, ETA, location-unavailable, redirect) go into a bounded queue; a consumer
+//! whose queue is full is cut off and resumes later with `last_event_seq`.
+
+use protocol::consumer::{ConsumerFrame, Position};
+use protocol::DeliveryId;
+use std::collections::HashMap;
+use tokio::sync::{mpsc, watch};
+
+struct Subscriber {
+    id: u64,
+    position: watch::Sender<Option<Position>>,
+    reliable: mpsc::Sender<ConsumerFrame>,
+}
+
+/// What a consumer session reads from.
+#[derive(Debug)]
+pub struct Subscription {
+    pub delivery_id: DeliveryId,
+    pub id: u64,
+    /// Newest position not yet seen (`changed()` wakes on a new one).
+    pub position: watch::Receiver<Option<Position>>,
+    /// Reliable frames in order; `None` means the hub cut this consumer off (overflow or
+    /// the delivery's state was dropped).
+    pub reliable: mpsc::Receiver<ConsumerFrame>,
+}
+
+/// Result of publishing one frame.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Published {
+    /// Subscribers that got it.
+    pub delivered: usize,
+    /// Subscribers cut off because their queue was full.
+    pub overflowed: usize,
+}
+
+/// The registry.
+#[derive(Default)]
+pub struct Fanout {
+    subs: HashMap<DeliveryId, Vec<Subscriber>>,
+    next_id: u64,
+    queue: usize,
+}
+
+impl std::fmt::Debug for Fanout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fanout")
+            .field("deliveries", &self.subs.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Fanout {
+    /// `queue` bounds each subscriber's reliable frames.
+    pub fn new(queue: usize) -> Self {
+        Self {
+            subs: HashMap::new(),
+            next_id: 1,
+            queue: queue.max(1),
+        }
+    }
+
+    /// Adds a subscriber to `delivery`'s frames.
+    pub fn subscribe(&mut self, delivery: DeliveryId) -> Subscription {
+        let id = self.next_id;
+        self.next_id += 1;
+        let (ptx, prx) = watch::channel(None);
+        let (rtx, rrx) = mpsc::channel(self.queue);
+        self.subs.entry(delivery).or_default().push(Subscriber {
+            id,
+            position: ptx,
+            reliable: rtx,
+        });
+        Subscription {
+            delivery_id: delivery,
+            id,
+            position: prx,
+            reliable: rrx,
+        }
+    }
+
+    /// Removes one subscriber (its session ended).
+    pub fn unsubscribe(&mut self, delivery: DeliveryId, id: u64) {
+        if let Some(v) = self.subs.get_mut(&delivery) {
+            v.retain(|s| s.id != id);
+            if v.is_empty() {
+                self.subs.remove(&delivery);
+            }
+        }
+    }
+
+    /// Cuts off every subscriber of `delivery` (its state was dropped).
+    pub fn remove_delivery(&mut self, delivery: DeliveryId) {
+        self.subs.remove(&delivery);
+    }
+
+    /// Number of subscribers of `delivery`.
+    pub fn subscribers(&self, delivery: DeliveryId) -> usize {
+        self.subs.get(&delivery).map_or(0, Vec::len)
+    }
+
+    /// Replaces every subscriber's pending position with `pos`.
+    pub fn publish_position(&mut self, pos: &Position) -> usize {
+        let Some(v) = self.subs.get_mut(&pos.delivery_id) else {
+            return 0;
+        };
+        v.retain(|s| s.position.send(Some(pos.clone())).is_ok());
+        let n = v.len();
+        if n == 0 {
+            self.subs.remove(&pos.delivery_id);
+        }
+        n
+    }
+
+    /// Queues a reliable frame for every subscriber of `delivery`, cutting off full ones.
+    pub fn publish_reliable(&mut self, delivery: DeliveryId, frame: &ConsumerFrame) -> Published {
+        let mut out = Published::default();
+        let Some(v) = self.subs.get_mut(&delivery) else {
+            return out;
+        };
+        v.retain(|s| match s.reliable.try_send(frame.clone()) {
+            Ok(()) => {
+                out.delivered += 1;
+                true
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                out.overflowed += 1;
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        });
+        if v.is_empty() {
+            self.subs.remove(&delivery);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pos(seq: u64) -> Position {
+        Position {
+            delivery_id: DeliveryId(1),
+            seq,
+            lat: 60.0,
+            lng: 24.0,
+            heading_deg: 0.0,
+            speed_mps: 0.0,
+            accuracy_m: 0.0,
+            ts_ms: seq,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_slow_consumer_sees_only_the_newest_position() {
+        let mut f = Fanout::new(4);
+        let mut s = f.subscribe(DeliveryId(1));
+        for seq in 1..=100 {
+            assert_eq!(f.publish_position(&pos(seq)), 1);
+        }
+        s.position.changed().await.expect("changed");
+        assert_eq!(
+            s.position.borrow_and_update().as_ref().map(|p| p.seq),
+            Some(100)
+        );
+        assert!(!s.position.has_changed().expect("open"));
+    }
+
+    #[tokio::test]
+    async fn a_full_reliable_queue_cuts_the_consumer_off_without_blocking() {
+        let mut f = Fanout::new(2);
+        let mut slow = f.subscribe(DeliveryId(1));
+        let frame = ConsumerFrame::Redirect { url: "x".into() };
+        assert_eq!(
+            f.publish_reliable(DeliveryId(1), &frame),
+            Published {
+                delivered: 1,
+                overflowed: 0
+            }
+        );
+        assert_eq!(f.publish_reliable(DeliveryId(1), &frame).delivered, 1);
+        assert_eq!(
+            f.publish_reliable(DeliveryId(1), &frame),
+            Published {
+                delivered: 0,
+                overflowed: 1
+            }
+        );
+        assert_eq!(f.subscribers(DeliveryId(1)), 0);
+        assert!(slow.reliable.recv().await.is_some());
+        assert!(slow.reliable.recv().await.is_some());
+        assert!(
+            slow.reliable.recv().await.is_none(),
+            "cut off after the queued frames"
+        );
+    }
+
+    #[test]
+    fn dropped_subscriptions_are_pruned_on_publish() {
+        let mut f = Fanout::new(2);
+        let s = f.subscribe(DeliveryId(1));
+        let _other = f.subscribe(DeliveryId(2));
+        drop(s);
+        assert_eq!(f.publish_position(&pos(1)), 0);
+        assert_eq!(f.subscribers(DeliveryId(1)), 0);
+        assert_eq!(f.subscribers(DeliveryId(2)), 1);
+    }
+}

@@ -1,0 +1,257 @@
+//! The hub's HTTPS API: the order-service stand-in, the consumer WebSocket and REST status,
+//! and the WebTransport certificate info for browsers.
+
+use crate::hub::{ApiFailure, AuthRefusal, ConsumerCursor, Hub, Outgoing};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::{SinkExt, StreamExt};
+use protocol::api::{ApiError, ChangeStatus, CreateDelivery};
+use protocol::DeliveryId;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, Instrument};
+
+/// Label used in metrics.
+pub const WEBSOCKET: &str = "websocket";
+
+#[derive(Clone)]
+struct AppState {
+    hub: Arc<Hub>,
+    shutdown: CancellationToken,
+}
+
+/// The API router.
+pub(crate) fn router(hub: Arc<Hub>, shutdown: CancellationToken) -> Router {
+    Router::new()
+        .route("/api/v1/deliveries", post(create_delivery))
+        .route("/api/v1/deliveries/{id}/status", post(change_status))
+        .route("/api/v1/tracking/{id}/status", get(tracking_status))
+        .route("/api/v1/tracking/{id}/connect", get(connect))
+        .route("/api/v1/webtransport/info", get(webtransport_info))
+        .with_state(AppState { hub, shutdown })
+}
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(ApiError {
+            error: code.to_owned(),
+            message: message.into(),
+        }),
+    )
+        .into_response()
+}
+
+impl IntoResponse for ApiFailure {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            ApiFailure::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiFailure::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiFailure::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiFailure::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiFailure::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        error(status, code, self.to_string())
+    }
+}
+
+impl IntoResponse for AuthRefusal {
+    fn into_response(self) -> Response {
+        match &self {
+            AuthRefusal::Missing => {
+                let mut r = error(StatusCode::UNAUTHORIZED, "unauthorized", self.to_string());
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer"),
+                );
+                r
+            }
+            AuthRefusal::Invalid(_) => error(StatusCode::FORBIDDEN, "forbidden", self.to_string()),
+        }
+    }
+}
+
+/// Token from `Authorization: Bearer ...`, else from `?token=`.
+fn token<'a>(headers: &'a HeaderMap, query: &'a HashMap<String, String>) -> Option<&'a str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .or_else(|| query.get("token").map(String::as_str))
+}
+
+/// A request body that did not parse, with axum's status (400, 415 or 422).
+struct BodyError(StatusCode, String);
+
+impl IntoResponse for BodyError {
+    fn into_response(self) -> Response {
+        error(self.0, "bad_request", self.1)
+    }
+}
+
+fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, BodyError> {
+    body.map(|Json(b)| b)
+        .map_err(|e| BodyError(e.status(), e.body_text()))
+}
+
+async fn create_delivery(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<CreateDelivery>, JsonRejection>,
+) -> Response {
+    if let Err(r) = app.hub.check_operator(token(&headers, &HashMap::new())) {
+        return r.into_response();
+    }
+    let req = match json_body(body) {
+        Ok(r) => r,
+        Err(r) => return r.into_response(),
+    };
+    match app.hub.create_delivery(&req).await {
+        Ok(created) => (StatusCode::CREATED, Json(created)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn change_status(
+    State(app): State<AppState>,
+    Path(id): Path<u64>,
+    headers: HeaderMap,
+    body: Result<Json<ChangeStatus>, JsonRejection>,
+) -> Response {
+    if let Err(r) = app.hub.check_operator(token(&headers, &HashMap::new())) {
+        return r.into_response();
+    }
+    let req = match json_body(body) {
+        Ok(r) => r,
+        Err(r) => return r.into_response(),
+    };
+    match app.hub.change_status(DeliveryId(id), &req, "api").await {
+        Ok(changed) => Json(changed).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn check_consumer(
+    app: &AppState,
+    id: DeliveryId,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Result<(), AuthRefusal> {
+    app.hub
+        .check_tracking(token(headers, query), id)
+        .inspect_err(|r| app.hub.metrics().reject(r.reason()))
+}
+
+async fn tracking_status(
+    State(app): State<AppState>,
+    Path(id): Path<u64>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let id = DeliveryId(id);
+    if let Err(r) = check_consumer(&app, id, &headers, &query) {
+        return r.into_response();
+    }
+    match app.hub.snapshot(id) {
+        Some(s) => Json(s).into_response(),
+        None => ApiFailure::NotFound(format!("delivery {id} not found")).into_response(),
+    }
+}
+
+async fn connect(
+    State(app): State<AppState>,
+    Path(id): Path<u64>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let id = DeliveryId(id);
+    // The token is checked before anything else, the upgrade included.
+    if let Err(r) = check_consumer(&app, id, &headers, &query) {
+        return r.into_response();
+    }
+    let last_event_seq = match query.get("last_event_seq").map(|s| s.parse::<u64>()) {
+        None => None,
+        Some(Ok(n)) => Some(n),
+        Some(Err(_)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "last_event_seq must be a number",
+            )
+        }
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(e) => return e.into_response(),
+    };
+    let start = match app.hub.open_consumer(id, last_event_seq, WEBSOCKET) {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    let span = tracing::info_span!("ws_consumer", delivery_id = %id);
+    ws.on_upgrade(move |socket| run_socket(socket, app, start).instrument(span))
+}
+
+async fn run_socket(socket: WebSocket, app: AppState, start: crate::hub::ConsumerStart) {
+    let (mut tx, mut rx) = socket.split();
+    let mut cursor = ConsumerCursor::new(&start);
+    for line in ConsumerCursor::opening_frames(&start) {
+        if tx.send(Message::Text(line.into())).await.is_err() {
+            return;
+        }
+    }
+    let crate::hub::ConsumerStart {
+        subscription: mut sub,
+        guard: _guard,
+        ..
+    } = start;
+    debug!("websocket consumer connected");
+    loop {
+        let out = tokio::select! {
+            o = cursor.next(&mut sub) => o,
+            msg = rx.next() => match msg {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => continue,
+            },
+            _ = app.shutdown.cancelled() => break,
+        };
+        let (json, is_position) = match out {
+            Some(Outgoing::Reliable(j)) => (j, false),
+            Some(Outgoing::Position(j)) => (j, true),
+            None => {
+                debug!("consumer cut off by the hub");
+                let _ = tx
+                    .send(Message::Close(Some(axum::extract::ws::CloseFrame {
+                        code: 1013,
+                        reason: "cut off: resume with last_event_seq".into(),
+                    })))
+                    .await;
+                return;
+            }
+        };
+        if tx.send(Message::Text(json.into())).await.is_err() {
+            break;
+        }
+        if is_position {
+            app.hub.metrics().inc_pushed(WEBSOCKET);
+        }
+    }
+    let _ = tx.close().await;
+}
+
+async fn webtransport_info(State(app): State<AppState>) -> Response {
+    Json(serde_json::json!({
+        "port": app.hub.webtransport_port,
+        "cert_sha256_b64": certs::sha256_base64(&app.hub.webtransport_cert_sha256),
+    }))
+    .into_response()
+}

@@ -1,0 +1,445 @@
+//! The hub's shared state and its operations, used by the HTTP API, the edge link and the
+//! consumer transports. One `parking_lot::Mutex` guards the sans-IO core and the fan-out
+//! registry; critical sections never await and never touch redb.
+
+use crate::core::{CoreError, Deliveries, LogEntry, StatusOutcome};
+use crate::fanout::{Fanout, Subscription};
+use crate::metrics::{ConsumerGauge, HubMetrics};
+use crate::store::{CommitSink, EventLogHandle, Store, SubmitError};
+use parking_lot::Mutex;
+use protocol::api::{ChangeStatus, CreateDelivery, DeliveryCreated, StatusChanged};
+use protocol::consumer::{ConsumerFrame, Snapshot, StatusEvent};
+use protocol::token::{Subject, TokenError, TokenSigner, TokenVerifier};
+use protocol::wire::RoutedFix;
+use protocol::DeliveryId;
+use std::sync::Arc;
+
+/// State behind the lock.
+#[derive(Debug)]
+pub(crate) struct State {
+    pub core: Deliveries,
+    pub fanout: Fanout,
+}
+
+/// What the event-log writer and the request paths share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub state: Mutex<State>,
+    pub metrics: Arc<HubMetrics>,
+}
+
+impl Shared {
+    fn publish_reliable(&self, st: &mut State, delivery: DeliveryId, frame: &ConsumerFrame) {
+        let p = st.fanout.publish_reliable(delivery, frame);
+        for _ in 0..p.overflowed {
+            self.metrics.reject("overflow");
+        }
+    }
+}
+
+impl CommitSink for Shared {
+    fn committed(&self, entries: &[LogEntry]) {
+        let mut st = self.state.lock();
+        for entry in entries {
+            st.core.commit(entry);
+            for ev in &entry.events {
+                self.metrics.status_event(&ev.source);
+                self.publish_reliable(
+                    &mut st,
+                    entry.delivery_id,
+                    &ConsumerFrame::Status(ev.clone()),
+                );
+            }
+        }
+    }
+
+    fn failed(&self, entries: &[LogEntry]) {
+        let mut st = self.state.lock();
+        for entry in entries.iter().rev() {
+            st.core.abort(entry);
+        }
+    }
+}
+
+/// Why an API request failed, mapped to an HTTP status by the handlers.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiFailure {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<CoreError> for ApiFailure {
+    fn from(e: CoreError) -> Self {
+        match e {
+            CoreError::NotFound(_) => ApiFailure::NotFound(e.to_string()),
+            CoreError::Conflict(m) => ApiFailure::Conflict(m),
+            CoreError::BadRequest(m) => ApiFailure::BadRequest(m),
+        }
+    }
+}
+
+/// Why a consumer (or operator) was refused: 401 or 403.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthRefusal {
+    #[error("a bearer token is required")]
+    Missing,
+    #[error("{0}")]
+    Invalid(TokenError),
+}
+
+impl AuthRefusal {
+    /// Label for `hub_consumer_rejected_total{reason}`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthRefusal::Missing => "missing_token",
+            AuthRefusal::Invalid(e) => e.reason(),
+        }
+    }
+}
+
+/// Everything a consumer session starts with.
+#[derive(Debug)]
+pub(crate) struct ConsumerStart {
+    pub snapshot: Snapshot,
+    /// Durable events after the consumer's `last_event_seq`, up to the snapshot's.
+    pub missed: Vec<StatusEvent>,
+    pub subscription: Subscription,
+    pub guard: ConsumerGuard,
+}
+
+/// Unsubscribes and uncounts a consumer when its session ends.
+#[derive(Debug)]
+pub(crate) struct ConsumerGuard {
+    shared: Arc<Shared>,
+    delivery: DeliveryId,
+    sub_id: u64,
+    _gauge: ConsumerGauge,
+}
+
+impl Drop for ConsumerGuard {
+    fn drop(&mut self) {
+        self.shared
+            .state
+            .lock()
+            .fanout
+            .unsubscribe(self.delivery, self.sub_id);
+    }
+}
+
+/// The running hub's operations.
+#[derive(Debug)]
+pub(crate) struct Hub {
+    pub shared: Arc<Shared>,
+    pub log: EventLogHandle,
+    pub store: Store,
+    pub verifier: TokenVerifier,
+    pub signer: TokenSigner,
+    pub hub_id: String,
+    pub tracking_token_ttl_s: u64,
+    /// UDP port and certificate hash of the WebTransport endpoint, for browsers.
+    pub webtransport_port: u16,
+    pub webtransport_cert_sha256: [u8; 32],
+}
+
+impl Hub {
+    pub fn metrics(&self) -> &HubMetrics {
+        &self.shared.metrics
+    }
+
+    /// Checks a token that may watch `delivery`.
+    pub fn check_tracking(
+        &self,
+        token: Option<&str>,
+        delivery: DeliveryId,
+    ) -> Result<(), AuthRefusal> {
+        let token = token
+            .filter(|t| !t.is_empty())
+            .ok_or(AuthRefusal::Missing)?;
+        self.verifier
+            .verify_tracking(token, delivery, nodekit::unix_s())
+            .map(|_| ())
+            .map_err(AuthRefusal::Invalid)
+    }
+
+    /// Checks an operator token (order-service calls).
+    pub fn check_operator(&self, token: Option<&str>) -> Result<(), AuthRefusal> {
+        let token = token
+            .filter(|t| !t.is_empty())
+            .ok_or(AuthRefusal::Missing)?;
+        let claims = self
+            .verifier
+            .verify(token, nodekit::unix_s())
+            .map_err(AuthRefusal::Invalid)?;
+        match claims.sub {
+            Subject::Operator => Ok(()),
+            other => Err(AuthRefusal::Invalid(TokenError::WrongSubject(other))),
+        }
+    }
+
+    /// Mints a token with the hub's signing key.
+    pub fn mint(&self, sub: Subject, ttl_s: u64) -> String {
+        self.signer.sign(sub, nodekit::unix_s(), ttl_s)
+    }
+
+    /// Queues `entry` under the lock (queue order = log order) and waits for the commit.
+    async fn append(
+        &self,
+        entry: LogEntry,
+        queued: Result<crate::store::AppendReceipt, SubmitError>,
+    ) -> Result<LogEntry, ApiFailure> {
+        let rx = match queued {
+            Ok(rx) => rx,
+            Err(e) => {
+                self.shared.state.lock().core.abort(&entry);
+                return Err(ApiFailure::Unavailable(e.to_string()));
+            }
+        };
+        match rx.await {
+            Ok(Ok(())) => Ok(entry),
+            Ok(Err(e)) => Err(ApiFailure::Internal(format!(
+                "status event not stored: {e}"
+            ))),
+            Err(_) => Err(ApiFailure::Unavailable(
+                "the event log writer stopped before answering".into(),
+            )),
+        }
+    }
+
+    /// Creates a delivery; answers once its first events are durable.
+    pub async fn create_delivery(
+        &self,
+        req: &CreateDelivery,
+    ) -> Result<DeliveryCreated, ApiFailure> {
+        let now = nodekit::unix_ms();
+        let (entry, queued) = {
+            let mut st = self.shared.state.lock();
+            let entry = st.core.create(now, req)?;
+            let queued = self.log.submit(entry.clone());
+            (entry, queued)
+        };
+        let entry = self.append(entry, queued).await?;
+        let id = entry.delivery_id;
+        let last = entry.events.last();
+        let token = self.mint(Subject::Tracking(id), self.tracking_token_ttl_s);
+        Ok(DeliveryCreated {
+            delivery_id: id,
+            status: last
+                .map(|e| e.status)
+                .unwrap_or(protocol::status::DeliveryStatus::Confirmed),
+            last_event_seq: last.map(|e| e.event_seq).unwrap_or(0),
+            tracking_path: format!("/track/{id}?token={token}"),
+            tracking_token: token,
+        })
+    }
+
+    /// Moves a delivery's status; answers once the event is durable (and pushed).
+    pub async fn change_status(
+        &self,
+        id: DeliveryId,
+        req: &ChangeStatus,
+        source: &str,
+    ) -> Result<StatusChanged, ApiFailure> {
+        let now = nodekit::unix_ms();
+        let (entry, queued) = {
+            let mut st = self.shared.state.lock();
+            match st.core.change_status(now, id, req, source)? {
+                StatusOutcome::Replayed {
+                    event,
+                    committed: true,
+                } => {
+                    return Ok(StatusChanged {
+                        delivery_id: id,
+                        event_seq: event.event_seq,
+                        status: event.status,
+                        replayed: true,
+                    });
+                }
+                StatusOutcome::Replayed {
+                    committed: false, ..
+                } => {
+                    return Err(ApiFailure::Conflict(
+                        "a request with this idempotency key is still being stored; retry".into(),
+                    ));
+                }
+                StatusOutcome::Append(entry) => {
+                    let queued = self.log.submit(entry.clone());
+                    (entry, queued)
+                }
+            }
+        };
+        let entry = self.append(entry, queued).await?;
+        let ev = entry
+            .events
+            .last()
+            .ok_or_else(|| ApiFailure::Internal("empty log entry".into()))?;
+        Ok(StatusChanged {
+            delivery_id: id,
+            event_seq: ev.event_seq,
+            status: ev.status,
+            replayed: false,
+        })
+    }
+
+    /// Applies a batch of fixes from an edge and pushes the results. Never waits on redb.
+    pub fn apply_fixes(&self, fixes: &[RoutedFix]) {
+        let now = nodekit::unix_ms();
+        let m = &self.shared.metrics;
+        let mut st = self.shared.state.lock();
+        for fix in fixes {
+            m.fixes_received.inc();
+            let out = st.core.handle_fix(now, fix);
+            if !out.matched {
+                m.fixes_unmatched.inc();
+            }
+            for u in out.updates {
+                st.fanout.publish_position(&u.position);
+                if let Some(eta) = u.eta {
+                    self.shared.publish_reliable(
+                        &mut st,
+                        eta.delivery_id,
+                        &ConsumerFrame::Eta(eta),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Periodic work: location-unavailable frames and expiry of idle deliveries.
+    pub fn tick(&self, now_ms: u64) {
+        let mut st = self.shared.state.lock();
+        for frame in st.core.tick(now_ms) {
+            if let ConsumerFrame::LocationUnavailable { delivery_id, .. } = &frame {
+                let id = *delivery_id;
+                self.shared.publish_reliable(&mut st, id, &frame);
+            }
+        }
+        for id in st.core.expire(now_ms) {
+            tracing::debug!(delivery_id = %id, "dropped idle delivery state");
+            st.fanout.remove_delivery(id);
+        }
+    }
+
+    /// The REST view of a delivery.
+    pub fn snapshot(&self, id: DeliveryId) -> Option<Snapshot> {
+        self.shared
+            .state
+            .lock()
+            .core
+            .snapshot(id, nodekit::unix_ms())
+    }
+
+    /// Subscribes a consumer: snapshot and subscription are taken atomically, so every event
+    /// after the snapshot arrives live and every event before it can be read from the log.
+    pub fn open_consumer(
+        &self,
+        id: DeliveryId,
+        last_event_seq: Option<u64>,
+        transport: &'static str,
+    ) -> Result<ConsumerStart, ApiFailure> {
+        let (snapshot, subscription) = {
+            let mut st = self.shared.state.lock();
+            let snap = st
+                .core
+                .snapshot(id, nodekit::unix_ms())
+                .ok_or_else(|| ApiFailure::NotFound(format!("delivery {id} not found")))?;
+            (snap, st.fanout.subscribe(id))
+        };
+        let guard = ConsumerGuard {
+            shared: self.shared.clone(),
+            delivery: id,
+            sub_id: subscription.id,
+            _gauge: ConsumerGauge::new(&self.shared.metrics, transport),
+        };
+        let missed = match last_event_seq {
+            Some(n) if n < snapshot.last_event_seq => self
+                .store
+                .events_after(id, n)
+                .map_err(|e| ApiFailure::Internal(e.to_string()))?
+                .into_iter()
+                .filter(|e| e.event_seq <= snapshot.last_event_seq)
+                .collect(),
+            _ => Vec::new(),
+        };
+        Ok(ConsumerStart {
+            snapshot,
+            missed,
+            subscription,
+            guard,
+        })
+    }
+}
+
+/// One frame a consumer session should send next.
+#[derive(Debug)]
+pub(crate) enum Outgoing {
+    /// Reliable JSON (status, ETA, ...): on the stream / as a text frame.
+    Reliable(String),
+    /// Position JSON: a datagram where possible.
+    Position(String),
+}
+
+/// Per-session cursor that keeps positions and events in order.
+#[derive(Debug)]
+pub(crate) struct ConsumerCursor {
+    pub last_position_seq: u64,
+    pub last_event_seq: u64,
+}
+
+impl ConsumerCursor {
+    pub fn new(start: &ConsumerStart) -> Self {
+        Self {
+            last_position_seq: start.snapshot.position.as_ref().map_or(0, |p| p.seq),
+            last_event_seq: start.snapshot.last_event_seq,
+        }
+    }
+
+    /// The frames that open a session: snapshot, then missed events.
+    pub fn opening_frames(start: &ConsumerStart) -> Vec<String> {
+        let mut v = vec![ConsumerFrame::Snapshot(start.snapshot.clone()).to_json()];
+        v.extend(
+            start
+                .missed
+                .iter()
+                .map(|e| ConsumerFrame::Status(e.clone()).to_json()),
+        );
+        v
+    }
+
+    /// Waits for the next frame; `None` when the hub cut the consumer off.
+    pub async fn next(&mut self, sub: &mut Subscription) -> Option<Outgoing> {
+        loop {
+            tokio::select! {
+                biased;
+                frame = sub.reliable.recv() => {
+                    let frame = frame?;
+                    if let ConsumerFrame::Status(ev) = &frame {
+                        if ev.event_seq <= self.last_event_seq {
+                            continue;
+                        }
+                        self.last_event_seq = ev.event_seq;
+                    }
+                    return Some(Outgoing::Reliable(frame.to_json()));
+                }
+                changed = sub.position.changed() => {
+                    changed.ok()?;
+                    let pos = sub.position.borrow_and_update().clone();
+                    match pos {
+                        Some(p) if p.seq > self.last_position_seq => {
+                            self.last_position_seq = p.seq;
+                            return Some(Outgoing::Position(ConsumerFrame::Position(p).to_json()));
+                        }
+                        _ => continue,
+                    }
+                }
+            }
+        }
+    }
+}

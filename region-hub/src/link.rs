@@ -1,0 +1,151 @@
+//! The QUIC endpoint edges connect to (mutual TLS, ALPN `trackline-hub/1`): Hello/Welcome,
+//! then batches of fixes, each acknowledged after it was applied.
+
+use crate::hub::Hub;
+use protocol::framing::{frame_bytes, FrameDecoder, MAX_HUB_FRAME};
+use protocol::wire::{CloseCode, EdgeToHub, HubToEdge};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn, Instrument};
+
+/// How long an edge has to open its stream and say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Builds the link's quinn server config from the node certificate and the cluster CA.
+pub fn server_config(tls: &nodekit::LoadedTls) -> Result<quinn::ServerConfig, certs::CertError> {
+    let rustls = certs::mtls_server_config(
+        tls.chain.clone(),
+        tls.key.clone_key(),
+        tls.roots.clone(),
+        &[protocol::ALPN_HUB],
+        certs::TlsFor::Quic,
+    )?;
+    let mut config = certs::quinn_server_config(rustls)?;
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_secs(5)));
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
+
+/// Accepts edge connections until `shutdown`.
+pub(crate) async fn run(endpoint: quinn::Endpoint, hub: Arc<Hub>, shutdown: CancellationToken) {
+    loop {
+        let incoming = tokio::select! {
+            i = endpoint.accept() => match i { Some(i) => i, None => break },
+            _ = shutdown.cancelled() => break,
+        };
+        let span = tracing::info_span!("edge_link", remote = %incoming.remote_address(), edge_id = tracing::field::Empty);
+        tokio::spawn(handle(incoming, hub.clone(), shutdown.clone()).instrument(span));
+    }
+    endpoint.close(
+        quinn::VarInt::from_u32(CloseCode::ShuttingDown as u32),
+        b"hub shutting down",
+    );
+    endpoint.wait_idle().await;
+}
+
+#[derive(Debug, thiserror::Error)]
+enum LinkError {
+    #[error("connection: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("read: {0}")]
+    Read(#[from] quinn::ReadError),
+    #[error("write: {0}")]
+    Write(#[from] quinn::WriteError),
+    #[error("frame: {0}")]
+    Frame(#[from] protocol::wire::WireError),
+    #[error("no hello within {HELLO_TIMEOUT:?}")]
+    HelloTimeout,
+    #[error("expected hello first")]
+    NoHello,
+}
+
+async fn handle(incoming: quinn::Incoming, hub: Arc<Hub>, shutdown: CancellationToken) {
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            debug!(error = %e, "edge handshake failed");
+            return;
+        }
+    };
+    let gauge = hub.metrics().edge_links_active.clone();
+    gauge.inc();
+    let result = tokio::select! {
+        r = serve(&conn, &hub) => r,
+        _ = shutdown.cancelled() => Ok(()),
+    };
+    gauge.dec();
+    match result {
+        Ok(()) => conn.close(
+            quinn::VarInt::from_u32(CloseCode::ShuttingDown as u32),
+            b"hub shutting down",
+        ),
+        Err(LinkError::Connection(e)) => info!(reason = %e, "edge link closed"),
+        Err(e) => {
+            let code = match e {
+                LinkError::HelloTimeout => CloseCode::HelloTimeout,
+                _ => CloseCode::ProtocolViolation,
+            };
+            warn!(error = %e, "closing edge link");
+            conn.close(
+                quinn::VarInt::from_u32(code as u32),
+                e.to_string().as_bytes(),
+            );
+        }
+    }
+}
+
+async fn serve(conn: &quinn::Connection, hub: &Hub) -> Result<(), LinkError> {
+    let (mut send, mut recv) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi())
+        .await
+        .map_err(|_| LinkError::HelloTimeout)??;
+    let mut decoder = FrameDecoder::new(MAX_HUB_FRAME);
+    let mut buf = vec![0u8; 64 * 1024];
+    let deadline = tokio::time::Instant::now() + HELLO_TIMEOUT;
+    let edge_id = loop {
+        if let Some(frame) = decoder.next_frame::<EdgeToHub>()? {
+            match frame {
+                EdgeToHub::Hello { edge_id } => break edge_id,
+                EdgeToHub::Batch { .. } => return Err(LinkError::NoHello),
+            }
+        }
+        let n = tokio::time::timeout_at(deadline, recv.read(&mut buf))
+            .await
+            .map_err(|_| LinkError::HelloTimeout)??;
+        match n {
+            Some(n) => decoder.push(&buf[..n]),
+            None => return Ok(()),
+        }
+    };
+    tracing::Span::current().record("edge_id", edge_id.as_str());
+    info!("edge connected");
+    send.write_all(&frame_bytes(&HubToEdge::Welcome {
+        hub_id: hub.hub_id.clone(),
+    }))
+    .await?;
+    loop {
+        let mut acked = None;
+        while let Some(frame) = decoder.next_frame::<EdgeToHub>()? {
+            match frame {
+                EdgeToHub::Batch { batch_seq, fixes } => {
+                    hub.apply_fixes(&fixes);
+                    acked = Some(batch_seq);
+                }
+                EdgeToHub::Hello { .. } => return Err(LinkError::NoHello),
+            }
+        }
+        if let Some(batch_seq) = acked {
+            // One cumulative ack for everything applied from this read.
+            send.write_all(&frame_bytes(&HubToEdge::Ack { batch_seq }))
+                .await?;
+        }
+        match recv.read(&mut buf).await? {
+            Some(n) => decoder.push(&buf[..n]),
+            None => {
+                info!("edge finished its stream");
+                return Ok(());
+            }
+        }
+    }
+}

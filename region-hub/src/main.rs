@@ -1,0 +1,114 @@
+//! `region-hub`: run a region hub, check its config, make a token signing key, mint tokens.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use protocol::token::Subject;
+use protocol::{DeliveryId, DriverId};
+use region_hub::HubConfig;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(name = "region-hub", version, about = "Trackline region hub")]
+struct Cli {
+    /// Config file (TOML); defaults apply when omitted.
+    #[arg(long, env = "TRACKLINE_HUB_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Validate the config and exit.
+    #[arg(long)]
+    check_config: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write a new PKCS#8 Ed25519 token signing key and print its public key.
+    Keygen {
+        /// Where to write the key (default: `token_signing_key` from the config).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Overwrite an existing key file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print a token signed with the configured key, e.g. a driver's:
+    /// `region-hub mint-token --driver 7 --ttl 1h`.
+    MintToken {
+        #[arg(long, conflicts_with_all = ["delivery", "operator"])]
+        driver: Option<u64>,
+        #[arg(long, conflicts_with = "operator")]
+        delivery: Option<u64>,
+        #[arg(long)]
+        operator: bool,
+        /// Lifetime, e.g. `1h`, `30m`, `7d`.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
+        ttl: Duration,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    nodekit::init_tracing("info");
+    certs::install_default_crypto_provider();
+    let config: HubConfig = nodekit::load_config(cli.config.as_deref())?;
+    config.validate().context("invalid config")?;
+    match cli.command {
+        Some(Command::Keygen { out, force }) => {
+            let path = out.unwrap_or_else(|| config.token_signing_key.clone());
+            anyhow::ensure!(
+                force || !path.exists(),
+                "{} exists (use --force to replace it)",
+                path.display()
+            );
+            let der = protocol::token::TokenSigner::generate_pkcs8()?;
+            region_hub::write_private(&path, &der)?;
+            let signer = protocol::token::TokenSigner::from_pkcs8(config.token_kid, &der)?;
+            println!("wrote {}", path.display());
+            println!("kid = {}", config.token_kid);
+            println!(
+                "public_key = \"{}\"",
+                protocol::token::encode_public_key(&signer.public_key())
+            );
+            return Ok(());
+        }
+        Some(Command::MintToken {
+            driver,
+            delivery,
+            operator,
+            ttl,
+        }) => {
+            let sub = match (driver, delivery, operator) {
+                (Some(d), _, _) => Subject::Driver(DriverId(d)),
+                (_, Some(d), _) => Subject::Tracking(DeliveryId(d)),
+                (_, _, true) => Subject::Operator,
+                _ => anyhow::bail!(
+                    "say who the token is for: --driver N, --delivery N or --operator"
+                ),
+            };
+            let signer = region_hub::load_or_create_signing_key(
+                &config.token_signing_key,
+                config.token_kid,
+            )?;
+            println!("{}", signer.sign(sub, nodekit::unix_s(), ttl.as_secs()));
+            return Ok(());
+        }
+        None => {}
+    }
+    if cli.check_config {
+        config.tls.load().context("checking tls files")?;
+        if let Some(t) = &config.webtransport_tls {
+            certs::TlsMaterial::load(&t.cert, &t.key, None)
+                .context("checking webtransport_tls files")?;
+        }
+        println!("config ok");
+        return Ok(());
+    }
+    let hub = region_hub::spawn(config).await?;
+    nodekit::shutdown_signal().await;
+    tracing::info!("shutting down");
+    hub.shutdown();
+    hub.join().await;
+    Ok(())
+}

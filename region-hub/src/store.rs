@@ -1,0 +1,430 @@
+//! The durable event log in redb: status events, delivery records, idempotency keys, and the
+//! group-commit writer that appends them.
+
+use crate::core::{DeliveryRecord, LogEntry, RecoveredDelivery};
+use crate::metrics::HubMetrics;
+use protocol::consumer::StatusEvent;
+use protocol::DeliveryId;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// `(delivery_id, event_seq)` -> JSON [`StatusEvent`].
+const EVENTS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("events");
+/// `delivery_id` -> JSON [`DeliveryRecord`].
+const DELIVERIES: TableDefinition<u64, &[u8]> = TableDefinition::new("deliveries");
+/// `(delivery_id, idempotency key)` -> event_seq.
+const IDEMPOTENCY: TableDefinition<(u64, &str), u64> = TableDefinition::new("idempotency");
+
+/// Why the log could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("opening event log {path}: {source}")]
+    Open { path: PathBuf, source: redb::Error },
+    #[error("event log: {0}")]
+    Db(#[from] redb::Error),
+    #[error("event log holds an undecodable {what} for delivery {id}: {reason}")]
+    Corrupt {
+        what: &'static str,
+        id: u64,
+        reason: String,
+    },
+    #[error("encoding {0}")]
+    Encode(String),
+    #[error("the event log writer is gone (hub shutting down)")]
+    Closed,
+}
+
+impl StoreError {
+    fn db(e: impl Into<redb::Error>) -> Self {
+        StoreError::Db(e.into())
+    }
+}
+
+/// The hub's redb database. Clones share it; [`Store::close`] releases the file even while
+/// stray clones (e.g. in lingering connection tasks) are still alive.
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: Arc<parking_lot::Mutex<Option<Arc<Database>>>>,
+}
+
+impl Store {
+    /// Opens (or creates) the database at `path` and makes sure every table exists.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+                path: path.to_path_buf(),
+                source: redb::Error::Io(e),
+            })?;
+        }
+        let db = Database::create(path).map_err(|e| StoreError::Open {
+            path: path.to_path_buf(),
+            source: e.into(),
+        })?;
+        let tx = db.begin_write().map_err(StoreError::db)?;
+        tx.open_table(EVENTS).map_err(StoreError::db)?;
+        tx.open_table(DELIVERIES).map_err(StoreError::db)?;
+        tx.open_table(IDEMPOTENCY).map_err(StoreError::db)?;
+        tx.commit().map_err(StoreError::db)?;
+        Ok(Self {
+            db: Arc::new(parking_lot::Mutex::new(Some(Arc::new(db)))),
+        })
+    }
+
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        self.db.lock().clone().ok_or(StoreError::Closed)
+    }
+
+    /// Closes the database file; later calls on any clone fail with [`StoreError::Closed`].
+    /// Waits for operations already running on other threads to finish.
+    pub async fn close(&self) {
+        let Some(mut db) = self.db.lock().take() else {
+            return;
+        };
+        loop {
+            match Arc::try_unwrap(db) {
+                Ok(db) => {
+                    drop(db);
+                    return;
+                }
+                Err(still_shared) => {
+                    db = still_shared;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        }
+    }
+
+    /// Appends entries in ONE write transaction, durable when this returns.
+    pub fn append(&self, entries: &[&LogEntry]) -> Result<(), StoreError> {
+        let tx = self.db()?.begin_write().map_err(StoreError::db)?;
+        {
+            let mut events = tx.open_table(EVENTS).map_err(StoreError::db)?;
+            let mut deliveries = tx.open_table(DELIVERIES).map_err(StoreError::db)?;
+            let mut keys = tx.open_table(IDEMPOTENCY).map_err(StoreError::db)?;
+            for entry in entries {
+                let id = entry.delivery_id.0;
+                if let Some(rec) = &entry.record {
+                    let bytes =
+                        serde_json::to_vec(rec).map_err(|e| StoreError::Encode(e.to_string()))?;
+                    deliveries
+                        .insert(id, bytes.as_slice())
+                        .map_err(StoreError::db)?;
+                }
+                for ev in &entry.events {
+                    let bytes =
+                        serde_json::to_vec(ev).map_err(|e| StoreError::Encode(e.to_string()))?;
+                    events
+                        .insert((id, ev.event_seq), bytes.as_slice())
+                        .map_err(StoreError::db)?;
+                }
+                if let (Some(key), Some(ev)) = (&entry.idempotency_key, entry.events.last()) {
+                    keys.insert((id, key.as_str()), ev.event_seq)
+                        .map_err(StoreError::db)?;
+                }
+            }
+        }
+        tx.commit().map_err(StoreError::db)?;
+        Ok(())
+    }
+
+    /// Reads every delivery with its events and idempotency keys (recovery at start).
+    pub fn load_all(&self) -> Result<Vec<RecoveredDelivery>, StoreError> {
+        let tx = self.db()?.begin_read().map_err(StoreError::db)?;
+        let deliveries = tx.open_table(DELIVERIES).map_err(StoreError::db)?;
+        let events = tx.open_table(EVENTS).map_err(StoreError::db)?;
+        let keys = tx.open_table(IDEMPOTENCY).map_err(StoreError::db)?;
+        let mut out: BTreeMap<u64, RecoveredDelivery> = BTreeMap::new();
+        for row in deliveries.iter().map_err(StoreError::db)? {
+            let (k, v) = row.map_err(StoreError::db)?;
+            let id = k.value();
+            let record: DeliveryRecord =
+                serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
+                    what: "delivery record",
+                    id,
+                    reason: e.to_string(),
+                })?;
+            out.insert(
+                id,
+                RecoveredDelivery {
+                    record,
+                    events: Vec::new(),
+                    idempotency: Vec::new(),
+                },
+            );
+        }
+        for row in events.iter().map_err(StoreError::db)? {
+            let (k, v) = row.map_err(StoreError::db)?;
+            let (id, _) = k.value();
+            let ev = decode_event(id, v.value())?;
+            if let Some(d) = out.get_mut(&id) {
+                d.events.push(ev);
+            }
+        }
+        for row in keys.iter().map_err(StoreError::db)? {
+            let (k, v) = row.map_err(StoreError::db)?;
+            let (id, key) = k.value();
+            if let Some(d) = out.get_mut(&id) {
+                d.idempotency.push((key.to_owned(), v.value()));
+            }
+        }
+        Ok(out.into_values().collect())
+    }
+
+    /// Events of `delivery` with seq greater than `after`, in order (consumer resume).
+    pub fn events_after(
+        &self,
+        delivery: DeliveryId,
+        after: u64,
+    ) -> Result<Vec<StatusEvent>, StoreError> {
+        let tx = self.db()?.begin_read().map_err(StoreError::db)?;
+        let events = tx.open_table(EVENTS).map_err(StoreError::db)?;
+        let start = after.saturating_add(1);
+        let mut out = Vec::new();
+        for row in events
+            .range((delivery.0, start)..=(delivery.0, u64::MAX))
+            .map_err(StoreError::db)?
+        {
+            let (_, v) = row.map_err(StoreError::db)?;
+            out.push(decode_event(delivery.0, v.value())?);
+        }
+        Ok(out)
+    }
+}
+
+fn decode_event(id: u64, bytes: &[u8]) -> Result<StatusEvent, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        what: "status event",
+        id,
+        reason: e.to_string(),
+    })
+}
+
+/// Told by the writer what happened to each batch, in log order, BEFORE callers are answered.
+pub trait CommitSink: Send + Sync + 'static {
+    /// The entries are durable.
+    fn committed(&self, entries: &[LogEntry]);
+    /// The entries could not be written (abort them newest first).
+    fn failed(&self, entries: &[LogEntry]);
+}
+
+struct AppendRequest {
+    entry: LogEntry,
+    reply: oneshot::Sender<Result<(), Arc<StoreError>>>,
+}
+
+/// Why an append could not even be queued.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SubmitError {
+    #[error("the event log queue is full")]
+    Full,
+    #[error("the event log writer is gone (hub shutting down)")]
+    Closed,
+}
+
+/// Queue in front of the group-commit writer.
+#[derive(Clone, Debug)]
+pub struct EventLogHandle {
+    tx: mpsc::Sender<AppendRequest>,
+}
+
+/// Answer of one append: `Ok` once the entry is durable.
+pub type AppendReceipt = oneshot::Receiver<Result<(), Arc<StoreError>>>;
+
+impl EventLogHandle {
+    /// Queues an entry without waiting (callable under a lock, so queue order is log order).
+    pub fn submit(&self, entry: LogEntry) -> Result<AppendReceipt, SubmitError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .try_send(AppendRequest { entry, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => SubmitError::Full,
+                mpsc::error::TrySendError::Closed(_) => SubmitError::Closed,
+            })?;
+        Ok(rx)
+    }
+}
+
+/// Group-commit tuning.
+#[derive(Clone, Copy, Debug)]
+pub struct WriterConfig {
+    pub max_batch: usize,
+    pub max_delay: Duration,
+    pub queue: usize,
+}
+
+/// Starts the writer task: it takes what is queued (up to `max_batch`, waiting at most
+/// `max_delay` for more after the first), commits one write transaction, tells `sink`, then
+/// answers every caller. On shutdown it commits what is queued and stops.
+pub fn spawn_event_log(
+    store: Store,
+    config: WriterConfig,
+    sink: Arc<dyn CommitSink>,
+    metrics: Arc<HubMetrics>,
+    shutdown: CancellationToken,
+) -> (EventLogHandle, tokio::task::JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::channel::<AppendRequest>(config.queue.max(1));
+    let task = tokio::spawn(
+        async move {
+        loop {
+            let first = tokio::select! {
+                biased;
+                r = rx.recv() => match r { Some(r) => r, None => break },
+                _ = shutdown.cancelled() => {
+                    rx.close();
+                    match rx.recv().await { Some(r) => r, None => break }
+                }
+            };
+            let mut batch = vec![first];
+            let deadline = tokio::time::Instant::now() + config.max_delay;
+            while batch.len() < config.max_batch {
+                match rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        if config.max_delay.is_zero() || shutdown.is_cancelled() {
+                            break;
+                        }
+                        match tokio::time::timeout_at(deadline, rx.recv()).await {
+                            Ok(Some(r)) => batch.push(r),
+                            Ok(None) | Err(_) => break,
+                        }
+                    }
+                }
+            }
+            let (entries, replies): (Vec<LogEntry>, Vec<_>) = batch.into_iter().map(|r| (r.entry, r.reply)).unzip();
+            let store2 = store.clone();
+            let started = Instant::now();
+            let (entries, result) = match tokio::task::spawn_blocking(move || {
+                let refs: Vec<&LogEntry> = entries.iter().collect();
+                let r = store2.append(&refs);
+                (entries, r)
+            })
+            .await
+            {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::error!(error = %e, "event log commit task failed");
+                    for reply in replies {
+                        let _ = reply.send(Err(Arc::new(StoreError::Closed)));
+                    }
+                    continue;
+                }
+            };
+            metrics.event_commit_seconds.observe(started.elapsed().as_secs_f64());
+            metrics.event_commit_batch.observe(entries.len() as f64);
+            match result {
+                Ok(()) => {
+                    sink.committed(&entries);
+                    for reply in replies {
+                        let _ = reply.send(Ok(()));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, entries = entries.len(), "event log commit failed");
+                    sink.failed(&entries);
+                    let e = Arc::new(e);
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+        tracing::debug!("event log writer stopped");
+    }
+        .instrument(tracing::info_span!("event_log")),
+    );
+    (EventLogHandle { tx }, task)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::geo::LatLng;
+    use protocol::status::DeliveryStatus;
+
+    fn temp_db(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("trackline-hub-store-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir.join("hub.redb")
+    }
+
+    fn entry(
+        id: u64,
+        seqs: &[(u64, DeliveryStatus)],
+        key: Option<&str>,
+        with_record: bool,
+    ) -> LogEntry {
+        LogEntry {
+            delivery_id: DeliveryId(id),
+            record: with_record.then(|| DeliveryRecord {
+                id: DeliveryId(id),
+                pickup: LatLng::new(60.0, 24.0),
+                dropoff: LatLng::new(60.1, 24.1),
+                driver_id: None,
+                created_ms: 5,
+            }),
+            events: seqs
+                .iter()
+                .map(|(s, st)| StatusEvent {
+                    delivery_id: DeliveryId(id),
+                    event_seq: *s,
+                    status: *st,
+                    ts_ms: 10 + s,
+                    source: "api".into(),
+                    metadata: serde_json::json!({"n": s}),
+                })
+                .collect(),
+            idempotency_key: key.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn appended_entries_survive_reopen_and_resume_from_a_seq() {
+        let path = temp_db("reopen");
+        {
+            let s = Store::open(&path).expect("open");
+            s.append(&[
+                &entry(1, &[(1, DeliveryStatus::Confirmed)], None, true),
+                &entry(2, &[(1, DeliveryStatus::Confirmed)], None, true),
+            ])
+            .expect("append");
+            s.append(&[&entry(
+                1,
+                &[
+                    (2, DeliveryStatus::Preparing),
+                    (3, DeliveryStatus::Cancelled),
+                ],
+                Some("k"),
+                false,
+            )])
+            .expect("append");
+        }
+        let s = Store::open(&path).expect("reopen");
+        let all = s.load_all().expect("load");
+        assert_eq!(all.len(), 2);
+        assert_eq!(
+            all[0]
+                .events
+                .iter()
+                .map(|e| e.event_seq)
+                .collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+        assert_eq!(all[0].idempotency, vec![("k".to_owned(), 3)]);
+        assert_eq!(all[0].events[1].metadata, serde_json::json!({"n": 2}));
+        let after = s.events_after(DeliveryId(1), 1).expect("after");
+        assert_eq!(
+            after.iter().map(|e| e.event_seq).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
+        assert!(s.events_after(DeliveryId(2), 1).expect("after").is_empty());
+        let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
+    }
+}

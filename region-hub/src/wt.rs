@@ -1,0 +1,252 @@
+//! WebTransport endpoint for consumers: `/api/v1/tracking/{id}/wt?token=..&last_event_seq=N`;
+//! reliable frames as newline-delimited JSON on one uni stream, positions as datagrams.
+
+use crate::hub::{ConsumerCursor, Hub, Outgoing};
+use protocol::DeliveryId;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, Instrument};
+use wtransport::endpoint::endpoint_side::Server;
+use wtransport::endpoint::IncomingSession;
+use wtransport::error::SendDatagramError;
+use wtransport::{Endpoint, Identity, ServerConfig};
+
+/// Label used in metrics.
+pub const TRANSPORT: &str = "webtransport";
+
+/// Binds the WebTransport endpoint.
+pub fn bind(addr: std::net::SocketAddr, identity: Identity) -> std::io::Result<Endpoint<Server>> {
+    let config = ServerConfig::builder()
+        .with_bind_address(addr)
+        .with_identity(identity)
+        .keep_alive_interval(Some(Duration::from_secs(3)))
+        .build();
+    Endpoint::server(config)
+}
+
+/// Accepts consumer sessions until `shutdown`.
+pub(crate) async fn run(endpoint: Endpoint<Server>, hub: Arc<Hub>, shutdown: CancellationToken) {
+    loop {
+        let incoming = tokio::select! {
+            i = endpoint.accept() => i,
+            _ = shutdown.cancelled() => break,
+        };
+        let span = tracing::info_span!("wt_consumer", delivery_id = tracing::field::Empty);
+        tokio::spawn(session(incoming, hub.clone(), shutdown.clone()).instrument(span));
+    }
+    endpoint.close(wtransport::VarInt::from_u32(0), b"hub shutting down");
+}
+
+/// Parses `/api/v1/tracking/{id}/wt?...` into the id and the query pairs.
+fn parse_path(path: &str) -> Option<(DeliveryId, Vec<(String, String)>)> {
+    let (p, q) = path.split_once('?').unwrap_or((path, ""));
+    let id = p
+        .strip_prefix("/api/v1/tracking/")?
+        .strip_suffix("/wt")?
+        .parse()
+        .ok()?;
+    let pairs = q
+        .split('&')
+        .filter(|s| !s.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect();
+    Some((id, pairs))
+}
+
+/// Minimal `application/x-www-form-urlencoded` value decoding (invalid escapes kept as is).
+fn percent_decode(s: &str) -> String {
+    fn hex(c: u8) -> Option<u8> {
+        (c as char).to_digit(16).map(|d| d as u8)
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push(h * 16 + l);
+                i += 3;
+            }
+            (b'+', _, _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn session(incoming: IncomingSession, hub: Arc<Hub>, shutdown: CancellationToken) {
+    let request = match incoming.await {
+        Ok(r) => r,
+        Err(e) => {
+            debug!(error = %e, "webtransport handshake failed");
+            return;
+        }
+    };
+    let Some((id, query)) = parse_path(request.path()) else {
+        hub.metrics().reject("not_found");
+        request.not_found().await;
+        return;
+    };
+    tracing::Span::current().record("delivery_id", id.0);
+    let param = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let token = param("token").or_else(|| {
+        request
+            .headers()
+            .get("authorization")
+            .and_then(|h| h.strip_prefix("Bearer ").map(str::to_owned))
+    });
+    if let Err(refusal) = hub.check_tracking(token.as_deref(), id) {
+        // wtransport can answer 403, 404 or 429 only: a missing token is a 403 here too.
+        debug!(reason = refusal.reason(), "refusing webtransport consumer");
+        hub.metrics().reject(refusal.reason());
+        request.forbidden().await;
+        return;
+    }
+    let last_event_seq = match param("last_event_seq").map(|s| s.parse::<u64>()) {
+        Some(Ok(n)) => Some(n),
+        Some(Err(_)) => {
+            hub.metrics().reject("bad_request");
+            request.not_found().await;
+            return;
+        }
+        None => None,
+    };
+    let start = match hub.open_consumer(id, last_event_seq, TRANSPORT) {
+        Ok(s) => s,
+        Err(e) => {
+            debug!(error = %e, "no such delivery");
+            request.not_found().await;
+            return;
+        }
+    };
+    let conn = match request.accept().await {
+        Ok(c) => c,
+        Err(e) => {
+            debug!(error = %e, "accepting webtransport session failed");
+            return;
+        }
+    };
+    let mut stream = match conn.open_uni().await {
+        Ok(opening) => match opening.await {
+            Ok(s) => s,
+            Err(e) => {
+                debug!(error = %e, "opening uni stream failed");
+                return;
+            }
+        },
+        Err(e) => {
+            debug!(error = %e, "opening uni stream failed");
+            return;
+        }
+    };
+    let mut cursor = ConsumerCursor::new(&start);
+    let crate::hub::ConsumerStart {
+        subscription: mut sub,
+        guard: _guard,
+        ..
+    } = {
+        let opening = ConsumerCursor::opening_frames(&start);
+        for line in opening {
+            if stream
+                .write_all(format!("{line}\n").as_bytes())
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        start
+    };
+    debug!("webtransport consumer connected");
+    loop {
+        let out = tokio::select! {
+            o = cursor.next(&mut sub) => o,
+            _ = conn.closed() => break,
+            _ = shutdown.cancelled() => break,
+        };
+        match out {
+            Some(Outgoing::Reliable(json)) => {
+                if stream
+                    .write_all(format!("{json}\n").as_bytes())
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            Some(Outgoing::Position(json)) => {
+                let fits = conn.max_datagram_size().is_some_and(|m| json.len() <= m);
+                let sent = if fits {
+                    match conn.send_datagram(json.as_bytes()) {
+                        Ok(()) => true,
+                        Err(SendDatagramError::TooLarge | SendDatagramError::UnsupportedByPeer) => {
+                            false
+                        }
+                        Err(SendDatagramError::NotConnected) => break,
+                    }
+                } else {
+                    false
+                };
+                if !sent
+                    && stream
+                        .write_all(format!("{json}\n").as_bytes())
+                        .await
+                        .is_err()
+                {
+                    break;
+                }
+                hub.metrics().inc_pushed(TRANSPORT);
+            }
+            None => {
+                debug!("consumer cut off by the hub");
+                conn.close(
+                    wtransport::VarInt::from_u32(1),
+                    b"cut off: resume with last_event_seq",
+                );
+                break;
+            }
+        }
+    }
+    let _ = stream.finish().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_session_path_and_query() {
+        let (id, q) = parse_path("/api/v1/tracking/42/wt?token=tl1.a_b.c%2Dd&last_event_seq=3")
+            .expect("parse");
+        assert_eq!(id, DeliveryId(42));
+        assert_eq!(
+            q,
+            vec![
+                ("token".into(), "tl1.a_b.c-d".into()),
+                ("last_event_seq".into(), "3".into())
+            ]
+        );
+        assert!(parse_path("/api/v1/tracking/x/wt").is_none());
+        assert!(parse_path("/api/v1/tracking/1/connect").is_none());
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+    }
+}
