@@ -189,6 +189,7 @@ pub struct RoadGraph {
     bbox: BBox,
     projection: LocalProjection,
     node_tree: RTree<NodePoint>,
+    pruned_node_count: usize,
 }
 
 impl RoadGraph {
@@ -226,9 +227,7 @@ impl RoadGraph {
         ElementReader::new(pbf)
             .for_each(|element| {
                 if let Element::Way(way) = element {
-                    if let Some((class, speed_mps, direction)) =
-                        classify_way(way.tags(), options)
-                    {
+                    if let Some((class, speed_mps, direction)) = classify_way(way.tags(), options) {
                         let refs: Vec<i64> = way.refs().collect();
                         if refs.len() >= 2 {
                             needed.extend(refs.iter().copied());
@@ -298,12 +297,12 @@ impl RoadGraph {
         let id = |r: usize, c: usize| NodeId((r * cols + c) as u32);
         // Returns (class, oneway direction): None = two-way, Some(true) = increasing index.
         let street = |i: usize, n: usize| -> (RoadClass, Option<bool>) {
-            if i % 5 == 0 {
+            if i.is_multiple_of(5) {
                 (RoadClass::Secondary, None)
-            } else if i == n - 1 || i % 2 == 0 {
+            } else if i == n - 1 || i.is_multiple_of(2) {
                 (RoadClass::Residential, None)
             } else {
-                (RoadClass::Residential, Some((i / 2) % 2 == 0))
+                (RoadClass::Residential, Some((i / 2).is_multiple_of(2)))
             }
         };
         for r in 0..rows {
@@ -361,6 +360,12 @@ impl RoadGraph {
     /// The highest edge speed in the graph (bounds the A* heuristic), in m/s.
     pub fn max_speed_mps(&self) -> f64 {
         self.max_speed_mps
+    }
+
+    /// Nodes dropped at build time for lying outside the largest strongly connected component
+    /// (dead ends of one-ways, islands cut off by the extract boundary).
+    pub fn pruned_node_count(&self) -> usize {
+        self.pruned_node_count
     }
 
     /// Bounding box of all nodes.
@@ -513,7 +518,9 @@ impl GraphBuilder {
         for &c in &comp {
             *sizes.entry(c).or_default() += 1;
         }
-        let Some((&largest, &size)) = sizes.iter().max_by_key(|(c, s)| (**s, std::cmp::Reverse(**c)))
+        let Some((&largest, &size)) = sizes
+            .iter()
+            .max_by_key(|(c, s)| (**s, std::cmp::Reverse(**c)))
         else {
             return Err(RoadError::EmptyGraph);
         };
@@ -556,6 +563,7 @@ impl GraphBuilder {
             bbox,
             projection,
             node_tree,
+            pruned_node_count: n - size,
         })
     }
 }
@@ -640,7 +648,9 @@ mod tests {
     #[test]
     fn parses_maxspeed_in_kmh_and_mph() {
         assert!((parse_maxspeed_mps("50").unwrap_or(0.0) - 50.0 / 3.6).abs() < 1e-9);
-        assert!((parse_maxspeed_mps("30 mph").unwrap_or(0.0) - 30.0 * 1.609_344 / 3.6).abs() < 1e-9);
+        assert!(
+            (parse_maxspeed_mps("30 mph").unwrap_or(0.0) - 30.0 * 1.609_344 / 3.6).abs() < 1e-9
+        );
         assert!((parse_maxspeed_mps("40;30").unwrap_or(0.0) - 40.0 / 3.6).abs() < 1e-9);
         assert_eq!(parse_maxspeed_mps("none"), None);
         assert_eq!(parse_maxspeed_mps("FI:urban"), None);
@@ -654,14 +664,32 @@ mod tests {
             classify_way(tags.iter().copied(), &opts).map(|(_, _, d)| d)
         };
         assert_eq!(dir(&[("highway", "residential")]), Some(Direction::Both));
-        assert_eq!(dir(&[("highway", "residential"), ("oneway", "yes")]), Some(Direction::Forward));
-        assert_eq!(dir(&[("highway", "primary"), ("oneway", "-1")]), Some(Direction::Backward));
-        assert_eq!(dir(&[("highway", "tertiary"), ("junction", "roundabout")]), Some(Direction::Forward));
+        assert_eq!(
+            dir(&[("highway", "residential"), ("oneway", "yes")]),
+            Some(Direction::Forward)
+        );
+        assert_eq!(
+            dir(&[("highway", "primary"), ("oneway", "-1")]),
+            Some(Direction::Backward)
+        );
+        assert_eq!(
+            dir(&[("highway", "tertiary"), ("junction", "roundabout")]),
+            Some(Direction::Forward)
+        );
         assert_eq!(dir(&[("highway", "motorway")]), Some(Direction::Forward));
-        assert_eq!(dir(&[("highway", "motorway"), ("oneway", "no")]), Some(Direction::Both));
+        assert_eq!(
+            dir(&[("highway", "motorway"), ("oneway", "no")]),
+            Some(Direction::Both)
+        );
         assert_eq!(dir(&[("highway", "footway")]), None);
-        assert_eq!(dir(&[("highway", "residential"), ("access", "private")]), None);
-        assert_eq!(dir(&[("highway", "service"), ("service", "parking_aisle")]), None);
+        assert_eq!(
+            dir(&[("highway", "residential"), ("access", "private")]),
+            None
+        );
+        assert_eq!(
+            dir(&[("highway", "service"), ("service", "parking_aisle")]),
+            None
+        );
     }
 
     #[test]
@@ -670,10 +698,12 @@ mod tests {
         let speed = |tags: &[(&'static str, &'static str)]| {
             classify_way(tags.iter().copied(), &opts).map(|(c, s, _)| (c, s))
         };
-        let (class, link_speed) = speed(&[("highway", "primary_link")]).unwrap_or((RoadClass::Service, 0.0));
+        let (class, link_speed) =
+            speed(&[("highway", "primary_link")]).unwrap_or((RoadClass::Service, 0.0));
         assert_eq!(class, RoadClass::Primary);
         assert!(link_speed < RoadClass::Primary.default_speed_mps());
-        let (_, tagged) = speed(&[("highway", "primary"), ("maxspeed", "60")]).unwrap_or((RoadClass::Service, 0.0));
+        let (_, tagged) = speed(&[("highway", "primary"), ("maxspeed", "60")])
+            .unwrap_or((RoadClass::Service, 0.0));
         assert!((tagged - 60.0 / 3.6).abs() < 1e-9);
     }
 
@@ -688,6 +718,7 @@ mod tests {
         b.add_road(n[2], n[3], RoadClass::Residential, 8.0, true);
         let g = b.build().expect("graph");
         assert_eq!(g.node_count(), 3);
+        assert_eq!(g.pruned_node_count(), 2);
         assert_eq!(g.edge_count(), 4);
         assert_eq!(g.node(NodeId(2)), p(2.0));
     }

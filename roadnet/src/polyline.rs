@@ -7,7 +7,7 @@ use crate::geo::LatLng;
 const FACTOR: f64 = 1e5;
 
 /// Why an encoded polyline could not be decoded.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[derive(Debug, Clone, PartialEq, Error)]
 pub enum PolylineError {
     /// A character outside the alphabet `?`..=`~` (63..=126).
     #[error("invalid polyline character {ch:?} at byte {at}")]
@@ -138,10 +138,22 @@ mod tests {
 
     #[test]
     fn rejects_truncated_and_invalid_input() {
-        assert!(matches!(decode("_p~iF"), Err(PolylineError::Truncated { .. })));
-        assert!(matches!(decode("_p~i"), Err(PolylineError::Truncated { .. })));
-        assert!(matches!(decode("_p~iF ps|U"), Err(PolylineError::InvalidChar { ch: ' ', .. })));
-        assert!(matches!(decode("~~~~~~~~~~"), Err(PolylineError::Overflow { .. })));
+        assert!(matches!(
+            decode("_p~iF"),
+            Err(PolylineError::Truncated { .. })
+        ));
+        assert!(matches!(
+            decode("_p~i"),
+            Err(PolylineError::Truncated { .. })
+        ));
+        assert!(matches!(
+            decode("_p~iF ps|U"),
+            Err(PolylineError::InvalidChar { ch: ' ', .. })
+        ));
+        assert!(matches!(
+            decode("~~~~~~~~~~"),
+            Err(PolylineError::Overflow { .. })
+        ));
         assert_eq!(decode(""), Ok(Vec::new()));
     }
 

@@ -95,7 +95,11 @@ impl Route {
                 free_flow_time_s: 0.0,
             };
         };
-        let start = first.points.first().copied().unwrap_or(LatLng::new(0.0, 0.0));
+        let start = first
+            .points
+            .first()
+            .copied()
+            .unwrap_or(LatLng::new(0.0, 0.0));
         let bridge_speed = RoadClass::Unclassified.default_speed_mps();
         let pieces = legs.iter().enumerate().flat_map(|(i, leg)| {
             let bridge = (i > 0)
@@ -106,11 +110,13 @@ impl Route {
                     class: RoadClass::Unclassified,
                     free_speed_mps: bridge_speed,
                 });
-            bridge.into_iter().chain(leg.segments.iter().map(|s| RoutePiece {
-                to: s.end,
-                class: s.class,
-                free_speed_mps: s.free_speed_mps,
-            }))
+            bridge
+                .into_iter()
+                .chain(leg.segments.iter().map(|s| RoutePiece {
+                    to: s.end,
+                    class: s.class,
+                    free_speed_mps: s.free_speed_mps,
+                }))
         });
         Route::from_pieces(start, pieces)
     }
@@ -130,7 +136,9 @@ impl Route {
         if self.segments.is_empty() {
             return None;
         }
-        let i = self.segments.partition_point(|s| s.cum_start_m <= progress_m);
+        let i = self
+            .segments
+            .partition_point(|s| s.cum_start_m <= progress_m);
         Some(i.saturating_sub(1))
     }
 

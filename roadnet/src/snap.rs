@@ -18,6 +18,9 @@ pub struct SnapConfig {
     /// Candidates whose offset is within this margin of the best one fit equally well; among
     /// them the first one at or after the hint wins, in metres.
     pub offset_margin_m: f64,
+    /// A forward candidate farther ahead than this loses to one just behind the hint, in metres:
+    /// a driver standing still on an out-and-back street stays on the leg they are on.
+    pub max_forward_jump_m: f64,
 }
 
 impl Default for SnapConfig {
@@ -26,6 +29,7 @@ impl Default for SnapConfig {
             radius_m: 60.0,
             back_tolerance_m: 25.0,
             offset_margin_m: 15.0,
+            max_forward_jump_m: 250.0,
         }
     }
 }
@@ -127,10 +131,13 @@ impl RouteSnapper {
 
     /// Snap `pos` given the progress of the previous snap (`hint_progress_m`, 0 at the start).
     ///
-    /// Among segments within `radius_m` that are not more than `back_tolerance_m` behind the
-    /// hint, and that fit about as well as the best of them (`offset_margin_m`), the first one
-    /// at or after the hint wins; if all are behind, the one closest behind the hint. With no
-    /// such candidate the nearest segment wins, wherever it is. Returns `None` for an empty route.
+    /// Candidates are segments within `radius_m` that are not more than `back_tolerance_m`
+    /// behind the hint and that fit about as well as the best of them (`offset_margin_m`). The
+    /// first candidate at or after the hint picks the pass of the route the driver is on, unless
+    /// it is more than `max_forward_jump_m` ahead and a candidate lies behind the hint, which
+    /// then picks it; within `radius_m` of route distance from that one, the closest segment
+    /// wins. With no candidate the nearest segment wins, wherever it is on the route. Returns
+    /// `None` for an empty route.
     pub fn snap(&self, pos: LatLng, hint_progress_m: f64) -> Option<Snap> {
         let p = self.projection.project(pos);
         let r2 = self.config.radius_m * self.config.radius_m;
@@ -152,16 +159,43 @@ impl RouteSnapper {
             let good = qualifying
                 .iter()
                 .filter(|c| c.offset_m <= best + self.config.offset_margin_m);
+            // The pass of the route the driver is on: the first good candidate at or after the
+            // hint, unless it is an implausible jump ahead and one lies just behind (noise
+            // while standing still); else the last one behind the hint.
             let forward = good
                 .clone()
                 .filter(|c| c.progress_m >= hint_progress_m)
                 .min_by(|a, b| a.progress_m.total_cmp(&b.progress_m));
-            match forward {
-                Some(c) => *c,
-                None => *good
-                    .max_by(|a, b| a.progress_m.total_cmp(&b.progress_m))
-                    .unwrap_or(&qualifying[0]),
-            }
+            let backward = good
+                .clone()
+                .filter(|c| c.progress_m < hint_progress_m)
+                .max_by(|a, b| a.progress_m.total_cmp(&b.progress_m));
+            let anchor = match (forward, backward) {
+                (Some(f), Some(b))
+                    if f.progress_m - hint_progress_m > self.config.max_forward_jump_m =>
+                {
+                    Some(b)
+                }
+                (Some(f), _) => Some(f),
+                (None, b) => b,
+            };
+            let (lo, hi) = match anchor {
+                Some(c) if c.progress_m >= hint_progress_m => {
+                    (c.progress_m, c.progress_m + self.config.radius_m)
+                }
+                Some(c) => (c.progress_m - self.config.radius_m, c.progress_m),
+                None => (f64::NEG_INFINITY, f64::INFINITY),
+            };
+            // Within that pass, the best fit (adjacent segments meet at a vertex; the segment
+            // the fix is really on fits better than the clamped end of its neighbour).
+            *good
+                .filter(|c| (lo..=hi).contains(&c.progress_m))
+                .min_by(|a, b| {
+                    a.offset_m
+                        .total_cmp(&b.offset_m)
+                        .then(a.progress_m.total_cmp(&b.progress_m))
+                })
+                .unwrap_or(&qualifying[0])
         };
         Some(Snap {
             progress_m: chosen.progress_m,

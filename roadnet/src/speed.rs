@@ -190,7 +190,13 @@ impl SpeedModel {
     /// Record a fleet speed seen at `now_s` (Unix seconds) for the live factor of the cell holding
     /// `pos`, compared with the expected speed there (historical for the current hour, blended
     /// with `class_default_mps`, the free speed of the road the fix was snapped to).
-    pub fn observe_live(&mut self, pos: LatLng, now_s: f64, speed_mps: f64, class_default_mps: f64) {
+    pub fn observe_live(
+        &mut self,
+        pos: LatLng,
+        now_s: f64,
+        speed_mps: f64,
+        class_default_mps: f64,
+    ) {
         let Some(cell) = cell_of(pos) else {
             return;
         };
@@ -225,7 +231,10 @@ impl SpeedModel {
         let now_slot = (now_s / self.bucket_s()).floor() as i64;
         let oldest = now_slot - (LIVE_BUCKETS as i64 - 1);
         let (mut obs, mut exp, mut n) = (0.0, 0.0, 0u32);
-        for b in buckets.iter().filter(|b| b.count > 0 && (oldest..=now_slot).contains(&b.slot)) {
+        for b in buckets
+            .iter()
+            .filter(|b| b.count > 0 && (oldest..=now_slot).contains(&b.slot))
+        {
             obs += b.observed_mps_sum;
             exp += b.expected_mps_sum;
             n += b.count;
@@ -237,8 +246,15 @@ impl SpeedModel {
     }
 
     /// The speed the ETA uses: expected speed x live factor.
-    pub fn speed_mps(&self, cell: u64, hour_of_week: u8, now_s: f64, class_default_mps: f64) -> f64 {
-        self.expected_speed_mps(cell, hour_of_week, class_default_mps) * self.live_factor(cell, now_s)
+    pub fn speed_mps(
+        &self,
+        cell: u64,
+        hour_of_week: u8,
+        now_s: f64,
+        class_default_mps: f64,
+    ) -> f64 {
+        self.expected_speed_mps(cell, hour_of_week, class_default_mps)
+            * self.live_factor(cell, now_s)
     }
 
     /// Drop live data older than the window (call now and then to bound memory).

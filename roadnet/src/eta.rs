@@ -1,0 +1,287 @@
+//! The per-delivery ETA state machine (sans-IO): fed GPS fixes and clock ticks, it returns the
+//! remaining time, smoothed for display, and flags deviations that need a re-route.
+
+use serde::{Deserialize, Serialize};
+
+use crate::geo::{haversine_m, LatLng};
+use crate::route::Route;
+use crate::snap::{RouteSnapper, SnapConfig};
+use crate::speed::{cell_of, hour_of_week, SpeedModel};
+
+/// Speeds below this are treated as this when dividing (a cell learnt while stopped), in m/s.
+const MIN_SPEED_MPS: f64 = 1.0;
+
+/// Tuning of the [`EtaEngine`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EtaConfig {
+    /// Time spent at the pickup, added until the pickup is passed, in seconds.
+    pub pickup_dwell_s: f64,
+    /// Within this distance along the route of the pickup the driver is at the pickup and the
+    /// dwell counts down; beyond it the pickup is passed, in metres.
+    pub pickup_arrival_radius_m: f64,
+    /// Weight of the new raw ETA in the displayed (smoothed) ETA, 0..=1.
+    pub smoothing_alpha: f64,
+    /// A fix farther than this from the route means the driver left it, in metres.
+    pub deviation_threshold_m: f64,
+    /// Local offset from UTC used for the hour of week, in seconds.
+    pub utc_offset_s: i32,
+    /// Snapping tuning.
+    pub snap: SnapConfig,
+}
+
+impl Default for EtaConfig {
+    fn default() -> Self {
+        Self {
+            pickup_dwell_s: 120.0,
+            pickup_arrival_radius_m: 30.0,
+            smoothing_alpha: 0.3,
+            deviation_threshold_m: 500.0,
+            utc_offset_s: 0,
+            snap: SnapConfig::default(),
+        }
+    }
+}
+
+/// What one fix (or tick) tells the consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EtaUpdate {
+    /// Remaining time from the model alone, in seconds.
+    pub raw_eta_s: f64,
+    /// Remaining time to display: EMA of raw ETAs with a running countdown, in seconds.
+    pub smoothed_eta_s: f64,
+    /// Distance left along the route, in metres.
+    pub remaining_m: f64,
+    /// Distance along the route to the driver's snapped position, in metres.
+    pub progress_m: f64,
+    /// Distance from the fix to the route, in metres.
+    pub off_route_m: f64,
+    /// The fix is farther than `deviation_threshold_m` from the route: re-route and call
+    /// [`EtaEngine::reroute`]. Progress is not moved by such a fix.
+    pub deviated: bool,
+    /// The driver has passed the pickup (or the plan has none).
+    pub pickup_passed: bool,
+    /// Segment the driver is on, if the route has any.
+    pub segment_index: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Smoothed {
+    eta_s: f64,
+    at_s: f64,
+}
+
+/// ETA for one delivery. Build it at dispatch from the planned route.
+#[derive(Debug, Clone)]
+pub struct EtaEngine {
+    config: EtaConfig,
+    route: Route,
+    snapper: RouteSnapper,
+    segment_cells: Vec<Option<u64>>,
+    pickup_progress_m: Option<f64>,
+    arrived_at_pickup_s: Option<f64>,
+    /// Sticky: once the pickup is behind, snapping noise does not bring the dwell back.
+    pickup_passed: bool,
+    progress_m: f64,
+    smoothed: Option<Smoothed>,
+}
+
+impl EtaEngine {
+    /// An engine for `route`, whose pickup is at the start of segment `pickup_segment` (use the
+    /// first leg's segment count after [`Route::concat`]); `None` when there is no pickup ahead.
+    pub fn new(route: Route, pickup_segment: Option<usize>, config: EtaConfig) -> Self {
+        let snapper = RouteSnapper::with_config(&route, config.snap.clone());
+        let mut engine = Self {
+            config,
+            segment_cells: Vec::new(),
+            pickup_progress_m: None,
+            arrived_at_pickup_s: None,
+            pickup_passed: false,
+            progress_m: 0.0,
+            smoothed: None,
+            snapper,
+            route,
+        };
+        engine.set_route_state(pickup_segment);
+        engine
+    }
+
+    fn set_route_state(&mut self, pickup_segment: Option<usize>) {
+        self.segment_cells = self
+            .route
+            .segments
+            .iter()
+            .map(|s| {
+                cell_of(LatLng::new(
+                    (s.start.lat + s.end.lat) / 2.0,
+                    (s.start.lng + s.end.lng) / 2.0,
+                ))
+            })
+            .collect();
+        self.pickup_progress_m = pickup_segment.map(|k| {
+            self.route
+                .segments
+                .get(k)
+                .map_or(self.route.length_m, |s| s.cum_start_m)
+        });
+        self.pickup_passed = self.pickup_progress_m.is_none();
+        if self.pickup_passed {
+            self.arrived_at_pickup_s = None;
+        }
+        self.progress_m = 0.0;
+    }
+
+    /// Replace the route after a deviation, keeping the smoothing state so the displayed ETA
+    /// does not jump. `pickup_segment` is as in [`EtaEngine::new`] for the new route.
+    pub fn reroute(&mut self, route: Route, pickup_segment: Option<usize>) {
+        self.snapper = RouteSnapper::with_config(&route, self.config.snap.clone());
+        self.route = route;
+        self.set_route_state(pickup_segment);
+    }
+
+    /// The route being followed.
+    pub fn route(&self) -> &Route {
+        &self.route
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EtaConfig {
+        &self.config
+    }
+
+    /// Progress along the route after the last fix, in metres.
+    pub fn progress_m(&self) -> f64 {
+        self.progress_m
+    }
+
+    /// True once the pickup is behind the driver (or when the plan has none).
+    pub fn pickup_passed(&self) -> bool {
+        self.pickup_passed
+    }
+
+    /// The displayed ETA as of the last fix or tick, if any fix arrived yet.
+    pub fn smoothed_eta_s(&self) -> Option<f64> {
+        self.smoothed.map(|s| s.eta_s)
+    }
+
+    /// Handle a GPS fix taken at `now_s` (Unix seconds).
+    pub fn handle_fix(&mut self, now_s: f64, pos: LatLng, model: &SpeedModel) -> EtaUpdate {
+        let snap = self.snapper.snap(pos, self.progress_m);
+        let off_route_m = match (&snap, self.route.start()) {
+            (Some(s), _) => s.offset_m,
+            (None, Some(only)) => haversine_m(pos, only),
+            (None, None) => 0.0,
+        };
+        let deviated = off_route_m > self.config.deviation_threshold_m;
+        if let (Some(s), false) = (&snap, deviated) {
+            self.progress_m = s.progress_m;
+        }
+        let segment_index = match (&snap, deviated) {
+            (Some(s), false) => Some(s.segment_index),
+            _ => self.route.segment_at(self.progress_m),
+        };
+        let pickup_passed = self.update_pickup(now_s);
+        let dwell_s = if pickup_passed {
+            0.0
+        } else {
+            let waited_s = self
+                .arrived_at_pickup_s
+                .map_or(0.0, |t| (now_s - t).max(0.0));
+            (self.config.pickup_dwell_s - waited_s).max(0.0)
+        };
+        let raw_eta_s = self.driving_time_s(now_s, segment_index, model) + dwell_s;
+        let smoothed_eta_s = self.smooth(now_s, raw_eta_s);
+        EtaUpdate {
+            raw_eta_s,
+            smoothed_eta_s,
+            remaining_m: (self.route.length_m - self.progress_m).max(0.0),
+            progress_m: self.progress_m,
+            off_route_m,
+            deviated,
+            pickup_passed,
+            segment_index,
+        }
+    }
+
+    /// Advance the displayed ETA to `now_s` when no fix arrived: a pure countdown. Returns the
+    /// displayed ETA, or `None` before the first fix.
+    pub fn tick(&mut self, now_s: f64) -> Option<f64> {
+        let prev = self.smoothed.as_mut()?;
+        let dt = (now_s - prev.at_s).max(0.0);
+        prev.eta_s = (prev.eta_s - dt).max(0.0);
+        prev.at_s = prev.at_s.max(now_s);
+        Some(prev.eta_s)
+    }
+
+    fn update_pickup(&mut self, now_s: f64) -> bool {
+        let Some(pickup_m) = self.pickup_progress_m else {
+            return true;
+        };
+        if self.pickup_passed {
+            return true;
+        }
+        let r = self.config.pickup_arrival_radius_m;
+        if self.progress_m > pickup_m + r {
+            self.pickup_passed = true;
+            return true;
+        }
+        if self.progress_m >= pickup_m - r && self.arrived_at_pickup_s.is_none() {
+            self.arrived_at_pickup_s = Some(now_s);
+        }
+        false
+    }
+
+    /// s = alpha * raw + (1 - alpha) * max(s_prev - dt, 0).
+    fn smooth(&mut self, now_s: f64, raw_eta_s: f64) -> f64 {
+        let alpha = self.config.smoothing_alpha.clamp(0.0, 1.0);
+        let next = match self.smoothed {
+            None => Smoothed {
+                eta_s: raw_eta_s,
+                at_s: now_s,
+            },
+            Some(prev) => {
+                let countdown = (prev.eta_s - (now_s - prev.at_s).max(0.0)).max(0.0);
+                Smoothed {
+                    eta_s: (alpha * raw_eta_s + (1.0 - alpha) * countdown).max(0.0),
+                    at_s: prev.at_s.max(now_s),
+                }
+            }
+        };
+        self.smoothed = Some(next);
+        next.eta_s
+    }
+
+    /// Driving time from the current progress to the end of the route, in seconds.
+    fn driving_time_s(&self, now_s: f64, segment_index: Option<usize>, model: &SpeedModel) -> f64 {
+        let Some(first) = segment_index else {
+            return 0.0;
+        };
+        let hour = hour_of_week(now_s, self.config.utc_offset_s);
+        let mut total_s = 0.0;
+        // Consecutive segments often share a cell: reuse its speed factor.
+        let mut cached: Option<(u64, f64)> = None; // (cell, live factor)
+        for (i, seg) in self.route.segments.iter().enumerate().skip(first) {
+            let left_m = if i == first {
+                (seg.cum_start_m + seg.length_m - self.progress_m).clamp(0.0, seg.length_m)
+            } else {
+                seg.length_m
+            };
+            if left_m <= 0.0 {
+                continue;
+            }
+            let speed_mps = match self.segment_cells[i] {
+                None => seg.free_speed_mps,
+                Some(cell) => {
+                    let live = match cached {
+                        Some((c, f)) if c == cell => f,
+                        _ => model.live_factor(cell, now_s),
+                    };
+                    cached = Some((cell, live));
+                    let expected = model.expected_speed_mps(cell, hour, seg.free_speed_mps);
+                    expected * live
+                }
+            };
+            total_s += left_m / speed_mps.max(MIN_SPEED_MPS);
+        }
+        total_s
+    }
+}
