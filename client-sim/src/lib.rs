@@ -1,1 +1,9 @@
-//! placeholder
+//! Simulated drivers and consumers: the demo, the load generator and the measuring instrument.
+
+pub mod consumer;
+pub mod demo;
+pub mod driver;
+pub mod report;
+pub mod scenario;
+pub mod stats;
+pub mod world;

@@ -1,0 +1,91 @@
+//! `client-sim`: runs the demo (a hub, an edge and a simulated fleet in one process).
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use client_sim::demo::{run_demo, DemoPorts};
+use client_sim::scenario::ScenarioConfig;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(name = "client-sim", version, about = "Trackline fleet simulator, demo and load generator")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    demo: DemoArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Start a hub and an edge in this process and drive a simulated fleet through them (default).
+    Demo(DemoArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct DemoArgs {
+    /// Simulated drivers (one delivery each).
+    #[arg(long, default_value_t = 50)]
+    drivers: usize,
+    /// Simulated consumers, spread over the deliveries.
+    #[arg(long, default_value_t = 50)]
+    consumers: usize,
+    /// How long to run (e.g. 30s, 5m); Ctrl-C stops earlier.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    duration: Duration,
+    /// Time between two fixes of one driver (phones in production send every 4 s).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+    fix_interval: Duration,
+    /// Share of consumers on WebSocket; the rest use WebTransport.
+    #[arg(long, default_value_t = 0.5)]
+    websocket_share: f64,
+    /// Share of drivers on the HTTPS fallback; the rest send QUIC datagrams.
+    #[arg(long, default_value_t = 0.1)]
+    https_driver_share: f64,
+    /// Share of fixes sent with a bad accuracy on purpose, to exercise the filter.
+    #[arg(long, default_value_t = 0.01)]
+    bad_fix_share: f64,
+    /// Where the demo keeps its certificates, keys and hub database.
+    #[arg(long, default_value = "data/demo")]
+    data_dir: PathBuf,
+    /// Listen on the nodes' default ports instead of ephemeral ones.
+    #[arg(long)]
+    fixed_ports: bool,
+    /// Write the run's JSON report here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let args = match cli.command {
+        Some(Command::Demo(a)) => a,
+        None => cli.demo,
+    };
+    nodekit::init_tracing("warn");
+    certs::install_default_crypto_provider();
+    let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    rt.block_on(async move {
+        let cfg = ScenarioConfig {
+            drivers: args.drivers.max(1),
+            consumers: args.consumers,
+            websocket_share: args.websocket_share,
+            https_driver_share: args.https_driver_share,
+            bad_fix_share: args.bad_fix_share,
+            duration: args.duration,
+            fix_interval: args.fix_interval,
+            progress: std::io::stderr().is_terminal(),
+            drain: Duration::from_secs(5),
+        };
+        let ports = DemoPorts { ip: std::net::Ipv4Addr::LOCALHOST.into(), fixed: args.fixed_ports };
+        let report = run_demo(&args.data_dir, ports, &cfg).await?;
+        let json = serde_json::to_string_pretty(&report)?;
+        println!("{json}");
+        if let Some(path) = &args.report {
+            std::fs::write(path, &json).with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("report written to {}", path.display());
+        }
+        anyhow::Ok(())
+    })
+}

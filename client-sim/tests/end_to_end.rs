@@ -1,0 +1,70 @@
+//! End to end on loopback: simulated drivers -> a real edge -> a real hub -> WebTransport and
+//! WebSocket consumers, with the order service's status changes in between.
+
+use client_sim::demo::{run_demo, DemoPorts};
+use client_sim::scenario::ScenarioConfig;
+use std::time::Duration;
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("trackline-e2e-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixes_and_events_reach_both_consumer_transports_in_order() {
+    certs::install_default_crypto_provider();
+    let dir = temp_dir("flow");
+    let cfg = ScenarioConfig {
+        drivers: 6,
+        consumers: 8,
+        websocket_share: 0.5,
+        https_driver_share: 0.34,
+        bad_fix_share: 0.0,
+        duration: Duration::from_secs(4),
+        fix_interval: Duration::from_millis(200),
+        progress: false,
+        drain: Duration::from_secs(10),
+    };
+    let ports = DemoPorts { ip: std::net::Ipv4Addr::LOCALHOST.into(), fixed: false };
+    let r = run_demo(&dir, ports, &cfg).await.expect("demo run");
+    assert!(r.errors.is_empty(), "errors: {:?}", r.errors);
+    assert_eq!(r.consumers.webtransport, 4);
+    assert_eq!(r.consumers.websocket, 4);
+    assert!(r.fixes.sent_https > 0, "{:?}", r.fixes);
+    assert!(r.fixes.sent > r.fixes.sent_https, "{:?}", r.fixes);
+    assert!(r.fixes.accepted > 0, "{:?}", r.fixes);
+    assert!(r.fixes.delivered_to_consumers > 0, "{:?}", r.fixes);
+    assert_eq!(r.fixes.out_of_order_at_consumers, 0);
+    assert!(r.status_events.sent >= 6 * 4, "{:?}", r.status_events);
+    assert_eq!(r.status_events.lost, 0, "{:?}", r.status_events);
+    // Every consumer saw every acknowledged event of its delivery.
+    assert!(r.status_events.received >= r.status_events.sent);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliberately_bad_fixes_are_rejected_and_counted_by_reason() {
+    certs::install_default_crypto_provider();
+    let dir = temp_dir("bad");
+    let cfg = ScenarioConfig {
+        drivers: 3,
+        consumers: 2,
+        websocket_share: 0.5,
+        https_driver_share: 0.0,
+        bad_fix_share: 0.5,
+        duration: Duration::from_secs(3),
+        fix_interval: Duration::from_millis(100),
+        progress: false,
+        drain: Duration::from_secs(10),
+    };
+    let ports = DemoPorts { ip: std::net::Ipv4Addr::LOCALHOST.into(), fixed: false };
+    let r = run_demo(&dir, ports, &cfg).await.expect("demo run");
+    assert!(r.fixes.sent_bad > 0);
+    let rejected = r.fixes.rejected.get("accuracy").copied().unwrap_or(0);
+    // Datagrams may be lost on the way, so at most as many as were sent bad, and some.
+    assert!(rejected > 0 && rejected <= r.fixes.sent_bad, "{:?}", r.fixes);
+    assert_eq!(r.status_events.lost, 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}

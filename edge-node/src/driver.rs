@@ -1,0 +1,305 @@
+//! The edge's QUIC endpoint: routes connections by ALPN and runs driver sessions (token on a
+//! stream, fixes as datagrams).
+
+use crate::auth::{close_code, reject_label};
+use crate::ingest::IngestContext;
+use crate::metrics::Transport;
+use protocol::framing::{frame_bytes, FrameDecoder, MAX_DRIVER_FRAME};
+use protocol::reject::RejectReason;
+use protocol::wire::{decode_driver_datagram, CloseCode, DriverToEdge, EdgeToDriver, WireError};
+use protocol::{ALPN_DRIVER, ALPN_H3};
+use quinn::{Connection, Endpoint, TransportConfig, VarInt};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, Instrument};
+
+/// Datagrams buffered per connection before quinn drops the oldest.
+const DATAGRAM_RECEIVE_BUFFER: usize = 1024 * 1024;
+/// A connection silent for this long is closed (drivers keep alive more often than this).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Transport settings of the driver-facing endpoint: datagrams on, sane timeouts.
+pub fn transport_config() -> TransportConfig {
+    let mut t = TransportConfig::default();
+    t.datagram_receive_buffer_size(Some(DATAGRAM_RECEIVE_BUFFER));
+    t.datagram_send_buffer_size(64 * 1024);
+    // 30 s always fits in a VarInt of milliseconds.
+    t.max_idle_timeout(quinn::IdleTimeout::try_from(IDLE_TIMEOUT).ok());
+    t.keep_alive_interval(Some(Duration::from_secs(10)));
+    t
+}
+
+/// What every connection task needs.
+#[derive(Debug)]
+pub struct QuicContext {
+    pub ingest: IngestContext,
+    pub hello_timeout: Duration,
+    next_session_id: AtomicU64,
+}
+
+impl QuicContext {
+    pub fn new(ingest: IngestContext, hello_timeout: Duration) -> Self {
+        Self {
+            ingest,
+            hello_timeout,
+            next_session_id: AtomicU64::new(1),
+        }
+    }
+}
+
+/// Accepts connections until `shutdown`, one task each, then closes the endpoint.
+pub async fn run_endpoint(endpoint: Endpoint, ctx: Arc<QuicContext>, shutdown: CancellationToken) {
+    loop {
+        let incoming = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            i = endpoint.accept() => match i {
+                Some(i) => i,
+                None => break,
+            },
+        };
+        let ctx = ctx.clone();
+        let shutdown = shutdown.clone();
+        let span = tracing::debug_span!("quic_conn", remote = %incoming.remote_address());
+        tokio::spawn(handle_incoming(incoming, ctx, shutdown).instrument(span));
+    }
+    endpoint.close(
+        VarInt::from_u32(CloseCode::ShuttingDown as u32),
+        b"edge shutting down",
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    info!("quic endpoint stopped");
+}
+
+async fn handle_incoming(
+    incoming: quinn::Incoming,
+    ctx: Arc<QuicContext>,
+    shutdown: CancellationToken,
+) {
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            debug!(error = %e, "handshake failed");
+            return;
+        }
+    };
+    let alpn = conn
+        .handshake_data()
+        .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|h| h.protocol);
+    match alpn.as_deref() {
+        Some(p) if p == ALPN_DRIVER => run_driver_session(conn, ctx, shutdown).await,
+        Some(p) if p == ALPN_H3 => {
+            crate::h3api::serve_connection(conn, ctx.ingest.clone(), shutdown).await
+        }
+        _ => close(&conn, CloseCode::ProtocolViolation, "unsupported alpn"),
+    }
+}
+
+fn close(conn: &Connection, code: CloseCode, reason: &str) {
+    conn.close(VarInt::from_u32(code as u32), reason.as_bytes());
+}
+
+/// Why a session's opening failed before its token could be checked.
+#[derive(Debug, thiserror::Error)]
+enum HelloError {
+    #[error("connection lost before hello: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("reading hello: {0}")]
+    Read(#[from] quinn::ReadError),
+    #[error("malformed hello frame: {0}")]
+    Wire(#[from] WireError),
+    #[error("the first frame on the control stream must be Hello")]
+    NotHello,
+    #[error("control stream closed before hello")]
+    Finished,
+}
+
+struct Opened {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    decoder: FrameDecoder,
+    token: String,
+    app_version: String,
+}
+
+async fn read_hello(conn: &Connection) -> Result<Opened, HelloError> {
+    let (send, mut recv) = conn.accept_bi().await?;
+    let mut decoder = FrameDecoder::new(MAX_DRIVER_FRAME);
+    loop {
+        match decoder.next_frame::<DriverToEdge>()? {
+            Some(DriverToEdge::Hello { token, app_version }) => {
+                return Ok(Opened {
+                    send,
+                    recv,
+                    decoder,
+                    token,
+                    app_version,
+                })
+            }
+            Some(DriverToEdge::Fixes(_)) => return Err(HelloError::NotHello),
+            None => {}
+        }
+        match recv.read_chunk(MAX_DRIVER_FRAME, true).await? {
+            Some(chunk) => decoder.push(&chunk.bytes),
+            None => return Err(HelloError::Finished),
+        }
+    }
+}
+
+/// Decrements the active-session gauge when the session ends, however it ends.
+struct ActiveSession(prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for ActiveSession {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+async fn run_driver_session(conn: Connection, ctx: Arc<QuicContext>, shutdown: CancellationToken) {
+    let metrics = ctx.ingest.metrics.clone();
+    let opened = match tokio::time::timeout(ctx.hello_timeout, read_hello(&conn)).await {
+        Ok(Ok(o)) => o,
+        Ok(Err(HelloError::Connection(e))) => {
+            debug!(error = %e, "driver left before hello");
+            return;
+        }
+        Ok(Err(e)) => {
+            debug!(error = %e, "session refused");
+            metrics.sessions_rejected("protocol").inc();
+            close(&conn, CloseCode::ProtocolViolation, &e.to_string());
+            return;
+        }
+        Err(_) => {
+            metrics.sessions_rejected("hello_timeout").inc();
+            let reason = format!("no hello within {} ms", ctx.hello_timeout.as_millis());
+            debug!("{reason}");
+            close(&conn, CloseCode::HelloTimeout, &reason);
+            return;
+        }
+    };
+    let Opened {
+        mut send,
+        mut recv,
+        mut decoder,
+        token,
+        app_version,
+    } = opened;
+    let now_ms = nodekit::unix_ms();
+    let auth = match ctx.ingest.auth.verify_driver(&token, now_ms / 1000) {
+        Ok(a) => a,
+        Err(e) => {
+            metrics.sessions_rejected(reject_label(&e)).inc();
+            info!(error = %e, "driver token refused");
+            close(&conn, close_code(&e), &e.to_string());
+            return;
+        }
+    };
+    let driver = auth.driver;
+    let session_id = ctx.next_session_id.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::info_span!("driver_session", driver_id = %driver, session_id, app_version = %app_version);
+    async move {
+        let welcome = EdgeToDriver::Welcome {
+            driver_id: driver,
+            session_id,
+            server_time_ms: now_ms,
+            max_datagram: conn
+                .max_datagram_size()
+                .unwrap_or(0)
+                .min(usize::from(u16::MAX)) as u16,
+        };
+        if let Err(e) = send.write_all(&frame_bytes(&welcome)).await {
+            debug!(error = %e, "could not send welcome");
+            return;
+        }
+        metrics.sessions_active().inc();
+        let _active = ActiveSession(metrics.sessions_active().clone());
+        let pipeline = &ctx.ingest.pipeline;
+        pipeline.session_started(driver).await;
+        info!("driver session open");
+
+        // The token's expiry ends the session even if the connection stays healthy.
+        let expires_in = Duration::from_millis((auth.exp_s * 1000).saturating_sub(now_ms));
+        let expiry = tokio::time::sleep(expires_in);
+        tokio::pin!(expiry);
+        let mut stream_open = true;
+        // Frames that arrived together with the Hello.
+        if let Err(reason) = drain_frames(&mut decoder, &ctx, driver) {
+            close(&conn, CloseCode::ProtocolViolation, &reason);
+            return;
+        }
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    close(&conn, CloseCode::ShuttingDown, "edge shutting down");
+                    break;
+                }
+                _ = &mut expiry => {
+                    metrics.sessions_rejected("expired").inc();
+                    let reason = format!("token expired for driver {driver} at {}", auth.exp_s);
+                    info!("{reason}");
+                    close(&conn, CloseCode::TokenExpired, &reason);
+                    break;
+                }
+                d = conn.read_datagram() => match d {
+                    Ok(bytes) => handle_datagram(&ctx, driver, &bytes),
+                    Err(e) => {
+                        debug!(reason = %e, "driver session closed");
+                        break;
+                    }
+                },
+                r = recv.read_chunk(MAX_DRIVER_FRAME, true), if stream_open => match r {
+                    Ok(Some(chunk)) => {
+                        decoder.push(&chunk.bytes);
+                        if let Err(reason) = drain_frames(&mut decoder, &ctx, driver) {
+                            metrics.sessions_rejected("protocol").inc();
+                            close(&conn, CloseCode::ProtocolViolation, &reason);
+                            break;
+                        }
+                    }
+                    // The driver may finish its control stream and keep sending datagrams.
+                    Ok(None) | Err(_) => stream_open = false,
+                },
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+fn handle_datagram(ctx: &QuicContext, driver: protocol::DriverId, bytes: &[u8]) {
+    match decode_driver_datagram(bytes) {
+        Ok(fixes) => {
+            ctx.ingest
+                .pipeline
+                .submit(driver, Transport::Quic, fixes, nodekit::unix_ms());
+        }
+        Err(e) => {
+            ctx.ingest.metrics.rejected(RejectReason::Malformed).inc();
+            debug!(error = %e, len = bytes.len(), "malformed datagram dropped");
+        }
+    }
+}
+
+/// Ingests every complete `Fixes` frame; an error is a reason to close the session.
+fn drain_frames(
+    decoder: &mut FrameDecoder,
+    ctx: &QuicContext,
+    driver: protocol::DriverId,
+) -> Result<(), String> {
+    loop {
+        match decoder.next_frame::<DriverToEdge>() {
+            Ok(Some(DriverToEdge::Fixes(fixes))) => {
+                ctx.ingest
+                    .pipeline
+                    .submit(driver, Transport::Quic, fixes, nodekit::unix_ms());
+            }
+            Ok(Some(DriverToEdge::Hello { .. })) => {
+                return Err("second hello on the control stream".to_owned())
+            }
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(format!("malformed control frame: {e}")),
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! `POST /api/v1/tracking/locations`: the one handler behind both HTTP/3 and HTTPS.
+
+use crate::auth::{reject_label, AuthCache};
+use crate::metrics::{EdgeMetrics, Transport};
+use crate::pipeline::PipelineSender;
+use http::StatusCode;
+use protocol::api::{ApiError, JsonFix};
+use protocol::wire::MAX_FIXES_PER_DATAGRAM;
+use std::sync::Arc;
+
+/// Path of the location upload.
+pub const LOCATIONS_PATH: &str = "/api/v1/tracking/locations";
+/// Largest request body accepted (a larger one gets 413).
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+/// Most fixes one request may carry (a backlog after a long gap, at 1 Hz: ~17 minutes).
+pub const MAX_FIXES_PER_REQUEST: usize = MAX_FIXES_PER_DATAGRAM * 20;
+
+/// What both HTTP front ends need to serve the upload.
+#[derive(Clone, Debug)]
+pub struct IngestContext {
+    pub auth: Arc<AuthCache>,
+    pub pipeline: PipelineSender,
+    pub metrics: Arc<EdgeMetrics>,
+}
+
+/// A JSON response: status and body bytes.
+#[derive(Debug)]
+pub struct JsonResponse {
+    pub status: StatusCode,
+    pub body: Vec<u8>,
+}
+
+impl JsonResponse {
+    fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Self {
+        Self {
+            status,
+            body: serde_json::to_vec(value).unwrap_or_default(),
+        }
+    }
+
+    /// An [`ApiError`] body.
+    pub fn error(status: StatusCode, error: &str, message: impl Into<String>) -> Self {
+        Self::json(
+            status,
+            &ApiError {
+                error: error.to_owned(),
+                message: message.into(),
+            },
+        )
+    }
+
+    /// The answer to a body over [`MAX_BODY_BYTES`].
+    pub fn too_large() -> Self {
+        Self::error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body exceeds {MAX_BODY_BYTES} bytes"),
+        )
+    }
+}
+
+/// Extracts the token from an `Authorization: Bearer <token>` value.
+pub fn bearer_token(authorization: Option<&str>) -> Option<&str> {
+    let v = authorization?.trim();
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// Authenticates, parses and ingests one location batch; `now_ms` is the edge's receive time.
+pub async fn handle_location_batch(
+    ctx: &IngestContext,
+    transport: Transport,
+    authorization: Option<&str>,
+    body: &[u8],
+    now_ms: u64,
+) -> JsonResponse {
+    let Some(token) = bearer_token(authorization) else {
+        ctx.metrics.sessions_rejected("missing_token").inc();
+        return JsonResponse::error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing `Authorization: Bearer <driver token>` header",
+        );
+    };
+    let auth = match ctx.auth.verify_driver(token, now_ms / 1000) {
+        Ok(a) => a,
+        Err(e) => {
+            ctx.metrics.sessions_rejected(reject_label(&e)).inc();
+            return JsonResponse::error(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string());
+        }
+    };
+    if body.len() > MAX_BODY_BYTES {
+        return JsonResponse::too_large();
+    }
+    let fixes: Vec<JsonFix> = match serde_json::from_slice(body) {
+        Ok(f) => f,
+        Err(e) => {
+            return JsonResponse::error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("body must be a JSON array of fixes: {e}"),
+            )
+        }
+    };
+    if fixes.len() > MAX_FIXES_PER_REQUEST {
+        return JsonResponse::error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!(
+                "{} fixes exceed the limit of {MAX_FIXES_PER_REQUEST} per request",
+                fixes.len()
+            ),
+        );
+    }
+    let fixes = fixes.iter().map(JsonFix::to_fix).collect();
+    let result = ctx
+        .pipeline
+        .submit_and_wait(auth.driver, transport, fixes, now_ms)
+        .await;
+    JsonResponse::json(StatusCode::OK, &result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_bearer_tokens_case_insensitively() {
+        assert_eq!(bearer_token(Some("Bearer abc")), Some("abc"));
+        assert_eq!(bearer_token(Some("bearer  abc ")), Some("abc"));
+        assert_eq!(bearer_token(Some("Basic abc")), None);
+        assert_eq!(bearer_token(Some("Bearer ")), None);
+        assert_eq!(bearer_token(None), None);
+    }
+}
