@@ -1,5 +1,7 @@
 //! The hub's typed configuration (TOML), with laptop-friendly defaults and `validate()`.
 
+pub use crate::anomaly::AnomalyConfig;
+pub use crate::geofence::GeofenceConfig;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -45,6 +47,118 @@ pub struct HubConfig {
     /// Bound of each consumer's queue of reliable frames; a consumer that falls this far
     /// behind is disconnected (it resumes with `last_event_seq`).
     pub consumer_queue: usize,
+    /// OpenStreetMap extract (PBF) drawn by the tracking page and the operator view; the
+    /// city built into `roadnet` (central Helsinki) when absent.
+    pub map_pbf: Option<PathBuf>,
+    /// Road network for routes and ETAs when `map_pbf` is not set: `"helsinki"` (built in) or
+    /// a generated grid city for scale tests, `map = { grid = { rows = 40, cols = 40,
+    /// spacing_m = 150.0 } }` (south-west corner at [`GRID_ORIGIN`]). The map, the routes and
+    /// the simulator (`client-sim --city grid`) must use the same network.
+    pub map: MapConfig,
+    /// The hub's clock. For simulations only: `speedup > 1` runs fix times, ETAs and timeouts
+    /// on a compressed simulated time shared with the edges and the simulator.
+    pub clock: nodekit::ClockConfig,
+    /// Pickup and drop-off zones that move the status (`picked_up`, `en_route`, `arriving`).
+    pub geofence: GeofenceConfig,
+    /// Thresholds of the stationary and moving-away anomalies.
+    pub anomaly: AnomalyConfig,
+    /// Breadcrumb storage (every accepted fix) and its retention.
+    pub history: HistoryConfig,
+    /// Photo proof of delivery uploads.
+    pub proof: ProofConfig,
+    /// Push notification senders for milestones (`[push.apns]`, `[push.fcm]`); a platform
+    /// without a section is not used.
+    pub push: notify::NotifyConfig,
+}
+
+/// Breadcrumb storage: a writer separate from the status event log, fed by a bounded queue
+/// (positions are shed and counted when it is full; status events never are).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Breadcrumbs (and anomalies) older than this many days are purged.
+    pub retention_days: u32,
+    /// Bound of the queue in front of the breadcrumb writer.
+    pub queue: usize,
+    /// Most breadcrumbs committed in one write transaction.
+    pub max_batch: usize,
+    /// How long the writer gathers breadcrumbs before a commit, in milliseconds.
+    pub flush_interval_ms: u64,
+    /// How often the retention purge runs, in seconds.
+    pub purge_interval_s: u64,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self {
+            retention_days: 90,
+            queue: 65_536,
+            max_batch: 8_192,
+            flush_interval_ms: 100,
+            purge_interval_s: 3_600,
+        }
+    }
+}
+
+/// Photo proof of delivery.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProofConfig {
+    /// Largest accepted image, in bytes.
+    pub max_bytes: usize,
+    /// A proof taken farther than this from the drop-off (metres) is flagged.
+    pub far_from_dropoff_m: f64,
+}
+
+impl Default for ProofConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: 10 * 1024 * 1024,
+            far_from_dropoff_m: 100.0,
+        }
+    }
+}
+
+/// South-west corner of the generated grid city.
+pub const GRID_ORIGIN: roadnet::LatLng = roadnet::LatLng::new(60.164, 24.935);
+
+/// Which road network the hub routes on.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum MapConfig {
+    /// The OpenStreetMap extract of central Helsinki built into `roadnet`.
+    #[default]
+    Helsinki,
+    /// A generated grid city (`roadnet::RoadGraph::grid_city`) starting at [`GRID_ORIGIN`].
+    Grid {
+        /// Rows of intersections (at least 2).
+        rows: usize,
+        /// Columns of intersections (at least 2).
+        cols: usize,
+        /// Distance between neighbouring intersections, metres.
+        spacing_m: f64,
+    },
+}
+
+impl MapConfig {
+    /// Builds the road graph, or reads `pbf` when given (a user's own extract).
+    pub fn load(
+        &self,
+        pbf: Option<&std::path::Path>,
+    ) -> Result<roadnet::RoadGraph, roadnet::RoadError> {
+        match (pbf, self) {
+            (Some(path), _) => roadnet::RoadGraph::from_pbf_path(path),
+            (None, MapConfig::Helsinki) => roadnet::RoadGraph::default_city(),
+            (
+                None,
+                MapConfig::Grid {
+                    rows,
+                    cols,
+                    spacing_m,
+                },
+            ) => roadnet::RoadGraph::grid_city(*rows, *cols, *spacing_m, GRID_ORIGIN),
+        }
+    }
 }
 
 /// Certificate and key files (PEM) for the WebTransport endpoint.
@@ -103,6 +217,14 @@ impl Default for HubConfig {
             location_unavailable_after_s: 30,
             commit: CommitConfig::default(),
             consumer_queue: 256,
+            map_pbf: None,
+            map: MapConfig::default(),
+            clock: nodekit::ClockConfig::default(),
+            geofence: GeofenceConfig::default(),
+            anomaly: AnomalyConfig::default(),
+            history: HistoryConfig::default(),
+            proof: ProofConfig::default(),
+            push: notify::NotifyConfig::default(),
         }
     }
 }
@@ -124,6 +246,12 @@ pub enum ConfigError {
     TokenKey { kid: u32, reason: String },
     #[error("token_keys lists kid={0}, which is the hub's own token_kid")]
     KidClash(u32),
+    #[error("map: {0}")]
+    Map(String),
+    #[error("{0}")]
+    Clock(String),
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl HubConfig {
@@ -145,6 +273,18 @@ impl HubConfig {
             ),
             ("commit.queue", self.commit.queue as u64),
             ("consumer_queue", self.consumer_queue as u64),
+            (
+                "history.retention_days",
+                u64::from(self.history.retention_days),
+            ),
+            ("history.queue", self.history.queue as u64),
+            ("history.max_batch", self.history.max_batch as u64),
+            ("history.purge_interval_s", self.history.purge_interval_s),
+            ("proof.max_bytes", self.proof.max_bytes as u64),
+            (
+                "anomaly.stationary_after_s",
+                self.anomaly.stationary_after_s,
+            ),
         ] {
             if v == 0 {
                 return Err(ConfigError::Zero { field });
@@ -170,6 +310,40 @@ impl HubConfig {
                 }
             }
         }
+        let g = &self.geofence;
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        if !positive(g.enter_radius_m) || !positive(g.exit_radius_m - g.enter_radius_m) {
+            return Err(ConfigError::Invalid(format!(
+                "geofence.exit_radius_m ({}) must be greater than geofence.enter_radius_m ({}), and both positive",
+                g.exit_radius_m, g.enter_radius_m
+            )));
+        }
+        if !positive(self.anomaly.stationary_radius_m) || !positive(self.anomaly.moving_away_m) {
+            return Err(ConfigError::Invalid(
+                "anomaly.stationary_radius_m and anomaly.moving_away_m must be positive".into(),
+            ));
+        }
+        if !positive(self.proof.far_from_dropoff_m) {
+            return Err(ConfigError::Invalid(
+                "proof.far_from_dropoff_m must be positive".into(),
+            ));
+        }
+        if let MapConfig::Grid {
+            rows,
+            cols,
+            spacing_m,
+        } = self.map
+        {
+            if rows < 2 || cols < 2 || !(spacing_m.is_finite() && spacing_m > 0.0) {
+                return Err(ConfigError::Map(format!(
+                    "a grid city needs rows and cols >= 2 and spacing_m > 0, got {rows} x {cols} at {spacing_m} m"
+                )));
+            }
+        }
+        self.clock.validate().map_err(ConfigError::Clock)?;
+        self.push
+            .validate()
+            .map_err(|e| ConfigError::Invalid(format!("push: {e}")))?;
         for k in &self.token_keys {
             if k.kid == self.token_kid {
                 return Err(ConfigError::KidClash(k.kid));
@@ -218,6 +392,23 @@ mod tests {
             ..HubConfig::default()
         };
         assert!(matches!(c.validate(), Err(ConfigError::SameAddress { .. })));
+    }
+
+    #[test]
+    fn rejects_a_geofence_whose_exit_radius_is_not_beyond_its_enter_radius() {
+        let c = HubConfig {
+            geofence: GeofenceConfig {
+                enter_radius_m: 80.0,
+                exit_radius_m: 50.0,
+                ..GeofenceConfig::default()
+            },
+            ..HubConfig::default()
+        };
+        assert!(c
+            .validate()
+            .expect_err("refused")
+            .to_string()
+            .contains("exit_radius_m"));
     }
 
     #[test]

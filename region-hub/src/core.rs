@@ -5,9 +5,13 @@
 //! durable log and then calls [`Deliveries::commit`] (or [`Deliveries::abort`] on failure). Only
 //! committed events are visible in snapshots and pushed to consumers.
 
+use crate::anomaly::{Anomaly, AnomalyConfig, AnomalyDetector, AnomalyInput, Target};
+use crate::eta::{EtaConfig, EtaInput, EtaModel, EtaTracker, StoredPlan};
+use crate::geofence::{Geofence, GeofenceConfig, ZoneEvent};
+use crate::proof::ProofRecord;
 use protocol::api::{ChangeStatus, CreateDelivery};
 use protocol::consumer::{ConsumerFrame, Eta, Position, Snapshot, StatusEvent};
-use protocol::geo::{haversine_m, LatLng};
+use protocol::geo::LatLng;
 use protocol::status::DeliveryStatus;
 use protocol::wire::RoutedFix;
 use protocol::{DeliveryId, DriverId};
@@ -24,12 +28,12 @@ pub struct CoreConfig {
     pub state_ttl_ms: u64,
     /// A delivery with no fix for this long is reported as location-unavailable.
     pub location_unavailable_after_ms: u64,
-    /// Assumed travel speed of the simple ETA.
-    pub eta_speed_mps: f64,
-    /// Weight of the newest estimate in the ETA's exponential moving average.
-    pub eta_smoothing: f64,
-    /// ETA frames are pushed at most this often per delivery.
-    pub eta_push_interval_ms: u64,
+    /// The ETA model's tuning.
+    pub eta: EtaConfig,
+    /// Pickup and drop-off zones (status changes with source `geofence`).
+    pub geofence: GeofenceConfig,
+    /// Anomaly thresholds.
+    pub anomaly: AnomalyConfig,
 }
 
 impl Default for CoreConfig {
@@ -37,9 +41,9 @@ impl Default for CoreConfig {
         Self {
             state_ttl_ms: 7_200_000,
             location_unavailable_after_ms: 30_000,
-            eta_speed_mps: 8.0,
-            eta_smoothing: 0.3,
-            eta_push_interval_ms: 2_000,
+            eta: EtaConfig::default(),
+            geofence: GeofenceConfig::default(),
+            anomaly: AnomalyConfig::default(),
         }
     }
 }
@@ -54,14 +58,39 @@ pub struct DeliveryRecord {
     pub created_ms: u64,
 }
 
-/// One atomic append to the durable log: an optional new/updated record, events, and the
-/// idempotency key that produced them.
+/// One atomic append to the durable log: an optional new/updated record, events, the
+/// idempotency key that produced them, and records stored in the same transaction.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LogEntry {
     pub delivery_id: DeliveryId,
     pub record: Option<DeliveryRecord>,
     pub events: Vec<StatusEvent>,
     pub idempotency_key: Option<String>,
+    pub side: Vec<SideRecord>,
+}
+
+/// Something stored with (or without) status events, in the same write transaction.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SideRecord {
+    /// A detected anomaly (own table, published to operators after the commit).
+    Anomaly(Anomaly),
+    /// Metadata of a photo proof of delivery (own table; the blob is already on disk).
+    Proof(ProofRecord),
+    /// A device that wants push notifications about the entry's delivery.
+    Device(notify::DeviceToken),
+}
+
+impl LogEntry {
+    /// An entry carrying only side records.
+    pub fn side_only(delivery_id: DeliveryId, side: Vec<SideRecord>) -> Self {
+        Self {
+            delivery_id,
+            record: None,
+            events: Vec::new(),
+            idempotency_key: None,
+            side,
+        }
+    }
 }
 
 /// Why a request was refused.
@@ -98,6 +127,11 @@ pub struct FixOutcome {
     /// False when the driver has no active delivery.
     pub matched: bool,
     pub updates: Vec<FixUpdate>,
+    /// Geofence status changes, reserved like API ones: append each to the log in order,
+    /// then [`Deliveries::commit`] or [`Deliveries::abort`] it.
+    pub status_changes: Vec<LogEntry>,
+    /// Anomalies revealed by the fix.
+    pub anomalies: Vec<Anomaly>,
 }
 
 /// A delivery's recovered durable state (from the log at start).
@@ -132,10 +166,10 @@ struct DeliveryState {
     position_seq: u64,
     last_fix_rx_ms: u64,
     last_update_ms: u64,
-    eta: Option<Eta>,
-    eta_seq: u64,
-    last_eta_push_ms: Option<u64>,
+    eta: EtaTracker,
     unavailable_reported: bool,
+    geofence: Geofence,
+    anomalies: AnomalyDetector,
 }
 
 impl DeliveryState {
@@ -155,15 +189,35 @@ pub struct Deliveries {
     by_id: HashMap<DeliveryId, DeliveryState>,
     by_driver: HashMap<DriverId, BTreeSet<DeliveryId>>,
     next_id: u64,
+    /// Road graph and speed model shared by every delivery's ETA.
+    eta: EtaModel,
 }
 
 impl Deliveries {
     pub fn new(config: CoreConfig) -> Self {
         Self {
+            eta: EtaModel::new(None, &config.eta),
             config,
             by_id: HashMap::new(),
             by_driver: HashMap::new(),
             next_id: 1,
+        }
+    }
+
+    /// The ETA's shared road graph and speed model.
+    pub fn eta_model(&self) -> &EtaModel {
+        &self.eta
+    }
+
+    /// The ETA's shared road graph and speed model (set the graph, import speeds, drain plans).
+    pub fn eta_model_mut(&mut self) -> &mut EtaModel {
+        &mut self.eta
+    }
+
+    /// Puts back a delivery's route plan read from redb after a restart.
+    pub fn restore_plan(&mut self, id: DeliveryId, plan: StoredPlan) {
+        if let Some(st) = self.by_id.get_mut(&id) {
+            st.eta.restore_plan(&self.config.eta, plan);
         }
     }
 
@@ -209,10 +263,10 @@ impl Deliveries {
             position_seq: 0,
             last_fix_rx_ms: 0,
             last_update_ms: last_update_ms.min(now_ms),
-            eta: None,
-            eta_seq: 0,
-            last_eta_push_ms: None,
+            eta: EtaTracker::default(),
             unavailable_reported: false,
+            geofence: Geofence::default(),
+            anomalies: AnomalyDetector::default(),
         };
         if let Some(old) = self.by_id.insert(id, state) {
             self.unindex(id, old.active_driver());
@@ -294,10 +348,10 @@ impl Deliveries {
             position_seq: 0,
             last_fix_rx_ms: 0,
             last_update_ms: now_ms,
-            eta: None,
-            eta_seq: 0,
-            last_eta_push_ms: None,
+            eta: EtaTracker::default(),
             unavailable_reported: false,
+            geofence: Geofence::default(),
+            anomalies: AnomalyDetector::default(),
         };
         self.by_id.insert(id, state);
         self.index(id, req.driver_id);
@@ -306,6 +360,7 @@ impl Deliveries {
             record: Some(record),
             events,
             idempotency_key: None,
+            side: Vec::new(),
         })
     }
 
@@ -381,6 +436,7 @@ impl Deliveries {
             record,
             events: vec![ev],
             idempotency_key: req.idempotency_key.clone(),
+            side: Vec::new(),
         }))
     }
 
@@ -435,12 +491,13 @@ impl Deliveries {
 
     /// Applies a fix to every active delivery of its driver.
     pub fn handle_fix(&mut self, now_ms: u64, fix: &RoutedFix) -> FixOutcome {
+        self.eta.observe_fix(&self.config.eta, &fix.fix);
         let Some(ids) = self.by_driver.get(&fix.driver_id) else {
             return FixOutcome::default();
         };
         let mut out = FixOutcome {
             matched: !ids.is_empty(),
-            updates: Vec::new(),
+            ..FixOutcome::default()
         };
         let ids: Vec<DeliveryId> = ids.iter().copied().collect();
         let f = fix.fix;
@@ -470,49 +527,96 @@ impl Deliveries {
             st.last_fix_rx_ms = now_ms;
             st.last_update_ms = now_ms;
             st.unavailable_reported = false;
-            let remaining_m = if matches!(
+            let eta = st.eta.handle_fix(
+                &self.config.eta,
+                &mut self.eta,
+                now_ms,
+                &EtaInput {
+                    delivery_id: id,
+                    status: st.status,
+                    pickup: st.record.pickup,
+                    dropoff: st.record.dropoff,
+                    here,
+                    fix_ts_ms: f.ts_ms,
+                    speed_mps: f.speed_mps(),
+                },
+            );
+            out.updates.push(FixUpdate { position, eta });
+            let target = if matches!(
                 st.status,
                 DeliveryStatus::Confirmed
                     | DeliveryStatus::Preparing
                     | DeliveryStatus::DriverAssigned
             ) {
-                haversine_m(here, st.record.pickup)
-                    + haversine_m(st.record.pickup, st.record.dropoff)
+                Target::Pickup
             } else {
-                haversine_m(here, st.record.dropoff)
+                Target::Dropoff
             };
-            let raw_s = remaining_m / self.config.eta_speed_mps;
-            let eta_s = match &st.eta {
-                Some(prev) => {
-                    // Smooth in "arrival time" terms so that elapsed time does not fight the EMA.
-                    let elapsed_s = f.ts_ms.saturating_sub(prev.ts_ms) as f64 / 1000.0;
-                    let carried = (prev.eta_s - elapsed_s).max(0.0);
-                    carried + self.config.eta_smoothing * (raw_s - carried)
-                }
-                None => raw_s,
-            };
-            st.eta_seq += 1;
-            let eta = Eta {
-                delivery_id: id,
-                seq: st.eta_seq,
-                eta_s,
-                remaining_m,
-                ts_ms: f.ts_ms,
-                route_polyline: None,
-            };
-            st.eta = Some(eta.clone());
-            let due = st
-                .last_eta_push_ms
-                .is_none_or(|t| now_ms.saturating_sub(t) >= self.config.eta_push_interval_ms);
-            let eta = if due {
-                st.last_eta_push_ms = Some(now_ms);
-                Some(eta)
-            } else {
-                None
-            };
-            out.updates.push(FixUpdate { position, eta });
+            out.anomalies.extend(st.anomalies.handle_fix(
+                &self.config.anomaly,
+                &AnomalyInput {
+                    delivery_id: id,
+                    here,
+                    ts_ms: f.ts_ms,
+                    pickup: st.record.pickup,
+                    dropoff: st.record.dropoff,
+                    target,
+                },
+            ));
+            let zones = st.geofence.handle_fix(
+                &self.config.geofence,
+                st.record.pickup,
+                st.record.dropoff,
+                here,
+                f.accuracy_m(),
+            );
+            for zone in zones {
+                self.geofence_status(now_ms, id, zone, &mut out.status_changes);
+            }
         }
         out
+    }
+
+    /// Reserves the status events a zone change implies, where the status machine allows them:
+    /// leaving the pickup -> `picked_up` (unless already past it) then `en_route`; entering the
+    /// drop-off -> `arriving`.
+    fn geofence_status(
+        &mut self,
+        now_ms: u64,
+        id: DeliveryId,
+        zone: ZoneEvent,
+        out: &mut Vec<LogEntry>,
+    ) {
+        let (statuses, metadata): (&[DeliveryStatus], _) = match zone {
+            ZoneEvent::LeftPickup { distance_m } => (
+                &[DeliveryStatus::PickedUp, DeliveryStatus::EnRoute],
+                serde_json::json!({"zone": "pickup", "transition": "exit", "distance_m": distance_m.round()}),
+            ),
+            ZoneEvent::EnteredDropoff { distance_m } => (
+                &[DeliveryStatus::Arriving],
+                serde_json::json!({"zone": "dropoff", "transition": "enter", "distance_m": distance_m.round()}),
+            ),
+        };
+        for &status in statuses {
+            let allowed = self
+                .by_id
+                .get(&id)
+                .is_some_and(|st| st.status.check_transition(status).is_ok());
+            if !allowed {
+                continue;
+            }
+            let req = ChangeStatus {
+                status,
+                idempotency_key: None,
+                driver_id: None,
+                metadata: metadata.clone(),
+            };
+            if let Ok(StatusOutcome::Append(entry)) =
+                self.change_status(now_ms, id, &req, "geofence")
+            {
+                out.push(entry);
+            }
+        }
     }
 
     /// A consumer's view of a durable delivery.
@@ -526,7 +630,7 @@ impl Deliveries {
             pickup: st.record.pickup,
             dropoff: st.record.dropoff,
             position: st.position.clone(),
-            eta: st.eta.clone(),
+            eta: st.eta.current().cloned(),
             position_age_s: st
                 .position
                 .as_ref()
@@ -535,22 +639,29 @@ impl Deliveries {
         })
     }
 
-    /// Reports deliveries whose driver went silent (once per outage).
+    /// Reports deliveries whose driver went silent (once per outage) and, while they stay
+    /// silent, keeps pushing ETA frames that count down from the last estimate.
     pub fn tick(&mut self, now_ms: u64) -> Vec<ConsumerFrame> {
         let mut out = Vec::new();
         for (id, st) in &mut self.by_id {
             let Some(p) = &st.position else { continue };
-            if st.unavailable_reported || st.status.is_terminal() {
+            if st.status.is_terminal() {
                 continue;
             }
             let silent_ms = now_ms.saturating_sub(st.last_fix_rx_ms);
-            if silent_ms > self.config.location_unavailable_after_ms {
+            if silent_ms <= self.config.location_unavailable_after_ms {
+                continue;
+            }
+            if !st.unavailable_reported {
                 st.unavailable_reported = true;
                 out.push(ConsumerFrame::LocationUnavailable {
                     delivery_id: *id,
                     last_ts_ms: p.ts_ms,
                     age_s: now_ms.saturating_sub(p.ts_ms) as f64 / 1000.0,
                 });
+            }
+            if let Some(eta) = st.eta.handle_silence(&self.config.eta, now_ms) {
+                out.push(ConsumerFrame::Eta(eta));
             }
         }
         out
@@ -574,6 +685,11 @@ impl Deliveries {
             }
         }
         gone
+    }
+
+    /// Ids of every delivery held (the operator view lists them).
+    pub fn ids(&self) -> impl Iterator<Item = DeliveryId> + '_ {
+        self.by_id.keys().copied()
     }
 
     /// The delivery's durable record, if held.
@@ -620,7 +736,7 @@ fn event(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use protocol::geo::destination;
+    use protocol::geo::{destination, haversine_m};
     use protocol::wire::Fix;
     use DeliveryStatus::*;
 
@@ -853,6 +969,38 @@ mod tests {
     }
 
     #[test]
+    fn leaving_the_pickup_reserves_only_the_steps_the_status_machine_still_allows() {
+        let mut c = core();
+        let id = create(&mut c, Some(5));
+        // The restaurant already marked it picked up through the API.
+        let e = append(
+            c.change_status(T0, id, &change(PickedUp, None), "api")
+                .expect("ok"),
+        );
+        c.commit(&e);
+        let mut reserved = Vec::new();
+        for (i, m) in [20.0, 10.0, 120.0, 150.0, 300.0].iter().enumerate() {
+            let ts = T0 + 1_000 * (i as u64 + 1);
+            let out = c.handle_fix(ts, &fix(5, ts, destination(PICKUP, 200.0, *m)));
+            reserved.extend(out.status_changes);
+        }
+        assert_eq!(
+            reserved
+                .iter()
+                .flat_map(|e| &e.events)
+                .map(|e| (e.event_seq, e.status, e.source.as_str()))
+                .collect::<Vec<_>>(),
+            vec![(4, EnRoute, "geofence")],
+            "no second picked_up"
+        );
+        assert_eq!(reserved[0].events[0].metadata["zone"], "pickup");
+        // Reserved, not yet durable: consumers still see picked_up until the commit.
+        assert_eq!(c.snapshot(id, T0 + 6_000).expect("snap").status, PickedUp);
+        c.commit(&reserved[0]);
+        assert_eq!(c.snapshot(id, T0 + 6_000).expect("snap").status, EnRoute);
+    }
+
+    #[test]
     fn reports_location_unavailable_once_per_outage() {
         let mut c = core();
         let id = create(&mut c, Some(5));
@@ -861,16 +1009,53 @@ mod tests {
             "no position yet, nothing to report"
         );
         c.handle_fix(T0, &fix(5, T0, PICKUP));
+        let unavailable = |frames: &[ConsumerFrame]| {
+            frames
+                .iter()
+                .filter(|f| matches!(f, ConsumerFrame::LocationUnavailable { delivery_id, .. } if *delivery_id == id))
+                .count()
+        };
         assert!(c.tick(T0 + 30_000).is_empty());
-        let frames = c.tick(T0 + 30_001);
-        assert_eq!(frames.len(), 1);
-        assert!(
-            matches!(&frames[0], ConsumerFrame::LocationUnavailable { delivery_id, .. } if *delivery_id == id)
-        );
-        assert!(c.tick(T0 + 40_000).is_empty());
+        assert_eq!(unavailable(&c.tick(T0 + 30_001)), 1);
+        assert_eq!(unavailable(&c.tick(T0 + 40_000)), 0);
         c.handle_fix(T0 + 41_000, &fix(5, T0 + 41_000, PICKUP));
         assert!(c.tick(T0 + 50_000).is_empty());
-        assert_eq!(c.tick(T0 + 71_001).len(), 1);
+        assert_eq!(unavailable(&c.tick(T0 + 71_001)), 1);
+    }
+
+    #[test]
+    fn eta_keeps_counting_down_while_the_location_is_unavailable() {
+        let mut c = core();
+        let id = create(&mut c, Some(5));
+        let first = c.handle_fix(T0, &fix(5, T0, PICKUP)).updates[0]
+            .eta
+            .clone()
+            .expect("eta");
+        let etas = |frames: Vec<ConsumerFrame>| -> Vec<Eta> {
+            frames
+                .into_iter()
+                .filter_map(|f| match f {
+                    ConsumerFrame::Eta(e) => Some(e),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert!(etas(c.tick(T0 + 10_000)).is_empty(), "fixes are fresh");
+        let mut last = first.clone();
+        for k in 0..5u64 {
+            let now = T0 + 31_000 + k * 2_000;
+            let e = etas(c.tick(now));
+            assert_eq!(e.len(), 1, "one countdown frame per push interval");
+            let expected = first.eta_s - (now - T0) as f64 / 1000.0;
+            assert!(
+                (e[0].eta_s - expected).abs() < 1e-6,
+                "{} vs {expected}",
+                e[0].eta_s
+            );
+            assert!(e[0].seq > last.seq && e[0].eta_s < last.eta_s);
+            assert_eq!((e[0].delivery_id, e[0].ts_ms), (id, now));
+            last = e[0].clone();
+        }
     }
 
     #[test]

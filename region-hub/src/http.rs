@@ -35,10 +35,14 @@ pub(crate) fn router(hub: Arc<Hub>, shutdown: CancellationToken) -> Router {
         .route("/api/v1/tracking/{id}/status", get(tracking_status))
         .route("/api/v1/tracking/{id}/connect", get(connect))
         .route("/api/v1/webtransport/info", get(webtransport_info))
-        .with_state(AppState { hub, shutdown })
+        .with_state(AppState {
+            hub: hub.clone(),
+            shutdown: shutdown.clone(),
+        })
+        .merge(crate::api::router(hub, shutdown))
 }
 
-fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+pub(crate) fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
     (
         status,
         Json(ApiError {
@@ -79,7 +83,10 @@ impl IntoResponse for AuthRefusal {
 }
 
 /// Token from `Authorization: Bearer ...`, else from `?token=`.
-fn token<'a>(headers: &'a HeaderMap, query: &'a HashMap<String, String>) -> Option<&'a str> {
+pub(crate) fn token<'a>(
+    headers: &'a HeaderMap,
+    query: &'a HashMap<String, String>,
+) -> Option<&'a str> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

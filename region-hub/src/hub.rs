@@ -2,17 +2,21 @@
 //! consumer transports. One `parking_lot::Mutex` guards the sans-IO core and the fan-out
 //! registry; critical sections never await and never touch redb.
 
-use crate::core::{CoreError, Deliveries, LogEntry, StatusOutcome};
+use crate::anomaly::Anomaly;
+use crate::core::{CoreError, Deliveries, LogEntry, SideRecord, StatusOutcome};
 use crate::fanout::{Fanout, Subscription};
+use crate::history::{Breadcrumb, BreadcrumbQueue};
 use crate::metrics::{ConsumerGauge, HubMetrics};
 use crate::store::{CommitSink, EventLogHandle, Store, SubmitError};
 use parking_lot::Mutex;
 use protocol::api::{ChangeStatus, CreateDelivery, DeliveryCreated, StatusChanged};
 use protocol::consumer::{ConsumerFrame, Snapshot, StatusEvent};
+use protocol::status::DeliveryStatus;
 use protocol::token::{Subject, TokenError, TokenSigner, TokenVerifier};
 use protocol::wire::RoutedFix;
 use protocol::DeliveryId;
 use std::sync::Arc;
+use tracing::Instrument;
 
 /// State behind the lock.
 #[derive(Debug)]
@@ -26,6 +30,57 @@ pub(crate) struct State {
 pub(crate) struct Shared {
     pub state: Mutex<State>,
     pub metrics: Arc<HubMetrics>,
+    /// Durable anomalies, for the operators' live stream.
+    pub anomalies: tokio::sync::broadcast::Sender<Anomaly>,
+    /// Push notification senders and the devices registered per delivery.
+    pub push: Push,
+}
+
+/// Push notifications at milestones.
+#[derive(Clone, Debug)]
+pub(crate) struct Push {
+    pub notifier: notify::Notifier,
+    pub devices: Arc<Mutex<notify::DeviceRegistry>>,
+    /// Where registrations are stored (devices reported gone are deleted from it).
+    pub store: Store,
+}
+
+impl Push {
+    /// Sends the milestone's notification to the delivery's devices in a task of its own,
+    /// so the commit path never waits on a push service.
+    fn fan_out(&self, delivery: DeliveryId, status: DeliveryStatus, eta_s: Option<f64>) {
+        if !status.is_milestone() || self.devices.lock().devices(delivery.0).is_empty() {
+            return;
+        }
+        let push = self.clone();
+        tokio::spawn(
+            async move {
+                if let Some(report) = push
+                    .notifier
+                    .handle_status_change(&push.devices, delivery.0, status, eta_s)
+                    .await
+                {
+                    tracing::debug!(
+                        sent = report.sent.len(),
+                        gone = report.gone.len(),
+                        failed = report.failed.len(),
+                        "milestone pushed"
+                    );
+                    if !report.gone.is_empty() {
+                        let store = push.store.clone();
+                        let gone = report.gone;
+                        match tokio::task::spawn_blocking(move || store.remove_devices(&gone)).await
+                        {
+                            Ok(Ok(_)) => {}
+                            Ok(Err(e)) => tracing::warn!(error = %e, "gone devices not deleted"),
+                            Err(e) => tracing::warn!(error = %e, "gone devices not deleted"),
+                        }
+                    }
+                }
+            }
+            .instrument(tracing::info_span!("push", delivery_id = %delivery, status = %status)),
+        );
+    }
 }
 
 impl Shared {
@@ -42,7 +97,35 @@ impl CommitSink for Shared {
         let mut st = self.state.lock();
         for entry in entries {
             st.core.commit(entry);
+            for side in &entry.side {
+                match side {
+                    SideRecord::Anomaly(a) => {
+                        self.metrics.anomaly(a.kind.as_str());
+                        // No operator listening is fine.
+                        let _ = self.anomalies.send(a.clone());
+                    }
+                    SideRecord::Proof(_) => {}
+                    SideRecord::Device(d) => {
+                        if let Err(e) = self
+                            .push
+                            .devices
+                            .lock()
+                            .register(entry.delivery_id.0, d.clone())
+                        {
+                            tracing::warn!(error = %e, "stored push device not registered");
+                        }
+                    }
+                }
+            }
             for ev in &entry.events {
+                if ev.status.is_milestone() {
+                    let eta_s = st
+                        .core
+                        .snapshot(entry.delivery_id, ev.ts_ms)
+                        .and_then(|s| s.eta)
+                        .map(|e| e.eta_s);
+                    self.push.fan_out(entry.delivery_id, ev.status, eta_s);
+                }
                 self.metrics.status_event(&ev.source);
                 self.publish_reliable(
                     &mut st,
@@ -56,7 +139,9 @@ impl CommitSink for Shared {
     fn failed(&self, entries: &[LogEntry]) {
         let mut st = self.state.lock();
         for entry in entries.iter().rev() {
-            st.core.abort(entry);
+            if !entry.events.is_empty() {
+                st.core.abort(entry);
+            }
         }
     }
 }
@@ -137,9 +222,16 @@ impl Drop for ConsumerGuard {
 /// The running hub's operations.
 #[derive(Debug)]
 pub(crate) struct Hub {
+    /// Time of fixes, status events and ETAs (scaled in simulations); tokens use the wall clock.
+    pub clock: nodekit::Clock,
     pub shared: Arc<Shared>,
     pub log: EventLogHandle,
     pub store: Store,
+    /// Queue of the breadcrumb writer (every accepted fix).
+    pub crumbs: BreadcrumbQueue,
+    /// Photo proof limits, and the directory of the proof blobs.
+    pub proof: crate::config::ProofConfig,
+    pub proofs_dir: std::path::PathBuf,
     pub verifier: TokenVerifier,
     pub signer: TokenSigner,
     pub hub_id: String,
@@ -169,6 +261,17 @@ impl Hub {
             .map_err(AuthRefusal::Invalid)
     }
 
+    /// Checks a driver token; returns the driver.
+    pub fn check_driver(&self, token: Option<&str>) -> Result<protocol::DriverId, AuthRefusal> {
+        let token = token
+            .filter(|t| !t.is_empty())
+            .ok_or(AuthRefusal::Missing)?;
+        self.verifier
+            .verify_driver(token, nodekit::unix_s())
+            .map(|(d, _)| d)
+            .map_err(AuthRefusal::Invalid)
+    }
+
     /// Checks an operator token (order-service calls).
     pub fn check_operator(&self, token: Option<&str>) -> Result<(), AuthRefusal> {
         let token = token
@@ -189,19 +292,25 @@ impl Hub {
         self.signer.sign(sub, nodekit::unix_s(), ttl_s)
     }
 
-    /// Queues `entry` under the lock (queue order = log order) and waits for the commit.
+    /// Queues a reserved entry; call under the lock (queue order = log order). A refused
+    /// entry is aborted in the same critical section, so nothing can be reserved on top of it.
+    fn submit(
+        &self,
+        st: &mut State,
+        entry: &LogEntry,
+    ) -> Result<crate::store::AppendReceipt, SubmitError> {
+        self.log
+            .submit(entry.clone())
+            .inspect_err(|_| st.core.abort(entry))
+    }
+
+    /// Waits for the commit of an entry queued by [`Hub::submit`].
     async fn append(
         &self,
         entry: LogEntry,
         queued: Result<crate::store::AppendReceipt, SubmitError>,
     ) -> Result<LogEntry, ApiFailure> {
-        let rx = match queued {
-            Ok(rx) => rx,
-            Err(e) => {
-                self.shared.state.lock().core.abort(&entry);
-                return Err(ApiFailure::Unavailable(e.to_string()));
-            }
-        };
+        let rx = queued.map_err(|e| ApiFailure::Unavailable(e.to_string()))?;
         match rx.await {
             Ok(Ok(())) => Ok(entry),
             Ok(Err(e)) => Err(ApiFailure::Internal(format!(
@@ -218,11 +327,11 @@ impl Hub {
         &self,
         req: &CreateDelivery,
     ) -> Result<DeliveryCreated, ApiFailure> {
-        let now = nodekit::unix_ms();
+        let now = self.clock.now_ms();
         let (entry, queued) = {
             let mut st = self.shared.state.lock();
             let entry = st.core.create(now, req)?;
-            let queued = self.log.submit(entry.clone());
+            let queued = self.submit(&mut st, &entry);
             (entry, queued)
         };
         let entry = self.append(entry, queued).await?;
@@ -240,6 +349,23 @@ impl Hub {
         })
     }
 
+    /// Stores records without a status event (e.g. a push device); answers once durable.
+    pub async fn append_side(
+        &self,
+        id: DeliveryId,
+        side: Vec<SideRecord>,
+    ) -> Result<(), ApiFailure> {
+        let entry = LogEntry::side_only(id, side);
+        let queued = {
+            let st = self.shared.state.lock();
+            if st.core.snapshot(id, nodekit::unix_ms()).is_none() {
+                return Err(ApiFailure::NotFound(format!("delivery {id} not found")));
+            }
+            self.log.submit(entry.clone())
+        };
+        self.append(entry, queued).await.map(|_| ())
+    }
+
     /// Moves a delivery's status; answers once the event is durable (and pushed).
     pub async fn change_status(
         &self,
@@ -247,7 +373,18 @@ impl Hub {
         req: &ChangeStatus,
         source: &str,
     ) -> Result<StatusChanged, ApiFailure> {
-        let now = nodekit::unix_ms();
+        self.change_status_with(id, req, source, Vec::new()).await
+    }
+
+    /// [`Hub::change_status`], storing `side` records in the same transaction as the event.
+    pub async fn change_status_with(
+        &self,
+        id: DeliveryId,
+        req: &ChangeStatus,
+        source: &str,
+        side: Vec<SideRecord>,
+    ) -> Result<StatusChanged, ApiFailure> {
+        let now = self.clock.now_ms();
         let (entry, queued) = {
             let mut st = self.shared.state.lock();
             match st.core.change_status(now, id, req, source)? {
@@ -269,8 +406,9 @@ impl Hub {
                         "a request with this idempotency key is still being stored; retry".into(),
                     ));
                 }
-                StatusOutcome::Append(entry) => {
-                    let queued = self.log.submit(entry.clone());
+                StatusOutcome::Append(mut entry) => {
+                    entry.side = side;
+                    let queued = self.submit(&mut st, &entry);
                     (entry, queued)
                 }
             }
@@ -290,7 +428,7 @@ impl Hub {
 
     /// Applies a batch of fixes from an edge and pushes the results. Never waits on redb.
     pub fn apply_fixes(&self, fixes: &[RoutedFix]) {
-        let now = nodekit::unix_ms();
+        let now = self.clock.now_ms();
         let m = &self.shared.metrics;
         let mut st = self.shared.state.lock();
         for fix in fixes {
@@ -300,6 +438,7 @@ impl Hub {
                 m.fixes_unmatched.inc();
             }
             for u in out.updates {
+                self.crumbs.offer(Breadcrumb::from_position(&u.position));
                 st.fanout.publish_position(&u.position);
                 if let Some(eta) = u.eta {
                     self.shared.publish_reliable(
@@ -309,17 +448,38 @@ impl Hub {
                     );
                 }
             }
+            // Geofence events and anomalies take the durable path without waiting for it: the
+            // writer publishes them after the commit.
+            let refused = out.status_changes.iter().position(|entry| {
+                self.log.submit(entry.clone()).inspect_err(|e| {
+                    tracing::warn!(delivery_id = %entry.delivery_id, error = %e, "geofence status change dropped");
+                }).is_err()
+            });
+            if let Some(i) = refused {
+                // Newest first, so each abort undoes the top reservation.
+                for entry in out.status_changes[i..].iter().rev() {
+                    st.core.abort(entry);
+                }
+            }
+            for a in out.anomalies {
+                let entry = LogEntry::side_only(a.delivery_id, vec![SideRecord::Anomaly(a)]);
+                if let Err(e) = self.log.submit(entry) {
+                    tracing::warn!(error = %e, "anomaly not stored");
+                }
+            }
         }
     }
 
-    /// Periodic work: location-unavailable frames and expiry of idle deliveries.
+    /// Periodic work: location-unavailable and countdown ETA frames, expiry of idle deliveries.
     pub fn tick(&self, now_ms: u64) {
         let mut st = self.shared.state.lock();
         for frame in st.core.tick(now_ms) {
-            if let ConsumerFrame::LocationUnavailable { delivery_id, .. } = &frame {
-                let id = *delivery_id;
-                self.shared.publish_reliable(&mut st, id, &frame);
-            }
+            let id = match &frame {
+                ConsumerFrame::LocationUnavailable { delivery_id, .. } => *delivery_id,
+                ConsumerFrame::Eta(e) => e.delivery_id,
+                _ => continue,
+            };
+            self.shared.publish_reliable(&mut st, id, &frame);
         }
         for id in st.core.expire(now_ms) {
             tracing::debug!(delivery_id = %id, "dropped idle delivery state");
@@ -333,7 +493,7 @@ impl Hub {
             .state
             .lock()
             .core
-            .snapshot(id, nodekit::unix_ms())
+            .snapshot(id, self.clock.now_ms())
     }
 
     /// Subscribes a consumer: snapshot and subscription are taken atomically, so every event
@@ -348,7 +508,7 @@ impl Hub {
             let mut st = self.shared.state.lock();
             let snap = st
                 .core
-                .snapshot(id, nodekit::unix_ms())
+                .snapshot(id, self.clock.now_ms())
                 .ok_or_else(|| ApiFailure::NotFound(format!("delivery {id} not found")))?;
             (snap, st.fanout.subscribe(id))
         };

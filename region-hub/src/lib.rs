@@ -4,17 +4,25 @@
 //! [`spawn`] binds every listener (use port 0 in tests), recovers the event log and returns a
 //! [`HubHandle`]. The decision logic lives in the sans-IO [`core`] module; [`store`] owns redb.
 
+pub mod anomaly;
+pub mod api;
 pub mod config;
 pub mod core;
+pub mod eta;
 pub mod fanout;
+pub mod geofence;
+pub mod history;
 mod http;
 mod hub;
 pub mod link;
 pub mod metrics;
+pub mod plans;
+pub mod proof;
 pub mod store;
+pub mod web;
 pub mod wt;
 
-pub use config::{CommitConfig, ConfigError, HubConfig, WebTransportTls};
+pub use config::{CommitConfig, ConfigError, HubConfig, MapConfig, WebTransportTls};
 pub use hub::{ApiFailure, AuthRefusal};
 pub use metrics::HubMetrics;
 
@@ -142,6 +150,15 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 
 /// Starts a hub: loads keys and certificates, recovers the event log, binds every listener.
 pub async fn spawn(config: HubConfig) -> anyhow::Result<HubHandle> {
+    spawn_with_notifier(config, None).await
+}
+
+/// [`spawn`] with push notifications sent through `notifier` instead of the senders built
+/// from `config.push` (tests, or an embedding that brings its own senders).
+pub async fn spawn_with_notifier(
+    config: HubConfig,
+    notifier: Option<notify::Notifier>,
+) -> anyhow::Result<HubHandle> {
     config.validate()?;
     let signer = load_or_create_signing_key(&config.token_signing_key, config.token_kid)?;
     let mut verifier = nodekit::to_verifier(&config.token_keys)?;
@@ -153,12 +170,49 @@ pub async fn spawn(config: HubConfig) -> anyhow::Result<HubHandle> {
 
     let db_path = config.db_path();
     let store = store::Store::open(&db_path)?;
-    let now = nodekit::unix_ms();
+    store.ensure_history_tables()?;
+    plans::ensure_tables(&store)?;
+    let clock = config.clock.clock();
+    let now = clock.now_ms();
+    // The one road graph of this hub: routes, ETAs and the browsers' map all use it.
+    let started = std::time::Instant::now();
+    let road = Arc::new(
+        config
+            .map
+            .load(config.map_pbf.as_deref())
+            .with_context(|| match &config.map_pbf {
+                Some(p) => format!("loading the road network from {}", p.display()),
+                None => format!("building the road network {:?}", config.map),
+            })?,
+    );
+    tracing::info!(
+        nodes = road.node_count(),
+        edges = road.edge_count(),
+        ms = started.elapsed().as_millis() as u64,
+        "road network loaded"
+    );
     let mut deliveries = core::Deliveries::new(core::CoreConfig {
         state_ttl_ms: config.state_ttl_s.saturating_mul(1000),
         location_unavailable_after_ms: config.location_unavailable_after_s.saturating_mul(1000),
+        geofence: config.geofence.clone(),
+        anomaly: config.anomaly.clone(),
         ..core::CoreConfig::default()
     });
+    let notifier = match notifier {
+        Some(n) => n,
+        None => notify::Notifier::from_config(
+            &config.push,
+            Arc::new(notify::SystemClock),
+            &mut registry,
+        )
+        .context("setting up push notifications")?,
+    };
+    let mut devices = notify::DeviceRegistry::new();
+    for (id, device) in store.devices()? {
+        if let Err(e) = devices.register(id.0, device) {
+            tracing::warn!(delivery_id = %id, error = %e, "stored push device not registered");
+        }
+    }
     let recovered = store.load_all()?;
     let n = recovered.len();
     for d in recovered {
@@ -166,6 +220,21 @@ pub async fn spawn(config: HubConfig) -> anyhow::Result<HubHandle> {
     }
     deliveries.expire(now);
     tracing::info!(path = %db_path.display(), recovered = n, live = deliveries.len(), "event log recovered");
+    {
+        let m = deliveries.eta_model_mut();
+        m.set_graph(road.clone());
+        m.set_timer(plans::monotonic_s);
+        let rows = plans::load_speeds(&store)?;
+        if let Err(e) = m.speeds_mut().import_historical(&rows) {
+            tracing::warn!(error = %e, "ignoring the stored speed table");
+        }
+        let saved = plans::load_plans(&store)?;
+        let n_plans = saved.len();
+        for (id, plan) in saved {
+            deliveries.restore_plan(id, plan);
+        }
+        tracing::info!(speed_rows = rows.len(), plans = n_plans, "ETA state recovered");
+    }
 
     let shared = Arc::new(hub::Shared {
         state: parking_lot::Mutex::new(hub::State {
@@ -173,6 +242,12 @@ pub async fn spawn(config: HubConfig) -> anyhow::Result<HubHandle> {
             fanout: fanout::Fanout::new(config.consumer_queue),
         }),
         metrics: metrics.clone(),
+        anomalies: tokio::sync::broadcast::channel(1024).0,
+        push: hub::Push {
+            notifier,
+            devices: Arc::new(parking_lot::Mutex::new(devices)),
+            store: store.clone(),
+        },
     });
     let shutdown = CancellationToken::new();
     let writer_shutdown = CancellationToken::new();
@@ -186,6 +261,24 @@ pub async fn spawn(config: HubConfig) -> anyhow::Result<HubHandle> {
         shared.clone(),
         metrics.clone(),
         writer_shutdown.clone(),
+    );
+
+    let (crumbs, crumb_writer) = history::spawn_breadcrumb_writer(
+        store.clone(),
+        history::BreadcrumbWriterConfig {
+            queue: config.history.queue,
+            max_batch: config.history.max_batch,
+            flush_interval: Duration::from_millis(config.history.flush_interval_ms),
+        },
+        metrics.clone(),
+        shutdown.clone(),
+    );
+    let purge = history::spawn_purge(
+        store.clone(),
+        config.history.retention_days,
+        Duration::from_secs(config.history.purge_interval_s),
+        metrics.clone(),
+        shutdown.clone(),
     );
 
     let link_endpoint = quinn::Endpoint::server(link::server_config(&tls)?, config.link_listen)
@@ -235,10 +328,15 @@ pub async fn spawn(config: HubConfig) -> anyhow::Result<HubHandle> {
     let http_addr = http_listener.as_ref().map(|l| l.local_addr()).transpose()?;
     let admin_addr = admin_listener.local_addr()?;
 
+    let eta_saver = plans::spawn_eta_saver(shared.clone(), store.clone(), shutdown.clone());
     let hub = Arc::new(hub::Hub {
+        clock,
         shared,
         log,
         store,
+        crumbs,
+        proof: config.proof.clone(),
+        proofs_dir: config.data_dir.join("proofs"),
         verifier,
         signer,
         hub_id: config.hub_id.clone(),
@@ -247,7 +345,7 @@ pub async fn spawn(config: HubConfig) -> anyhow::Result<HubHandle> {
         webtransport_cert_sha256: cert_hash,
     });
 
-    let mut tasks = Vec::new();
+    let mut tasks = vec![crumb_writer, purge, eta_saver];
     tasks.push(tokio::spawn(link::run(
         link_endpoint,
         hub.clone(),
@@ -258,7 +356,9 @@ pub async fn spawn(config: HubConfig) -> anyhow::Result<HubHandle> {
         hub.clone(),
         shutdown.clone(),
     )));
-    let router = http::router(hub.clone(), shutdown.clone());
+    // The browsers' map is drawn from the graph the hub routes on.
+    let router =
+        http::router(hub.clone(), shutdown.clone()).merge(web::router(hub.clone(), road.clone()));
     {
         let (router, shutdown) = (router.clone(), shutdown.clone());
         tasks.push(tokio::spawn(async move {
@@ -294,7 +394,7 @@ pub async fn spawn(config: HubConfig) -> anyhow::Result<HubHandle> {
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = every.tick() => hub.tick(nodekit::unix_ms()),
+                    _ = every.tick() => hub.tick(hub.clock.now_ms()),
                     _ = shutdown.cancelled() => break,
                 }
             }

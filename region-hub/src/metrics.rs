@@ -25,6 +25,12 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+/// Label naming an anomaly kind (`stationary`, `moving_away`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
 /// Every metric the hub exports.
 #[derive(Debug)]
 pub struct HubMetrics {
@@ -37,6 +43,19 @@ pub struct HubMetrics {
     pub event_commit_batch: Histogram,
     pub edge_links_active: Gauge,
     pub consumer_rejected: Family<ReasonLabel, Counter>,
+    pub anomalies: Family<KindLabel, Counter>,
+    pub breadcrumbs_stored: Counter,
+    pub breadcrumbs_dropped: Counter,
+    pub breadcrumbs_purged: Counter,
+    pub breadcrumb_commit_seconds: Histogram,
+    /// Routes planned at dispatch (first fix after assignment).
+    pub routes_planned: Counter,
+    /// Re-routes after a driver left its route by more than 500 m.
+    pub reroutes: Counter,
+    /// Plans or re-routes that found no route (straight-line ETA used).
+    pub route_failures: Counter,
+    /// Time to plan or re-route one delivery (routing + ETA engine set-up).
+    pub route_seconds: Histogram,
 }
 
 impl HubMetrics {
@@ -52,6 +71,15 @@ impl HubMetrics {
             event_commit_batch: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             edge_links_active: Gauge::default(),
             consumer_rejected: Family::default(),
+            anomalies: Family::default(),
+            breadcrumbs_stored: Counter::default(),
+            breadcrumbs_dropped: Counter::default(),
+            breadcrumbs_purged: Counter::default(),
+            breadcrumb_commit_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            routes_planned: Counter::default(),
+            reroutes: Counter::default(),
+            route_failures: Counter::default(),
+            route_seconds: Histogram::new(exponential_buckets(0.000_01, 2.0, 16)),
         };
         registry.register(
             "hub_fixes_received",
@@ -98,7 +126,62 @@ impl HubMetrics {
             "Consumers refused (token) or cut off (overflow)",
             m.consumer_rejected.clone(),
         );
+        registry.register(
+            "hub_anomalies",
+            "Durable anomalies by kind",
+            m.anomalies.clone(),
+        );
+        registry.register(
+            "hub_breadcrumbs_stored",
+            "Breadcrumbs committed to redb",
+            m.breadcrumbs_stored.clone(),
+        );
+        registry.register(
+            "hub_breadcrumbs_dropped",
+            "Breadcrumbs shed because the breadcrumb queue was full or the commit failed",
+            m.breadcrumbs_dropped.clone(),
+        );
+        registry.register(
+            "hub_breadcrumbs_purged",
+            "Breadcrumbs deleted by the retention purge",
+            m.breadcrumbs_purged.clone(),
+        );
+        registry.register(
+            "hub_breadcrumb_commit_seconds",
+            "Duration of one breadcrumb batch commit",
+            m.breadcrumb_commit_seconds.clone(),
+        );
+        registry.register(
+            "hub_routes_planned",
+            "Delivery routes planned at dispatch",
+            m.routes_planned.clone(),
+        );
+        registry.register(
+            "hub_reroutes",
+            "Re-routes after a driver left its planned route",
+            m.reroutes.clone(),
+        );
+        registry.register(
+            "hub_route_failures",
+            "Plans or re-routes that found no route",
+            m.route_failures.clone(),
+        );
+        registry.register(
+            "hub_route_seconds",
+            "Time to plan or re-route one delivery",
+            m.route_seconds.clone(),
+        );
         m
+    }
+
+    /// Counts a durable anomaly of `kind`.
+    pub fn anomaly(&self, kind: &'static str) {
+        self.anomalies.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    /// Reads the anomaly counter of `kind`.
+    pub fn anomalies_total(&self, kind: &'static str) -> u64 {
+        self.anomalies.get_or_create(&KindLabel { kind }).get()
     }
 
     /// Counts one position pushed over `transport`.

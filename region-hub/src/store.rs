@@ -1,8 +1,10 @@
 //! The durable event log in redb: status events, delivery records, idempotency keys, and the
 //! group-commit writer that appends them.
 
-use crate::core::{DeliveryRecord, LogEntry, RecoveredDelivery};
+use crate::anomaly::{Anomaly, AnomalyKind};
+use crate::core::{DeliveryRecord, LogEntry, RecoveredDelivery, SideRecord};
 use crate::metrics::HubMetrics;
+use crate::proof::ProofRecord;
 use protocol::consumer::StatusEvent;
 use protocol::DeliveryId;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -20,6 +22,12 @@ const EVENTS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("events"
 const DELIVERIES: TableDefinition<u64, &[u8]> = TableDefinition::new("deliveries");
 /// `(delivery_id, idempotency key)` -> event_seq.
 const IDEMPOTENCY: TableDefinition<(u64, &str), u64> = TableDefinition::new("idempotency");
+/// `delivery_id` -> JSON [`ProofRecord`].
+const PROOFS: TableDefinition<u64, &[u8]> = TableDefinition::new("proofs");
+/// `(delivery_id, "platform:token")` -> (): devices registered for push notifications.
+const DEVICES: TableDefinition<(u64, &str), ()> = TableDefinition::new("devices");
+/// `(ts_ms, delivery_id, kind)` -> JSON [`Anomaly`].
+const ANOMALIES: TableDefinition<(u64, u64, u8), &[u8]> = TableDefinition::new("anomalies");
 
 /// Why the log could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +49,7 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    fn db(e: impl Into<redb::Error>) -> Self {
+    pub(crate) fn db(e: impl Into<redb::Error>) -> Self {
         StoreError::Db(e.into())
     }
 }
@@ -70,13 +78,16 @@ impl Store {
         tx.open_table(EVENTS).map_err(StoreError::db)?;
         tx.open_table(DELIVERIES).map_err(StoreError::db)?;
         tx.open_table(IDEMPOTENCY).map_err(StoreError::db)?;
+        tx.open_table(ANOMALIES).map_err(StoreError::db)?;
+        tx.open_table(PROOFS).map_err(StoreError::db)?;
+        tx.open_table(DEVICES).map_err(StoreError::db)?;
         tx.commit().map_err(StoreError::db)?;
         Ok(Self {
             db: Arc::new(parking_lot::Mutex::new(Some(Arc::new(db)))),
         })
     }
 
-    fn db(&self) -> Result<Arc<Database>, StoreError> {
+    pub(crate) fn db(&self) -> Result<Arc<Database>, StoreError> {
         self.db.lock().clone().ok_or(StoreError::Closed)
     }
 
@@ -107,7 +118,38 @@ impl Store {
             let mut events = tx.open_table(EVENTS).map_err(StoreError::db)?;
             let mut deliveries = tx.open_table(DELIVERIES).map_err(StoreError::db)?;
             let mut keys = tx.open_table(IDEMPOTENCY).map_err(StoreError::db)?;
+            let mut anomalies = tx.open_table(ANOMALIES).map_err(StoreError::db)?;
+            let mut proofs = tx.open_table(PROOFS).map_err(StoreError::db)?;
+            let mut devices = tx.open_table(DEVICES).map_err(StoreError::db)?;
             for entry in entries {
+                for side in &entry.side {
+                    match side {
+                        SideRecord::Anomaly(a) => {
+                            let bytes = serde_json::to_vec(a)
+                                .map_err(|e| StoreError::Encode(e.to_string()))?;
+                            let kind = match a.kind {
+                                AnomalyKind::Stationary => 0u8,
+                                AnomalyKind::MovingAway => 1,
+                            };
+                            anomalies
+                                .insert((a.ts_ms, a.delivery_id.0, kind), bytes.as_slice())
+                                .map_err(StoreError::db)?;
+                        }
+                        SideRecord::Proof(p) => {
+                            let bytes = serde_json::to_vec(p)
+                                .map_err(|e| StoreError::Encode(e.to_string()))?;
+                            proofs
+                                .insert(p.delivery_id.0, bytes.as_slice())
+                                .map_err(StoreError::db)?;
+                        }
+                        SideRecord::Device(d) => {
+                            let key = format!("{}:{}", d.platform.as_str(), d.token);
+                            devices
+                                .insert((entry.delivery_id.0, key.as_str()), ())
+                                .map_err(StoreError::db)?;
+                        }
+                    }
+                }
                 let id = entry.delivery_id.0;
                 if let Some(rec) = &entry.record {
                     let bytes =
@@ -192,6 +234,126 @@ impl Store {
         {
             let (_, v) = row.map_err(StoreError::db)?;
             out.push(decode_event(delivery.0, v.value())?);
+        }
+        Ok(out)
+    }
+}
+
+impl Store {
+    /// Deletes anomalies detected before `cutoff_ms` inside the write transaction `tx`.
+    pub(crate) fn purge_anomalies_in(
+        &self,
+        tx: &redb::WriteTransaction,
+        cutoff_ms: u64,
+    ) -> Result<(), StoreError> {
+        let mut table = tx.open_table(ANOMALIES).map_err(StoreError::db)?;
+        table
+            .retain_in((0u64, 0u64, 0u8)..(cutoff_ms, 0u64, 0u8), |_, _| false)
+            .map_err(StoreError::db)?;
+        Ok(())
+    }
+
+    /// Every registered push device, by delivery (loaded at start). Rows that no longer
+    /// validate are skipped.
+    pub fn devices(&self) -> Result<Vec<(DeliveryId, notify::DeviceToken)>, StoreError> {
+        let tx = self.db()?.begin_read().map_err(StoreError::db)?;
+        let table = tx.open_table(DEVICES).map_err(StoreError::db)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(StoreError::db)? {
+            let (k, _) = row.map_err(StoreError::db)?;
+            let (id, key) = k.value();
+            let parsed = match key.split_once(':') {
+                Some(("apns", t)) => notify::DeviceToken::new(notify::Platform::Apns, t).ok(),
+                Some(("fcm", t)) => notify::DeviceToken::new(notify::Platform::Fcm, t).ok(),
+                _ => None,
+            };
+            match parsed {
+                Some(d) => out.push((DeliveryId(id), d)),
+                None => tracing::warn!(delivery_id = id, "skipping an unreadable push device"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Forgets devices the push services reported gone, for every delivery.
+    pub fn remove_devices(&self, gone: &[notify::DeviceToken]) -> Result<usize, StoreError> {
+        let keys: Vec<String> = gone
+            .iter()
+            .map(|d| format!("{}:{}", d.platform.as_str(), d.token))
+            .collect();
+        let tx = self.db()?.begin_write().map_err(StoreError::db)?;
+        let mut removed = 0;
+        {
+            let mut table = tx.open_table(DEVICES).map_err(StoreError::db)?;
+            table
+                .retain(|(_, key), ()| {
+                    let keep = !keys.iter().any(|k| k == key);
+                    removed += usize::from(!keep);
+                    keep
+                })
+                .map_err(StoreError::db)?;
+        }
+        tx.commit().map_err(StoreError::db)?;
+        Ok(removed)
+    }
+
+    /// The proof of delivery of `delivery`, if one was uploaded.
+    pub fn proof(&self, delivery: DeliveryId) -> Result<Option<ProofRecord>, StoreError> {
+        let tx = self.db()?.begin_read().map_err(StoreError::db)?;
+        let table = tx.open_table(PROOFS).map_err(StoreError::db)?;
+        let Some(v) = table.get(delivery.0).map_err(StoreError::db)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(v.value())
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                what: "proof record",
+                id: delivery.0,
+                reason: e.to_string(),
+            })
+    }
+
+    /// The delivery's durable record, whether or not its live state is still held.
+    pub fn delivery(&self, delivery: DeliveryId) -> Result<Option<DeliveryRecord>, StoreError> {
+        let tx = self.db()?.begin_read().map_err(StoreError::db)?;
+        let table = tx.open_table(DELIVERIES).map_err(StoreError::db)?;
+        let Some(v) = table.get(delivery.0).map_err(StoreError::db)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(v.value())
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                what: "delivery record",
+                id: delivery.0,
+                reason: e.to_string(),
+            })
+    }
+
+    /// The newest anomalies first (at most `limit`), optionally of one delivery only.
+    pub fn anomalies(
+        &self,
+        delivery: Option<DeliveryId>,
+        limit: usize,
+    ) -> Result<Vec<Anomaly>, StoreError> {
+        let tx = self.db()?.begin_read().map_err(StoreError::db)?;
+        let table = tx.open_table(ANOMALIES).map_err(StoreError::db)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(StoreError::db)?.rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = row.map_err(StoreError::db)?;
+            let (_, id, _) = k.value();
+            if delivery.is_some_and(|d| d.0 != id) {
+                continue;
+            }
+            out.push(
+                serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
+                    what: "anomaly",
+                    id,
+                    reason: e.to_string(),
+                })?,
+            );
         }
         Ok(out)
     }
@@ -382,7 +544,38 @@ mod tests {
                 })
                 .collect(),
             idempotency_key: key.map(str::to_owned),
+            side: Vec::new(),
         }
+    }
+
+    #[test]
+    fn push_devices_are_stored_per_delivery_and_gone_ones_deleted_everywhere() {
+        let path = temp_db("devices");
+        let s = Store::open(&path).expect("open");
+        let phone = notify::DeviceToken::new(notify::Platform::Fcm, "phone-1").expect("token");
+        let stale =
+            notify::DeviceToken::new(notify::Platform::Apns, "ab".repeat(32)).expect("token");
+        for id in [1, 2] {
+            s.append(&[&LogEntry::side_only(
+                DeliveryId(id),
+                vec![
+                    SideRecord::Device(phone.clone()),
+                    SideRecord::Device(stale.clone()),
+                ],
+            )])
+            .expect("append");
+        }
+        assert_eq!(s.devices().expect("devices").len(), 4);
+        assert_eq!(
+            s.remove_devices(std::slice::from_ref(&stale))
+                .expect("remove"),
+            2
+        );
+        assert_eq!(
+            s.devices().expect("devices"),
+            vec![(DeliveryId(1), phone.clone()), (DeliveryId(2), phone)]
+        );
+        let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
     }
 
     #[test]

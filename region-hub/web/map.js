@@ -42,14 +42,6 @@ export function decodePolyline(text) {
   return points;
 }
 
-export function distanceM(a, b) {
-  const rad = Math.PI / 180;
-  const dLat = (b.lat - a.lat) * rad;
-  const dLng = (b.lng - a.lng) * rad;
-  const h = Math.sin(dLat / 2) ** 2 + Math.cos(a.lat * rad) * Math.cos(b.lat * rad) * Math.sin(dLng / 2) ** 2;
-  return 2 * 6371008.8 * Math.asin(Math.min(1, Math.sqrt(h)));
-}
-
 export class MapView {
   constructor(canvas, map) {
     this.canvas = canvas;

@@ -8,6 +8,8 @@ const STALE_S = 10; // a fix older than this is flagged
 const MAX_SPEED_MPS = 45; // ~160 km/h in a city is a bad fix or a bad driver
 const MOVING = new Set(["picked_up", "en_route", "arriving"]);
 const REPLAY_MS = 10000; // a replay lasts 10 s whatever the history's length
+const HUB_ANOMALY_RECENT_MS = 5 * 60 * 1000; // hub-detected anomalies flag a delivery this long
+const HUB_ANOMALY_POLL_MS = 5000;
 
 const $ = (id) => document.getElementById(id);
 const token = new URLSearchParams(location.search).get("token") || "";
@@ -16,7 +18,8 @@ const q = `token=${encodeURIComponent(token)}`;
 const state = (window.trackline = {
   error: null,
   deliveries: [],
-  anomalies: [], // [{id, why}]
+  anomalies: [], // [{id, why}]: the page's own checks plus the hub's recent detections
+  hubAnomalies: [], // from /api/v1/anomalies, newest first
   rates: null, // {fixes_per_s, pushed_per_s, consumers, lag_p50_s, lag_max_s}
   selected: null, // delivery id
   history: null, // {snapshot, events, trail}
@@ -28,6 +31,12 @@ let previous = null; // last poll, for rates
 
 function anomaliesOf(d) {
   const why = [];
+  const seen = new Set();
+  for (const a of state.hubAnomalies) {
+    if (a.delivery_id !== d.delivery_id || d.server_time_ms - a.ts_ms > HUB_ANOMALY_RECENT_MS) continue;
+    if (!seen.has(a.kind)) why.push(a.kind.replace("_", " "));
+    seen.add(a.kind);
+  }
   const age = d.position_age_s;
   if (MOVING.has(d.status) && !d.position) why.push("no position");
   if (d.position && age > STALE_S) why.push(`no fix for ${Math.round(age)} s`);
@@ -55,6 +64,17 @@ async function poll() {
     $("updated").textContent = `retrying (${e.message})`;
   }
   setTimeout(poll, POLL_MS);
+}
+
+// The hub's own detections (stationary driver, driver moving away from the target).
+async function pollHubAnomalies() {
+  try {
+    const r = await fetch(`/api/v1/anomalies?${q}&limit=100`);
+    if (r.ok) state.hubAnomalies = (await r.json()).anomalies || [];
+  } catch (_) {
+    // Shown as stale by the main poll.
+  }
+  if (!state.error) setTimeout(pollHubAnomalies, HUB_ANOMALY_POLL_MS);
 }
 
 function fail(message) {
@@ -99,6 +119,7 @@ function render() {
     ...(state.anomalies.length ? state.anomalies : [{ why: "none" }]).map((a) => {
       const li = document.createElement("li");
       li.textContent = a.id ? `#${a.id}: ${a.why}` : a.why;
+      if (!a.id) li.className = "none";
       if (a.id) li.onclick = () => select(a.id);
       return li;
     }),
@@ -256,4 +277,5 @@ loadMap()
   })
   .catch((e) => console.warn("trackline: no map", e));
 poll();
+pollHubAnomalies();
 requestAnimationFrame(frame);

@@ -27,6 +27,8 @@ const state = (window.trackline = {
   deliveryId,
   transport: null, // 'webtransport' | 'websocket' | null
   connection: "connecting",
+  connects: 0, // connections opened (1 + reconnections)
+  resumedFrom: null, // last_event_seq sent on the latest connection
   error: null,
   lastEventSeq: 0,
   positions: 0, // position frames received
@@ -39,10 +41,12 @@ const state = (window.trackline = {
   pickup: null,
   dropoff: null,
   unavailableSinceMs: null, // ts of the last fix when the driver went silent
+  proofUrl: null, // the proof photo's path once delivered
   serverOffsetMs: 0, // server clock - local clock
 });
 
 let anim = null; // {from, to, startMs, durationMs}
+let routeProgress = 0; // index of the route segment the driver is on (only moves forward)
 let lastFixArrivalMs = 0;
 let map = null;
 let viewFitted = false;
@@ -58,11 +62,16 @@ function showError(message) {
   $("unavailable").hidden = true;
   $("eta").textContent = "--:--";
   $("eta-detail").textContent = "";
+  $("timeline").replaceChildren();
 }
 
-function setTransport({ transport, state: connection }) {
+function setTransport({ transport, state: connection, resumeFrom }) {
   state.transport = transport;
   state.connection = connection;
+  if (connection === "open") {
+    state.connects += 1;
+    state.resumedFrom = resumeFrom;
+  }
   const el = $("transport");
   el.dataset.transport = transport || "";
   el.dataset.state = connection;
@@ -85,7 +94,7 @@ function onFrame(f) {
       return onEta(f);
     case "location_unavailable":
       state.unavailableSinceMs = f.last_ts_ms;
-      return;
+      return tick();
     case "redirect":
       return feed.reconnect();
     case "error":
@@ -105,10 +114,13 @@ function onSnapshot(s) {
   state.unavailableSinceMs = stale ? s.position.ts_ms : null;
   fitView();
   renderStatus();
+  tick();
 }
 
 function onPosition(p) {
-  if (state.lastFix && p.seq <= state.lastFix.seq) return; // newest wins
+  const last = state.lastFix;
+  // Newest wins; a later measurement with a lower seq means the hub's counter restarted.
+  if (last && p.seq <= last.seq && p.ts_ms <= last.ts_ms) return;
   const now = performance.now();
   const from = state.marker || { lat: p.lat, lng: p.lng, heading: p.heading_deg };
   // Glide over about one fix interval, so the marker keeps moving until the next fix.
@@ -127,17 +139,23 @@ function onStatus(ev) {
   state.lastEventSeq = Math.max(state.lastEventSeq, ev.event_seq);
   state.status = state.events[state.events.length - 1].status;
   const proof = ev.metadata && ev.metadata.proof_url;
-  if (proof) {
-    $("proof-img").src = proof;
+  if (typeof proof === "string" && proof.startsWith("/")) {
+    // The hub's own path; an <img> cannot send a bearer token, so it goes in the query.
+    const url = new URL(proof, location.origin);
+    url.searchParams.set("token", token);
+    $("proof-img").src = url.pathname + url.search;
     $("proof").hidden = false;
+    state.proofUrl = proof;
   }
   renderStatus();
 }
 
 function onEta(e) {
   state.eta = e;
+  tick();
   if (e.route_polyline) {
     state.route = decodePolyline(e.route_polyline);
+    routeProgress = 0;
     viewFitted = false;
     fitView();
   }
@@ -191,6 +209,25 @@ function fitView() {
   viewFitted = true;
 }
 
+// The part of the route still ahead of `pos`. The driver's segment is searched a little way
+// ahead of the last one, and the earliest of the near ones wins: a route that comes back
+// along the same street (to the pickup and back) is not skipped.
+function routeAhead(route, pos) {
+  const k = Math.cos((pos.lat * Math.PI) / 180);
+  const dist = (i) => {
+    const [ay, ax] = route[i], [by, bx] = route[i + 1];
+    const [dx, dy] = [(bx - ax) * k, by - ay];
+    const t = clamp(((pos.lng - ax) * k * dx + (pos.lat - ay) * dy) / (dx * dx + dy * dy || 1e-18), 0, 1);
+    return Math.hypot((ax - pos.lng) * k + dx * t, ay - pos.lat + dy * t);
+  };
+  const end = Math.min(route.length - 1, routeProgress + 40);
+  const d = [];
+  for (let i = routeProgress; i < end; i++) d.push(dist(i));
+  const near = Math.min(...d) + 0.00003; // ~3 m in degrees of latitude: same street, other leg
+  routeProgress += Math.max(0, d.findIndex((x) => x <= near));
+  return [[pos.lat, pos.lng], ...route.slice(routeProgress + 1)];
+}
+
 function lerpAngle(a, b, t) {
   const d = ((((b - a) % 360) + 540) % 360) - 180; // shortest way round
   return (a + d * t + 360) % 360;
@@ -210,15 +247,17 @@ function frame() {
     const stops = [];
     if (state.pickup) stops.push({ ...state.pickup, label: "P", colour: "#059669" });
     if (state.dropoff) stops.push({ ...state.dropoff, label: "D", colour: "#dc2626" });
-    const route =
+    let route =
       state.route ||
       (state.pickup && state.dropoff ? [[state.pickup.lat, state.pickup.lng], [state.dropoff.lat, state.dropoff.lng]] : []);
+    if (state.route && state.marker && route.length > 1) route = routeAhead(route, state.marker);
     const markers = [];
     if (state.marker && !state.error) {
       const grey = state.unavailableSinceMs !== null;
       markers.push({ ...state.marker, colour: grey ? "#9ca3af" : "#111827", ring: grey ? null : "rgba(37,99,235,0.35)" });
     }
-    map.draw({ route: state.error ? [] : route, stops: state.error ? [] : stops, markers });
+    const hideRoute = state.error || isTerminal(state.status);
+    map.draw({ route: hideRoute ? [] : route, stops: state.error ? [] : stops, markers });
   }
   requestAnimationFrame(frame);
 }
@@ -231,8 +270,8 @@ function tick() {
     const left = Math.max(0, Math.round((eta.ts_ms + eta.eta_s * 1000 - serverNow()) / 1000));
     $("eta").textContent = `${Math.floor(left / 60)}:${String(left % 60).padStart(2, "0")}`;
     $("eta-detail").textContent = `${(eta.remaining_m / 1000).toFixed(1)} km to go`;
-  } else if (state.status === "delivered") {
-    $("eta").textContent = "Delivered";
+  } else if (isTerminal(state.status)) {
+    $("eta").textContent = LABELS[state.status];
     $("eta-detail").textContent = "";
   }
   const banner = $("unavailable");
@@ -256,13 +295,16 @@ const feed = openFeed({
   lastEventSeq: () => state.lastEventSeq,
   onFrame,
   onState: setTransport,
-  onRefused: ({ code, message }) =>
+  onRefused: ({ code, message }) => {
+    console.warn("trackline: refused:", code, message);
     showError(
       code === 404
         ? "This delivery cannot be found."
-        : `This tracking link is not valid (${message}). Ask the shop for a new one.`,
-    ),
+        : "This tracking link is not valid or has expired. Ask the shop for a new one.",
+    );
+  },
 });
+window.tracklineFeed = feed; // lets tests drop the connection
 loadMap()
   .then((m) => {
     $("attribution").textContent = m.attribution;

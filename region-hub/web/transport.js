@@ -38,8 +38,9 @@ async function refusal(deliveryId, token) {
 /**
  * Opens the feed. Callbacks:
  *   onFrame(frame)              every ConsumerFrame, parsed
- *   onState({transport, state, detail})  transport: 'webtransport' | 'websocket' | null;
- *                               state: 'connecting' | 'open' | 'reconnecting' | 'refused'
+ *   onState({transport, state, resumeFrom})  transport: 'webtransport' | 'websocket' | null;
+ *                               state: 'connecting' | 'open' | 'reconnecting' | 'refused';
+ *                               resumeFrom: the last_event_seq sent when the connection opened
  *   onRefused({code, message})  the token or delivery was refused: the feed has stopped
  * lastEventSeq() is read at every (re)connect to resume after the last event seen.
  */
@@ -61,9 +62,10 @@ export function openFeed({ deliveryId, token, lastEventSeq, onFrame, onState, on
   async function viaWebTransport() {
     const info = await fetch("/api/v1/webtransport/info").then((r) => (r.ok ? r.json() : null), () => null);
     if (!info) return { opened: false, detail: "no WebTransport info" };
+    const resumeFrom = lastEventSeq();
     const url =
       `https://${location.hostname}:${info.port}/api/v1/tracking/${deliveryId}/wt` +
-      `?token=${encodeURIComponent(token)}&last_event_seq=${lastEventSeq()}`;
+      `?token=${encodeURIComponent(token)}&last_event_seq=${resumeFrom}`;
     let wt;
     try {
       wt = new WebTransport(url, {
@@ -78,7 +80,7 @@ export function openFeed({ deliveryId, token, lastEventSeq, onFrame, onState, on
       return { opened: false, detail: String(e && e.message ? e.message : e) };
     }
     current = { close: () => wt.close() };
-    onState({ transport: "webtransport", state: "open" });
+    onState({ transport: "webtransport", state: "open", resumeFrom });
     readDatagrams(wt);
     readStream(wt);
     await wt.closed.catch(() => {});
@@ -128,15 +130,16 @@ export function openFeed({ deliveryId, token, lastEventSeq, onFrame, onState, on
   function viaWebSocket() {
     return new Promise((resolve) => {
       const scheme = location.protocol === "https:" ? "wss" : "ws";
+      const resumeFrom = lastEventSeq();
       const url =
         `${scheme}://${location.host}/api/v1/tracking/${deliveryId}/connect` +
-        `?token=${encodeURIComponent(token)}&last_event_seq=${lastEventSeq()}`;
+        `?token=${encodeURIComponent(token)}&last_event_seq=${resumeFrom}`;
       const ws = new WebSocket(url);
       let opened = false;
       ws.onopen = () => {
         opened = true;
         current = { close: () => ws.close() };
-        onState({ transport: "websocket", state: "open" });
+        onState({ transport: "websocket", state: "open", resumeFrom });
       };
       ws.onmessage = (ev) => deliver(ev.data);
       ws.onclose = (ev) => resolve({ opened, detail: `WebSocket closed (${ev.code})` });
@@ -160,7 +163,8 @@ export function openFeed({ deliveryId, token, lastEventSeq, onFrame, onState, on
           return;
         }
         if (useWebTransport) {
-          // Blocked UDP, no HTTP/3, a failed handshake: use WebSocket from now on.
+          // Blocked UDP, no HTTP/3, a failed handshake: WebSocket from now on (until reload),
+          // so that every reconnection does not wait out the WebTransport timeout again.
           webTransportFailed = true;
           console.info("trackline: WebTransport unavailable, using WebSocket:", result.detail);
           continue;
@@ -179,7 +183,7 @@ export function openFeed({ deliveryId, token, lastEventSeq, onFrame, onState, on
       stopped = true;
       if (current) current.close();
     },
-    // Drops the live connection; the loop reconnects (and resumes) at once.
+    // Drops the live connection; the loop reconnects (and resumes) after a short backoff.
     reconnect() {
       if (current) current.close();
     },

@@ -1,0 +1,558 @@
+//! Sans-IO ETA of the hub: one shared [`EtaModel`] (the road graph and the fleet-learnt speed
+//! model) and one [`EtaTracker`] per delivery, which plans the route driver -> pickup ->
+//! drop-off on the first fix after assignment, snaps every fix to it, re-routes when the driver
+//! is more than 500 m off it, and produces the `Eta` frames consumers see.
+//!
+//! The model itself (snapping, expected speeds, smoothing) is `roadnet`'s; see `docs/eta.md`.
+//! Without a road graph (unit tests of the core) the tracker falls back to a straight-line
+//! estimate at a fixed speed. The core only calls [`EtaModel::observe_fix`],
+//! [`EtaTracker::handle_fix`], [`EtaTracker::handle_silence`] and [`EtaTracker::current`].
+
+use protocol::consumer::Eta;
+use protocol::geo::{haversine_m, LatLng};
+use protocol::status::DeliveryStatus;
+use protocol::wire::Fix;
+use protocol::DeliveryId;
+use roadnet::{hour_of_week, EtaEngine, RoadError, RoadGraph, Route, SpeedModel};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// Tuning of the ETA.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EtaConfig {
+    /// Assumed travel speed of the straight-line fallback (no road graph).
+    pub speed_mps: f64,
+    /// Weight of the newest estimate in the straight-line fallback's moving average.
+    pub smoothing: f64,
+    /// ETA frames are pushed at most this often per delivery (also the countdown's period);
+    /// a frame carrying a new route is pushed at once.
+    pub push_interval_ms: u64,
+    /// The road-network ETA engine (dwell, smoothing alpha 0.3, 500 m deviation threshold).
+    pub engine: roadnet::EtaConfig,
+    /// The speed model (historical table per H3 cell and hour of week, live factor).
+    pub speed_model: roadnet::SpeedModelConfig,
+    /// Fixes slower than this do not teach the speed model (parked, waiting at the pickup).
+    pub min_learn_speed_mps: f64,
+}
+
+impl Default for EtaConfig {
+    fn default() -> Self {
+        Self {
+            speed_mps: 8.0,
+            smoothing: 0.3,
+            push_interval_ms: 2_000,
+            engine: roadnet::EtaConfig::default(),
+            speed_model: roadnet::SpeedModelConfig::default(),
+            min_learn_speed_mps: 1.0,
+        }
+    }
+}
+
+/// A delivery's planned route as stored in redb (table `plans`), so a restart keeps it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredPlan {
+    pub route: Route,
+    /// Index of the first segment after the pickup, while the pickup is ahead.
+    pub pickup_segment: Option<usize>,
+    /// 1 for the plan made at dispatch, +1 per re-route.
+    pub version: u32,
+}
+
+/// What the model did since it was last asked (drained into the hub's metrics).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EtaStats {
+    /// Routes planned at dispatch.
+    pub plans: u64,
+    /// Re-routes after a deviation.
+    pub reroutes: u64,
+    /// Time spent computing each plan or re-route (routing + engine set-up), seconds. Measured
+    /// by the caller-supplied timer, so the core stays clock-free: see [`EtaModel::set_timer`].
+    pub route_seconds: Vec<f64>,
+    /// Routing failures (no route; the straight-line estimate was used instead).
+    pub route_failures: u64,
+}
+
+/// Shared state of the ETA: one road graph and one speed model for the whole hub.
+#[derive(Debug, Default)]
+pub struct EtaModel {
+    graph: Option<Arc<RoadGraph>>,
+    speeds: SpeedModel,
+    /// Plans made or changed since the last [`EtaModel::take_dirty_plans`].
+    dirty_plans: Vec<(DeliveryId, StoredPlan)>,
+    stats: EtaStats,
+    observed: u64,
+    /// Measures elapsed seconds around routing (a monotonic timer from the IO layer).
+    timer: Option<fn() -> f64>,
+}
+
+impl EtaModel {
+    /// A model on `graph` with an empty speed table.
+    pub fn new(graph: Option<Arc<RoadGraph>>, config: &EtaConfig) -> Self {
+        Self {
+            graph,
+            speeds: SpeedModel::new(config.speed_model.clone()),
+            ..Self::default()
+        }
+    }
+
+    /// The road graph, if any.
+    pub fn graph(&self) -> Option<&Arc<RoadGraph>> {
+        self.graph.as_ref()
+    }
+
+    /// Uses `graph` for routes planned from now on.
+    pub fn set_graph(&mut self, graph: Arc<RoadGraph>) {
+        self.graph = Some(graph);
+    }
+
+    /// Sets the timer used to measure routing time (seconds from any fixed origin).
+    pub fn set_timer(&mut self, timer: fn() -> f64) {
+        self.timer = Some(timer);
+    }
+
+    /// The speed model.
+    pub fn speeds(&self) -> &SpeedModel {
+        &self.speeds
+    }
+
+    /// The speed model, to import a saved historical table.
+    pub fn speeds_mut(&mut self) -> &mut SpeedModel {
+        &mut self.speeds
+    }
+
+    /// Teaches the historical table the speed of an accepted fix (every driver's, matched to
+    /// a delivery or not). Fixes slower than `min_learn_speed_mps` are skipped.
+    pub fn observe_fix(&mut self, config: &EtaConfig, fix: &Fix) {
+        let speed = fix.speed_mps();
+        if speed < config.min_learn_speed_mps {
+            return;
+        }
+        let now_s = fix.ts_ms as f64 / 1000.0;
+        let hour = hour_of_week(now_s, config.speed_model.utc_offset_s);
+        let p = fix.position();
+        self.speeds
+            .observe_at(roadnet::LatLng::new(p.lat, p.lng), hour, speed);
+        self.observed += 1;
+        if self.observed.is_multiple_of(50_000) {
+            self.speeds.prune_live(now_s);
+        }
+    }
+
+    /// Plans and re-routes since the last call, for redb.
+    pub fn take_dirty_plans(&mut self) -> Vec<(DeliveryId, StoredPlan)> {
+        std::mem::take(&mut self.dirty_plans)
+    }
+
+    /// Counters since the last call, for the metrics.
+    pub fn take_stats(&mut self) -> EtaStats {
+        std::mem::take(&mut self.stats)
+    }
+
+    fn elapsed(&self) -> Option<f64> {
+        self.timer.map(|t| t())
+    }
+
+    /// Route from `from` via `pickup` (when ahead) to `dropoff`: (route, pickup segment).
+    fn plan(
+        &self,
+        from: LatLng,
+        pickup: Option<LatLng>,
+        dropoff: LatLng,
+    ) -> Option<Result<(Route, Option<usize>), RoadError>> {
+        let g = self.graph.as_ref()?;
+        let (from, dropoff) = (rl(from), rl(dropoff));
+        Some(match pickup {
+            Some(p) => (|| {
+                let first = g.route(from, rl(p))?;
+                let second = g.route(rl(p), dropoff)?;
+                let k = first.segments.len();
+                Ok((Route::concat(&[first, second]), Some(k)))
+            })(),
+            None => g.route(from, dropoff).map(|r| (r, None)),
+        })
+    }
+}
+
+fn rl(p: LatLng) -> roadnet::LatLng {
+    roadnet::LatLng::new(p.lat, p.lng)
+}
+
+/// What the ETA needs to know about the delivery at a fix.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EtaInput {
+    pub delivery_id: DeliveryId,
+    pub status: DeliveryStatus,
+    pub pickup: LatLng,
+    pub dropoff: LatLng,
+    /// The driver's position and when it was measured.
+    pub here: LatLng,
+    pub fix_ts_ms: u64,
+    /// The speed the fix reports, m/s (feeds the live speed factor).
+    pub speed_mps: f64,
+}
+
+fn before_pickup(status: DeliveryStatus) -> bool {
+    matches!(
+        status,
+        DeliveryStatus::Confirmed | DeliveryStatus::Preparing | DeliveryStatus::DriverAssigned
+    )
+}
+
+/// The route-based engine of one delivery and its plan's version.
+#[derive(Clone, Debug)]
+struct Planned {
+    engine: EtaEngine,
+    pickup_segment: Option<usize>,
+    version: u32,
+    polyline: String,
+}
+
+/// Per-delivery ETA state.
+#[derive(Clone, Debug, Default)]
+pub struct EtaTracker {
+    planned: Option<Planned>,
+    /// Version of the plan whose polyline consumers were last sent.
+    sent_version: u32,
+    current: Option<Eta>,
+    seq: u64,
+    last_push_ms: Option<u64>,
+}
+
+impl EtaTracker {
+    /// The latest estimate (in snapshots), with the current route's polyline.
+    pub fn current(&self) -> Option<&Eta> {
+        self.current.as_ref()
+    }
+
+    /// The plan being followed, if any.
+    pub fn plan(&self) -> Option<StoredPlan> {
+        self.planned.as_ref().map(|p| StoredPlan {
+            route: p.engine.route().clone(),
+            pickup_segment: p.pickup_segment,
+            version: p.version,
+        })
+    }
+
+    /// Restores a plan read from redb after a restart (the smoothing starts afresh).
+    pub fn restore_plan(&mut self, config: &EtaConfig, plan: StoredPlan) {
+        let polyline = roadnet::polyline::encode(&plan.route.points);
+        self.planned = Some(Planned {
+            engine: EtaEngine::new(plan.route, plan.pickup_segment, config.engine.clone()),
+            pickup_segment: plan.pickup_segment,
+            version: plan.version,
+            polyline,
+        });
+        self.sent_version = 0;
+    }
+
+    /// Updates the estimate from a fix; returns it when a push is due (at most every
+    /// `push_interval_ms`, or at once when the route is new or changed).
+    pub fn handle_fix(
+        &mut self,
+        config: &EtaConfig,
+        model: &mut EtaModel,
+        now_ms: u64,
+        input: &EtaInput,
+    ) -> Option<Eta> {
+        let now_s = input.fix_ts_ms as f64 / 1000.0;
+        let here = rl(input.here);
+        if self.planned.is_none() {
+            let pickup = before_pickup(input.status).then_some(input.pickup);
+            self.replan(config, model, input, pickup, false);
+        }
+        let (eta_s, remaining_m) = match self.planned.as_mut() {
+            Some(p) => {
+                let mut u = p.engine.handle_fix(now_s, here, &model.speeds);
+                if u.deviated {
+                    let pickup = (before_pickup(input.status) && !p.engine.pickup_passed())
+                        .then_some(input.pickup);
+                    if self.replan(config, model, input, pickup, true) {
+                        if let Some(p) = self.planned.as_mut() {
+                            u = p.engine.handle_fix(now_s, here, &model.speeds);
+                        }
+                    }
+                }
+                if let (Some(i), Some(p)) = (u.segment_index, self.planned.as_ref()) {
+                    if !u.deviated && input.speed_mps >= config.min_learn_speed_mps {
+                        if let Some(seg) = p.engine.route().segments.get(i) {
+                            model.speeds.observe_live(
+                                here,
+                                now_s,
+                                input.speed_mps,
+                                seg.free_speed_mps,
+                            );
+                        }
+                    }
+                }
+                (u.smoothed_eta_s, u.remaining_m)
+            }
+            None => self.straight_line(config, input),
+        };
+        self.seq += 1;
+        let route_changed = self
+            .planned
+            .as_ref()
+            .is_some_and(|p| p.version != self.sent_version);
+        let polyline = self.planned.as_ref().map(|p| p.polyline.clone());
+        let eta = Eta {
+            delivery_id: input.delivery_id,
+            seq: self.seq,
+            eta_s,
+            remaining_m,
+            ts_ms: input.fix_ts_ms,
+            route_polyline: polyline,
+        };
+        self.current = Some(eta.clone());
+        if !(self.due(config, now_ms) || route_changed) {
+            return None;
+        }
+        self.last_push_ms = Some(now_ms);
+        let mut pushed = eta;
+        if route_changed {
+            self.sent_version = self.planned.as_ref().map_or(0, |p| p.version);
+        } else {
+            pushed.route_polyline = None;
+        }
+        Some(pushed)
+    }
+
+    /// Plans (or re-plans) from the fix's position; true when a route was made.
+    fn replan(
+        &mut self,
+        config: &EtaConfig,
+        model: &mut EtaModel,
+        input: &EtaInput,
+        pickup: Option<LatLng>,
+        reroute: bool,
+    ) -> bool {
+        let t0 = model.elapsed();
+        let Some(result) = model.plan(input.here, pickup, input.dropoff) else {
+            return false;
+        };
+        let (route, pickup_segment) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(delivery_id = %input.delivery_id, error = %e, "no route; straight-line ETA");
+                model.stats.route_failures += 1;
+                return false;
+            }
+        };
+        let polyline = roadnet::polyline::encode(&route.points);
+        let version = match self.planned.as_mut() {
+            Some(p) => {
+                p.engine.reroute(route.clone(), pickup_segment);
+                p.pickup_segment = pickup_segment;
+                p.polyline = polyline;
+                p.version += 1;
+                p.version
+            }
+            None => {
+                self.planned = Some(Planned {
+                    engine: EtaEngine::new(route.clone(), pickup_segment, config.engine.clone()),
+                    pickup_segment,
+                    version: 1,
+                    polyline,
+                });
+                1
+            }
+        };
+        if let (Some(a), Some(b)) = (t0, model.elapsed()) {
+            model.stats.route_seconds.push((b - a).max(0.0));
+        }
+        if reroute {
+            model.stats.reroutes += 1;
+            tracing::debug!(delivery_id = %input.delivery_id, version, "driver left the route; re-routed");
+        } else {
+            model.stats.plans += 1;
+        }
+        model.dirty_plans.push((
+            input.delivery_id,
+            StoredPlan {
+                route,
+                pickup_segment,
+                version,
+            },
+        ));
+        true
+    }
+
+    /// Straight-line estimate at a fixed speed, smoothed in "arrival time" terms.
+    fn straight_line(&self, config: &EtaConfig, input: &EtaInput) -> (f64, f64) {
+        let remaining_m = if before_pickup(input.status) {
+            haversine_m(input.here, input.pickup) + haversine_m(input.pickup, input.dropoff)
+        } else {
+            haversine_m(input.here, input.dropoff)
+        };
+        let raw_s = remaining_m / config.speed_mps;
+        let eta_s = match &self.current {
+            Some(prev) => {
+                let elapsed_s = input.fix_ts_ms.saturating_sub(prev.ts_ms) as f64 / 1000.0;
+                let carried = (prev.eta_s - elapsed_s).max(0.0);
+                carried + config.smoothing * (raw_s - carried)
+            }
+            None => raw_s,
+        };
+        (eta_s, remaining_m)
+    }
+
+    /// While no fix arrives, keeps counting down from the last estimate: returns an ETA frame
+    /// stamped `now_ms` with the elapsed time taken off, when a push is due. The stored
+    /// estimate is not changed, so the next fix smooths against what was really measured.
+    pub fn handle_silence(&mut self, config: &EtaConfig, now_ms: u64) -> Option<Eta> {
+        let base = self.current.as_ref()?;
+        if now_ms <= base.ts_ms {
+            return None;
+        }
+        if !self.due(config, now_ms) {
+            return None;
+        }
+        self.last_push_ms = Some(now_ms);
+        self.seq += 1;
+        let elapsed_s = (now_ms - base.ts_ms) as f64 / 1000.0;
+        Some(Eta {
+            delivery_id: base.delivery_id,
+            seq: self.seq,
+            eta_s: (base.eta_s - elapsed_s).max(0.0),
+            remaining_m: base.remaining_m,
+            ts_ms: now_ms,
+            route_polyline: None,
+        })
+    }
+
+    fn due(&self, config: &EtaConfig, now_ms: u64) -> bool {
+        self.last_push_ms
+            .is_none_or(|t| now_ms.saturating_sub(t) >= config.push_interval_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PICKUP: LatLng = LatLng::new(60.170, 24.940);
+    const DROPOFF: LatLng = LatLng::new(60.175, 24.950);
+    const START: LatLng = LatLng::new(60.1665, 24.9445);
+    const T0: u64 = 1_764_000_000_000;
+
+    fn input(here: LatLng, ts_ms: u64) -> EtaInput {
+        EtaInput {
+            delivery_id: DeliveryId(1),
+            status: DeliveryStatus::DriverAssigned,
+            pickup: PICKUP,
+            dropoff: DROPOFF,
+            here,
+            fix_ts_ms: ts_ms,
+            speed_mps: 8.0,
+        }
+    }
+
+    fn helsinki() -> EtaModel {
+        let g = RoadGraph::default_city().expect("embedded city loads");
+        EtaModel::new(Some(Arc::new(g)), &EtaConfig::default())
+    }
+
+    #[test]
+    fn counts_down_while_the_driver_is_silent_without_touching_the_estimate() {
+        let c = EtaConfig::default();
+        let mut m = EtaModel::default();
+        let mut t = EtaTracker::default();
+        let mut i = input(PICKUP, T0);
+        i.status = DeliveryStatus::EnRoute;
+        let first = t.handle_fix(&c, &mut m, T0, &i).expect("first is pushed");
+        assert!(t.handle_silence(&c, T0 + 1_000).is_none(), "throttled");
+        let a = t.handle_silence(&c, T0 + 40_000).expect("due");
+        let b = t.handle_silence(&c, T0 + 42_000).expect("due");
+        assert!((first.eta_s - a.eta_s - 40.0).abs() < 1e-6, "{a:?}");
+        assert!((a.eta_s - b.eta_s - 2.0).abs() < 1e-6, "{b:?}");
+        assert!(b.seq > a.seq && a.seq > first.seq);
+        assert_eq!(b.ts_ms, T0 + 42_000);
+        assert_eq!(t.current(), Some(&first));
+    }
+
+    #[test]
+    fn plans_on_the_road_graph_at_the_first_fix_and_sends_the_route_once() {
+        let c = EtaConfig::default();
+        let mut m = helsinki();
+        let mut t = EtaTracker::default();
+        let first = t
+            .handle_fix(&c, &mut m, T0, &input(START, T0))
+            .expect("first is pushed");
+        let poly = first.route_polyline.clone().expect("the new route goes out");
+        let pts = roadnet::polyline::decode(&poly).expect("valid polyline");
+        assert!(pts.len() > 2, "a road route, not a straight line");
+        // The route is longer than the straight line via the pickup, and the ETA holds the
+        // pickup dwell.
+        let straight = haversine_m(START, PICKUP) + haversine_m(PICKUP, DROPOFF);
+        assert!(first.remaining_m > straight, "{} vs {straight}", first.remaining_m);
+        assert!(first.eta_s > c.engine.pickup_dwell_s, "{first:?}");
+        let plans = m.take_dirty_plans();
+        assert_eq!(plans.len(), 1);
+        assert_eq!(plans[0].1.version, 1);
+        assert!(plans[0].1.pickup_segment.is_some());
+        // Three seconds later, on the route: pushed (throttle passed) without the polyline.
+        let p2 = t.plan().expect("plan").route.point_at(20.0).expect("point");
+        let next = t
+            .handle_fix(
+                &c,
+                &mut m,
+                T0 + 3_000,
+                &input(LatLng::new(p2.lat, p2.lng), T0 + 3_000),
+            )
+            .expect("due");
+        assert!(next.route_polyline.is_none());
+        assert!(next.remaining_m < first.remaining_m);
+        assert_eq!(m.take_stats().plans, 1);
+    }
+
+    #[test]
+    fn a_fix_far_off_the_route_reroutes_at_once_and_pushes_the_new_route() {
+        let c = EtaConfig::default();
+        let mut m = helsinki();
+        let mut t = EtaTracker::default();
+        t.handle_fix(&c, &mut m, T0, &input(START, T0))
+            .expect("first");
+        let before = t.plan().expect("plan").route;
+        // 300 ms later (throttled for a normal fix), the driver is at the road node farthest
+        // from the planned route.
+        let snapper = roadnet::RouteSnapper::new(&before);
+        let offset = |p: roadnet::LatLng| snapper.snap(p, 0.0).map_or(0.0, |s| s.offset_m);
+        let graph = m.graph().expect("graph").clone();
+        let far = graph
+            .nodes()
+            .iter()
+            .copied()
+            .max_by(|a, b| offset(*a).total_cmp(&offset(*b)))
+            .expect("nodes");
+        assert!(offset(far) > 500.0, "test point must be off route: {}", offset(far));
+        let off = LatLng::new(far.lat, far.lng);
+        let eta = t
+            .handle_fix(&c, &mut m, T0 + 300, &input(off, T0 + 300))
+            .expect("a re-route is pushed even when throttled");
+        let poly = eta.route_polyline.expect("with the new route");
+        let pts = roadnet::polyline::decode(&poly).expect("polyline");
+        let start = pts[0];
+        assert!(
+            roadnet::haversine_m(start, far) < 1.0,
+            "new route starts where the driver is: {start:?} vs {far:?}"
+        );
+        let stats = m.take_stats();
+        assert_eq!(stats.reroutes, 1);
+        let plans = m.take_dirty_plans();
+        assert_eq!(plans.last().map(|p| p.1.version), Some(2));
+        assert_eq!(t.plan().map(|p| p.version), Some(2));
+    }
+
+    #[test]
+    fn learns_moving_fixes_only() {
+        let c = EtaConfig::default();
+        let mut m = EtaModel::default();
+        let moving = Fix::from_units(1, T0, PICKUP.lat, PICKUP.lng, 0.0, 7.0, 5.0);
+        let parked = Fix::from_units(2, T0, PICKUP.lat, PICKUP.lng, 0.0, 0.2, 5.0);
+        m.observe_fix(&c, &moving);
+        m.observe_fix(&c, &parked);
+        let rows = m.speeds().export_historical();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].3, 1);
+        assert!((rows[0].2 - 7.0).abs() < 0.01);
+    }
+}

@@ -1,0 +1,160 @@
+//! The ETA's durable state in redb: each delivery's planned route (table `plans`) and the
+//! fleet-learnt historical speed table (table `speeds`), and the task that saves them.
+//!
+//! Plans are written within a second of being made (a restart keeps them; a plan lost in a
+//! crash is simply made again at the next fix); the speed table is rewritten every
+//! `SPEEDS_EVERY` and at shutdown, and loaded at start.
+
+use crate::eta::StoredPlan;
+use crate::hub::Shared;
+use crate::store::{Store, StoreError};
+use protocol::DeliveryId;
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use roadnet::speed::SpeedRow;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// `delivery_id` -> postcard [`StoredPlan`].
+const PLANS: TableDefinition<u64, &[u8]> = TableDefinition::new("plans");
+/// `(H3 cell, hour of week)` -> (mean speed m/s, samples).
+const SPEEDS: TableDefinition<(u64, u8), (f32, u32)> = TableDefinition::new("speeds");
+
+/// How often new plans are written.
+const PLANS_EVERY: Duration = Duration::from_secs(1);
+/// How often the historical speed table is written.
+pub const SPEEDS_EVERY: Duration = Duration::from_secs(30);
+
+/// Creates the tables when missing.
+pub fn ensure_tables(store: &Store) -> Result<(), StoreError> {
+    let tx = store.db()?.begin_write().map_err(StoreError::db)?;
+    tx.open_table(PLANS).map_err(StoreError::db)?;
+    tx.open_table(SPEEDS).map_err(StoreError::db)?;
+    tx.commit().map_err(StoreError::db)?;
+    Ok(())
+}
+
+/// Writes (or replaces) plans in one transaction.
+pub fn save_plans(store: &Store, plans: &[(DeliveryId, StoredPlan)]) -> Result<(), StoreError> {
+    let tx = store.db()?.begin_write().map_err(StoreError::db)?;
+    {
+        let mut t = tx.open_table(PLANS).map_err(StoreError::db)?;
+        for (id, plan) in plans {
+            let bytes =
+                postcard::to_stdvec(plan).map_err(|e| StoreError::Encode(e.to_string()))?;
+            t.insert(id.0, bytes.as_slice()).map_err(StoreError::db)?;
+        }
+    }
+    tx.commit().map_err(StoreError::db)?;
+    Ok(())
+}
+
+/// Every stored plan.
+pub fn load_plans(store: &Store) -> Result<Vec<(DeliveryId, StoredPlan)>, StoreError> {
+    let tx = store.db()?.begin_read().map_err(StoreError::db)?;
+    let t = tx.open_table(PLANS).map_err(StoreError::db)?;
+    let mut out = Vec::new();
+    for row in t.iter().map_err(StoreError::db)? {
+        let (k, v) = row.map_err(StoreError::db)?;
+        let id = k.value();
+        let plan = postcard::from_bytes(v.value()).map_err(|e| StoreError::Corrupt {
+            what: "route plan",
+            id,
+            reason: e.to_string(),
+        })?;
+        out.push((DeliveryId(id), plan));
+    }
+    Ok(out)
+}
+
+/// Replaces the stored historical speed table with `rows`.
+pub fn save_speeds(store: &Store, rows: &[SpeedRow]) -> Result<(), StoreError> {
+    let tx = store.db()?.begin_write().map_err(StoreError::db)?;
+    {
+        let mut t = tx.open_table(SPEEDS).map_err(StoreError::db)?;
+        for &(cell, hour, mean, count) in rows {
+            t.insert((cell, hour), (mean, count))
+                .map_err(StoreError::db)?;
+        }
+    }
+    tx.commit().map_err(StoreError::db)?;
+    Ok(())
+}
+
+/// The stored historical speed table.
+pub fn load_speeds(store: &Store) -> Result<Vec<SpeedRow>, StoreError> {
+    let tx = store.db()?.begin_read().map_err(StoreError::db)?;
+    let t = tx.open_table(SPEEDS).map_err(StoreError::db)?;
+    let mut out = Vec::new();
+    for row in t.iter().map_err(StoreError::db)? {
+        let (k, v) = row.map_err(StoreError::db)?;
+        let (cell, hour) = k.value();
+        let (mean, count) = v.value();
+        out.push((cell, hour, mean, count));
+    }
+    Ok(out)
+}
+
+/// Seconds on a monotonic clock (the core's routing timer).
+pub(crate) fn monotonic_s() -> f64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_secs_f64()
+}
+
+/// Saves new plans every second and the speed table every [`SPEEDS_EVERY`] (and both at
+/// shutdown); also moves the ETA's counters into the metrics.
+pub(crate) fn spawn_eta_saver(
+    shared: Arc<Shared>,
+    store: Store,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(PLANS_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_speeds = Instant::now();
+        loop {
+            let stop = tokio::select! {
+                _ = every.tick() => false,
+                _ = shutdown.cancelled() => true,
+            };
+            let speeds_due = stop || last_speeds.elapsed() >= SPEEDS_EVERY;
+            let (plans, stats, rows) = {
+                let mut st = shared.state.lock();
+                let m = st.core.eta_model_mut();
+                let rows = speeds_due.then(|| m.speeds().export_historical());
+                (m.take_dirty_plans(), m.take_stats(), rows)
+            };
+            let metrics = &shared.metrics;
+            metrics.routes_planned.inc_by(stats.plans);
+            metrics.reroutes.inc_by(stats.reroutes);
+            metrics.route_failures.inc_by(stats.route_failures);
+            for s in stats.route_seconds {
+                metrics.route_seconds.observe(s);
+            }
+            if !plans.is_empty() || rows.is_some() {
+                let store = store.clone();
+                let r = tokio::task::spawn_blocking(move || {
+                    if !plans.is_empty() {
+                        save_plans(&store, &plans)?;
+                    }
+                    if let Some(rows) = rows {
+                        save_speeds(&store, &rows)?;
+                    }
+                    Ok::<_, StoreError>(())
+                })
+                .await;
+                match r {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "saving route plans / speeds failed"),
+                    Err(e) => tracing::error!(error = %e, "plan saver panicked"),
+                }
+            }
+            if speeds_due {
+                last_speeds = Instant::now();
+            }
+            if stop {
+                break;
+            }
+        }
+    })
+}

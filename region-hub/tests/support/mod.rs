@@ -1,0 +1,368 @@
+//! Helpers shared by the integration tests: a temp dir with a dev PKI, a hub on port 0, an
+//! HTTPS client, a real mTLS edge, WebSocket and WebTransport consumers.
+#![allow(dead_code)]
+
+use futures::StreamExt;
+use protocol::api::{ApiError, ChangeStatus, CreateDelivery, DeliveryCreated};
+use protocol::consumer::{ConsumerFrame, Snapshot};
+use protocol::framing::{frame_bytes, FrameDecoder, MAX_HUB_FRAME};
+use protocol::geo::LatLng;
+use protocol::status::DeliveryStatus;
+use protocol::token::Subject;
+use protocol::wire::{EdgeToHub, Fix, HubToEdge, RoutedFix};
+use protocol::{DeliveryId, DriverId};
+use region_hub::{HubConfig, HubHandle};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncBufReadExt;
+use tokio_tungstenite::tungstenite::Message;
+
+pub const WAIT: Duration = Duration::from_secs(10);
+pub const PICKUP: LatLng = LatLng::new(60.170, 24.940);
+pub const DROPOFF: LatLng = LatLng::new(60.175, 24.950);
+
+/// A temp directory with a dev PKI, removed on drop.
+pub struct TestDir(pub PathBuf);
+
+impl TestDir {
+    pub fn new(name: &str) -> Self {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "trackline-hub-it-{}-{}-{name}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create test dir");
+        Self(dir)
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub struct Pki {
+    pub pki: certs::DevPki,
+    pub dir: PathBuf,
+}
+
+impl Pki {
+    pub fn new(dir: &Path) -> Self {
+        let pki_dir = dir.join("pki");
+        let pki = certs::DevPki::load_or_create(&pki_dir).expect("dev pki");
+        Self { pki, dir: pki_dir }
+    }
+
+    pub fn sans() -> Vec<String> {
+        vec!["localhost".into(), "127.0.0.1".into()]
+    }
+
+    pub fn node(&self, name: &str, role: certs::NodeRole) -> nodekit::TlsFiles {
+        let (cert, key) =
+            certs::NodeCert::load_or_issue(&self.pki, &self.dir, name, &Self::sans(), role)
+                .map(|_| certs::NodeCert::paths(&self.dir, name))
+                .expect("issue");
+        nodekit::TlsFiles {
+            cert,
+            key,
+            ca: self.dir.join("ca.pem"),
+        }
+    }
+
+    pub fn ca(&self) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+        vec![self.pki.ca_cert_der()]
+    }
+}
+
+pub fn config(dir: &Path, pki: &Pki) -> HubConfig {
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    HubConfig {
+        link_listen: any,
+        webtransport_listen: any,
+        https_listen: any,
+        admin_listen: any,
+        data_dir: dir.join("data"),
+        tls: pki.node("hub", certs::NodeRole::Hub),
+        token_signing_key: dir.join("data/token.pk8"),
+        ..HubConfig::default()
+    }
+}
+
+pub async fn start(dir: &Path, pki: &Pki) -> HubHandle {
+    start_with(config(dir, pki)).await
+}
+
+pub async fn start_with(config: HubConfig) -> HubHandle {
+    certs::install_default_crypto_provider();
+    region_hub::spawn(config).await.expect("hub starts")
+}
+
+pub fn http_client(pki: &Pki) -> reqwest::Client {
+    let tls =
+        certs::client_config_with_roots(pki.ca(), &[b"http/1.1"], certs::TlsFor::Tcp).expect("tls");
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .timeout(WAIT)
+        .build()
+        .expect("client")
+}
+
+pub fn url(hub: &HubHandle, path: &str) -> String {
+    format!("https://localhost:{}{path}", hub.https_addr().port())
+}
+
+pub async fn create(
+    hub: &HubHandle,
+    http: &reqwest::Client,
+    driver: Option<u64>,
+) -> DeliveryCreated {
+    let op = hub.mint_token(Subject::Operator, 600);
+    let r = http
+        .post(url(hub, "/api/v1/deliveries"))
+        .bearer_auth(op)
+        .json(&CreateDelivery {
+            delivery_id: None,
+            pickup: PICKUP,
+            dropoff: DROPOFF,
+            driver_id: driver.map(DriverId),
+        })
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(r.status(), 201);
+    r.json().await.expect("created json")
+}
+
+pub async fn change(
+    hub: &HubHandle,
+    http: &reqwest::Client,
+    id: DeliveryId,
+    status: DeliveryStatus,
+    driver: Option<u64>,
+    key: Option<&str>,
+) -> reqwest::Response {
+    let op = hub.mint_token(Subject::Operator, 600);
+    http.post(url(hub, &format!("/api/v1/deliveries/{id}/status")))
+        .bearer_auth(op)
+        .json(&ChangeStatus {
+            status,
+            idempotency_key: key.map(str::to_owned),
+            driver_id: driver.map(DriverId),
+            metadata: serde_json::Value::Null,
+        })
+        .send()
+        .await
+        .expect("change status")
+}
+
+/// A real edge: quinn client with a cluster certificate, Hello then batches.
+pub struct Edge {
+    _endpoint: quinn::Endpoint,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    decoder: FrameDecoder,
+    batch_seq: u64,
+}
+
+impl Edge {
+    pub async fn connect(hub: &HubHandle, pki: &Pki) -> Self {
+        let files = pki.node("edge-1", certs::NodeRole::Edge);
+        let tls = files.load().expect("edge tls");
+        let client = certs::mtls_client_config(
+            tls.chain,
+            tls.key,
+            tls.roots,
+            &[protocol::ALPN_HUB],
+            certs::TlsFor::Quic,
+        )
+        .expect("client tls");
+        let mut endpoint =
+            quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+        endpoint
+            .set_default_client_config(certs::quinn_client_config(client).expect("quinn config"));
+        let conn = endpoint
+            .connect(hub.link_addr(), "localhost")
+            .expect("connect")
+            .await
+            .expect("handshake");
+        let (mut send, recv) = conn.open_bi().await.expect("open bi");
+        send.write_all(&frame_bytes(&EdgeToHub::Hello {
+            edge_id: "edge-1".into(),
+        }))
+        .await
+        .expect("hello");
+        let mut edge = Self {
+            _endpoint: endpoint,
+            send,
+            recv,
+            decoder: FrameDecoder::new(MAX_HUB_FRAME),
+            batch_seq: 0,
+        };
+        assert!(matches!(edge.next().await, HubToEdge::Welcome { .. }));
+        edge
+    }
+
+    pub async fn next(&mut self) -> HubToEdge {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            if let Some(f) = self.decoder.next_frame::<HubToEdge>().expect("frame") {
+                return f;
+            }
+            let n = tokio::time::timeout(WAIT, self.recv.read(&mut buf))
+                .await
+                .expect("hub answers")
+                .expect("read");
+            self.decoder.push(&buf[..n.expect("stream open")]);
+        }
+    }
+
+    /// Sends one batch and waits for its ack.
+    pub async fn send_fixes(&mut self, fixes: Vec<RoutedFix>) {
+        self.batch_seq += 1;
+        let seq = self.batch_seq;
+        self.send
+            .write_all(&frame_bytes(&EdgeToHub::Batch {
+                batch_seq: seq,
+                fixes,
+            }))
+            .await
+            .expect("batch");
+        assert_eq!(self.next().await, HubToEdge::Ack { batch_seq: seq });
+    }
+}
+
+pub fn fix(driver: u64, i: u64) -> RoutedFix {
+    let at = protocol::geo::destination(PICKUP, 45.0, 20.0 * i as f64);
+    let ts = nodekit::unix_ms() - 1000 + i;
+    RoutedFix {
+        driver_id: DriverId(driver),
+        fix: Fix::from_units(i as u32, ts, at.lat, at.lng, 45.0, 8.0, 4.0),
+        edge_rx_ms: ts,
+    }
+}
+
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+/// Opens the consumer WebSocket over TLS; `Err(status)` when the hub refuses the upgrade.
+pub async fn ws_connect(
+    hub: &HubHandle,
+    pki: &Pki,
+    id: DeliveryId,
+    query: &str,
+) -> Result<Ws, u16> {
+    let tls =
+        certs::client_config_with_roots(pki.ca(), &[b"http/1.1"], certs::TlsFor::Tcp).expect("tls");
+    let tcp = tokio::net::TcpStream::connect(hub.https_addr())
+        .await
+        .expect("tcp");
+    let server_name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(server_name, tcp)
+        .await
+        .expect("tls");
+    let u = format!(
+        "wss://localhost:{}/api/v1/tracking/{id}/connect{query}",
+        hub.https_addr().port()
+    );
+    match tokio_tungstenite::client_async(u, stream).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            let body = resp.body().as_deref().unwrap_or_default();
+            assert!(
+                serde_json::from_slice::<ApiError>(body).is_ok(),
+                "refusal is an ApiError: {body:?}"
+            );
+            Err(resp.status().as_u16())
+        }
+        Err(e) => panic!("websocket handshake failed: {e}"),
+    }
+}
+
+pub async fn ws_next(ws: &mut Ws) -> ConsumerFrame {
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("frame in time")
+            .expect("open")
+            .expect("ws");
+        if let Message::Text(t) = msg {
+            return ConsumerFrame::from_json(&t).expect("consumer frame");
+        }
+    }
+}
+
+/// A WebTransport consumer: the reliable uni stream and the datagrams.
+pub struct Wt {
+    pub conn: wtransport::Connection,
+    pub lines: tokio::io::Lines<tokio::io::BufReader<wtransport::RecvStream>>,
+    _endpoint: wtransport::Endpoint<wtransport::endpoint::endpoint_side::Client>,
+}
+
+pub async fn wt_connect(
+    hub: &HubHandle,
+    id: DeliveryId,
+    query: &str,
+) -> Result<Wt, wtransport::error::ConnectingError> {
+    let config = wtransport::ClientConfig::builder()
+        .with_bind_default()
+        .with_server_certificate_hashes([wtransport::tls::Sha256Digest::new(
+            hub.webtransport_cert_hash(),
+        )])
+        .build();
+    let endpoint = wtransport::Endpoint::client(config).expect("wt client");
+    let u = format!(
+        "https://127.0.0.1:{}/api/v1/tracking/{id}/wt{query}",
+        hub.webtransport_addr().port()
+    );
+    let conn = tokio::time::timeout(WAIT, endpoint.connect(u))
+        .await
+        .expect("wt connect in time")?;
+    let stream = tokio::time::timeout(WAIT, conn.accept_uni())
+        .await
+        .expect("uni stream in time")
+        .expect("uni");
+    Ok(Wt {
+        conn,
+        lines: tokio::io::BufReader::new(stream).lines(),
+        _endpoint: endpoint,
+    })
+}
+
+impl Wt {
+    pub async fn reliable(&mut self) -> ConsumerFrame {
+        let line = tokio::time::timeout(WAIT, self.lines.next_line())
+            .await
+            .expect("line in time")
+            .expect("read");
+        ConsumerFrame::from_json(&line.expect("stream open")).expect("frame")
+    }
+
+    pub async fn datagram(&self) -> ConsumerFrame {
+        let d = tokio::time::timeout(WAIT, self.conn.receive_datagram())
+            .await
+            .expect("datagram in time")
+            .expect("dg");
+        ConsumerFrame::from_json(std::str::from_utf8(&d.payload()).expect("utf8")).expect("frame")
+    }
+}
+
+pub fn snapshot(f: ConsumerFrame) -> Snapshot {
+    match f {
+        ConsumerFrame::Snapshot(s) => s,
+        other => panic!("expected a snapshot first, got {other:?}"),
+    }
+}
+
+pub fn status_seq(f: &ConsumerFrame) -> Option<(u64, DeliveryStatus)> {
+    match f {
+        ConsumerFrame::Status(e) => Some((e.event_seq, e.status)),
+        _ => None,
+    }
+}
