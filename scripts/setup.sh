@@ -4,6 +4,11 @@
 set -euo pipefail
 need=()
 command -v python3 >/dev/null || need+=(python3)
+# Browser tests (tests/browser): headless Chromium, its driver, iptables to block WebTransport.
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
+command -v iptables >/dev/null || need+=(iptables)
+python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "setup: please install: ${need[*]}" >&2
@@ -11,5 +16,9 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+fi
+if ! python3 -c "import selenium, pytest" 2>/dev/null; then
+  python3 -m pip install --quiet selenium pytest 2>/dev/null ||
+    python3 -m pip install --quiet --break-system-packages selenium pytest
 fi
 echo "setup: system packages present"

@@ -3,7 +3,8 @@
 //!
 //! Routes: `GET /track/{id}` (the token stays in the query string, read by the page's script),
 //! `GET /ops`, `GET /web/{file}`, `GET /api/v1/map`, `GET /api/v1/ops/deliveries` and
-//! `GET /api/v1/ops/deliveries/{id}/history` (operator token, as `?token=` or bearer).
+//! `GET /api/v1/ops/deliveries/{id}/history` (operator token, as `?token=` or bearer). The
+//! operator's replay reads the breadcrumbs and status events the hub stores in redb.
 
 use crate::http::token;
 use crate::hub::{ApiFailure, Hub};
