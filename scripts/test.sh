@@ -29,5 +29,9 @@ cargo run --release -q -p client-sim -- --drivers 60 --consumers 60 --duration 1
   --data-dir target/demo-smoke-data --report "$report" >/dev/null
 python3 scripts/check-report.py "$report"
 
+stage "browser tests (headless Chromium)"
+mkdir -p target/browser-artifacts
+python3 -m pytest -q tests/browser
+
 echo
 echo "all stages passed"
