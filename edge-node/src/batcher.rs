@@ -135,6 +135,12 @@ impl Batcher {
         self.oldest_ms.get_or_insert(now_ms);
     }
 
+    /// Everything waiting (kept and pending), whatever the hub's state: the hub left and its
+    /// fixes go to another hub.
+    pub fn take_all(&mut self) -> Vec<RoutedFix> {
+        self.take().unwrap_or_default()
+    }
+
     fn keep(&mut self, fix: RoutedFix) {
         let len = self.kept.len();
         match self.kept.entry(fix.driver_id) {

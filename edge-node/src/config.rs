@@ -1,4 +1,5 @@
-//! The edge node's one typed config: listeners, TLS files, hubs, token keys, filter and batching.
+//! The edge node's one typed config: listeners, TLS files, hubs (static or from the cluster),
+//! token keys, filter, batching and draining.
 
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -19,8 +20,22 @@ pub struct EdgeConfig {
     pub admin_listen: SocketAddr,
     /// This node's certificate chain and key (served to drivers, presented to hubs) and the cluster CA.
     pub tls: nodekit::TlsFiles,
-    /// Hubs this edge forwards accepted fixes to; the first one is used for now.
+    /// Hubs this edge forwards accepted fixes to without a cluster; the first one is used.
+    /// Ignored (may be empty) when `cluster` is set.
     pub hubs: Vec<HubConfig>,
+    /// Join the region's cluster (foca membership + chitchat control plane over mTLS QUIC,
+    /// with the node certificate from `tls`; `role` must be `edge`, `node_id` = `edge_id`).
+    /// Hub link addresses then come from the hubs' published `hub.addr_link`, and each fix
+    /// goes to the owning hub of each delivery its driver is on duty for. Absent: `hubs`.
+    pub cluster: Option<cluster::ClusterConfig>,
+    /// How to reach hubs found through the cluster: certificate name, timeouts, backoff.
+    pub cluster_links: ClusterLinkConfig,
+    /// `host:port` drivers can reach this edge's QUIC endpoint at, published in the cluster
+    /// as `edge.addr_driver` so draining peers can redirect drivers here. Defaults to the
+    /// bound QUIC address unless that is a wildcard (then nothing is published).
+    pub advertise_quic_addr: Option<String>,
+    /// Draining (SIGTERM or `POST /drain` on the admin listener).
+    pub drain: DrainConfig,
     /// Public keys driver tokens are verified against (tokens are checked locally, no round trip).
     pub token_keys: Vec<nodekit::TokenKeyConfig>,
     /// Fix plausibility filter limits.
@@ -31,6 +46,9 @@ pub struct EdgeConfig {
     pub hello_timeout_ms: u64,
     /// Verified tokens kept in the auth cache.
     pub auth_cache_capacity: usize,
+    /// The clock the filter judges fix timestamps by. For simulations only: `speedup > 1`
+    /// with the same `epoch_ms` as the hub and the simulator (batching stays in real time).
+    pub clock: nodekit::ClockConfig,
 }
 
 impl Default for EdgeConfig {
@@ -42,11 +60,16 @@ impl Default for EdgeConfig {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9101)),
             tls: nodekit::TlsFiles::default(),
             hubs: vec![HubConfig::default()],
+            cluster: None,
+            cluster_links: ClusterLinkConfig::default(),
+            advertise_quic_addr: None,
+            drain: DrainConfig::default(),
             token_keys: Vec::new(),
             filter: FilterConfig::default(),
             batch: BatchConfig::default(),
             hello_timeout_ms: 5_000,
             auth_cache_capacity: 100_000,
+            clock: nodekit::ClockConfig::default(),
         }
     }
 }
@@ -75,6 +98,61 @@ impl Default for HubConfig {
             connect_timeout_ms: 3_000,
             backoff_min_ms: 100,
             backoff_max_ms: 5_000,
+        }
+    }
+}
+
+/// Links to hubs discovered through the cluster (their address is the published
+/// `hub.addr_link`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterLinkConfig {
+    /// Name every hub's certificate carries; absent: the host part of its `hub.addr_link`
+    /// (an IP address or DNS name the hub's node certificate must list).
+    pub server_name: Option<String>,
+    /// Give up one connection attempt after this long, milliseconds.
+    pub connect_timeout_ms: u64,
+    /// First reconnect delay after a failure, milliseconds (doubles up to `backoff_max_ms`).
+    pub backoff_min_ms: u64,
+    /// Longest reconnect delay, milliseconds.
+    pub backoff_max_ms: u64,
+}
+
+impl Default for ClusterLinkConfig {
+    fn default() -> Self {
+        let h = HubConfig::default();
+        Self {
+            server_name: None,
+            connect_timeout_ms: h.connect_timeout_ms,
+            backoff_min_ms: h.backoff_min_ms,
+            backoff_max_ms: h.backoff_max_ms,
+        }
+    }
+}
+
+/// How the edge drains before it stops.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DrainConfig {
+    /// Longest wait for driver sessions to leave after they were told to, seconds.
+    pub timeout_s: u64,
+    /// Edge QUIC address (`host:port`) to send drivers to when the cluster names no healthy
+    /// peer edge (and always without a cluster).
+    pub redirect_to: Option<String>,
+    /// `Retry-After` of the HTTP fallback's 503 answers while draining, seconds.
+    pub retry_after_s: u64,
+    /// Longest wait for the hub links to deliver what is queued, after the sessions left,
+    /// milliseconds.
+    pub flush_timeout_ms: u64,
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        Self {
+            timeout_s: 30,
+            redirect_to: None,
+            retry_after_s: 5,
+            flush_timeout_ms: 5_000,
         }
     }
 }
@@ -135,21 +213,54 @@ impl EdgeConfig {
         if self.edge_id.trim().is_empty() {
             return Err(bad("edge_id", "must not be empty"));
         }
-        let Some(hub) = self.primary_hub() else {
-            return Err(bad("hubs", "at least one hub is required"));
-        };
-        if hub.server_name.trim().is_empty() {
-            return Err(bad("hubs[0].server_name", "must not be empty"));
+        if let Some(c) = &self.cluster {
+            c.validate().map_err(|e| bad("cluster", e.to_string()))?;
+            if c.role != cluster::Role::Edge {
+                return Err(bad("cluster.role", "must be \"edge\" for an edge node"));
+            }
+            if c.node_id != self.edge_id {
+                return Err(bad(
+                    "cluster.node_id",
+                    format!(
+                        "`{}` must equal edge_id `{}` (the node certificate names one node)",
+                        c.node_id, self.edge_id
+                    ),
+                ));
+            }
+            let l = &self.cluster_links;
+            if l.backoff_min_ms == 0 || l.backoff_min_ms > l.backoff_max_ms {
+                return Err(bad(
+                    "cluster_links.backoff_min_ms",
+                    "must be > 0 and <= backoff_max_ms",
+                ));
+            }
+            if l.connect_timeout_ms == 0 {
+                return Err(bad("cluster_links.connect_timeout_ms", "must be > 0"));
+            }
+        } else {
+            let Some(hub) = self.primary_hub() else {
+                return Err(bad(
+                    "hubs",
+                    "at least one hub is required without a cluster",
+                ));
+            };
+            if hub.server_name.trim().is_empty() {
+                return Err(bad("hubs[0].server_name", "must not be empty"));
+            }
+            if hub.backoff_min_ms == 0 || hub.backoff_min_ms > hub.backoff_max_ms {
+                return Err(bad(
+                    "hubs[0].backoff_min_ms",
+                    "must be > 0 and <= backoff_max_ms",
+                ));
+            }
+            if hub.connect_timeout_ms == 0 {
+                return Err(bad("hubs[0].connect_timeout_ms", "must be > 0"));
+            }
         }
-        if hub.backoff_min_ms == 0 || hub.backoff_min_ms > hub.backoff_max_ms {
-            return Err(bad(
-                "hubs[0].backoff_min_ms",
-                "must be > 0 and <= backoff_max_ms",
-            ));
+        if self.drain.timeout_s == 0 {
+            return Err(bad("drain.timeout_s", "must be > 0"));
         }
-        if hub.connect_timeout_ms == 0 {
-            return Err(bad("hubs[0].connect_timeout_ms", "must be > 0"));
-        }
+        self.clock.validate().map_err(|e| bad("clock.speedup", e))?;
         if self.token_keys.is_empty() {
             return Err(bad(
                 "token_keys",
@@ -238,6 +349,64 @@ mod tests {
             .expect_err("slow flush")
             .to_string()
             .contains("flush_interval_ms"));
+    }
+
+    #[test]
+    fn a_cluster_section_must_name_this_edge_as_an_edge() {
+        let mut c = with_key();
+        c.hubs.clear();
+        c.cluster = Some(cluster::ClusterConfig {
+            node_id: c.edge_id.clone(),
+            role: cluster::Role::Edge,
+            ..cluster::ClusterConfig::default()
+        });
+        c.validate()
+            .expect("an edge in a cluster needs no static hubs");
+        c.cluster.as_mut().expect("set").role = cluster::Role::Hub;
+        let err = c.validate().expect_err("hub role").to_string();
+        assert!(err.contains("cluster.role"), "{err}");
+        c.cluster = None;
+        let err = c.validate().expect_err("no hubs").to_string();
+        assert!(err.contains("hubs"), "{err}");
+        let parsed: EdgeConfig = toml::from_str(
+            "edge_id = \"e1\"\n[cluster]\nnode_id = \"e1\"\nrole = \"edge\"\n[drain]\nredirect_to = \"edge-2.example:4433\"",
+        )
+        .expect("parse");
+        assert_eq!(parsed.cluster.expect("cluster").role, cluster::Role::Edge);
+        assert_eq!(parsed.drain.timeout_s, 30);
+    }
+
+    #[test]
+    fn documented_cluster_edge_example_parses_and_validates() {
+        // The example of docs/cluster.md, "Placement of fixes".
+        let text = r#"
+edge_id = "edge-hel-1"
+advertise_quic_addr = "edge-hel-1.example:4433"
+
+[cluster]
+node_id = "edge-hel-1"
+role = "edge"
+region = "eu-north"
+seeds = ["10.0.0.11:7946", "10.0.0.12:7946"]
+
+[cluster.gossip]
+bind_addr = "0.0.0.0:7946"
+advertise_addr = "10.0.1.21:7946"
+
+[cluster.control]
+cluster_id = "trackline-eu-north"
+
+[drain]
+timeout_s = 30
+redirect_to = "edge-hel-2.example:4433"
+"#;
+        let mut c: EdgeConfig = toml::from_str(text).expect("parse");
+        c.token_keys = with_key().token_keys;
+        c.validate().expect("valid");
+        // `--check-config` prints it back.
+        let printed = toml::to_string_pretty(&c).expect("print");
+        assert_eq!(toml::from_str::<EdgeConfig>(&printed).expect("reparse"), c);
+        assert_eq!(c.cluster.expect("cluster").seeds.len(), 2);
     }
 
     #[test]

@@ -1,12 +1,15 @@
 //! The edge's QUIC endpoint: routes connections by ALPN and runs driver sessions (token on a
-//! stream, fixes as datagrams).
+//! stream, `OnDuty` declarations on it, fixes as datagrams; `Redirect` when the edge drains).
 
 use crate::auth::{close_code, reject_label};
 use crate::ingest::IngestContext;
 use crate::metrics::Transport;
 use protocol::framing::{frame_bytes, FrameDecoder, MAX_DRIVER_FRAME};
 use protocol::reject::RejectReason;
-use protocol::wire::{decode_driver_datagram, CloseCode, DriverToEdge, EdgeToDriver, WireError};
+use protocol::wire::{
+    decode_driver_datagram, CloseCode, DriverToEdge, EdgeToDriver, WireError,
+    MAX_ON_DUTY_DELIVERIES,
+};
 use protocol::{ALPN_DRIVER, ALPN_H3};
 use quinn::{Connection, Endpoint, TransportConfig, VarInt};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -138,7 +141,9 @@ async fn read_hello(conn: &Connection) -> Result<Opened, HelloError> {
                     app_version,
                 })
             }
-            Some(DriverToEdge::Fixes(_)) => return Err(HelloError::NotHello),
+            Some(DriverToEdge::Fixes(_) | DriverToEdge::OnDuty { .. }) => {
+                return Err(HelloError::NotHello)
+            }
             None => {}
         }
         match recv.read_chunk(MAX_DRIVER_FRAME, true).await? {
@@ -157,8 +162,42 @@ impl Drop for ActiveSession {
     }
 }
 
+/// Tells a session's driver to move to a peer edge; without one, closes it with `Draining`.
+/// Returns `false` when the session is over.
+async fn redirect(
+    ctx: &QuicContext,
+    conn: &Connection,
+    send: &mut quinn::SendStream,
+    driver: protocol::DriverId,
+) -> bool {
+    let Some(addr) = ctx.ingest.drain.redirect_for(driver) else {
+        close(
+            conn,
+            CloseCode::Draining,
+            "edge draining; no peer edge known, reconnect later",
+        );
+        return false;
+    };
+    info!(to = %addr, "redirecting the driver: edge draining");
+    let frame = EdgeToDriver::Redirect {
+        addr,
+        reason: "edge draining".to_owned(),
+    };
+    send.write_all(&frame_bytes(&frame)).await.is_ok()
+}
+
 async fn run_driver_session(conn: Connection, ctx: Arc<QuicContext>, shutdown: CancellationToken) {
     let metrics = ctx.ingest.metrics.clone();
+    if ctx.ingest.drain.is_draining() {
+        metrics.sessions_rejected("draining").inc();
+        let reason = match ctx.ingest.drain.any_target() {
+            Some(peer) => format!("edge draining; reconnect to {peer}"),
+            None => "edge draining; reconnect later".to_owned(),
+        };
+        debug!("{reason}");
+        close(&conn, CloseCode::Draining, &reason);
+        return;
+    }
     let opened = match tokio::time::timeout(ctx.hello_timeout, read_hello(&conn)).await {
         Ok(Ok(o)) => o,
         Ok(Err(HelloError::Connection(e))) => {
@@ -224,13 +263,40 @@ async fn run_driver_session(conn: Connection, ctx: Arc<QuicContext>, shutdown: C
         let expiry = tokio::time::sleep(expires_in);
         tokio::pin!(expiry);
         let mut stream_open = true;
+        let mut drain_rx = ctx.ingest.drain.subscribe();
+        let mut redirected = false;
         // Frames that arrived together with the Hello.
-        if let Err(reason) = drain_frames(&mut decoder, &ctx, driver) {
-            close(&conn, CloseCode::ProtocolViolation, &reason);
-            return;
+        match drain_frames(&mut decoder, &ctx, driver, session_id).await {
+            Ok(()) => {}
+            Err(reason) => {
+                metrics.sessions_rejected("protocol").inc();
+                close(&conn, CloseCode::ProtocolViolation, &reason);
+                pipeline.session_ended(driver, session_id).await;
+                return;
+            }
+        }
+        if *drain_rx.borrow_and_update() {
+            redirected = true;
+            if !redirect(&ctx, &conn, &mut send, driver).await {
+                pipeline.session_ended(driver, session_id).await;
+                return;
+            }
         }
         loop {
             tokio::select! {
+                r = drain_rx.changed(), if !redirected => {
+                    if r.is_err() {
+                        redirected = true; // the edge is going away: nothing to watch
+                        continue;
+                    }
+                    if !*drain_rx.borrow_and_update() {
+                        continue;
+                    }
+                    redirected = true;
+                    if !redirect(&ctx, &conn, &mut send, driver).await {
+                        break;
+                    }
+                }
                 _ = shutdown.cancelled() => {
                     close(&conn, CloseCode::ShuttingDown, "edge shutting down");
                     break;
@@ -252,7 +318,7 @@ async fn run_driver_session(conn: Connection, ctx: Arc<QuicContext>, shutdown: C
                 r = recv.read_chunk(MAX_DRIVER_FRAME, true), if stream_open => match r {
                     Ok(Some(chunk)) => {
                         decoder.push(&chunk.bytes);
-                        if let Err(reason) = drain_frames(&mut decoder, &ctx, driver) {
+                        if let Err(reason) = drain_frames(&mut decoder, &ctx, driver, session_id).await {
                             metrics.sessions_rejected("protocol").inc();
                             close(&conn, CloseCode::ProtocolViolation, &reason);
                             break;
@@ -263,6 +329,7 @@ async fn run_driver_session(conn: Connection, ctx: Arc<QuicContext>, shutdown: C
                 },
             }
         }
+        pipeline.session_ended(driver, session_id).await;
     }
     .instrument(span)
     .await
@@ -282,11 +349,13 @@ fn handle_datagram(ctx: &QuicContext, driver: protocol::DriverId, bytes: &[u8]) 
     }
 }
 
-/// Ingests every complete `Fixes` frame; an error is a reason to close the session.
-fn drain_frames(
+/// Ingests every complete `Fixes` and `OnDuty` frame, in order (an `OnDuty` applies to the
+/// fixes after it); an error is a reason to close the session.
+async fn drain_frames(
     decoder: &mut FrameDecoder,
     ctx: &QuicContext,
     driver: protocol::DriverId,
+    session_id: u64,
 ) -> Result<(), String> {
     loop {
         match decoder.next_frame::<DriverToEdge>() {
@@ -294,6 +363,20 @@ fn drain_frames(
                 ctx.ingest
                     .pipeline
                     .submit(driver, Transport::Quic, fixes, nodekit::unix_ms());
+            }
+            Ok(Some(DriverToEdge::OnDuty { mut deliveries })) => {
+                if deliveries.len() > MAX_ON_DUTY_DELIVERIES {
+                    return Err(format!(
+                        "on duty for {} deliveries, more than {MAX_ON_DUTY_DELIVERIES}",
+                        deliveries.len()
+                    ));
+                }
+                deliveries.sort_unstable();
+                deliveries.dedup();
+                ctx.ingest
+                    .pipeline
+                    .on_duty(driver, session_id, deliveries)
+                    .await;
             }
             Ok(Some(DriverToEdge::Hello { .. })) => {
                 return Err("second hello on the control stream".to_owned())

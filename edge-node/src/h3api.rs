@@ -70,12 +70,17 @@ async fn handle_request(
                 .headers()
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok());
+            let deliveries = req
+                .headers()
+                .get(protocol::api::DELIVERIES_HEADER)
+                .and_then(|v| v.to_str().ok());
             match read_body(&mut stream).await? {
                 Some(body) => {
                     handle_location_batch(
                         ctx,
                         Transport::H3,
                         authorization,
+                        deliveries,
                         &body,
                         nodekit::unix_ms(),
                     )
@@ -87,6 +92,7 @@ async fn handle_request(
         (&Method::GET, "/healthz") => JsonResponse {
             status: StatusCode::OK,
             body: b"\"ok\"".to_vec(),
+            retry_after_s: None,
         },
         (_, LOCATIONS_PATH) => JsonResponse::error(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -99,11 +105,13 @@ async fn handle_request(
             format!("no route for {path}"),
         ),
     };
-    let head = Response::builder()
+    let mut head = Response::builder()
         .status(resp.status)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(())
-        .unwrap_or_default();
+        .header(header::CONTENT_TYPE, "application/json");
+    if let Some(s) = resp.retry_after_s {
+        head = head.header(header::RETRY_AFTER, s);
+    }
+    let head = head.body(()).unwrap_or_default();
     stream.send_response(head).await?;
     stream.send_data(Bytes::from(resp.body)).await?;
     stream.finish().await

@@ -27,6 +27,9 @@ async fn post_locations(
     let authorization = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
+    let deliveries = headers
+        .get(protocol::api::DELIVERIES_HEADER)
+        .and_then(|v| v.to_str().ok());
     // A body that fails to arrive in full is either over the limit or from a client that went
     // away; only the first can still read the answer.
     let resp = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
@@ -35,6 +38,7 @@ async fn post_locations(
                 &ctx,
                 Transport::Https,
                 authorization,
+                deliveries,
                 &bytes,
                 nodekit::unix_ms(),
             )
@@ -46,10 +50,15 @@ async fn post_locations(
 }
 
 fn json_response(resp: JsonResponse) -> Response {
-    (
+    let mut out = (
         resp.status,
         [(header::CONTENT_TYPE, "application/json")],
         resp.body,
     )
-        .into_response()
+        .into_response();
+    if let Some(s) = resp.retry_after_s {
+        out.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from(s));
+    }
+    out
 }

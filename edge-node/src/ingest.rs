@@ -1,10 +1,11 @@
 //! `POST /api/v1/tracking/locations`: the one handler behind both HTTP/3 and HTTPS.
 
 use crate::auth::{reject_label, AuthCache};
+use crate::drain::DrainState;
 use crate::metrics::{EdgeMetrics, Transport};
 use crate::pipeline::PipelineSender;
 use http::StatusCode;
-use protocol::api::{ApiError, JsonFix};
+use protocol::api::{parse_deliveries_header, ApiError, JsonFix};
 use protocol::wire::MAX_FIXES_PER_DATAGRAM;
 use std::sync::Arc;
 
@@ -21,6 +22,9 @@ pub struct IngestContext {
     pub auth: Arc<AuthCache>,
     pub pipeline: PipelineSender,
     pub metrics: Arc<EdgeMetrics>,
+    pub drain: Arc<DrainState>,
+    /// `Retry-After` of the 503 answers while draining, seconds.
+    pub retry_after_s: u64,
 }
 
 /// A JSON response: status and body bytes.
@@ -28,6 +32,8 @@ pub struct IngestContext {
 pub struct JsonResponse {
     pub status: StatusCode,
     pub body: Vec<u8>,
+    /// `Retry-After` header value in seconds, if any.
+    pub retry_after_s: Option<u64>,
 }
 
 impl JsonResponse {
@@ -35,6 +41,19 @@ impl JsonResponse {
         Self {
             status,
             body: serde_json::to_vec(value).unwrap_or_default(),
+            retry_after_s: None,
+        }
+    }
+
+    /// The answer while the edge drains: 503, `Retry-After`, and where to go instead.
+    pub fn draining(peer: Option<String>, retry_after_s: u64) -> Self {
+        let message = match peer {
+            Some(peer) => format!("edge draining; retry at {peer}"),
+            None => "edge draining; retry later".to_owned(),
+        };
+        Self {
+            retry_after_s: Some(retry_after_s),
+            ..Self::error(StatusCode::SERVICE_UNAVAILABLE, "draining", message)
         }
     }
 
@@ -69,14 +88,19 @@ pub fn bearer_token(authorization: Option<&str>) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Authenticates, parses and ingests one location batch; `now_ms` is the edge's receive time.
+/// Authenticates, parses and ingests one location batch; `deliveries` is the
+/// `x-trackline-deliveries` header, `now_ms` the edge's receive time.
 pub async fn handle_location_batch(
     ctx: &IngestContext,
     transport: Transport,
     authorization: Option<&str>,
+    deliveries: Option<&str>,
     body: &[u8],
     now_ms: u64,
 ) -> JsonResponse {
+    if ctx.drain.is_draining() {
+        return JsonResponse::draining(ctx.drain.any_target(), ctx.retry_after_s);
+    }
     let Some(token) = bearer_token(authorization) else {
         ctx.metrics.sessions_rejected("missing_token").inc();
         return JsonResponse::error(
@@ -95,6 +119,12 @@ pub async fn handle_location_batch(
     if body.len() > MAX_BODY_BYTES {
         return JsonResponse::too_large();
     }
+    let deliveries = match deliveries.map(parse_deliveries_header).transpose() {
+        Ok(d) => d,
+        Err(message) => {
+            return JsonResponse::error(StatusCode::BAD_REQUEST, "bad_request", message);
+        }
+    };
     let fixes: Vec<JsonFix> = match serde_json::from_slice(body) {
         Ok(f) => f,
         Err(e) => {
@@ -118,7 +148,7 @@ pub async fn handle_location_batch(
     let fixes = fixes.iter().map(JsonFix::to_fix).collect();
     let result = ctx
         .pipeline
-        .submit_and_wait(auth.driver, transport, fixes, now_ms)
+        .submit_and_wait(auth.driver, transport, fixes, deliveries, now_ms)
         .await;
     JsonResponse::json(StatusCode::OK, &result)
 }

@@ -1,13 +1,15 @@
 //! Trackline edge PoP: driver QUIC sessions, HTTP/3 and HTTPS ingest, auth cache, fix filter,
-//! batching to the region hub over mutually authenticated QUIC.
+//! batching to the region hubs over mutually authenticated QUIC, draining.
 //!
-//! [`spawn`] binds every listener from an [`EdgeConfig`] (port 0 works) and returns an
-//! [`EdgeHandle`]. The decision logic lives in sans-IO cores ([`filter::FixFilter`],
-//! [`batcher::Batcher`]); the async modules only drive them.
+//! [`spawn`] binds every listener from an [`EdgeConfig`] (port 0 works), joins the cluster
+//! when configured, and returns an [`EdgeHandle`]. The decision logic lives in sans-IO cores
+//! ([`filter::FixFilter`], [`batcher::Batcher`], the placement functions of [`routes`]); the
+//! async modules only drive them.
 
 pub mod auth;
 pub mod batcher;
 pub mod config;
+pub mod drain;
 pub mod driver;
 pub mod filter;
 pub mod h3api;
@@ -15,9 +17,12 @@ pub mod https;
 pub mod ingest;
 pub mod metrics;
 pub mod pipeline;
+pub mod routes;
 pub mod uplink;
 
-pub use config::{BatchConfig, EdgeConfig, FilterConfig, HubConfig};
+pub use config::{
+    BatchConfig, ClusterLinkConfig, DrainConfig, EdgeConfig, FilterConfig, HubConfig,
+};
 pub use metrics::{EdgeMetrics, Transport};
 
 use anyhow::Context;
@@ -38,6 +43,7 @@ pub struct EdgeHandle {
     https_addr: SocketAddr,
     admin_addr: SocketAddr,
     metrics: Arc<EdgeMetrics>,
+    drainer: Arc<drain::Drainer>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -51,12 +57,29 @@ impl EdgeHandle {
     pub fn https_addr(&self) -> SocketAddr {
         self.https_addr
     }
-    /// TCP address of the admin server (`/metrics`, `/healthz`, `/readyz`).
+    /// TCP address of the admin server (`/metrics`, `/healthz`, `/readyz`, `POST /drain`).
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
     }
     pub fn metrics(&self) -> Arc<EdgeMetrics> {
         self.metrics.clone()
+    }
+    /// The edge's cluster node, when it joined one.
+    pub fn cluster(&self) -> Option<&cluster::ClusterNode> {
+        self.drainer.cluster.as_ref()
+    }
+    /// Drains, then stops the edge: `/readyz` turns 503, new driver sessions are refused
+    /// with `Draining`, open ones get `Redirect` to `peer_hint` (else a healthy peer edge
+    /// from the cluster, else `drain.redirect_to`), HTTP answers 503; waits for the sessions
+    /// to leave (at most `drain.timeout_s`) and for the hub links to deliver what is queued
+    /// (at most `drain.flush_timeout_ms`), then shuts down. Call [`join`](Self::join) after.
+    pub async fn drain(&self, peer_hint: Option<String>) {
+        self.drainer.run(peer_hint).await;
+    }
+    /// Resolves once the edge is stopping (after [`shutdown`](Self::shutdown), or at the end
+    /// of a drain started through `POST /drain`).
+    pub async fn stopped(&self) {
+        self.shutdown.cancelled().await;
     }
     /// Asks every task to stop (sessions are closed with `ShuttingDown`).
     pub fn shutdown(&self) {
@@ -67,20 +90,30 @@ impl EdgeHandle {
         for t in self.tasks {
             let _ = t.await;
         }
+        if let Some(node) = &self.drainer.cluster {
+            node.closed().await;
+        }
     }
 }
 
-/// Binds the QUIC endpoint, the HTTPS and admin listeners and the hub link client, and starts
-/// the pipeline. Fails on an invalid config, unreadable TLS files or a port in use.
+/// The advertised driver address: configured, else the bound one unless it is a wildcard.
+fn driver_advertise_addr(config: &EdgeConfig, bound: SocketAddr) -> Option<String> {
+    config
+        .advertise_quic_addr
+        .clone()
+        .or_else(|| (!bound.ip().is_unspecified()).then(|| bound.to_string()))
+}
+
+/// Binds the QUIC endpoint, the HTTPS and admin listeners and the hub link client, joins the
+/// cluster if configured, and starts the pipeline. Fails on an invalid config, unreadable TLS
+/// files, a port in use or a cluster that cannot start.
 pub async fn spawn(config: EdgeConfig) -> anyhow::Result<EdgeHandle> {
     config.validate()?;
     let tls = config.tls.load().context("loading the edge's TLS files")?;
     let verifier = nodekit::to_verifier(&config.token_keys)?;
-    let hub = config.primary_hub().context("no hub configured")?.clone();
 
     let mut registry = Registry::default();
     let metrics = Arc::new(EdgeMetrics::register(&mut registry));
-    let registry = Arc::new(registry);
     let auth = Arc::new(auth::AuthCache::new(
         verifier,
         config.auth_cache_capacity,
@@ -118,54 +151,97 @@ pub async fn spawn(config: EdgeConfig) -> anyhow::Result<EdgeHandle> {
         .with_context(|| format!("binding the admin server on {}", config.admin_listen))?;
     let admin_addr = admin_listener.local_addr()?;
 
-    // Hub link client (mutual TLS).
+    // The cluster (membership + control plane), with the node certificate. It leaves when
+    // the edge stops, after the hub links have flushed.
+    let cluster_node = match &config.cluster {
+        Some(cc) => {
+            let mut cc = cc.clone();
+            if let Some(addr) = driver_advertise_addr(&config, quic_addr) {
+                cc.publish.insert(drain::keys::ADDR_DRIVER.to_owned(), addr);
+            }
+            let gossip_tls = cluster::GossipTls {
+                chain: tls.chain.clone(),
+                key: tls.key.clone_key(),
+                roots: tls.roots.clone(),
+            };
+            let node = cluster::spawn_node(cc, gossip_tls, shutdown.child_token())
+                .await
+                .context("joining the cluster")?;
+            node.register_metrics(&mut registry);
+            Some(node)
+        }
+        None => None,
+    };
+    let registry = Arc::new(registry);
+
+    // Hub link client (mutual TLS), one endpoint shared by every hub's uplink.
     let hub_tls =
         certs::mtls_client_config(tls.chain, tls.key, tls.roots, &[ALPN_HUB], TlsFor::Quic)?;
     let mut client_config = certs::quinn_client_config(hub_tls)?;
     client_config.transport_config(Arc::new(uplink::transport_config()));
-    let bind: SocketAddr = if hub.addr.is_ipv4() {
-        ([0, 0, 0, 0], 0).into()
-    } else {
+    let v6 = config.cluster.is_none() && config.primary_hub().is_some_and(|h| h.addr.is_ipv6());
+    let bind: SocketAddr = if v6 {
         ([0u16; 8], 0).into()
+    } else {
+        ([0, 0, 0, 0], 0).into()
     };
     let mut hub_endpoint =
         quinn::Endpoint::client(bind).context("binding the hub link's UDP socket")?;
     hub_endpoint.set_default_client_config(client_config);
 
-    // Pipeline: ingest queue -> filter -> batcher -> uplink queue.
-    let (batch_tx, batch_rx) = tokio::sync::mpsc::channel(config.batch.uplink_queue_batches);
-    let queue = Arc::new(pipeline::BatchQueue::new(
-        batcher::Batcher::new((&config.batch).into()),
-        batch_tx,
-        metrics.clone(),
-    ));
+    // Pipeline: ingest queue -> filter -> routing -> one batcher and uplink per hub.
     let (pipeline_tx, ingest_rx) =
         pipeline::ingest_channel(config.batch.queue_capacity, metrics.clone());
+    // Where fixes wait while no hub is known; never has an uplink of its own.
+    let (orphan_tx, _orphan_rx) = tokio::sync::mpsc::channel(1);
+    let orphans = Arc::new(pipeline::BatchQueue::new(
+        batcher::Batcher::new((&config.batch).into()),
+        orphan_tx,
+        metrics.clone(),
+    ));
+    let (routes_tx, routes_rx) =
+        tokio::sync::watch::channel(Arc::new(routes::Routes::empty(orphans)));
+    let drain_state = Arc::new(drain::DrainState::default());
     let ingest = ingest::IngestContext {
         auth,
-        pipeline: pipeline_tx,
+        pipeline: pipeline_tx.clone(),
         metrics: metrics.clone(),
+        drain: drain_state.clone(),
+        retry_after_s: config.drain.retry_after_s,
     };
 
     let mut tasks = Vec::new();
     tasks.push(pipeline::spawn_pipeline(
         config.filter.clone(),
+        config.clock.clock(),
         ingest_rx,
-        queue.clone(),
+        routes_rx.clone(),
         metrics.clone(),
         shutdown.clone(),
     ));
-    tasks.push(uplink::spawn_uplink(
-        uplink::UplinkParams {
-            edge_id: config.edge_id.clone(),
-            hub,
-            endpoint: hub_endpoint,
+    let source = match (&cluster_node, config.primary_hub()) {
+        (Some(node), _) => routes::HubSource::Cluster {
+            view: node.view.clone(),
+            links: config.cluster_links.clone(),
         },
-        batch_rx,
-        queue,
-        metrics.clone(),
-        shutdown.clone(),
-    ));
+        (None, Some(hub)) => routes::HubSource::Static(hub.clone()),
+        (None, None) => anyhow::bail!("no hub configured and no cluster to find one"),
+    };
+    tasks.push(
+        routes::spawn_hub_set(
+            source,
+            routes::HubSetParams {
+                edge_id: config.edge_id.clone(),
+                endpoint: hub_endpoint,
+                batch: config.batch.clone(),
+                metrics: metrics.clone(),
+                pipeline: pipeline_tx,
+            },
+            routes_tx,
+            shutdown.clone(),
+        )
+        .await,
+    );
     let quic_ctx = Arc::new(driver::QuicContext::new(
         ingest.clone(),
         Duration::from_millis(config.hello_timeout_ms),
@@ -185,7 +261,17 @@ pub async fn spawn(config: EdgeConfig) -> anyhow::Result<EdgeHandle> {
         }
     }));
     let ready = Arc::new(AtomicBool::new(false));
-    let admin = nodekit::admin_router(registry, ready.clone());
+    let drainer = Arc::new(drain::Drainer {
+        edge_id: config.edge_id.clone(),
+        state: drain_state,
+        config: config.drain.clone(),
+        cluster: cluster_node,
+        routes: routes_rx,
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+        shutdown: shutdown.clone(),
+    });
+    let admin = nodekit::admin_router(registry, ready.clone()).merge(drain_router(drainer.clone()));
     let sd = shutdown.clone();
     tasks.push(tokio::spawn(async move {
         if let Err(e) = nodekit::serve_http(admin_listener, admin, sd).await {
@@ -199,7 +285,32 @@ pub async fn spawn(config: EdgeConfig) -> anyhow::Result<EdgeHandle> {
         https_addr,
         admin_addr,
         metrics,
+        drainer,
         shutdown,
         tasks,
     })
+}
+
+/// Query of `POST /drain`.
+#[derive(Debug, serde::Deserialize)]
+struct DrainQuery {
+    /// Edge QUIC address to redirect drivers to (overrides the cluster's choice).
+    peer: Option<String>,
+}
+
+/// `POST /drain[?peer=host:port]` on the admin listener: starts draining and answers 202 at
+/// once; the edge stops when the drain is over.
+fn drain_router(drainer: Arc<drain::Drainer>) -> axum::Router {
+    use axum::extract::{Query, State};
+    axum::Router::new()
+        .route(
+            "/drain",
+            axum::routing::post(
+                |State(d): State<Arc<drain::Drainer>>, Query(q): Query<DrainQuery>| async move {
+                    tokio::spawn(async move { d.run(q.peer).await });
+                    (http::StatusCode::ACCEPTED, "draining\n")
+                },
+            ),
+        )
+        .with_state(drainer)
 }

@@ -1,4 +1,4 @@
-//! `edge-node`: the edge PoP binary (thin: CLI, tracing, config, spawn, wait for a signal).
+//! `edge-node`: the edge PoP binary (thin: CLI, tracing, config, spawn, drain on a signal).
 
 use anyhow::Context;
 use clap::Parser;
@@ -33,7 +33,17 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let edge = edge_node::spawn(config).await?;
-    nodekit::shutdown_signal().await;
+    tokio::select! {
+        _ = nodekit::shutdown_signal() => {
+            tracing::info!("signal received: draining (a second signal stops at once)");
+            tokio::select! {
+                _ = edge.drain(None) => {}
+                _ = nodekit::shutdown_signal() => tracing::warn!("second signal: stopping now"),
+            }
+        }
+        // `POST /drain` on the admin listener drained the edge.
+        _ = edge.stopped() => {}
+    }
     tracing::info!("shutting down");
     edge.shutdown();
     edge.join().await;

@@ -43,12 +43,18 @@ struct TransportLabel {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct HubLabel {
+    hub: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ReasonLabel {
     reason: &'static str,
 }
 
 /// Why a driver session (or an HTTP request's credentials) was refused.
-pub const SESSION_REJECT_REASONS: [&str; 6] = [
+pub const SESSION_REJECT_REASONS: [&str; 7] = [
+    "draining",
     "bad_token",
     "expired",
     "wrong_kind",
@@ -72,6 +78,10 @@ pub struct EdgeMetrics {
     hub_unacked_batches: Gauge,
     auth_hits: Counter,
     auth_misses: Counter,
+    uplinks_active: Gauge,
+    routed: Family<HubLabel, Counter>,
+    reroutes: Counter,
+    draining: Gauge,
 }
 
 impl EdgeMetrics {
@@ -107,6 +117,10 @@ impl EdgeMetrics {
             hub_unacked_batches: Gauge::default(),
             auth_hits: Counter::default(),
             auth_misses: Counter::default(),
+            uplinks_active: Gauge::default(),
+            routed: Family::default(),
+            reroutes: Counter::default(),
+            draining: Gauge::default(),
         };
         registry.register(
             "edge_fixes_received",
@@ -150,12 +164,12 @@ impl EdgeMetrics {
         );
         registry.register(
             "edge_hub_connected",
-            "1 while the hub link is up",
+            "Hub links currently up (one per live hub in a cluster)",
             m.hub_connected.clone(),
         );
         registry.register(
             "edge_hub_unacked_batches",
-            "Batches sent on the current hub link and not yet acknowledged",
+            "Batches sent on the current hub links and not yet acknowledged",
             m.hub_unacked_batches.clone(),
         );
         registry.register(
@@ -167,6 +181,26 @@ impl EdgeMetrics {
             "edge_auth_cache_misses",
             "Token lookups that needed a signature check",
             m.auth_misses.clone(),
+        );
+        registry.register(
+            "edge_uplinks_active",
+            "Hub uplinks running (connected or retrying), one per live hub",
+            m.uplinks_active.clone(),
+        );
+        registry.register(
+            "edge_fixes_routed",
+            "Accepted fixes handed to a hub's batcher, by hub id",
+            m.routed.clone(),
+        );
+        registry.register(
+            "edge_reroutes",
+            "Fixes kept for a hub that left (or for no hub) and re-routed to the new owner",
+            m.reroutes.clone(),
+        );
+        registry.register(
+            "edge_draining",
+            "1 while the edge drains (redirecting drivers, refusing new sessions)",
+            m.draining.clone(),
         );
         m
     }
@@ -219,6 +253,23 @@ impl EdgeMetrics {
     pub fn auth_misses(&self) -> &Counter {
         &self.auth_misses
     }
+    pub fn uplinks_active(&self) -> &Gauge {
+        &self.uplinks_active
+    }
+    /// Counter of fixes routed to `hub` (create once per uplink, not per fix).
+    pub fn routed(&self, hub: &str) -> Counter {
+        self.routed
+            .get_or_create(&HubLabel {
+                hub: hub.to_owned(),
+            })
+            .clone()
+    }
+    pub fn reroutes(&self) -> &Counter {
+        &self.reroutes
+    }
+    pub fn draining(&self) -> &Gauge {
+        &self.draining
+    }
 }
 
 #[cfg(test)]
@@ -255,5 +306,24 @@ mod tests {
             "{text}"
         );
         assert_eq!(m.rejected(RejectReason::Speed).get(), 1);
+    }
+
+    #[test]
+    fn routing_and_draining_metrics_render_with_their_names() {
+        let mut reg = Registry::default();
+        let m = EdgeMetrics::register(&mut reg);
+        m.routed("hub-a").inc_by(2);
+        m.uplinks_active().set(3);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &reg).expect("encode");
+        for line in [
+            "edge_fixes_routed_total{hub=\"hub-a\"} 2",
+            "edge_uplinks_active 3",
+            "edge_reroutes_total 0",
+            "edge_draining 0",
+            "edge_sessions_rejected_total{reason=\"draining\"} 0",
+        ] {
+            assert!(text.contains(line), "{line}\n{text}");
+        }
     }
 }

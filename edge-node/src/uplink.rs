@@ -1,12 +1,13 @@
-//! The hub link: QUIC with mutual TLS, `Hello`/`Welcome`, then batches and their acks; it
+//! One hub link: QUIC with mutual TLS, `Hello`/`Welcome`, then batches and their acks; it
 //! reconnects with exponential backoff while the batcher keeps the newest fix per driver.
+//! The edge runs one per live hub ([`crate::routes`]), all on one client endpoint.
 
 use crate::config::HubConfig;
 use crate::metrics::EdgeMetrics;
 use crate::pipeline::BatchQueue;
 use protocol::framing::{encode_frame, frame_bytes, FrameDecoder, MAX_HUB_FRAME};
 use protocol::wire::{CloseCode, EdgeToHub, HubToEdge, RoutedFix, WireError, MAX_FIXES_PER_BATCH};
-use quinn::{Endpoint, TransportConfig, VarInt};
+use quinn::{Connection, Endpoint, TransportConfig, VarInt};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -51,12 +52,16 @@ pub enum UplinkError {
 #[derive(Debug)]
 pub struct UplinkParams {
     pub edge_id: String,
+    /// The hub's id (cluster node id, or its address without a cluster), for logs.
+    pub hub_id: String,
     pub hub: HubConfig,
     /// A client endpoint with the mTLS client config as its default.
     pub endpoint: Endpoint,
 }
 
-/// Runs the hub link until `shutdown`, taking batches from `rx`.
+/// Runs the hub link until `shutdown`, taking batches from `rx`. When it stops, whatever was
+/// not written (including batches still in `rx`) is left in `queue`'s batcher, newest per
+/// driver, for the caller to route elsewhere. The shared endpoint stays open.
 pub fn spawn_uplink(
     params: UplinkParams,
     mut rx: mpsc::Receiver<Vec<RoutedFix>>,
@@ -64,22 +69,28 @@ pub fn spawn_uplink(
     metrics: Arc<EdgeMetrics>,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    let span = tracing::info_span!("uplink", hub = %params.hub.addr);
+    let span = tracing::info_span!("uplink", hub_id = %params.hub_id, hub = %params.hub.addr);
     tokio::spawn(
         async move {
             let min = Duration::from_millis(params.hub.backoff_min_ms);
             let max = Duration::from_millis(params.hub.backoff_max_ms);
             let mut backoff = min;
             loop {
-                let mut link = Link { params: &params, rx: &mut rx, queue: &queue, metrics: &metrics, connected: false };
+                let mut link = Link { params: &params, rx: &mut rx, queue: &queue, metrics: &metrics, connected: false, conn: None, unacked: 0 };
                 let result = tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    r = link.run() => r,
+                    _ = shutdown.cancelled() => None,
+                    r = link.run() => Some(r),
                 };
                 let was_connected = link.connected;
-                metrics.hub_connected().set(0);
-                metrics.hub_unacked_batches().set(0);
+                link.set_unacked(0);
+                if was_connected {
+                    metrics.hub_connected().dec();
+                }
+                if let Some(conn) = link.conn.take() {
+                    conn.close(VarInt::from_u32(CloseCode::ShuttingDown as u32), b"edge shutting down");
+                }
                 queue.handle_hub_down(&mut rx, nodekit::unix_ms());
+                let Some(result) = result else { break };
                 match result {
                     Ok(()) => break, // the batch queue closed: the edge is stopping
                     Err(e) if was_connected => {
@@ -94,8 +105,6 @@ pub fn spawn_uplink(
                 }
                 backoff = (backoff * 2).min(max);
             }
-            params.endpoint.close(VarInt::from_u32(CloseCode::ShuttingDown as u32), b"edge shutting down");
-            let _ = tokio::time::timeout(Duration::from_secs(1), params.endpoint.wait_idle()).await;
             info!("uplink stopped");
         }
         .instrument(span),
@@ -108,9 +117,21 @@ struct Link<'a> {
     queue: &'a BatchQueue,
     metrics: &'a EdgeMetrics,
     connected: bool,
+    conn: Option<Connection>,
+    /// Unacked batches as last added to the shared gauge.
+    unacked: u64,
 }
 
 impl Link<'_> {
+    /// Updates this link's share of the unacked gauge and its queue's count.
+    fn set_unacked(&mut self, n: u64) {
+        let delta =
+            i64::try_from(n).unwrap_or(i64::MAX) - i64::try_from(self.unacked).unwrap_or(i64::MAX);
+        self.metrics.hub_unacked_batches().inc_by(delta);
+        self.unacked = n;
+        self.queue.set_unacked(n);
+    }
+
     /// One connection: handshake, then send batches and read acks until something fails.
     /// `Ok(())` only when the batch queue closed.
     async fn run(&mut self) -> Result<(), UplinkError> {
@@ -127,6 +148,7 @@ impl Link<'_> {
         let conn = tokio::time::timeout(timeout, connecting)
             .await
             .map_err(|_| UplinkError::Timeout(timeout))??;
+        self.conn = Some(conn.clone());
         let (mut send, mut recv) = conn.open_bi().await?;
         send.write_all(&frame_bytes(&EdgeToHub::Hello {
             edge_id: self.params.edge_id.clone(),
@@ -142,19 +164,19 @@ impl Link<'_> {
             HubToEdge::Redirect { addr } => return Err(UplinkError::Redirected(addr)),
         }
         self.connected = true;
-        self.metrics.hub_connected().set(1);
+        self.metrics.hub_connected().inc();
         let mut next_seq: u64 = 1;
         let mut acked: u64 = 0;
         let mut buf = Vec::new();
         // What was kept while the hub was away goes first.
         if let Some(kept) = self.queue.take_with(|b| b.handle_hub_up()) {
-            self.send_batch(&mut send, &mut buf, &mut next_seq, kept)
+            self.send_batch(&mut send, &mut buf, &mut next_seq, acked, kept)
                 .await?;
         }
         loop {
             tokio::select! {
                 batch = self.rx.recv() => match batch {
-                    Some(batch) => self.send_batch(&mut send, &mut buf, &mut next_seq, batch).await?,
+                    Some(batch) => self.send_batch(&mut send, &mut buf, &mut next_seq, acked, batch).await?,
                     None => {
                         conn.close(VarInt::from_u32(CloseCode::ShuttingDown as u32), b"edge shutting down");
                         return Ok(());
@@ -172,22 +194,22 @@ impl Link<'_> {
                     }
                 }
             }
-            let unacked = (next_seq - 1).saturating_sub(acked);
-            self.metrics
-                .hub_unacked_batches()
-                .set(i64::try_from(unacked).unwrap_or(i64::MAX));
+            self.set_unacked((next_seq - 1).saturating_sub(acked));
         }
     }
 
     async fn send_batch(
-        &self,
+        &mut self,
         send: &mut quinn::SendStream,
         buf: &mut Vec<u8>,
         next_seq: &mut u64,
+        acked: u64,
         fixes: Vec<RoutedFix>,
     ) -> Result<(), UplinkError> {
         // The kept set after an outage can exceed one frame: split it.
         for part in fixes.chunks(MAX_FIXES_PER_BATCH) {
+            // Counted before it is written, so a flushing edge never sees it as delivered.
+            self.set_unacked(next_seq.saturating_sub(acked));
             buf.clear();
             encode_frame(
                 &EdgeToHub::Batch {

@@ -7,8 +7,8 @@ use http::{Method, StatusCode};
 use protocol::api::{ApiError, IngestResult};
 use protocol::reject::RejectReason;
 use protocol::token::{Subject, TokenSigner};
-use protocol::wire::{CloseCode, EdgeToDriver, Fix};
-use protocol::DriverId;
+use protocol::wire::{CloseCode, DriverToEdge, EdgeToDriver, Fix};
+use protocol::{DeliveryId, DriverId};
 use std::collections::HashMap;
 
 const LOCATIONS: &str = "/api/v1/tracking/locations";
@@ -360,6 +360,28 @@ async fn a_session_is_closed_when_its_token_expires() {
     let (code, reason) = driver.closed().await;
     assert_eq!(code, CloseCode::TokenExpired as u64);
     assert!(reason.contains("token expired for driver 9"), "{reason}");
+    edge.shutdown();
+    edge.join().await;
+}
+
+#[tokio::test]
+async fn declaring_more_than_eight_deliveries_closes_the_session_as_a_protocol_violation() {
+    let setup = Setup::new("on-duty-limit");
+    let hub = TestHub::start(&setup, "127.0.0.1:0".parse().expect("addr"));
+    let edge = setup.start_edge(hub.addr).await;
+    let mut driver = DriverConn::hello(&setup, edge.quic_addr(), &setup.driver_token(3)).await;
+    assert!(matches!(
+        driver.welcome().await,
+        EdgeToDriver::Welcome { .. }
+    ));
+    driver
+        .send_frame(&DriverToEdge::OnDuty {
+            deliveries: (1..=9).map(DeliveryId).collect(),
+        })
+        .await;
+    let (code, reason) = driver.closed().await;
+    assert_eq!(code, CloseCode::ProtocolViolation as u64);
+    assert!(reason.contains("9 deliveries"), "{reason}");
     edge.shutdown();
     edge.join().await;
 }

@@ -1,10 +1,12 @@
 //! What the node binaries share: HTTPS serving over rustls, the admin server, config, tracing, clocks.
 
 mod admin;
+mod clock;
 mod config;
 mod serve;
 
 pub use admin::admin_router;
+pub use clock::{Clock, ClockConfig};
 pub use config::{load_config, to_verifier, LoadedTls, TlsFiles, TokenKeyConfig};
 pub use serve::{serve_http, serve_https};
 

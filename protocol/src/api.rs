@@ -31,7 +31,15 @@ pub struct JsonFix {
 
 impl JsonFix {
     pub fn to_fix(&self) -> Fix {
-        Fix::from_units(self.seq, self.timestamp, self.lat, self.lng, self.heading, self.speed, self.accuracy)
+        Fix::from_units(
+            self.seq,
+            self.timestamp,
+            self.lat,
+            self.lng,
+            self.heading,
+            self.speed,
+            self.accuracy,
+        )
     }
 
     pub fn from_fix(f: &Fix) -> Self {
@@ -106,6 +114,33 @@ pub struct StatusChanged {
 /// `GET /api/v1/tracking/{id}/status`: the REST fallback's view.
 pub type TrackingStatus = Snapshot;
 
+/// Optional header of the driver location upload naming the deliveries the driver is on duty
+/// for, as comma-separated decimal ids (`x-trackline-deliveries: 12,34`); the HTTP twin of
+/// [`crate::wire::DriverToEdge::OnDuty`].
+pub const DELIVERIES_HEADER: &str = "x-trackline-deliveries";
+
+/// Parses a [`DELIVERIES_HEADER`] value: comma-separated decimal ids (spaces allowed, empty
+/// items skipped), at most [`crate::wire::MAX_ON_DUTY_DELIVERIES`]. The error says what is wrong.
+pub fn parse_deliveries_header(value: &str) -> Result<Vec<DeliveryId>, String> {
+    let mut out = Vec::new();
+    for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let id = item
+            .parse::<DeliveryId>()
+            .map_err(|_| format!("{DELIVERIES_HEADER}: `{item}` is not a delivery id"))?;
+        if !out.contains(&id) {
+            out.push(id);
+        }
+    }
+    if out.len() > crate::wire::MAX_ON_DUTY_DELIVERIES {
+        return Err(format!(
+            "{DELIVERIES_HEADER}: {} deliveries exceed the limit of {}",
+            out.len(),
+            crate::wire::MAX_ON_DUTY_DELIVERIES
+        ));
+    }
+    Ok(out)
+}
+
 /// Error body of every API.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ApiError {
@@ -118,10 +153,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn deliveries_header_parses_ids_and_refuses_garbage_and_too_many() {
+        assert_eq!(
+            parse_deliveries_header("12, 34,,12"),
+            Ok(vec![DeliveryId(12), DeliveryId(34)])
+        );
+        assert_eq!(parse_deliveries_header(""), Ok(vec![]));
+        assert!(parse_deliveries_header("12,x")
+            .expect_err("garbage")
+            .contains("`x`"));
+        assert!(parse_deliveries_header("1,2,3,4,5,6,7,8,9")
+            .expect_err("too many")
+            .contains("limit of 8"));
+    }
+
+    #[test]
     fn json_fix_accepts_the_seed_shape_without_seq_or_accuracy() {
-        let v: Vec<JsonFix> =
-            serde_json::from_str(r#"[{"lat":60.17,"lng":24.94,"heading":90,"speed":8.5,"timestamp":1764000000000}]"#)
-                .expect("parse");
+        let v: Vec<JsonFix> = serde_json::from_str(
+            r#"[{"lat":60.17,"lng":24.94,"heading":90,"speed":8.5,"timestamp":1764000000000}]"#,
+        )
+        .expect("parse");
         let f = v[0].to_fix();
         assert_eq!(f.seq, 0);
         assert_eq!(f.accuracy_dm, 0);

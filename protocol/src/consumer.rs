@@ -77,16 +77,26 @@ pub enum ConsumerFrame {
     Status(StatusEvent),
     Eta(Eta),
     /// No fix for a while: show the last known position with its age.
-    LocationUnavailable { delivery_id: DeliveryId, last_ts_ms: u64, age_s: f64 },
+    LocationUnavailable {
+        delivery_id: DeliveryId,
+        last_ts_ms: u64,
+        age_s: f64,
+    },
     /// Reconnect to `url` (the serving node is draining).
-    Redirect { url: String },
+    Redirect {
+        url: String,
+    },
     /// The request was refused; nothing else follows.
-    Error { code: u16, message: String },
+    Error {
+        code: u16,
+        message: String,
+    },
 }
 
 impl ConsumerFrame {
     pub fn to_json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_else(|_| "{\"type\":\"error\",\"code\":500,\"message\":\"encode\"}".into())
+        serde_json::to_string(self)
+            .unwrap_or_else(|_| "{\"type\":\"error\",\"code\":500,\"message\":\"encode\"}".into())
     }
 
     /// Parses a frame from untrusted text (used by client-sim and tests).

@@ -59,7 +59,11 @@ pub struct FrameDecoder {
 
 impl FrameDecoder {
     pub fn new(max_frame: usize) -> Self {
-        Self { buf: Vec::new(), start: 0, max_frame }
+        Self {
+            buf: Vec::new(),
+            start: 0,
+            max_frame,
+        }
     }
 
     /// Adds bytes received from the stream.
@@ -85,7 +89,10 @@ impl FrameDecoder {
         };
         let len = usize::try_from(len).unwrap_or(usize::MAX);
         if len > self.max_frame {
-            return Err(WireError::TooLarge { len, max: self.max_frame });
+            return Err(WireError::TooLarge {
+                len,
+                max: self.max_frame,
+            });
         }
         let Some(body) = pending.get(prefix..prefix + len) else {
             return Ok(None);
@@ -108,7 +115,10 @@ mod tests {
 
     #[test]
     fn decodes_frames_split_across_arbitrary_chunks() {
-        let a = DriverToEdge::Hello { token: "t".repeat(300), app_version: "1.0".into() };
+        let a = DriverToEdge::Hello {
+            token: "t".repeat(300),
+            app_version: "1.0".into(),
+        };
         let b = DriverToEdge::Fixes(vec![]);
         let mut bytes = frame_bytes(&a);
         encode_frame(&b, &mut bytes);
@@ -130,7 +140,10 @@ mod tests {
     fn refuses_a_frame_announced_larger_than_the_limit() {
         let mut d = FrameDecoder::new(16);
         d.push(&[0xff, 0xff, 0x03]);
-        assert!(matches!(d.next_frame::<EdgeToDriver>(), Err(WireError::TooLarge { .. })));
+        assert!(matches!(
+            d.next_frame::<EdgeToDriver>(),
+            Err(WireError::TooLarge { .. })
+        ));
     }
 
     #[test]
@@ -142,7 +155,12 @@ mod tests {
 
     #[test]
     fn round_trips_welcome() {
-        let w = EdgeToDriver::Welcome { driver_id: DriverId(7), session_id: 9, server_time_ms: 1, max_datagram: 1200 };
+        let w = EdgeToDriver::Welcome {
+            driver_id: DriverId(7),
+            session_id: 9,
+            server_time_ms: 1,
+            max_datagram: 1200,
+        };
         let mut d = FrameDecoder::new(MAX_DRIVER_FRAME);
         d.push(&frame_bytes(&w));
         assert_eq!(d.next_frame::<EdgeToDriver>(), Ok(Some(w)));

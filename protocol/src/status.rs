@@ -50,7 +50,10 @@ impl DeliveryStatus {
 
     /// Milestones that trigger a push notification.
     pub fn is_milestone(self) -> bool {
-        matches!(self, Self::DriverAssigned | Self::PickedUp | Self::Arriving | Self::Delivered)
+        matches!(
+            self,
+            Self::DriverAssigned | Self::PickedUp | Self::Arriving | Self::Delivered
+        )
     }
 
     /// Statuses that may directly follow `self`.
@@ -108,7 +111,15 @@ mod tests {
 
     #[test]
     fn the_happy_path_is_allowed() {
-        let path = [Confirmed, Preparing, DriverAssigned, PickedUp, EnRoute, Arriving, Delivered];
+        let path = [
+            Confirmed,
+            Preparing,
+            DriverAssigned,
+            PickedUp,
+            EnRoute,
+            Arriving,
+            Delivered,
+        ];
         for w in path.windows(2) {
             assert_eq!(w[0].check_transition(w[1]), Ok(()), "{} -> {}", w[0], w[1]);
         }
@@ -136,7 +147,10 @@ mod tests {
     fn names_round_trip() {
         for s in DeliveryStatus::ALL {
             assert_eq!(s.as_str().parse::<DeliveryStatus>(), Ok(s));
-            assert_eq!(serde_json::to_string(&s).expect("json"), format!("\"{}\"", s.as_str()));
+            assert_eq!(
+                serde_json::to_string(&s).expect("json"),
+                format!("\"{}\"", s.as_str())
+            );
         }
     }
 }

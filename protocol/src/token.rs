@@ -58,7 +58,11 @@ pub enum TokenError {
     #[error("token signature does not verify")]
     BadSignature,
     #[error("token expired for {sub} at {exp_s} (now {now_s})")]
-    Expired { sub: Subject, exp_s: u64, now_s: u64 },
+    Expired {
+        sub: Subject,
+        exp_s: u64,
+        now_s: u64,
+    },
     #[error("token for {0} is not valid here")]
     WrongSubject(Subject),
 }
@@ -89,7 +93,9 @@ pub struct TokenSigner {
 
 impl std::fmt::Debug for TokenSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenSigner").field("kid", &self.kid).finish_non_exhaustive()
+        f.debug_struct("TokenSigner")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
     }
 }
 
@@ -120,7 +126,12 @@ impl TokenSigner {
 
     /// Signs a token for `sub`, valid from `now_s` for `ttl_s` seconds.
     pub fn sign(&self, sub: Subject, now_s: u64, ttl_s: u64) -> String {
-        let claims = Claims { kid: self.kid, sub, iat_s: now_s, exp_s: now_s.saturating_add(ttl_s) };
+        let claims = Claims {
+            kid: self.kid,
+            sub,
+            iat_s: now_s,
+            exp_s: now_s.saturating_add(ttl_s),
+        };
         let body = B64.encode(postcard::to_stdvec(&claims).unwrap_or_default());
         let signed = format!("{PREFIX}{body}");
         let sig = B64.encode(self.pair.sign(signed.as_bytes()));
@@ -156,15 +167,23 @@ impl TokenVerifier {
         let rest = token.strip_prefix(PREFIX).ok_or(TokenError::Malformed)?;
         let (body, sig) = rest.split_once('.').ok_or(TokenError::Malformed)?;
         let claims_bytes = B64.decode(body).map_err(|_| TokenError::Malformed)?;
-        let claims: Claims = crate::wire::take_exact(&claims_bytes).map_err(|_| TokenError::Malformed)?;
-        let key = self.keys.get(&claims.kid).ok_or(TokenError::UnknownKey(claims.kid))?;
+        let claims: Claims =
+            crate::wire::take_exact(&claims_bytes).map_err(|_| TokenError::Malformed)?;
+        let key = self
+            .keys
+            .get(&claims.kid)
+            .ok_or(TokenError::UnknownKey(claims.kid))?;
         let sig = B64.decode(sig).map_err(|_| TokenError::Malformed)?;
         let signed_len = PREFIX.len() + body.len();
         UnparsedPublicKey::new(&ED25519, key)
             .verify(&token.as_bytes()[..signed_len], &sig)
             .map_err(|_| TokenError::BadSignature)?;
         if claims.exp_s <= now_s {
-            return Err(TokenError::Expired { sub: claims.sub, exp_s: claims.exp_s, now_s });
+            return Err(TokenError::Expired {
+                sub: claims.sub,
+                exp_s: claims.exp_s,
+                now_s,
+            });
         }
         Ok(claims)
     }
@@ -179,7 +198,12 @@ impl TokenVerifier {
     }
 
     /// Verifies a token that may watch `delivery` (its tracking token, or an operator's).
-    pub fn verify_tracking(&self, token: &str, delivery: DeliveryId, now_s: u64) -> Result<Claims, TokenError> {
+    pub fn verify_tracking(
+        &self,
+        token: &str,
+        delivery: DeliveryId,
+        now_s: u64,
+    ) -> Result<Claims, TokenError> {
         let c = self.verify(token, now_s)?;
         match c.sub {
             Subject::Tracking(d) if d == delivery => Ok(c),
@@ -197,7 +221,8 @@ pub fn encode_public_key(key: &[u8; 32]) -> String {
 /// Parses a public key written by [`encode_public_key`].
 pub fn decode_public_key(s: &str) -> Result<[u8; 32], KeyError> {
     let v = B64.decode(s.trim()).map_err(|e| KeyError(e.to_string()))?;
-    v.try_into().map_err(|_| KeyError("public key must be 32 bytes".into()))
+    v.try_into()
+        .map_err(|_| KeyError("public key must be 32 bytes".into()))
 }
 
 #[cfg(test)]
@@ -218,9 +243,16 @@ mod tests {
         assert_eq!(v.verify_driver(&t, 1059).map(|x| x.0), Ok(DriverId(42)));
         assert_eq!(
             v.verify(&t, 1060),
-            Err(TokenError::Expired { sub: Subject::Driver(DriverId(42)), exp_s: 1060, now_s: 1060 })
+            Err(TokenError::Expired {
+                sub: Subject::Driver(DriverId(42)),
+                exp_s: 1060,
+                now_s: 1060
+            })
         );
-        assert_eq!(v.verify(&t, 1060).unwrap_err().to_string(), "token expired for driver 42 at 1060 (now 1060)");
+        assert_eq!(
+            v.verify(&t, 1060).expect_err("expired").to_string(),
+            "token expired for driver 42 at 1060 (now 1060)"
+        );
     }
 
     #[test]
@@ -241,7 +273,10 @@ mod tests {
             v.verify_tracking(&t, DeliveryId(6), 1),
             Err(TokenError::WrongSubject(Subject::Tracking(DeliveryId(5))))
         );
-        assert!(matches!(v.verify_driver(&t, 1), Err(TokenError::WrongSubject(_))));
+        assert!(matches!(
+            v.verify_driver(&t, 1),
+            Err(TokenError::WrongSubject(_))
+        ));
         let stranger = signer(1).sign(Subject::Tracking(DeliveryId(5)), 0, 100);
         assert_eq!(v.verify(&stranger, 1), Err(TokenError::BadSignature));
         let unknown = signer(9).sign(Subject::Operator, 0, 100);
@@ -252,13 +287,18 @@ mod tests {
     fn operator_tokens_may_watch_any_delivery() {
         let s = signer(1);
         let v = TokenVerifier::new().with_key(1, s.public_key());
-        assert!(v.verify_tracking(&s.sign(Subject::Operator, 0, 10), DeliveryId(77), 1).is_ok());
+        assert!(v
+            .verify_tracking(&s.sign(Subject::Operator, 0, 10), DeliveryId(77), 1)
+            .is_ok());
     }
 
     #[test]
     fn public_keys_round_trip_through_text() {
         let k = signer(1).public_key();
-        assert_eq!(decode_public_key(&encode_public_key(&k)).expect("decode"), k);
+        assert_eq!(
+            decode_public_key(&encode_public_key(&k)).expect("decode"),
+            k
+        );
         assert!(decode_public_key("abc").is_err());
     }
 

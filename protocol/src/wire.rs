@@ -4,7 +4,7 @@
 //! postcard body. A fix is ~25 bytes on the wire: varint sequence and timestamp, fixed 4-byte
 //! lat/lng in 1e-7 degrees, varint heading (0.1 deg), speed (cm/s) and accuracy (dm).
 
-use crate::ids::DriverId;
+use crate::ids::{DeliveryId, DriverId};
 use crate::WIRE_VERSION;
 use serde::{Deserialize, Serialize};
 
@@ -160,7 +160,10 @@ pub fn decode_driver_datagram(bytes: &[u8]) -> Result<Vec<Fix>, WireError> {
         KIND_FIXES => {
             let fixes: Vec<Fix> = take_exact(body)?;
             if fixes.len() > MAX_FIXES_PER_DATAGRAM {
-                return Err(WireError::TooManyFixes { count: fixes.len(), max: MAX_FIXES_PER_DATAGRAM });
+                return Err(WireError::TooManyFixes {
+                    count: fixes.len(),
+                    max: MAX_FIXES_PER_DATAGRAM,
+                });
             }
             Ok(fixes)
         }
@@ -174,17 +177,23 @@ fn check_header(bytes: &[u8], max: usize) -> Result<&[u8], WireError> {
         return Err(WireError::Empty);
     }
     if bytes.len() > max {
-        return Err(WireError::TooLarge { len: bytes.len(), max });
+        return Err(WireError::TooLarge {
+            len: bytes.len(),
+            max,
+        });
     }
     if bytes[0] != WIRE_VERSION {
         return Err(WireError::Version(bytes[0]));
     }
-    bytes.get(2..).ok_or(WireError::Body("missing kind byte".into()))
+    bytes
+        .get(2..)
+        .ok_or(WireError::Body("missing kind byte".into()))
 }
 
 /// Decodes a postcard value that must use every byte.
 pub(crate) fn take_exact<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, WireError> {
-    let (value, rest) = postcard::take_from_bytes::<T>(body).map_err(|e| WireError::Body(e.to_string()))?;
+    let (value, rest) =
+        postcard::take_from_bytes::<T>(body).map_err(|e| WireError::Body(e.to_string()))?;
     if rest.is_empty() {
         Ok(value)
     } else {
@@ -199,13 +208,25 @@ pub enum DriverToEdge {
     Hello { token: String, app_version: String },
     /// Fixes sent reliably (used when the path does not support datagrams).
     Fixes(Vec<Fix>),
+    /// The deliveries the driver is on duty for (at most [`MAX_ON_DUTY_DELIVERIES`]; empty =
+    /// none). Sent after `Hello` and whenever the app's assignment changes; the edge routes
+    /// the driver's fixes to each delivery's owning hub. Added last: variant indices are wire.
+    OnDuty { deliveries: Vec<DeliveryId> },
 }
+
+/// Most deliveries one `DriverToEdge::OnDuty` (or `x-trackline-deliveries` header) may name.
+pub const MAX_ON_DUTY_DELIVERIES: usize = 8;
 
 /// Messages the edge sends a driver on the control stream.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum EdgeToDriver {
     /// The token was accepted.
-    Welcome { driver_id: DriverId, session_id: u64, server_time_ms: u64, max_datagram: u16 },
+    Welcome {
+        driver_id: DriverId,
+        session_id: u64,
+        server_time_ms: u64,
+        max_datagram: u16,
+    },
     /// Reconnect to another edge (this one is draining).
     Redirect { addr: String, reason: String },
 }
@@ -252,18 +273,29 @@ pub struct RoutedFix {
 /// Frames an edge sends its hub on the link's bidirectional stream.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum EdgeToHub {
-    Hello { edge_id: String },
-    Batch { batch_seq: u64, fixes: Vec<RoutedFix> },
+    Hello {
+        edge_id: String,
+    },
+    Batch {
+        batch_seq: u64,
+        fixes: Vec<RoutedFix>,
+    },
 }
 
 /// Frames a hub sends back to an edge.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum HubToEdge {
-    Welcome { hub_id: String },
+    Welcome {
+        hub_id: String,
+    },
     /// Every batch up to and including `batch_seq` was applied.
-    Ack { batch_seq: u64 },
+    Ack {
+        batch_seq: u64,
+    },
     /// The hub is draining: send future batches elsewhere.
-    Redirect { addr: String },
+    Redirect {
+        addr: String,
+    },
 }
 
 #[cfg(test)]
@@ -289,19 +321,28 @@ mod tests {
         assert_eq!(decode_driver_datagram(&b), Err(WireError::Version(9)));
         let mut b = encode_fix_datagram(&sample());
         b[1] = 0x7f;
-        assert_eq!(decode_driver_datagram(&b), Err(WireError::UnknownKind(0x7f)));
+        assert_eq!(
+            decode_driver_datagram(&b),
+            Err(WireError::UnknownKind(0x7f))
+        );
         let mut b = encode_fix_datagram(&sample());
         b.push(0);
         assert_eq!(decode_driver_datagram(&b), Err(WireError::Trailing(1)));
         assert_eq!(decode_driver_datagram(&[]), Err(WireError::Empty));
-        assert_eq!(decode_driver_datagram(&[WIRE_VERSION]).map_err(|e| e.reason()), Err("malformed"));
+        assert_eq!(
+            decode_driver_datagram(&[WIRE_VERSION]).map_err(|e| e.reason()),
+            Err("malformed")
+        );
     }
 
     #[test]
     fn rejects_datagrams_with_too_many_fixes() {
         let fixes = vec![sample(); MAX_FIXES_PER_DATAGRAM + 1];
         let b = encode_fixes_datagram(&fixes);
-        assert!(matches!(decode_driver_datagram(&b), Err(WireError::TooManyFixes { .. }) | Err(WireError::TooLarge { .. })));
+        assert!(matches!(
+            decode_driver_datagram(&b),
+            Err(WireError::TooManyFixes { .. }) | Err(WireError::TooLarge { .. })
+        ));
     }
 
     #[test]
@@ -315,17 +356,26 @@ mod tests {
     }
 
     fn any_fix() -> impl Strategy<Value = Fix> {
-        (any::<u32>(), any::<u64>(), any::<i32>(), any::<i32>(), 0u16..3600, any::<u16>(), any::<u16>()).prop_map(
-            |(seq, ts_ms, lat_e7, lng_e7, heading_ddeg, speed_cmps, accuracy_dm)| Fix {
-                seq,
-                ts_ms,
-                lat_e7,
-                lng_e7,
-                heading_ddeg,
-                speed_cmps,
-                accuracy_dm,
-            },
+        (
+            any::<u32>(),
+            any::<u64>(),
+            any::<i32>(),
+            any::<i32>(),
+            0u16..3600,
+            any::<u16>(),
+            any::<u16>(),
         )
+            .prop_map(
+                |(seq, ts_ms, lat_e7, lng_e7, heading_ddeg, speed_cmps, accuracy_dm)| Fix {
+                    seq,
+                    ts_ms,
+                    lat_e7,
+                    lng_e7,
+                    heading_ddeg,
+                    speed_cmps,
+                    accuracy_dm,
+                },
+            )
     }
 
     proptest! {
@@ -358,5 +408,31 @@ mod tests {
             dec.push(&buf);
             prop_assert_eq!(dec.next_frame::<EdgeToHub>(), Ok(Some(msg)));
         }
+
+        #[test]
+        fn on_duty_frames_round_trip(ids in proptest::collection::vec(any::<u64>(), 0..=MAX_ON_DUTY_DELIVERIES)) {
+            let msg = DriverToEdge::OnDuty { deliveries: ids.into_iter().map(DeliveryId).collect() };
+            let mut buf = Vec::new();
+            crate::framing::encode_frame(&msg, &mut buf);
+            let mut dec = crate::framing::FrameDecoder::new(crate::framing::MAX_DRIVER_FRAME);
+            dec.push(&buf);
+            prop_assert_eq!(dec.next_frame::<DriverToEdge>(), Ok(Some(msg)));
+        }
+    }
+
+    #[test]
+    fn existing_driver_frames_keep_their_variant_indices() {
+        // postcard encodes the variant index first: adding OnDuty must not move Hello or Fixes.
+        let hello = postcard::to_stdvec(&DriverToEdge::Hello {
+            token: String::new(),
+            app_version: String::new(),
+        })
+        .expect("encode");
+        let fixes = postcard::to_stdvec(&DriverToEdge::Fixes(Vec::new())).expect("encode");
+        let on_duty = postcard::to_stdvec(&DriverToEdge::OnDuty {
+            deliveries: vec![DeliveryId(12)],
+        })
+        .expect("encode");
+        assert_eq!((hello[0], fixes[0], on_duty[0]), (0, 1, 2));
     }
 }

@@ -1,8 +1,10 @@
-//! Shared setup for the edge's integration tests: a dev PKI, a token key, a real test hub.
+//! Shared setup for the edge's integration tests: a dev PKI, a token key, a real test hub, and
+//! test hubs that join a real cluster as `Role::Hub` and publish their link address.
 #![allow(dead_code)]
 
 use bytes::{Buf, Bytes};
 use certs::{DevPki, NodeCert, NodeRole, TlsFor};
+use cluster::{ClusterConfig, ClusterNode, ControlConfig, GossipConfig, GossipTls, Profile, Role};
 use edge_node::{EdgeConfig, EdgeHandle, HubConfig};
 use protocol::api::JsonFix;
 use protocol::framing::{frame_bytes, FrameDecoder, MAX_DRIVER_FRAME, MAX_HUB_FRAME};
@@ -15,6 +17,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 /// How long any test waits for an event before failing.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -114,6 +117,49 @@ impl Setup {
             .expect("edge starts")
     }
 
+    /// The dev CA (created by [`Setup::new`]).
+    pub fn pki(&self) -> DevPki {
+        DevPki::load_or_create(&self.dir.join("ca")).expect("dev ca")
+    }
+
+    /// A node certificate named `name` for `role`, valid for localhost and 127.0.0.1.
+    pub fn node_cert(&self, name: &str, role: NodeRole) -> NodeCert {
+        let sans = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+        self.pki().issue_node(name, &sans, role).expect("node cert")
+    }
+
+    /// TLS files of an edge named `name` (written under the test directory).
+    pub fn edge_tls_for(&self, name: &str) -> nodekit::TlsFiles {
+        let (cert, key) = self
+            .node_cert(name, NodeRole::Edge)
+            .write_to(&self.dir, name)
+            .expect("write edge cert");
+        nodekit::TlsFiles {
+            cert,
+            key,
+            ca: self.edge_tls.ca.clone(),
+        }
+    }
+
+    /// An edge named `edge_id` (with its own certificate) that joins the cluster through
+    /// `seeds` and finds its hubs there.
+    pub fn cluster_edge_config(&self, edge_id: &str, seeds: Vec<SocketAddr>) -> EdgeConfig {
+        let mut config = self.edge_config(reserve_udp_port());
+        config.edge_id = edge_id.to_owned();
+        config.hubs.clear();
+        if edge_id != "edge-test" {
+            config.tls = self.edge_tls_for(edge_id);
+        }
+        config.cluster = Some(cluster_config(edge_id, Role::Edge, seeds));
+        config.cluster_links = edge_node::ClusterLinkConfig {
+            server_name: None,
+            connect_timeout_ms: 1_000,
+            backoff_min_ms: 50,
+            backoff_max_ms: 300,
+        };
+        config
+    }
+
     /// A driver token valid for an hour.
     pub fn driver_token(&self, driver: u64) -> String {
         self.signer
@@ -143,9 +189,14 @@ impl Drop for TestHub {
 
 impl TestHub {
     pub fn start(setup: &Setup, addr: SocketAddr) -> Self {
+        Self::start_with_cert(setup, addr, &setup.hub_cert)
+    }
+
+    /// A test hub presenting `cert` on its edge link.
+    pub fn start_with_cert(setup: &Setup, addr: SocketAddr, cert: &NodeCert) -> Self {
         let tls = certs::mtls_server_config(
-            setup.hub_cert.cert_chain().expect("chain"),
-            setup.hub_cert.private_key().expect("key"),
+            cert.cert_chain().expect("chain"),
+            cert.private_key().expect("key"),
             vec![setup.ca.clone()],
             &[ALPN_HUB],
             TlsFor::Quic,
@@ -171,6 +222,11 @@ impl TestHub {
             fixes,
             endpoint,
         }
+    }
+
+    /// Stops the link server: connections close, new ones fail.
+    pub fn close(&self) {
+        self.endpoint.close(0u32.into(), b"hub down");
     }
 
     /// The next fix the edge delivered; panics after [`WAIT`].
@@ -211,6 +267,109 @@ async fn serve_hub_conn(
     Ok(())
 }
 
+/// Cluster settings for tests: region `eu`, loopback port 0, fast failure detection.
+pub fn cluster_config(id: &str, role: Role, seeds: Vec<SocketAddr>) -> ClusterConfig {
+    ClusterConfig {
+        node_id: id.into(),
+        role,
+        region: "eu".into(),
+        seeds,
+        profile: Profile::Fast,
+        expected_nodes: 5,
+        gossip: GossipConfig {
+            bind_addr: ([127, 0, 0, 1], 0).into(),
+            reconnect_backoff_ms: 100,
+            ..GossipConfig::default()
+        },
+        control: ControlConfig {
+            cluster_id: "trackline-eu".into(),
+            gossip_interval_ms: 50,
+            ..ControlConfig::default()
+        },
+        ..ClusterConfig::default()
+    }
+}
+
+/// A test hub that is also a cluster member (`Role::Hub`) publishing its link address in
+/// chitchat (`hub.addr_link`), like a real hub does.
+pub struct ClusterHub {
+    pub id: String,
+    pub hub: TestHub,
+    pub node: ClusterNode,
+    stop: CancellationToken,
+}
+
+impl ClusterHub {
+    /// Starts the link server and joins the cluster through `seeds` (none for the first).
+    pub async fn start(setup: &Setup, id: &str, seeds: Vec<SocketAddr>) -> Self {
+        let cert = setup.node_cert(id, NodeRole::Hub);
+        let hub = TestHub::start_with_cert(setup, "127.0.0.1:0".parse().expect("addr"), &cert);
+        let mut config = cluster_config(id, Role::Hub, seeds);
+        config
+            .publish
+            .insert(cluster::keys::ADDR_LINK.to_owned(), hub.addr.to_string());
+        let tls = GossipTls {
+            chain: cert.cert_chain().expect("chain"),
+            key: cert.private_key().expect("key"),
+            roots: vec![setup.ca.clone()],
+        };
+        let stop = CancellationToken::new();
+        let node = cluster::spawn_node(config, tls, stop.clone())
+            .await
+            .expect("hub joins the cluster");
+        Self {
+            id: id.to_owned(),
+            hub,
+            node,
+            stop,
+        }
+    }
+
+    /// The gossip address others join through.
+    pub fn gossip_addr(&self) -> SocketAddr {
+        self.node.gossip.advertise_addr()
+    }
+
+    /// Leaves the cluster (peers see it go at once) and waits until it has.
+    pub async fn leave(&self) {
+        self.stop.cancel();
+        tokio::time::timeout(WAIT, self.node.closed())
+            .await
+            .expect("hub left in time");
+    }
+}
+
+impl Drop for ClusterHub {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Three cluster hubs, joined through the first.
+pub async fn three_cluster_hubs(setup: &Setup) -> Vec<ClusterHub> {
+    let a = ClusterHub::start(setup, "hub-a", Vec::new()).await;
+    let seeds = vec![a.gossip_addr()];
+    let b = ClusterHub::start(setup, "hub-b", seeds.clone()).await;
+    let c = ClusterHub::start(setup, "hub-c", seeds).await;
+    vec![a, b, c]
+}
+
+/// Polls the async `cond` until it holds; panics after [`WAIT`].
+pub async fn wait_until_async<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A QUIC client endpoint trusting the dev CA, offering `alpn`.
 pub fn client_endpoint(setup: &Setup, alpn: &[u8]) -> quinn::Endpoint {
     let tls = certs::client_config_with_roots(vec![setup.ca.clone()], &[alpn], TlsFor::Quic)
@@ -227,6 +386,7 @@ pub struct DriverConn {
     pub conn: quinn::Connection,
     pub send: quinn::SendStream,
     pub recv: quinn::RecvStream,
+    dec: FrameDecoder,
 }
 
 impl DriverConn {
@@ -251,23 +411,36 @@ impl DriverConn {
             conn,
             send,
             recv,
+            dec: FrameDecoder::new(MAX_DRIVER_FRAME),
         }
     }
 
     /// Reads the edge's first control frame (Welcome on success).
     pub async fn welcome(&mut self) -> EdgeToDriver {
-        let mut dec = FrameDecoder::new(MAX_DRIVER_FRAME);
+        self.next_frame().await
+    }
+
+    /// Reads the edge's next control frame.
+    pub async fn next_frame(&mut self) -> EdgeToDriver {
         loop {
-            if let Some(f) = dec.next_frame::<EdgeToDriver>().expect("valid frame") {
+            if let Some(f) = self.dec.next_frame::<EdgeToDriver>().expect("valid frame") {
                 return f;
             }
             let chunk = tokio::time::timeout(WAIT, self.recv.read_chunk(MAX_DRIVER_FRAME, true))
                 .await
-                .expect("welcome in time")
-                .expect("read welcome")
+                .expect("control frame in time")
+                .expect("read control stream")
                 .expect("stream open");
-            dec.push(&chunk.bytes);
+            self.dec.push(&chunk.bytes);
         }
+    }
+
+    /// Sends a control frame (`OnDuty`, `Fixes`) on the stream.
+    pub async fn send_frame(&mut self, frame: &DriverToEdge) {
+        self.send
+            .write_all(&frame_bytes(frame))
+            .await
+            .expect("send control frame");
     }
 
     /// Waits for the edge to close the connection; returns the application code and reason.
