@@ -69,6 +69,14 @@ pub struct HubConfig {
     /// Push notification senders for milestones (`[push.apns]`, `[push.fcm]`); a platform
     /// without a section is not used.
     pub push: notify::NotifyConfig,
+    /// Joins a cluster of hubs (`[cluster]`, see `docs/cluster.md`): placement by delivery,
+    /// replication to the successor before acknowledging, takeover and draining. Absent: a
+    /// single hub that owns every delivery (`role` must be `hub`; `node_id` is the name in the
+    /// node certificate).
+    pub cluster: Option<cluster::ClusterConfig>,
+    /// Addresses published to the cluster and used in redirects (`[cluster_hub]`); only read
+    /// when `cluster` is set.
+    pub cluster_hub: crate::replica::ClusterHubConfig,
 }
 
 /// Breadcrumb storage: a writer separate from the status event log, fed by a bounded queue
@@ -225,6 +233,8 @@ impl Default for HubConfig {
             history: HistoryConfig::default(),
             proof: ProofConfig::default(),
             push: notify::NotifyConfig::default(),
+            cluster: None,
+            cluster_hub: crate::replica::ClusterHubConfig::default(),
         }
     }
 }
@@ -309,6 +319,16 @@ impl HubConfig {
                     }
                 }
             }
+        }
+        if let Some(c) = &self.cluster {
+            c.validate()
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            if c.role != cluster::Role::Hub {
+                return Err(ConfigError::Invalid(
+                    "cluster.role must be \"hub\" in a hub's config".into(),
+                ));
+            }
+            self.cluster_hub.validate()?;
         }
         let g = &self.geofence;
         let positive = |v: f64| v.is_finite() && v > 0.0;

@@ -33,6 +33,11 @@ pub struct EtaConfig {
     pub speed_model: roadnet::SpeedModelConfig,
     /// Fixes slower than this do not teach the speed model (parked, waiting at the pickup).
     pub min_learn_speed_mps: f64,
+    /// A fix this close (straight line) to the pickup means the driver has arrived there and
+    /// the dwell starts counting down, metres.
+    pub pickup_arrival_m: f64,
+    /// After arriving, a fix this far from the pickup means the driver has left it, metres.
+    pub pickup_leave_m: f64,
 }
 
 impl Default for EtaConfig {
@@ -41,9 +46,19 @@ impl Default for EtaConfig {
             speed_mps: 8.0,
             smoothing: 0.3,
             push_interval_ms: 2_000,
-            engine: roadnet::EtaConfig::default(),
+            engine: roadnet::EtaConfig {
+                // Where a route doubles back at the pickup, a slow driver's noisy fix must not
+                // be snapped onto the way back (fixes are at most ~4 s apart: 100 m covers it).
+                snap: roadnet::SnapConfig {
+                    max_forward_jump_m: 100.0,
+                    ..roadnet::SnapConfig::default()
+                },
+                ..roadnet::EtaConfig::default()
+            },
             speed_model: roadnet::SpeedModelConfig::default(),
             min_learn_speed_mps: 1.0,
+            pickup_arrival_m: 40.0,
+            pickup_leave_m: 80.0,
         }
     }
 }
@@ -201,16 +216,90 @@ fn before_pickup(status: DeliveryStatus) -> bool {
 /// The route-based engine of one delivery and its plan's version.
 #[derive(Clone, Debug)]
 struct Planned {
+    /// Driving time along the route (its own pickup dwell is not used: see [`PickupWait`]).
     engine: EtaEngine,
     pickup_segment: Option<usize>,
     version: u32,
     polyline: String,
 }
 
+/// The pickup ahead and the dwell there, judged by distance to the pickup rather than by
+/// progress along the route: snapping noise at a pickup where the route doubles back must not
+/// drop the dwell early.
+#[derive(Clone, Debug, PartialEq)]
+struct PickupWait {
+    at: LatLng,
+    /// Distance along the route to the pickup, metres.
+    progress_m: f64,
+    arrived_s: Option<f64>,
+    passed: bool,
+}
+
+impl PickupWait {
+    fn new(route: &Route, pickup_segment: usize, at: LatLng) -> Self {
+        let progress_m = route
+            .segments
+            .get(pickup_segment)
+            .map_or(route.length_m, |s| s.cum_start_m);
+        Self {
+            at,
+            progress_m,
+            arrived_s: None,
+            passed: false,
+        }
+    }
+
+    /// Updates the state with a fix; returns the dwell still ahead, seconds.
+    fn handle_fix(
+        &mut self,
+        config: &EtaConfig,
+        now_s: f64,
+        here: LatLng,
+        progress_m: f64,
+        status: DeliveryStatus,
+    ) -> f64 {
+        if !self.passed {
+            let d = haversine_m(here, self.at);
+            if !before_pickup(status) || progress_m > self.progress_m + 2.0 * config.pickup_leave_m
+            {
+                self.passed = true; // picked up (status), or clearly beyond it on the route
+            } else if self.arrived_s.is_none() && d <= config.pickup_arrival_m {
+                self.arrived_s = Some(now_s);
+            } else if self.arrived_s.is_some() && d > config.pickup_leave_m {
+                self.passed = true;
+            }
+        }
+        let dwell = config.engine.pickup_dwell_s;
+        match (self.passed, self.arrived_s) {
+            (true, _) => 0.0,
+            (false, Some(t)) => (dwell - (now_s - t).max(0.0)).max(0.0),
+            (false, None) => dwell,
+        }
+    }
+}
+
+/// The displayed ETA: `s = alpha * raw + (1 - alpha) * max(s_prev - dt, 0)` (docs/eta.md 5).
+fn smooth(prev: Option<(f64, f64)>, alpha: f64, now_s: f64, raw_s: f64) -> (f64, f64) {
+    let alpha = alpha.clamp(0.0, 1.0);
+    match prev {
+        None => (raw_s.max(0.0), now_s),
+        Some((s, at)) => {
+            let countdown = (s - (now_s - at).max(0.0)).max(0.0);
+            (
+                (alpha * raw_s + (1.0 - alpha) * countdown).max(0.0),
+                at.max(now_s),
+            )
+        }
+    }
+}
+
 /// Per-delivery ETA state.
 #[derive(Clone, Debug, Default)]
 pub struct EtaTracker {
     planned: Option<Planned>,
+    pickup: Option<PickupWait>,
+    /// Displayed ETA and when (fix time, s); kept across re-routes.
+    smoothed: Option<(f64, f64)>,
     /// Version of the plan whose polyline consumers were last sent.
     sent_version: u32,
     current: Option<Eta>,
@@ -236,8 +325,12 @@ impl EtaTracker {
     /// Restores a plan read from redb after a restart (the smoothing starts afresh).
     pub fn restore_plan(&mut self, config: &EtaConfig, plan: StoredPlan) {
         let polyline = roadnet::polyline::encode(&plan.route.points);
+        self.pickup = plan.pickup_segment.and_then(|k| {
+            let at = plan.route.segments.get(k).map(|s| s.start)?;
+            Some(PickupWait::new(&plan.route, k, LatLng::new(at.lat, at.lng)))
+        });
         self.planned = Some(Planned {
-            engine: EtaEngine::new(plan.route, plan.pickup_segment, config.engine.clone()),
+            engine: EtaEngine::new(plan.route, None, config.engine.clone()),
             pickup_segment: plan.pickup_segment,
             version: plan.version,
             polyline,
@@ -264,8 +357,9 @@ impl EtaTracker {
             Some(p) => {
                 let mut u = p.engine.handle_fix(now_s, here, &model.speeds);
                 if u.deviated {
-                    let pickup = (before_pickup(input.status) && !p.engine.pickup_passed())
-                        .then_some(input.pickup);
+                    let pickup_ahead = self.pickup.as_ref().is_some_and(|w| !w.passed);
+                    let pickup =
+                        (before_pickup(input.status) && pickup_ahead).then_some(input.pickup);
                     if self.replan(config, model, input, pickup, true) {
                         if let Some(p) = self.planned.as_mut() {
                             u = p.engine.handle_fix(now_s, here, &model.speeds);
@@ -284,7 +378,14 @@ impl EtaTracker {
                         }
                     }
                 }
-                (u.smoothed_eta_s, u.remaining_m)
+                let dwell_s = match self.pickup.as_mut() {
+                    Some(w) => w.handle_fix(config, now_s, input.here, u.progress_m, input.status),
+                    None => 0.0,
+                };
+                let raw_s = u.raw_eta_s + dwell_s;
+                let next = smooth(self.smoothed, config.engine.smoothing_alpha, now_s, raw_s);
+                self.smoothed = Some(next);
+                (next.0, u.remaining_m)
             }
             None => self.straight_line(config, input),
         };
@@ -338,9 +439,18 @@ impl EtaTracker {
             }
         };
         let polyline = roadnet::polyline::encode(&route.points);
+        self.pickup = match (pickup, pickup_segment, self.pickup.take()) {
+            (Some(at), Some(k), prev) => {
+                let mut w = PickupWait::new(&route, k, at);
+                // A re-route does not undo an arrival.
+                w.arrived_s = prev.and_then(|p| p.arrived_s);
+                Some(w)
+            }
+            _ => None,
+        };
         let version = match self.planned.as_mut() {
             Some(p) => {
-                p.engine.reroute(route.clone(), pickup_segment);
+                p.engine.reroute(route.clone(), None);
                 p.pickup_segment = pickup_segment;
                 p.polyline = polyline;
                 p.version += 1;
@@ -348,7 +458,7 @@ impl EtaTracker {
             }
             None => {
                 self.planned = Some(Planned {
-                    engine: EtaEngine::new(route.clone(), pickup_segment, config.engine.clone()),
+                    engine: EtaEngine::new(route.clone(), None, config.engine.clone()),
                     pickup_segment,
                     version: 1,
                     polyline,
@@ -477,13 +587,20 @@ mod tests {
         let first = t
             .handle_fix(&c, &mut m, T0, &input(START, T0))
             .expect("first is pushed");
-        let poly = first.route_polyline.clone().expect("the new route goes out");
+        let poly = first
+            .route_polyline
+            .clone()
+            .expect("the new route goes out");
         let pts = roadnet::polyline::decode(&poly).expect("valid polyline");
         assert!(pts.len() > 2, "a road route, not a straight line");
         // The route is longer than the straight line via the pickup, and the ETA holds the
         // pickup dwell.
         let straight = haversine_m(START, PICKUP) + haversine_m(PICKUP, DROPOFF);
-        assert!(first.remaining_m > straight, "{} vs {straight}", first.remaining_m);
+        assert!(
+            first.remaining_m > straight,
+            "{} vs {straight}",
+            first.remaining_m
+        );
         assert!(first.eta_s > c.engine.pickup_dwell_s, "{first:?}");
         let plans = m.take_dirty_plans();
         assert_eq!(plans.len(), 1);
@@ -523,7 +640,11 @@ mod tests {
             .copied()
             .max_by(|a, b| offset(*a).total_cmp(&offset(*b)))
             .expect("nodes");
-        assert!(offset(far) > 500.0, "test point must be off route: {}", offset(far));
+        assert!(
+            offset(far) > 500.0,
+            "test point must be off route: {}",
+            offset(far)
+        );
         let off = LatLng::new(far.lat, far.lng);
         let eta = t
             .handle_fix(&c, &mut m, T0 + 300, &input(off, T0 + 300))
@@ -540,6 +661,59 @@ mod tests {
         let plans = m.take_dirty_plans();
         assert_eq!(plans.last().map(|p| p.1.version), Some(2));
         assert_eq!(t.plan().map(|p| p.version), Some(2));
+    }
+
+    #[test]
+    fn the_dwell_counts_down_from_arrival_and_ends_when_the_driver_leaves_the_pickup() {
+        let c = EtaConfig::default();
+        let g = RoadGraph::default_city().expect("city");
+        let route = Route::concat(&[
+            g.route(rl(START), rl(PICKUP)).expect("leg"),
+            g.route(rl(PICKUP), rl(DROPOFF)).expect("leg"),
+        ]);
+        let k = g.route(rl(START), rl(PICKUP)).expect("leg").segments.len();
+        let at = route.segments[k].start;
+        let at = LatLng::new(at.lat, at.lng);
+        let mut w = PickupWait::new(&route, k, at);
+        let assigned = DeliveryStatus::DriverAssigned;
+        let far = LatLng::new(at.lat + 0.002, at.lng); // ~220 m north
+        assert_eq!(w.handle_fix(&c, 0.0, far, 0.0, assigned), 120.0);
+        // 10 m away: arrived; 30 s later 90 s are left, whatever progress snapping reports.
+        let near = LatLng::new(at.lat + 0.00009, at.lng);
+        assert_eq!(
+            w.handle_fix(&c, 100.0, near, w.progress_m + 60.0, assigned),
+            120.0
+        );
+        assert_eq!(
+            w.handle_fix(&c, 130.0, at, w.progress_m + 60.0, assigned),
+            90.0
+        );
+        // Leaving: more than 80 m away, no dwell any more.
+        assert_eq!(
+            w.handle_fix(&c, 140.0, far, w.progress_m + 60.0, assigned),
+            0.0
+        );
+        assert_eq!(
+            w.handle_fix(&c, 141.0, at, w.progress_m, assigned),
+            0.0,
+            "sticky"
+        );
+        // A status past the pickup ends the dwell too.
+        let mut w2 = PickupWait::new(&route, k, at);
+        assert_eq!(
+            w2.handle_fix(&c, 0.0, far, 0.0, DeliveryStatus::PickedUp),
+            0.0
+        );
+    }
+
+    #[test]
+    fn displayed_eta_is_an_ema_of_raw_and_the_counted_down_previous_value() {
+        let first = smooth(None, 0.3, 100.0, 178.23);
+        assert_eq!(first, (178.23, 100.0));
+        // docs/eta.md worked example: 4 s later raw 171.56 -> 0.3 x 171.56 + 0.7 x 174.23.
+        let (s, at) = smooth(Some(first), 0.3, 104.0, 171.56);
+        assert!((s - 173.43).abs() < 0.01, "{s}");
+        assert_eq!(at, 104.0);
     }
 
     #[test]

@@ -29,7 +29,7 @@ struct AppState {
 
 /// The API router.
 pub(crate) fn router(hub: Arc<Hub>, shutdown: CancellationToken) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/api/v1/deliveries", post(create_delivery))
         .route("/api/v1/deliveries/{id}/status", post(change_status))
         .route("/api/v1/tracking/{id}/status", get(tracking_status))
@@ -39,7 +39,73 @@ pub(crate) fn router(hub: Arc<Hub>, shutdown: CancellationToken) -> Router {
             hub: hub.clone(),
             shutdown: shutdown.clone(),
         })
-        .merge(crate::api::router(hub, shutdown))
+        .merge(crate::api::router(hub.clone(), shutdown));
+    // A single hub owns everything: no placement layer at all.
+    if hub.cluster.is_some() {
+        router.layer(axum::middleware::from_fn_with_state(hub, placement))
+    } else {
+        router
+    }
+}
+
+/// The delivery a `/api/v1/tracking/{id}/..` or `/api/v1/deliveries/{id}/..` path is about.
+fn delivery_in_path(path: &str) -> Option<DeliveryId> {
+    let rest = path
+        .strip_prefix("/api/v1/tracking/")
+        .or_else(|| path.strip_prefix("/api/v1/deliveries/"))?;
+    let id = rest.split('/').next()?;
+    id.parse().ok().map(DeliveryId)
+}
+
+/// In a cluster, a request about a delivery another hub owns is answered with
+/// `307 Temporary Redirect` to the same path and query at the owner's HTTPS address
+/// (WebSocket upgrades go on to [`connect`], which redirects in-band).
+async fn placement(
+    State(hub): State<Arc<Hub>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let owner = hub
+        .cluster
+        .as_ref()
+        .zip(delivery_in_path(req.uri().path()))
+        .and_then(|(c, id)| c.other_owner(id));
+    let upgrade = req.headers().contains_key(header::UPGRADE);
+    if owner.is_none() {
+        if let Some(id) = delivery_in_path(req.uri().path()) {
+            crate::replica::ensure_loaded(&hub, id).await;
+        }
+    }
+    match owner {
+        Some(owner) if !upgrade => {
+            let pq = req
+                .uri()
+                .path_and_query()
+                .map_or(req.uri().path(), |p| p.as_str());
+            redirect_to(&format!("https://{}{pq}", owner.https_addr))
+        }
+        _ => next.run(req).await,
+    }
+}
+
+/// `307 Temporary Redirect` to `location` (method and body are kept by the client).
+fn redirect_to(location: &str) -> Response {
+    match header::HeaderValue::from_str(location) {
+        Ok(v) => {
+            let mut r = error(
+                StatusCode::TEMPORARY_REDIRECT,
+                "redirect",
+                format!("served by {location}"),
+            );
+            r.headers_mut().insert(header::LOCATION, v);
+            r
+        }
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the owning hub has no usable address",
+        ),
+    }
 }
 
 pub(crate) fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
@@ -117,10 +183,39 @@ async fn create_delivery(
     if let Err(r) = app.hub.check_operator(token(&headers, &HashMap::new())) {
         return r.into_response();
     }
-    let req = match json_body(body) {
+    let mut req = match json_body(body) {
         Ok(r) => r,
         Err(r) => return r.into_response(),
     };
+    if let Some(c) = &app.hub.cluster {
+        match req.delivery_id {
+            // The caller chose the id: its owner creates it.
+            Some(id) => {
+                if let Some(owner) = c.other_owner(id) {
+                    return redirect_to(&format!("https://{}/api/v1/deliveries", owner.https_addr));
+                }
+            }
+            // Ours to choose: a random id (below 2^53, exact in JavaScript) that we own.
+            None => {
+                let any = DeliveryId(rand::random::<u64>() >> 11 | 1);
+                let id = (0..10_000)
+                    .map(|_| DeliveryId(rand::random::<u64>() >> 11 | 1))
+                    .find(|id| c.is_mine(*id));
+                match id {
+                    Some(id) => req.delivery_id = Some(id),
+                    // We own nothing (draining): the owner of a random id creates it.
+                    None => {
+                        if let Some(owner) = c.other_owner(any) {
+                            return redirect_to(&format!(
+                                "https://{}/api/v1/deliveries",
+                                owner.https_addr
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
     match app.hub.create_delivery(&req).await {
         Ok(created) => (StatusCode::CREATED, Json(created)).into_response(),
         Err(e) => e.into_response(),
@@ -200,6 +295,15 @@ async fn connect(
         Ok(ws) => ws,
         Err(e) => return e.into_response(),
     };
+    // Browsers' WebSocket does not follow HTTP redirects: the redirect goes in-band.
+    if let Some(owner) = app.hub.cluster.as_ref().and_then(|c| c.other_owner(id)) {
+        let url = crate::replica::consumer_redirect_url(&owner, id, false);
+        return ws.on_upgrade(move |mut socket| async move {
+            let frame = protocol::consumer::ConsumerFrame::Redirect { url }.to_json();
+            let _ = socket.send(Message::Text(frame.into())).await;
+            let _ = socket.close().await;
+        });
+    }
     let start = match app.hub.open_consumer(id, last_event_seq, WEBSOCKET) {
         Ok(s) => s,
         Err(e) => return e.into_response(),
@@ -245,7 +349,11 @@ async fn run_socket(socket: WebSocket, app: AppState, start: crate::hub::Consume
                 return;
             }
         };
+        let redirect = !is_position && json.starts_with(r#"{"type":"redirect""#);
         if tx.send(Message::Text(json.into())).await.is_err() {
+            break;
+        }
+        if redirect {
             break;
         }
         if is_position {

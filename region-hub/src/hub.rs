@@ -239,6 +239,10 @@ pub(crate) struct Hub {
     /// UDP port and certificate hash of the WebTransport endpoint, for browsers.
     pub webtransport_port: u16,
     pub webtransport_cert_sha256: [u8; 32],
+    /// Cluster membership, ownership and replication; `None` for a single hub.
+    pub cluster: Option<Arc<crate::replica::HubCluster>>,
+    /// Cancelled when the hub starts draining (edges are told to go elsewhere).
+    pub draining: tokio_util::sync::CancellationToken,
 }
 
 impl Hub {

@@ -18,6 +18,7 @@ pub mod link;
 pub mod metrics;
 pub mod plans;
 pub mod proof;
+pub mod replica;
 pub mod store;
 pub mod web;
 pub mod wt;
@@ -53,6 +54,7 @@ pub struct HubHandle {
     tasks: Vec<JoinHandle<()>>,
     writer: JoinHandle<()>,
     ready: Arc<AtomicBool>,
+    drain_limit: Duration,
 }
 
 impl HubHandle {
@@ -88,6 +90,35 @@ impl HubHandle {
     pub fn metrics(&self) -> &HubMetrics {
         self.hub.metrics()
     }
+    /// The hub's cluster node (membership, control plane, view), when `cluster` is set.
+    pub fn cluster(&self) -> Option<&cluster::ClusterNode> {
+        self.hub.cluster.as_ref().map(|c| &c.node)
+    }
+    /// Replication, takeover and hand-off counters, when `cluster` is set.
+    pub fn cluster_metrics(&self) -> Option<&replica::ClusterMetrics> {
+        self.hub.cluster.as_ref().map(|c| &c.metrics)
+    }
+    /// Drains the hub: `/readyz` turns 503, edges get `HubToEdge::Redirect` to a healthy peer,
+    /// and in a cluster the hub marks itself draining, so every delivery moves to its next
+    /// owner: each one's whole log is handed over, its consumers get a `redirect` frame, new
+    /// requests are redirected. Returns once all are handed off (true) or after `limit`.
+    /// Call [`HubHandle::shutdown`] afterwards.
+    pub async fn drain(&self, limit: Duration) -> bool {
+        drain(&self.hub, &self.ready, limit).await
+    }
+    /// The hub's redb log (tests read replicated entries from it).
+    pub fn store(&self) -> &store::Store {
+        &self.hub.store
+    }
+    /// Resolves once the hub is stopping (after [`HubHandle::shutdown`] or an admin
+    /// `POST /drain` has finished draining).
+    pub async fn stopping(&self) {
+        self.shutdown.cancelled().await;
+    }
+    /// How long [`HubHandle::drain`] may take, from `cluster_hub.drain_timeout_s`.
+    pub fn drain_limit(&self) -> Duration {
+        self.drain_limit
+    }
     /// Stops accepting work; [`HubHandle::join`] waits for everything to end.
     pub fn shutdown(&self) {
         self.ready.store(false, Ordering::Relaxed);
@@ -106,6 +137,16 @@ impl HubHandle {
             tracing::error!(error = %e, "event log writer panicked");
         }
         self.hub.store.close().await;
+    }
+}
+
+async fn drain(hub: &hub::Hub, ready: &AtomicBool, limit: Duration) -> bool {
+    ready.store(false, Ordering::Relaxed);
+    hub.draining.cancel();
+    tracing::info!("draining");
+    match &hub.cluster {
+        Some(c) => c.drain(limit).await,
+        None => true,
     }
 }
 
@@ -176,15 +217,13 @@ pub async fn spawn_with_notifier(
     let now = clock.now_ms();
     // The one road graph of this hub: routes, ETAs and the browsers' map all use it.
     let started = std::time::Instant::now();
-    let road = Arc::new(
-        config
-            .map
-            .load(config.map_pbf.as_deref())
-            .with_context(|| match &config.map_pbf {
+    let road =
+        Arc::new(config.map.load(config.map_pbf.as_deref()).with_context(
+            || match &config.map_pbf {
                 Some(p) => format!("loading the road network from {}", p.display()),
                 None => format!("building the road network {:?}", config.map),
-            })?,
-    );
+            },
+        )?);
     tracing::info!(
         nodes = road.node_count(),
         edges = road.edge_count(),
@@ -213,7 +252,13 @@ pub async fn spawn_with_notifier(
             tracing::warn!(delivery_id = %id, error = %e, "stored push device not registered");
         }
     }
-    let recovered = store.load_all()?;
+    // In a cluster the log also holds other hubs' deliveries (replicas, older ownership):
+    // the rebalancer loads the ones this hub owns once the view has settled.
+    let recovered = if config.cluster.is_some() {
+        Vec::new()
+    } else {
+        store.load_all()?
+    };
     let n = recovered.len();
     for d in recovered {
         deliveries.restore(now, d);
@@ -233,7 +278,11 @@ pub async fn spawn_with_notifier(
         for (id, plan) in saved {
             deliveries.restore_plan(id, plan);
         }
-        tracing::info!(speed_rows = rows.len(), plans = n_plans, "ETA state recovered");
+        tracing::info!(
+            speed_rows = rows.len(),
+            plans = n_plans,
+            "ETA state recovered"
+        );
     }
 
     let shared = Arc::new(hub::Shared {
@@ -251,7 +300,9 @@ pub async fn spawn_with_notifier(
     });
     let shutdown = CancellationToken::new();
     let writer_shutdown = CancellationToken::new();
-    let (log, writer) = store::spawn_event_log(
+    // Cluster mode: every committed batch goes to the replica before callers hear of it.
+    let replica_slot = Arc::new(replica::ReplicaSlot::default());
+    let (log, writer) = store::spawn_event_log_replicated(
         store.clone(),
         store::WriterConfig {
             max_batch: config.commit.max_batch_events,
@@ -259,6 +310,10 @@ pub async fn spawn_with_notifier(
             queue: config.commit.queue,
         },
         shared.clone(),
+        config
+            .cluster
+            .is_some()
+            .then(|| replica_slot.clone() as Arc<dyn store::Replicate>),
         metrics.clone(),
         writer_shutdown.clone(),
     );
@@ -328,6 +383,30 @@ pub async fn spawn_with_notifier(
     let http_addr = http_listener.as_ref().map(|l| l.local_addr()).transpose()?;
     let admin_addr = admin_listener.local_addr()?;
 
+    let cluster = match config.cluster.clone() {
+        Some(c) => {
+            let published = replica::Published::new(
+                &config.cluster_hub,
+                link_addr,
+                webtransport_addr,
+                https_addr,
+            );
+            let joined = Arc::new(
+                replica::join(
+                    c,
+                    &config.cluster_hub,
+                    &tls,
+                    &published,
+                    &mut registry,
+                    shutdown.clone(),
+                )
+                .await?,
+            );
+            let _ = replica_slot.0.set(joined.clone());
+            Some(joined)
+        }
+        None => None,
+    };
     let eta_saver = plans::spawn_eta_saver(shared.clone(), store.clone(), shutdown.clone());
     let hub = Arc::new(hub::Hub {
         clock,
@@ -343,6 +422,8 @@ pub async fn spawn_with_notifier(
         tracking_token_ttl_s: config.tracking_token_ttl_s,
         webtransport_port: webtransport_addr.port(),
         webtransport_cert_sha256: cert_hash,
+        cluster: cluster.clone(),
+        draining: CancellationToken::new(),
     });
 
     let mut tasks = vec![crumb_writer, purge, eta_saver];
@@ -379,7 +460,24 @@ pub async fn spawn_with_notifier(
     }
     let ready = Arc::new(AtomicBool::new(false));
     {
-        let admin = nodekit::admin_router(Arc::new(registry), ready.clone());
+        let drain_limit = Duration::from_secs(config.cluster_hub.drain_timeout_s);
+        let admin = nodekit::admin_router(Arc::new(registry), ready.clone()).route(
+            "/drain",
+            axum::routing::post({
+                let (hub, ready, shutdown) = (hub.clone(), ready.clone(), shutdown.clone());
+                move || async move {
+                    // Answers at once; the hub drains in the background, then stops.
+                    if !hub.draining.is_cancelled() {
+                        tokio::spawn(async move {
+                            let all = drain(&hub, &ready, drain_limit).await;
+                            tracing::info!(handed_off = all, "drained; stopping");
+                            shutdown.cancel();
+                        });
+                    }
+                    axum::http::StatusCode::ACCEPTED
+                }
+            }),
+        );
         let shutdown = shutdown.clone();
         tasks.push(tokio::spawn(async move {
             if let Err(e) = nodekit::serve_http(admin_listener, admin, shutdown).await {
@@ -400,6 +498,13 @@ pub async fn spawn_with_notifier(
             }
         }));
     }
+    if let Some(c) = &cluster {
+        tasks.push(tokio::spawn(replica::run_rebalancer(
+            hub.clone(),
+            c.clone(),
+            shutdown.clone(),
+        )));
+    }
     ready.store(true, Ordering::Relaxed);
     tracing::info!(
         hub_id = %config.hub_id, link = %link_addr, webtransport = %webtransport_addr, https = %https_addr,
@@ -417,5 +522,6 @@ pub async fn spawn_with_notifier(
         tasks,
         writer,
         ready,
+        drain_limit: Duration::from_secs(config.cluster_hub.drain_timeout_s),
     })
 }

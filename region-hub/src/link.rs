@@ -18,7 +18,7 @@ pub fn server_config(tls: &nodekit::LoadedTls) -> Result<quinn::ServerConfig, ce
         tls.chain.clone(),
         tls.key.clone_key(),
         tls.roots.clone(),
-        &[protocol::ALPN_HUB],
+        &[protocol::ALPN_HUB, crate::replica::ALPN_REPLICA],
         certs::TlsFor::Quic,
     )?;
     let mut config = certs::quinn_server_config(rustls)?;
@@ -69,6 +69,22 @@ async fn handle(incoming: quinn::Incoming, hub: Arc<Hub>, shutdown: Cancellation
             return;
         }
     };
+    let alpn = conn
+        .handshake_data()
+        .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|h| h.protocol);
+    if alpn.as_deref() == Some(crate::replica::ALPN_REPLICA) {
+        // A peer hub replicating to us; only hubs of a cluster may.
+        if hub.cluster.is_some() && crate::replica::peer_is_hub(&conn) {
+            crate::replica::spawn_serve(conn, hub);
+        } else {
+            conn.close(
+                quinn::VarInt::from_u32(CloseCode::ProtocolViolation as u32),
+                b"replication is for the hubs of a cluster only",
+            );
+        }
+        return;
+    }
     let gauge = hub.metrics().edge_links_active.clone();
     gauge.inc();
     let result = tokio::select! {
@@ -120,6 +136,7 @@ async fn serve(conn: &quinn::Connection, hub: &Hub) -> Result<(), LinkError> {
     };
     tracing::Span::current().record("edge_id", edge_id.as_str());
     info!("edge connected");
+    let mut redirected = false;
     send.write_all(&frame_bytes(&HubToEdge::Welcome {
         hub_id: hub.hub_id.clone(),
     }))
@@ -140,7 +157,24 @@ async fn serve(conn: &quinn::Connection, hub: &Hub) -> Result<(), LinkError> {
             send.write_all(&frame_bytes(&HubToEdge::Ack { batch_seq }))
                 .await?;
         }
-        match recv.read(&mut buf).await? {
+        let read = tokio::select! {
+            r = recv.read(&mut buf) => r?,
+            _ = hub.draining.cancelled(), if !redirected => {
+                redirected = true;
+                let key = edge_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                    (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+                });
+                if let Some(peer) = hub.cluster.as_ref().and_then(|c| c.peer_for(key)) {
+                    info!(to = %peer.link_addr, "hub draining: redirecting the edge");
+                    send.write_all(&frame_bytes(&HubToEdge::Redirect {
+                        addr: peer.link_addr,
+                    }))
+                    .await?;
+                }
+                continue;
+            }
+        };
+        match read {
             Some(n) => decoder.push(&buf[..n]),
             None => {
                 info!("edge finished its stream");

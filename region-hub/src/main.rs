@@ -106,7 +106,17 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let hub = region_hub::spawn(config).await?;
-    nodekit::shutdown_signal().await;
+    tokio::select! {
+        _ = nodekit::shutdown_signal() => {
+            // SIGTERM / Ctrl-C: hand the deliveries over first (a second signal stops at once).
+            tracing::info!("draining, then shutting down");
+            tokio::select! {
+                all = hub.drain(hub.drain_limit()) => tracing::info!(handed_off = all, "drained"),
+                _ = nodekit::shutdown_signal() => tracing::warn!("second signal: stopping now"),
+            }
+        }
+        _ = hub.stopping() => {}
+    }
     tracing::info!("shutting down");
     hub.shutdown();
     hub.join().await;

@@ -40,8 +40,7 @@ pub fn save_plans(store: &Store, plans: &[(DeliveryId, StoredPlan)]) -> Result<(
     {
         let mut t = tx.open_table(PLANS).map_err(StoreError::db)?;
         for (id, plan) in plans {
-            let bytes =
-                postcard::to_stdvec(plan).map_err(|e| StoreError::Encode(e.to_string()))?;
+            let bytes = postcard::to_stdvec(plan).map_err(|e| StoreError::Encode(e.to_string()))?;
             t.insert(id.0, bytes.as_slice()).map_err(StoreError::db)?;
         }
     }
@@ -157,4 +156,48 @@ pub(crate) fn spawn_eta_saver(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_store(name: &str) -> (std::path::PathBuf, Store) {
+        let dir =
+            std::env::temp_dir().join(format!("trackline-plans-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::open(&dir.join("hub.redb")).expect("open redb");
+        ensure_tables(&store).expect("tables");
+        (dir, store)
+    }
+
+    #[test]
+    fn plans_and_the_speed_table_survive_a_reopen() {
+        let (dir, store) = temp_store("reopen");
+        let g =
+            roadnet::RoadGraph::grid_city(5, 5, 100.0, crate::config::GRID_ORIGIN).expect("grid");
+        let n = g.nodes();
+        let route = g.route(n[0], n[24]).expect("route");
+        let plan = StoredPlan {
+            route,
+            pickup_segment: Some(2),
+            version: 3,
+        };
+        save_plans(&store, &[(DeliveryId(7), plan.clone())]).expect("save plans");
+        let cell = roadnet::cell_of(n[0]).expect("cell");
+        save_speeds(&store, &[(cell, 5, 7.5, 40), (cell, 6, 9.0, 2)]).expect("save speeds");
+        drop(store);
+        let store = Store::open(&dir.join("hub.redb")).expect("reopen");
+        assert_eq!(
+            load_plans(&store).expect("load plans"),
+            vec![(DeliveryId(7), plan)]
+        );
+        let rows = load_speeds(&store).expect("load speeds");
+        assert_eq!(rows, vec![(cell, 5, 7.5, 40), (cell, 6, 9.0, 2)]);
+        let mut model = roadnet::SpeedModel::default();
+        model.import_historical(&rows).expect("valid rows");
+        assert_eq!(model.historical(cell, 5), Some((7.5, 40)));
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -240,6 +240,123 @@ impl Store {
 }
 
 impl Store {
+    /// Stores entries received from another hub (replication or hand-off) in ONE write
+    /// transaction, durable when this returns. Monotone: an event seq already stored is kept,
+    /// a record is replaced only when the entry reaches at least the stored last seq, and an
+    /// idempotency key already stored is kept, so a stale copy never overwrites newer state.
+    pub fn apply_replica(
+        &self,
+        entries: &[crate::replica::ReplicaEntry],
+    ) -> Result<(), StoreError> {
+        let tx = self.db()?.begin_write().map_err(StoreError::db)?;
+        {
+            let mut events = tx.open_table(EVENTS).map_err(StoreError::db)?;
+            let mut deliveries = tx.open_table(DELIVERIES).map_err(StoreError::db)?;
+            let mut keys = tx.open_table(IDEMPOTENCY).map_err(StoreError::db)?;
+            let mut proofs = tx.open_table(PROOFS).map_err(StoreError::db)?;
+            let mut devices = tx.open_table(DEVICES).map_err(StoreError::db)?;
+            for entry in entries {
+                let id = entry.delivery_id.0;
+                let stored_last = events
+                    .range((id, 0)..=(id, u64::MAX))
+                    .map_err(StoreError::db)?
+                    .next_back()
+                    .transpose()
+                    .map_err(StoreError::db)?
+                    .map_or(0, |(k, _)| k.value().1);
+                let entry_last = entry.events.last().map_or(0, |e| e.event_seq);
+                if let Some(rec) = &entry.record {
+                    if entry_last >= stored_last
+                        || deliveries.get(id).map_err(StoreError::db)?.is_none()
+                    {
+                        deliveries
+                            .insert(id, enc(rec)?.as_slice())
+                            .map_err(StoreError::db)?;
+                    }
+                }
+                for ev in &entry.events {
+                    if events
+                        .get((id, ev.event_seq))
+                        .map_err(StoreError::db)?
+                        .is_none()
+                    {
+                        events
+                            .insert((id, ev.event_seq), enc(ev)?.as_slice())
+                            .map_err(StoreError::db)?;
+                    }
+                }
+                for (key, seq) in &entry.idempotency {
+                    if keys
+                        .get((id, key.as_str()))
+                        .map_err(StoreError::db)?
+                        .is_none()
+                    {
+                        keys.insert((id, key.as_str()), *seq)
+                            .map_err(StoreError::db)?;
+                    }
+                }
+                for p in &entry.proofs {
+                    proofs
+                        .insert(id, enc(p)?.as_slice())
+                        .map_err(StoreError::db)?;
+                }
+                for d in &entry.devices {
+                    let key = format!("{}:{}", d.platform.as_str(), d.token);
+                    devices
+                        .insert((id, key.as_str()), ())
+                        .map_err(StoreError::db)?;
+                }
+            }
+        }
+        tx.commit().map_err(StoreError::db)?;
+        Ok(())
+    }
+
+    /// One delivery's durable state (record, events, idempotency keys), for a takeover.
+    pub fn load_delivery(
+        &self,
+        delivery: DeliveryId,
+    ) -> Result<Option<RecoveredDelivery>, StoreError> {
+        let Some(record) = self.delivery(delivery)? else {
+            return Ok(None);
+        };
+        let events = self.events_after(delivery, 0)?;
+        let tx = self.db()?.begin_read().map_err(StoreError::db)?;
+        let keys = tx.open_table(IDEMPOTENCY).map_err(StoreError::db)?;
+        let mut idempotency = Vec::new();
+        for row in keys.range((delivery.0, "")..).map_err(StoreError::db)? {
+            let (k, v) = row.map_err(StoreError::db)?;
+            let (id, key) = k.value();
+            if id != delivery.0 {
+                break;
+            }
+            idempotency.push((key.to_owned(), v.value()));
+        }
+        Ok(Some(RecoveredDelivery {
+            record,
+            events,
+            idempotency,
+        }))
+    }
+
+    /// Ids of every delivery with a stored record (own and replicated ones).
+    pub fn delivery_ids(&self) -> Result<Vec<DeliveryId>, StoreError> {
+        let tx = self.db()?.begin_read().map_err(StoreError::db)?;
+        let table = tx.open_table(DELIVERIES).map_err(StoreError::db)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(StoreError::db)? {
+            let (k, _) = row.map_err(StoreError::db)?;
+            out.push(DeliveryId(k.value()));
+        }
+        Ok(out)
+    }
+}
+
+fn enc<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(v).map_err(|e| StoreError::Encode(e.to_string()))
+}
+
+impl Store {
     /// Deletes anomalies detected before `cutoff_ms` inside the write transaction `tx`.
     pub(crate) fn purge_anomalies_in(
         &self,
@@ -420,13 +537,38 @@ pub struct WriterConfig {
     pub queue: usize,
 }
 
-/// Starts the writer task: it takes what is queued (up to `max_batch`, waiting at most
-/// `max_delay` for more after the first), commits one write transaction, tells `sink`, then
-/// answers every caller. On shutdown it commits what is queued and stops.
+/// Copies committed entries to another hub before they are published and acknowledged
+/// (cluster mode, [`crate::replica`]). Never fails: what could not be replicated is counted.
+pub trait Replicate: Send + Sync + 'static {
+    /// Returns once the entries are durable on the replica, or replication was given up.
+    fn replicate<'a>(
+        &'a self,
+        entries: &'a [LogEntry],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+}
+
+/// [`spawn_event_log_replicated`] without replication (a single hub).
 pub fn spawn_event_log(
     store: Store,
     config: WriterConfig,
     sink: Arc<dyn CommitSink>,
+    metrics: Arc<HubMetrics>,
+    shutdown: CancellationToken,
+) -> (EventLogHandle, tokio::task::JoinHandle<()>) {
+    spawn_event_log_replicated(store, config, sink, None, metrics, shutdown)
+}
+
+/// Starts the writer task: it takes what is queued (up to `max_batch`, waiting at most
+/// `max_delay` for more after the first), commits one write transaction, tells `sink`, then
+/// answers every caller. On shutdown it commits what is queued and stops.
+///
+/// With a `replicator`, each committed batch is copied to the replica before `sink` hears of
+/// it and before any caller is answered (synchronous primary-backup, `docs/cluster.md`).
+pub fn spawn_event_log_replicated(
+    store: Store,
+    config: WriterConfig,
+    sink: Arc<dyn CommitSink>,
+    replicator: Option<Arc<dyn Replicate>>,
     metrics: Arc<HubMetrics>,
     shutdown: CancellationToken,
 ) -> (EventLogHandle, tokio::task::JoinHandle<()>) {
@@ -482,6 +624,9 @@ pub fn spawn_event_log(
             metrics.event_commit_batch.observe(entries.len() as f64);
             match result {
                 Ok(()) => {
+                    if let Some(r) = &replicator {
+                        r.replicate(&entries).await;
+                    }
                     sink.committed(&entries);
                     for reply in replies {
                         let _ = reply.send(Ok(()));
@@ -575,6 +720,55 @@ mod tests {
             s.devices().expect("devices"),
             vec![(DeliveryId(1), phone.clone()), (DeliveryId(2), phone)]
         );
+        let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
+    }
+
+    #[test]
+    fn replicated_entries_merge_monotonically_and_keep_their_idempotency_keys() {
+        use crate::replica::ReplicaEntry;
+        let path = temp_db("replica");
+        let s = Store::open(&path).expect("open");
+        let copy = |e: &LogEntry, keys: &[(&str, u64)]| ReplicaEntry {
+            idempotency: keys.iter().map(|(k, s)| ((*k).to_owned(), *s)).collect(),
+            ..ReplicaEntry::from(e)
+        };
+        let full = entry(
+            1,
+            &[
+                (1, DeliveryStatus::Confirmed),
+                (2, DeliveryStatus::Preparing),
+                (3, DeliveryStatus::Cancelled),
+            ],
+            None,
+            true,
+        );
+        s.apply_replica(&[copy(&full, &[("k", 3)])]).expect("apply");
+        // A stale copy (seq 1..2, another key for seq 2, other metadata) changes nothing.
+        let mut stale = entry(
+            1,
+            &[
+                (1, DeliveryStatus::Confirmed),
+                (2, DeliveryStatus::DriverAssigned),
+            ],
+            None,
+            true,
+        );
+        stale.record.as_mut().expect("record").created_ms = 99;
+        s.apply_replica(&[copy(&stale, &[("k", 2)])])
+            .expect("apply");
+        let got = s.load_delivery(DeliveryId(1)).expect("load").expect("some");
+        assert_eq!(
+            got.events.iter().map(|e| e.status).collect::<Vec<_>>(),
+            vec![
+                DeliveryStatus::Confirmed,
+                DeliveryStatus::Preparing,
+                DeliveryStatus::Cancelled
+            ]
+        );
+        assert_eq!(got.record.created_ms, 5);
+        assert_eq!(got.idempotency, vec![("k".to_owned(), 3)]);
+        assert_eq!(s.delivery_ids().expect("ids"), vec![DeliveryId(1)]);
+        assert!(s.load_delivery(DeliveryId(2)).expect("load").is_none());
         let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
     }
 

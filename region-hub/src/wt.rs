@@ -130,6 +130,12 @@ async fn session(incoming: IncomingSession, hub: Arc<Hub>, shutdown: Cancellatio
         }
         None => None,
     };
+    if let Some(owner) = hub.cluster.as_ref().and_then(|c| c.other_owner(id)) {
+        let url = crate::replica::consumer_redirect_url(&owner, id, true);
+        redirect(request, url).await;
+        return;
+    }
+    crate::replica::ensure_loaded(&hub, id).await;
     let start = match hub.open_consumer(id, last_event_seq, TRANSPORT) {
         Ok(s) => s,
         Err(e) => {
@@ -192,6 +198,10 @@ async fn session(incoming: IncomingSession, hub: Arc<Hub>, shutdown: Cancellatio
                 {
                     break;
                 }
+                // The delivery moved to another hub: the consumer reconnects there.
+                if json.starts_with(r#"{"type":"redirect""#) {
+                    break;
+                }
             }
             Some(Outgoing::Position(json)) => {
                 let fits = conn.max_datagram_size().is_some_and(|m| json.len() <= m);
@@ -227,6 +237,25 @@ async fn session(incoming: IncomingSession, hub: Arc<Hub>, shutdown: Cancellatio
         }
     }
     let _ = stream.finish().await;
+}
+
+/// Accepts the session only to send one `redirect` frame (the delivery's owner), then closes.
+async fn redirect(request: wtransport::endpoint::SessionRequest, url: String) {
+    let Ok(conn) = request.accept().await else {
+        return;
+    };
+    if let Ok(opening) = conn.open_uni().await {
+        if let Ok(mut stream) = opening.await {
+            let line = format!(
+                "{}\n",
+                protocol::consumer::ConsumerFrame::Redirect { url }.to_json()
+            );
+            let _ = stream.write_all(line.as_bytes()).await;
+            let _ = stream.finish().await;
+        }
+    }
+    // Leave the client time to read the stream before the session goes.
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
 }
 
 #[cfg(test)]

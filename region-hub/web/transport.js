@@ -48,6 +48,8 @@ export function openFeed({ deliveryId, token, lastEventSeq, onFrame, onState, on
   let stopped = false;
   let current = null; // { close() } of the live connection
   let webTransportFailed = !("WebTransport" in window);
+  // Where the WebSocket goes: this page's hub until a redirect names the delivery's owner.
+  let wsOrigin = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}`;
 
   function deliver(text) {
     let frame;
@@ -56,7 +58,22 @@ export function openFeed({ deliveryId, token, lastEventSeq, onFrame, onState, on
     } catch (_) {
       return;
     }
+    if (frame && frame.type === "redirect") follow(frame.url);
     onFrame(frame);
+  }
+
+  // A redirect names the hub that owns the delivery (cluster). A WebSocket URL is followed as
+  // is; another hub's WebTransport certificate is not pinned by this page, so a WebTransport
+  // redirect switches to WebSocket, whose redirect then names the owner's HTTPS address.
+  function follow(url) {
+    let u;
+    try {
+      u = new URL(url);
+    } catch (_) {
+      return;
+    }
+    if (u.protocol === "wss:" || u.protocol === "ws:") wsOrigin = `${u.protocol}//${u.host}`;
+    else webTransportFailed = true;
   }
 
   async function viaWebTransport() {
@@ -129,10 +146,9 @@ export function openFeed({ deliveryId, token, lastEventSeq, onFrame, onState, on
 
   function viaWebSocket() {
     return new Promise((resolve) => {
-      const scheme = location.protocol === "https:" ? "wss" : "ws";
       const resumeFrom = lastEventSeq();
       const url =
-        `${scheme}://${location.host}/api/v1/tracking/${deliveryId}/connect` +
+        `${wsOrigin}/api/v1/tracking/${deliveryId}/connect` +
         `?token=${encodeURIComponent(token)}&last_event_seq=${resumeFrom}`;
       const ws = new WebSocket(url);
       let opened = false;

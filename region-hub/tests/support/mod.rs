@@ -257,11 +257,19 @@ pub async fn ws_connect(
     id: DeliveryId,
     query: &str,
 ) -> Result<Ws, u16> {
+    ws_connect_addr(hub.https_addr(), pki, id, query).await
+}
+
+/// [`ws_connect`] to the HTTPS listener at `addr`.
+pub async fn ws_connect_addr(
+    addr: SocketAddr,
+    pki: &Pki,
+    id: DeliveryId,
+    query: &str,
+) -> Result<Ws, u16> {
     let tls =
         certs::client_config_with_roots(pki.ca(), &[b"http/1.1"], certs::TlsFor::Tcp).expect("tls");
-    let tcp = tokio::net::TcpStream::connect(hub.https_addr())
-        .await
-        .expect("tcp");
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("tcp");
     let server_name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
     let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
         .connect(server_name, tcp)
@@ -269,7 +277,7 @@ pub async fn ws_connect(
         .expect("tls");
     let u = format!(
         "wss://localhost:{}/api/v1/tracking/{id}/connect{query}",
-        hub.https_addr().port()
+        addr.port()
     );
     match tokio_tungstenite::client_async(u, stream).await {
         Ok((ws, _)) => Ok(ws),

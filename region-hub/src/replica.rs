@@ -1,0 +1,979 @@
+//! The hub in a cluster: joins it (foca + chitchat, `cluster::spawn_node`), knows which
+//! deliveries it owns (rendezvous over live hubs), copies every committed batch to the
+//! delivery's successor before acknowledging it (synchronous primary-backup over mTLS QUIC,
+//! ALPN `trackline-replica/1`), takes over the deliveries of a hub that left and hands off
+//! those that moved away. See `docs/cluster.md`, *Hubs: ownership, replication, takeover*.
+
+use crate::core::{DeliveryRecord, LogEntry, SideRecord};
+use crate::hub::Hub;
+use crate::proof::ProofRecord;
+use cluster::{ClusterNode, HubInfo};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
+use protocol::consumer::{ConsumerFrame, StatusEvent};
+use protocol::framing::{frame_bytes, FrameDecoder};
+use protocol::DeliveryId;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn, Instrument};
+
+/// ALPN of the hub-to-hub replication link (on the edge link's QUIC endpoint).
+pub const ALPN_REPLICA: &[u8] = b"trackline-replica/1";
+
+/// Largest replication frame (a hand-off carries a delivery's whole log).
+const MAX_REPLICA_FRAME: usize = 16 * 1024 * 1024;
+
+/// Hub settings that only matter in a cluster (`[cluster_hub]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterHubConfig {
+    /// `host:port` published as `hub.addr_link` (edges and peer hubs connect to it); default:
+    /// the bound link address (set it when binding a wildcard address).
+    pub advertise_link: Option<String>,
+    /// `host:port` published as `hub.addr_wt` (WebTransport redirects); default: bound address.
+    pub advertise_webtransport: Option<String>,
+    /// `host:port` published as `hub.addr_https` (API and WebSocket redirects); default: bound
+    /// address.
+    pub advertise_https: Option<String>,
+    /// How long the owner waits for the successor's acknowledgement of a batch, in
+    /// milliseconds; past it the batch is acknowledged unreplicated (and counted).
+    pub replica_ack_timeout_ms: u64,
+    /// DNS name checked in a peer hub's certificate on the replica link; default: the host
+    /// part of its `hub.addr_link`.
+    pub replica_server_name: Option<String>,
+    /// How often the hub publishes its load and re-checks ownership, in milliseconds.
+    pub rebalance_interval_ms: u64,
+    /// Longest a drain (`POST /drain`, SIGTERM) waits for every delivery to be handed off
+    /// before the hub stops anyway, in seconds.
+    pub drain_timeout_s: u64,
+    /// After start, the hub waits this long (milliseconds) for the cluster view to fill
+    /// before it claims deliveries from its log; until then it serves only what it creates
+    /// or is handed. A few foca probe periods (`lan`: 1 s each).
+    pub join_grace_ms: u64,
+}
+
+impl Default for ClusterHubConfig {
+    fn default() -> Self {
+        Self {
+            advertise_link: None,
+            advertise_webtransport: None,
+            advertise_https: None,
+            replica_ack_timeout_ms: 2_000,
+            replica_server_name: None,
+            rebalance_interval_ms: 1_000,
+            drain_timeout_s: 30,
+            join_grace_ms: 3_000,
+        }
+    }
+}
+
+impl ClusterHubConfig {
+    /// Checks the values.
+    pub fn validate(&self) -> Result<(), crate::ConfigError> {
+        for (field, v) in [
+            (
+                "cluster_hub.replica_ack_timeout_ms",
+                self.replica_ack_timeout_ms,
+            ),
+            (
+                "cluster_hub.rebalance_interval_ms",
+                self.rebalance_interval_ms,
+            ),
+            ("cluster_hub.drain_timeout_s", self.drain_timeout_s),
+        ] {
+            if v == 0 {
+                return Err(crate::ConfigError::Zero { field });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What travels to a replica: one log entry, or a delivery's whole durable state (hand-off).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaEntry {
+    pub delivery_id: DeliveryId,
+    pub record: Option<DeliveryRecord>,
+    pub events: Vec<StatusEvent>,
+    /// Idempotency keys and the seq each produced (they replicate, so a retried request is
+    /// replayed by the next owner instead of applied twice).
+    pub idempotency: Vec<(String, u64)>,
+    pub proofs: Vec<ProofRecord>,
+    pub devices: Vec<notify::DeviceToken>,
+}
+
+impl From<&LogEntry> for ReplicaEntry {
+    fn from(e: &LogEntry) -> Self {
+        let mut proofs = Vec::new();
+        let mut devices = Vec::new();
+        for side in &e.side {
+            match side {
+                SideRecord::Proof(p) => proofs.push(p.clone()),
+                SideRecord::Device(d) => devices.push(d.clone()),
+                // Anomalies are operator hints, not replicated (docs/cluster.md).
+                SideRecord::Anomaly(_) => {}
+            }
+        }
+        ReplicaEntry {
+            delivery_id: e.delivery_id,
+            record: e.record.clone(),
+            events: e.events.clone(),
+            idempotency: match (&e.idempotency_key, e.events.last()) {
+                (Some(k), Some(ev)) => vec![(k.clone(), ev.event_seq)],
+                _ => Vec::new(),
+            },
+            proofs,
+            devices,
+        }
+    }
+}
+
+impl ReplicaEntry {
+    fn is_empty(&self) -> bool {
+        self.record.is_none()
+            && self.events.is_empty()
+            && self.proofs.is_empty()
+            && self.devices.is_empty()
+    }
+}
+
+/// Frames of the replica link: one request and one answer per bidirectional stream.
+#[derive(Debug, Serialize, Deserialize)]
+enum ReplicaFrame {
+    /// Store these entries durably, then ack. `entries` is JSON (`Vec<ReplicaEntry>`):
+    /// status metadata is free-form JSON, which postcard cannot carry.
+    Append { from: String, entries: Vec<u8> },
+    /// Stored (`Durability::Immediate`).
+    Ack,
+    /// Not stored; the reason says why.
+    Refused { reason: String },
+    /// Send me your whole log of these deliveries (before a takeover).
+    Fetch { from: String, ids: Vec<DeliveryId> },
+    /// Answer to `Fetch`: JSON `Vec<ReplicaEntry>` of the deliveries the peer holds.
+    Entries { entries: Vec<u8> },
+}
+
+/// Why a batch did not reach a replica.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    #[error("no link address published by {0}")]
+    NoAddress(String),
+    #[error("resolve {0}: {1}")]
+    Resolve(String, String),
+    #[error("connect: {0}")]
+    Connect(String),
+    #[error("stream: {0}")]
+    Stream(String),
+    #[error("replica refused: {0}")]
+    Refused(String),
+    #[error("no acknowledgement within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Counters of the cluster work (`hub_events_replicated_total`, ...).
+#[derive(Clone, Debug, Default)]
+pub struct ClusterMetrics {
+    /// Status events copied to a replica before being acknowledged.
+    pub replicated: Counter,
+    /// Status events acknowledged without a replica (none live, or it did not answer).
+    pub unreplicated: Counter,
+    /// Deliveries loaded from the local copy because this hub became their owner.
+    pub takeovers: Counter,
+    /// Deliveries whose whole log was sent to a new owner or successor.
+    pub handoffs: Counter,
+    /// Entries stored on behalf of another hub.
+    pub received: Counter,
+}
+
+impl ClusterMetrics {
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "hub_events_replicated",
+            "Status events copied to the successor before being acknowledged",
+            self.replicated.clone(),
+        );
+        r.register(
+            "hub_events_unreplicated",
+            "Status events acknowledged without a live replica having stored them",
+            self.unreplicated.clone(),
+        );
+        r.register(
+            "hub_takeovers",
+            "Deliveries loaded from the local replica copy after becoming their owner",
+            self.takeovers.clone(),
+        );
+        r.register(
+            "hub_handoffs",
+            "Deliveries whose whole log was sent to a new owner or successor",
+            self.handoffs.clone(),
+        );
+        r.register(
+            "hub_replica_entries_received",
+            "Log entries stored on behalf of another hub",
+            self.received.clone(),
+        );
+    }
+}
+
+/// A hub's membership in the cluster, its replica client and its counters.
+#[derive(Debug)]
+pub struct HubCluster {
+    /// The node (membership, control plane, view).
+    pub node: ClusterNode,
+    /// Our node id (the certificate's CN).
+    pub me: String,
+    client: quinn::Endpoint,
+    conns: tokio::sync::Mutex<HashMap<String, quinn::Connection>>,
+    server_name: Option<String>,
+    ack_timeout: Duration,
+    rebalance_interval: Duration,
+    join_grace: Duration,
+    /// Serialises takeovers (rebalancer, request paths, hand-offs received).
+    takeover_lock: tokio::sync::Mutex<()>,
+    pub metrics: ClusterMetrics,
+    /// After each ownership pass: whether the view already shows us draining, and how many
+    /// deliveries we hold that are not yet handed to their owner.
+    handoff: tokio::sync::watch::Sender<(bool, usize)>,
+}
+
+/// Addresses the hub publishes (`host:port`).
+#[derive(Clone, Debug)]
+pub(crate) struct Published {
+    pub link: String,
+    pub webtransport: String,
+    pub https: String,
+}
+
+impl Published {
+    /// Configured `advertise_*` values, else the bound addresses.
+    pub fn new(
+        c: &ClusterHubConfig,
+        link: SocketAddr,
+        webtransport: SocketAddr,
+        https: SocketAddr,
+    ) -> Self {
+        let or = |a: &Option<String>, b: SocketAddr| a.clone().unwrap_or_else(|| b.to_string());
+        Self {
+            link: or(&c.advertise_link, link),
+            webtransport: or(&c.advertise_webtransport, webtransport),
+            https: or(&c.advertise_https, https),
+        }
+    }
+}
+
+/// Joins the cluster as a hub publishing `published`, and opens the replica client.
+pub(crate) async fn join(
+    config: cluster::ClusterConfig,
+    hub_config: &ClusterHubConfig,
+    tls: &nodekit::LoadedTls,
+    published: &Published,
+    registry: &mut Registry,
+    shutdown: CancellationToken,
+) -> anyhow::Result<HubCluster> {
+    use anyhow::Context;
+    let mut config = config;
+    for (k, v) in [
+        (cluster::keys::ADDR_LINK, &published.link),
+        (cluster::keys::ADDR_WT, &published.webtransport),
+        (cluster::keys::ADDR_HTTPS, &published.https),
+    ] {
+        config.publish.insert(k.to_owned(), v.clone());
+    }
+    let me = config.node_id.clone();
+    let bind: SocketAddr = if config.gossip.bind_addr.ip().is_loopback() {
+        ([127, 0, 0, 1], 0).into()
+    } else {
+        ([0, 0, 0, 0], 0).into()
+    };
+    let gossip_tls = cluster::GossipTls {
+        chain: tls.chain.clone(),
+        key: tls.key.clone_key(),
+        roots: tls.roots.clone(),
+    };
+    let node = cluster::spawn_node(config, gossip_tls, shutdown)
+        .await
+        .context("joining the cluster")?;
+    node.register_metrics(registry);
+    let rustls = certs::mtls_client_config(
+        tls.chain.clone(),
+        tls.key.clone_key(),
+        tls.roots.clone(),
+        &[ALPN_REPLICA],
+        certs::TlsFor::Quic,
+    )?;
+    let mut client_config = certs::quinn_client_config(rustls)?;
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_secs(2)));
+    client_config.transport_config(Arc::new(transport));
+    let mut client = quinn::Endpoint::client(bind).context("binding the replica client")?;
+    client.set_default_client_config(client_config);
+    let metrics = ClusterMetrics::default();
+    metrics.register(registry);
+    Ok(HubCluster {
+        node,
+        me,
+        client,
+        conns: tokio::sync::Mutex::new(HashMap::new()),
+        server_name: hub_config.replica_server_name.clone(),
+        ack_timeout: Duration::from_millis(hub_config.replica_ack_timeout_ms),
+        rebalance_interval: Duration::from_millis(hub_config.rebalance_interval_ms),
+        join_grace: Duration::from_millis(hub_config.join_grace_ms),
+        takeover_lock: tokio::sync::Mutex::new(()),
+        metrics,
+        handoff: tokio::sync::watch::channel((false, usize::MAX)).0,
+    })
+}
+
+impl HubCluster {
+    /// The owner of `id` among live, non-draining hubs; `None` before any hub is known.
+    pub fn owner_of(&self, id: DeliveryId) -> Option<HubInfo> {
+        self.node.view.owner_of(id)
+    }
+
+    /// Whether this hub answers for `id`: it owns it, or no hub is placeable (then we serve
+    /// rather than bounce requests around).
+    pub fn is_mine(&self, id: DeliveryId) -> bool {
+        self.owner_of(id).is_none_or(|h| h.id == self.me)
+    }
+
+    /// The owner of `id` when it is another hub.
+    pub fn other_owner(&self, id: DeliveryId) -> Option<HubInfo> {
+        self.owner_of(id).filter(|h| h.id != self.me)
+    }
+
+    /// Where this hub's copy of `id` must go: the successor when we own it, else the owner.
+    fn replica_target(&self, id: DeliveryId) -> Option<HubInfo> {
+        self.node
+            .view
+            .owners_of(id, 2)
+            .into_iter()
+            .find(|h| h.id != self.me)
+    }
+
+    async fn connection(&self, to: &HubInfo) -> Result<quinn::Connection, ReplicaError> {
+        let mut conns = self.conns.lock().await;
+        if let Some(c) = conns.get(&to.link_addr) {
+            if c.close_reason().is_none() {
+                return Ok(c.clone());
+            }
+        }
+        if to.link_addr.is_empty() {
+            return Err(ReplicaError::NoAddress(to.id.clone()));
+        }
+        let (host, _) = to
+            .link_addr
+            .rsplit_once(':')
+            .ok_or_else(|| ReplicaError::Resolve(to.link_addr.clone(), "no port".into()))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let addr = tokio::net::lookup_host(&to.link_addr)
+            .await
+            .map_err(|e| ReplicaError::Resolve(to.link_addr.clone(), e.to_string()))?
+            .next()
+            .ok_or_else(|| ReplicaError::Resolve(to.link_addr.clone(), "no address".into()))?;
+        let name = self.server_name.as_deref().unwrap_or(host);
+        let conn = self
+            .client
+            .connect(addr, name)
+            .map_err(|e| ReplicaError::Connect(e.to_string()))?
+            .await
+            .map_err(|e| ReplicaError::Connect(e.to_string()))?;
+        conns.insert(to.link_addr.clone(), conn.clone());
+        Ok(conn)
+    }
+
+    /// Sends `entries` to `to` and waits for its ack (bounded by the ack timeout).
+    pub async fn send(&self, to: &HubInfo, entries: &[ReplicaEntry]) -> Result<(), ReplicaError> {
+        let json = serde_json::to_vec(entries).map_err(|e| ReplicaError::Stream(e.to_string()))?;
+        let frame = frame_bytes(&ReplicaFrame::Append {
+            from: self.me.clone(),
+            entries: json,
+        });
+        match self.exchange(to, &frame).await? {
+            ReplicaFrame::Ack => Ok(()),
+            ReplicaFrame::Refused { reason } => Err(ReplicaError::Refused(reason)),
+            _ => Err(ReplicaError::Stream("unexpected answer".into())),
+        }
+    }
+
+    /// Copies committed entries to their replicas, one exchange per replica, concurrently.
+    pub async fn replicate(&self, entries: &[LogEntry]) {
+        let mut by_target: BTreeMap<String, (HubInfo, Vec<ReplicaEntry>, u64)> = BTreeMap::new();
+        let mut alone = 0u64;
+        for e in entries {
+            let entry = ReplicaEntry::from(e);
+            if entry.is_empty() {
+                continue;
+            }
+            let n = e.events.len() as u64;
+            match self.replica_target(e.delivery_id) {
+                Some(h) => {
+                    let slot = by_target
+                        .entry(h.id.clone())
+                        .or_insert_with(|| (h, Vec::new(), 0));
+                    slot.1.push(entry);
+                    slot.2 += n;
+                }
+                None => alone += n,
+            }
+        }
+        if alone > 0 {
+            debug!(events = alone, "no live replica: acknowledged unreplicated");
+            self.metrics.unreplicated.inc_by(alone);
+        }
+        let sends = by_target.into_values().map(|(h, batch, n)| async move {
+            match self.send(&h, &batch).await {
+                Ok(()) => {
+                    self.metrics.replicated.inc_by(n);
+                }
+                Err(e) => {
+                    warn!(replica = %h.id, error = %e, events = n, "replication failed: acknowledged unreplicated");
+                    self.metrics.unreplicated.inc_by(n);
+                }
+            }
+        });
+        futures::future::join_all(sends).await;
+    }
+
+    /// Marks this hub draining (it then owns nothing; the rebalancer hands every delivery it
+    /// holds to its new owner and redirects its consumers) and waits until all are handed off,
+    /// at most `limit`. Returns whether they all were.
+    pub async fn drain(&self, limit: Duration) -> bool {
+        self.node.control.set_draining(true).await;
+        let mut rx = self.handoff.subscribe();
+        rx.mark_changed();
+        tokio::time::timeout(limit, async {
+            while rx.changed().await.is_ok() {
+                let (seen, outstanding) = *rx.borrow_and_update();
+                if seen && outstanding == 0 {
+                    return true;
+                }
+            }
+            false
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    /// A healthy peer hub (live, not draining) for redirects, by rendezvous on `key`.
+    pub fn peer_for(&self, key: u64) -> Option<HubInfo> {
+        self.node
+            .view
+            .owners_of(DeliveryId(key), 3)
+            .into_iter()
+            .find(|h| h.id != self.me)
+    }
+
+    /// Asks `to` for its whole log of `ids` (those it holds).
+    pub async fn fetch(
+        &self,
+        to: &HubInfo,
+        ids: &[DeliveryId],
+    ) -> Result<Vec<ReplicaEntry>, ReplicaError> {
+        let frame = frame_bytes(&ReplicaFrame::Fetch {
+            from: self.me.clone(),
+            ids: ids.to_vec(),
+        });
+        match self.exchange(to, &frame).await? {
+            ReplicaFrame::Entries { entries } => {
+                serde_json::from_slice(&entries).map_err(|e| ReplicaError::Stream(e.to_string()))
+            }
+            ReplicaFrame::Refused { reason } => Err(ReplicaError::Refused(reason)),
+            _ => Err(ReplicaError::Stream("unexpected answer".into())),
+        }
+    }
+
+    /// One request and its answer on a new stream, bounded by the ack timeout.
+    async fn exchange(&self, to: &HubInfo, frame: &[u8]) -> Result<ReplicaFrame, ReplicaError> {
+        let exchange = async {
+            let conn = self.connection(to).await?;
+            let (mut send, mut recv) = conn
+                .open_bi()
+                .await
+                .map_err(|e| ReplicaError::Stream(e.to_string()))?;
+            send.write_all(frame)
+                .await
+                .map_err(|e| ReplicaError::Stream(e.to_string()))?;
+            let _ = send.finish();
+            let answer = recv
+                .read_to_end(MAX_REPLICA_FRAME + 16)
+                .await
+                .map_err(|e| ReplicaError::Stream(e.to_string()))?;
+            let mut dec = FrameDecoder::new(MAX_REPLICA_FRAME);
+            dec.push(&answer);
+            match dec.next_frame::<ReplicaFrame>() {
+                Ok(Some(f)) => Ok(f),
+                Ok(None) => Err(ReplicaError::Stream("no answer".into())),
+                Err(e) => Err(ReplicaError::Stream(e.to_string())),
+            }
+        };
+        match tokio::time::timeout(self.ack_timeout, exchange).await {
+            Ok(r) => r,
+            Err(_) => {
+                // A connection that stopped answering is not reused.
+                self.conns.lock().await.remove(&to.link_addr);
+                Err(ReplicaError::Timeout(self.ack_timeout))
+            }
+        }
+    }
+
+    /// Closes the replica client.
+    pub fn close(&self) {
+        self.client
+            .close(quinn::VarInt::from_u32(0), b"hub shutting down");
+    }
+}
+
+/// The writer's replication hook; empty until the cluster is joined.
+#[derive(Default)]
+pub(crate) struct ReplicaSlot(pub OnceLock<Arc<HubCluster>>);
+
+impl crate::store::Replicate for ReplicaSlot {
+    fn replicate<'a>(
+        &'a self,
+        entries: &'a [LogEntry],
+    ) -> Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            if let Some(c) = self.0.get() {
+                c.replicate(entries).await;
+            }
+        })
+    }
+}
+
+/// Serves one peer hub's replica connection: each bidirectional stream carries one `Append`,
+/// answered with `Ack` once stored with `Durability::Immediate`.
+pub(crate) async fn serve(conn: quinn::Connection, hub: Arc<Hub>) {
+    loop {
+        let (mut send, mut recv) = match conn.accept_bi().await {
+            Ok(s) => s,
+            Err(e) => {
+                debug!(reason = %e, "replica link closed");
+                return;
+            }
+        };
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            let answer = match recv.read_to_end(MAX_REPLICA_FRAME + 16).await {
+                Ok(bytes) => store_frame(&hub, &bytes).await,
+                Err(e) => ReplicaFrame::Refused {
+                    reason: e.to_string(),
+                },
+            };
+            let _ = send.write_all(&frame_bytes(&answer)).await;
+            let _ = send.finish();
+        });
+    }
+}
+
+async fn store_frame(hub: &Arc<Hub>, bytes: &[u8]) -> ReplicaFrame {
+    let refused = |reason: String| ReplicaFrame::Refused { reason };
+    let mut dec = FrameDecoder::new(MAX_REPLICA_FRAME);
+    dec.push(bytes);
+    let (from, entries) = match dec.next_frame::<ReplicaFrame>() {
+        Ok(Some(ReplicaFrame::Append { from, entries })) => (from, entries),
+        Ok(Some(ReplicaFrame::Fetch { from, ids })) => {
+            let mut out = Vec::new();
+            for id in ids {
+                if let Some(e) = full_log(hub, id).await {
+                    out.push(e);
+                }
+            }
+            debug!(%from, deliveries = out.len(), "sent copies for a takeover");
+            return match serde_json::to_vec(&out) {
+                Ok(entries) => ReplicaFrame::Entries { entries },
+                Err(e) => refused(e.to_string()),
+            };
+        }
+        Ok(_) => return refused("expected append or fetch".into()),
+        Err(e) => return refused(e.to_string()),
+    };
+    let entries: Vec<ReplicaEntry> = match serde_json::from_slice(&entries) {
+        Ok(e) => e,
+        Err(e) => return refused(format!("entries: {e}")),
+    };
+    let store = hub.store.clone();
+    let n = entries.len() as u64;
+    let stored = {
+        let entries = entries.clone();
+        tokio::task::spawn_blocking(move || store.apply_replica(&entries)).await
+    };
+    match stored {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return refused(e.to_string()),
+        Err(e) => return refused(e.to_string()),
+    }
+    debug!(%from, entries = n, "stored replica entries");
+    if let Some(c) = hub.cluster.as_ref() {
+        c.metrics.received.inc_by(n);
+    }
+    // A delivery we own but do not serve yet is loaded (a hand-off); one we serve is reloaded
+    // only when the copy is newer than what we serve (we took over a stale copy).
+    if let Some(cluster) = hub.cluster.as_ref() {
+        let reload = |e: &ReplicaEntry| {
+            let newest = e.events.last().map_or(0, |ev| ev.event_seq);
+            match hub.snapshot(e.delivery_id) {
+                Some(s) => newest > s.last_event_seq,
+                None => cluster.is_mine(e.delivery_id),
+            }
+        };
+        // Plain replication (the common case) never waits for a takeover in progress.
+        if entries.iter().any(reload) {
+            let _one = cluster.takeover_lock.lock().await;
+            for e in entries.iter().filter(|e| reload(e)) {
+                if load_into_core(hub, e.delivery_id).await {
+                    debug!(delivery_id = %e.delivery_id, "loaded a delivery handed to us");
+                }
+            }
+        }
+    }
+    ReplicaFrame::Ack
+}
+
+/// Reads `id` from the local log into the live core (replacing what it held).
+async fn load_into_core(hub: &Arc<Hub>, id: DeliveryId) -> bool {
+    let store = hub.store.clone();
+    match tokio::task::spawn_blocking(move || store.load_delivery(id)).await {
+        Ok(Ok(Some(rec))) => {
+            let now = hub.clock.now_ms();
+            hub.shared.state.lock().core.restore(now, rec);
+            true
+        }
+        Ok(Ok(None)) => false,
+        Ok(Err(e)) => {
+            warn!(delivery_id = %id, error = %e, "delivery not loaded");
+            false
+        }
+        Err(e) => {
+            warn!(delivery_id = %id, error = %e, "delivery not loaded");
+            false
+        }
+    }
+}
+
+/// A delivery's whole durable state, as a hand-off entry.
+async fn full_log(hub: &Arc<Hub>, id: DeliveryId) -> Option<ReplicaEntry> {
+    let store = hub.store.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        let rec = store.load_delivery(id)?;
+        let proof = store.proof(id)?;
+        let devices = store
+            .devices()?
+            .into_iter()
+            .filter(|(d, _)| *d == id)
+            .map(|(_, t)| t)
+            .collect::<Vec<_>>();
+        Ok::<_, crate::store::StoreError>(rec.map(|r| ReplicaEntry {
+            delivery_id: id,
+            record: Some(r.record),
+            events: r.events,
+            idempotency: r.idempotency,
+            proofs: proof.into_iter().collect(),
+            devices,
+        }))
+    })
+    .await;
+    match read {
+        Ok(Ok(e)) => e,
+        Ok(Err(e)) => {
+            warn!(delivery_id = %id, error = %e, "delivery log not read");
+            None
+        }
+        Err(e) => {
+            warn!(delivery_id = %id, error = %e, "delivery log not read");
+            None
+        }
+    }
+}
+
+/// The URL a consumer of `id` should reconnect to at `owner`.
+pub(crate) fn consumer_redirect_url(owner: &HubInfo, id: DeliveryId, webtransport: bool) -> String {
+    if webtransport {
+        format!("https://{}/api/v1/tracking/{id}/wt", owner.wt_addr)
+    } else {
+        format!("wss://{}/api/v1/tracking/{id}/connect", owner.https_addr)
+    }
+}
+
+/// Keeps ownership in step with the cluster. Every `rebalance_interval` it publishes the load;
+/// on every view change (and while some hand-off is still to be retried) it walks the
+/// deliveries of the local log:
+///
+/// - newly ours (a hub left, or we joined): fetch the newest copy from every live peer,
+///   merge it into the log, load the delivery into the live core (takeover);
+/// - ours with a new successor: send it the whole log;
+/// - held live but owned by another hub now (it joined, or we drain): send it the whole log,
+///   then redirect our consumers of it there.
+pub(crate) async fn run_rebalancer(
+    hub: Arc<Hub>,
+    cluster: Arc<HubCluster>,
+    shutdown: CancellationToken,
+) {
+    let mut view = cluster.node.view.clone();
+    let mut every = tokio::time::interval(cluster.rebalance_interval);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A hub that just started waits for the view to fill before claiming deliveries.
+    let settle = tokio::time::Instant::now() + cluster.join_grace;
+    // Per delivery: the hub we last sent its whole log to (successor or new owner).
+    let mut sent_to: HashMap<DeliveryId, String> = HashMap::new();
+    // Deliveries we owned at the last pass (a takeover happens on becoming the owner).
+    let mut owned: std::collections::HashSet<DeliveryId> = Default::default();
+    let mut dirty = true;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            alive = view.changed() => {
+                if !alive { break }
+                dirty = true;
+            }
+            _ = every.tick() => {}
+        }
+        let load = hub.shared.state.lock().core.len() as u64;
+        cluster.node.control.set_load(load).await;
+        if !dirty {
+            continue;
+        }
+        let settled = tokio::time::Instant::now() >= settle;
+        let draining_seen = cluster
+            .node
+            .view
+            .live_hubs()
+            .iter()
+            .any(|h| h.id == cluster.me && h.draining);
+        let store = hub.store.clone();
+        let ids = match tokio::task::spawn_blocking(move || store.delivery_ids()).await {
+            Ok(Ok(ids)) => ids,
+            Ok(Err(e)) => {
+                warn!(error = %e, "delivery ids not read");
+                continue;
+            }
+            Err(_) => continue,
+        };
+        dirty = !settled;
+        let mut outstanding = 0usize;
+        let mut now_owned = std::collections::HashSet::new();
+        let mut takeovers = Vec::new();
+        let mut sends: Vec<(DeliveryId, HubInfo, HubInfo)> = Vec::new();
+        for id in ids {
+            let owners = cluster.node.view.owners_of(id, 2);
+            let Some(owner) = owners.first() else {
+                continue;
+            };
+            let live = hub.snapshot(id).is_some();
+            if owner.id == cluster.me {
+                if !settled {
+                    continue;
+                }
+                now_owned.insert(id);
+                if !owned.contains(&id) && !live {
+                    takeovers.push(id);
+                }
+                if let Some(succ) = owners.get(1) {
+                    sends.push((id, succ.clone(), owner.clone()));
+                }
+            } else if live {
+                sends.push((id, owner.clone(), owner.clone()));
+            }
+        }
+        owned = now_owned;
+        if !takeovers.is_empty() {
+            let _one = cluster.takeover_lock.lock().await;
+            take_over(&hub, &cluster, &takeovers).await;
+        }
+        for (id, target, owner) in sends {
+            let moving = owner.id != cluster.me;
+            if sent_to.get(&id) == Some(&target.id) {
+                continue;
+            }
+            outstanding += usize::from(moving);
+            let Some(entry) = full_log(&hub, id).await else {
+                continue;
+            };
+            match cluster.send(&target, std::slice::from_ref(&entry)).await {
+                Ok(()) => {
+                    cluster.metrics.handoffs.inc();
+                    sent_to.insert(id, target.id.clone());
+                    if moving {
+                        outstanding -= 1;
+                        info!(delivery_id = %id, to = %owner.id, "handed a delivery to its new owner");
+                        let url = consumer_redirect_url(&owner, id, false);
+                        let mut st = hub.shared.state.lock();
+                        st.fanout
+                            .publish_reliable(id, &ConsumerFrame::Redirect { url });
+                    }
+                }
+                Err(e) => {
+                    dirty = true;
+                    debug!(delivery_id = %id, to = %target.id, error = %e, "hand-off failed; retrying");
+                }
+            }
+        }
+        cluster.handoff.send_replace((draining_seen, outstanding));
+    }
+    cluster.close();
+}
+
+/// Becomes the serving hub of `ids`: merges the newest copy every live peer holds into the
+/// local log (a peer may have written events while we were away), then loads each into the
+/// live core.
+async fn take_over(hub: &Arc<Hub>, cluster: &Arc<HubCluster>, ids: &[DeliveryId]) {
+    let peers: Vec<HubInfo> = cluster
+        .node
+        .view
+        .live_hubs()
+        .into_iter()
+        .filter(|h| h.id != cluster.me)
+        .collect();
+    let fetches = peers
+        .iter()
+        .map(|p| async move { (p, cluster.fetch(p, ids).await) });
+    for (peer, fetched) in futures::future::join_all(fetches).await {
+        match fetched {
+            Ok(entries) if !entries.is_empty() => {
+                let store = hub.store.clone();
+                let n = entries.len();
+                match tokio::task::spawn_blocking(move || store.apply_replica(&entries)).await {
+                    Ok(Ok(())) => debug!(peer = %peer.id, deliveries = n, "merged peer copies"),
+                    Ok(Err(e)) => warn!(peer = %peer.id, error = %e, "peer copies not stored"),
+                    Err(e) => warn!(peer = %peer.id, error = %e, "peer copies not stored"),
+                }
+            }
+            Ok(_) => {}
+            Err(e) => warn!(peer = %peer.id, error = %e, "could not fetch copies for a takeover"),
+        }
+    }
+    for id in ids {
+        if hub.snapshot(*id).is_none() && load_into_core(hub, *id).await {
+            info!(delivery_id = %id, "took over a delivery");
+            cluster.metrics.takeovers.inc();
+        }
+    }
+}
+
+/// Request paths call this first: a delivery this hub owns but does not hold yet (ownership
+/// just moved here) is taken over on the spot, so the request does not fail during the
+/// moment between the view changing and the rebalancer's pass.
+pub(crate) async fn ensure_loaded(hub: &Arc<Hub>, id: DeliveryId) {
+    let Some(cluster) = hub.cluster.as_ref() else {
+        return;
+    };
+    if hub.snapshot(id).is_some() || !cluster.is_mine(id) {
+        return;
+    }
+    let _one = cluster.takeover_lock.lock().await;
+    if hub.snapshot(id).is_none() {
+        take_over(hub, cluster, &[id]).await;
+    }
+}
+
+/// Whether the connection's (CA-verified) client certificate is a hub's (`OU=hub`): edges
+/// hold cluster certificates too, but only hubs may write into another hub's log.
+pub(crate) fn peer_is_hub(conn: &quinn::Connection) -> bool {
+    conn.peer_identity()
+        .and_then(|any| {
+            any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .and_then(|chain| {
+            let leaf = chain.first()?;
+            certs::CertSummary::from_der(leaf, "peer hub").ok()
+        })
+        .is_some_and(|c| c.subject.split(", ").any(|part| part == "OU=hub"))
+}
+
+/// Tracing span for a replica connection.
+pub(crate) fn span(remote: SocketAddr) -> tracing::Span {
+    tracing::info_span!("replica_link", remote = %remote)
+}
+
+/// Runs [`serve`] in its own span.
+pub(crate) fn spawn_serve(conn: quinn::Connection, hub: Arc<Hub>) {
+    let span = span(conn.remote_address());
+    tokio::spawn(serve(conn, hub).instrument(span));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hub_config_with_a_cluster_section_parses_and_validates() {
+        let text = r#"
+hub_id = "hub-eu-1"
+
+[cluster]
+node_id = "hub-eu-1"
+role = "hub"
+region = "eu-north"
+seeds = ["10.0.0.11:7946"]
+
+[cluster.gossip]
+bind_addr = "0.0.0.0:7946"
+advertise_addr = "10.0.0.11:7946"
+
+[cluster_hub]
+advertise_link = "hub-eu-1.example:7443"
+advertise_webtransport = "hub-eu-1.example:4434"
+advertise_https = "hub-eu-1.example:9443"
+replica_ack_timeout_ms = 2000
+"#;
+        let config: crate::HubConfig = toml::from_str(text).expect("parse");
+        config.validate().expect("valid");
+        let published = Published::new(
+            &config.cluster_hub,
+            "0.0.0.0:7443".parse().expect("addr"),
+            "0.0.0.0:4434".parse().expect("addr"),
+            "0.0.0.0:9443".parse().expect("addr"),
+        );
+        assert_eq!(published.link, "hub-eu-1.example:7443");
+        assert_eq!(published.https, "hub-eu-1.example:9443");
+        let mut edge = config.clone();
+        if let Some(c) = edge.cluster.as_mut() {
+            c.role = cluster::Role::Edge;
+        }
+        assert!(edge.validate().is_err(), "a hub joins as a hub");
+        let mut zero = config;
+        zero.cluster_hub.replica_ack_timeout_ms = 0;
+        assert!(zero.validate().is_err());
+    }
+
+    #[test]
+    fn a_log_entry_replicates_its_idempotency_key_proof_and_devices() {
+        let device = notify::DeviceToken::new(notify::Platform::Fcm, "phone").expect("token");
+        let e = LogEntry {
+            delivery_id: DeliveryId(4),
+            record: None,
+            events: vec![StatusEvent {
+                delivery_id: DeliveryId(4),
+                event_seq: 7,
+                status: protocol::status::DeliveryStatus::Cancelled,
+                ts_ms: 1,
+                source: "api".into(),
+                metadata: serde_json::json!({"why": "test"}),
+            }],
+            idempotency_key: Some("k".into()),
+            side: vec![SideRecord::Device(device.clone())],
+        };
+        let r = ReplicaEntry::from(&e);
+        assert_eq!(r.idempotency, vec![("k".to_owned(), 7)]);
+        assert_eq!(r.devices, vec![device]);
+        // JSON inside the postcard frame round-trips free-form metadata.
+        let frame = frame_bytes(&ReplicaFrame::Append {
+            from: "hub-a".into(),
+            entries: serde_json::to_vec(std::slice::from_ref(&r)).expect("json"),
+        });
+        let mut dec = FrameDecoder::new(MAX_REPLICA_FRAME);
+        dec.push(&frame);
+        match dec.next_frame::<ReplicaFrame>().expect("decode") {
+            Some(ReplicaFrame::Append { entries, .. }) => {
+                let back: Vec<ReplicaEntry> = serde_json::from_slice(&entries).expect("json");
+                assert_eq!(back, vec![r]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
