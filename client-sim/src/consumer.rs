@@ -1,5 +1,6 @@
 //! Simulated consumers: a WebTransport or WebSocket session that checks order and measures latency.
 
+use crate::quality::QualityBook;
 use crate::stats::SimStats;
 use anyhow::{bail, Context};
 use futures::StreamExt;
@@ -39,10 +40,12 @@ pub struct HubTarget {
 }
 
 /// What one consumer has seen so far; survives reconnects.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Seen {
     last_event_seq: u64,
     last_position_seq: u64,
+    book: Arc<QualityBook>,
+    clock: nodekit::Clock,
 }
 
 impl Seen {
@@ -50,8 +53,9 @@ impl Seen {
         match frame {
             ConsumerFrame::Position(p) => {
                 SimStats::add(&stats.positions_received, 1);
-                let now_ms = nodekit::unix_ms();
-                stats.record_latency_us(now_ms.saturating_sub(p.ts_ms) * 1000);
+                // Fix timestamps are simulated time: scale the age back to real time.
+                let age_sim_ms = (self.clock.now_ms_f64() - p.ts_ms as f64).max(0.0);
+                stats.record_latency_us((age_sim_ms / self.clock.speedup() * 1000.0) as u64);
                 if p.seq <= self.last_position_seq {
                     SimStats::add(&stats.positions_out_of_order, 1);
                 } else {
@@ -66,17 +70,38 @@ impl Seen {
                 if let Some(p) = s.position {
                     self.last_position_seq = self.last_position_seq.max(p.seq);
                 }
+                if let Some(e) = &s.eta {
+                    self.book.eta_received(e, self.clock.now_s_f64(), true);
+                }
             }
-            ConsumerFrame::Error { code, message } => stats.error(format!("hub refused consumer: {code} {message}")),
-            ConsumerFrame::Eta(_) | ConsumerFrame::LocationUnavailable { .. } | ConsumerFrame::Redirect { .. } => {}
+            ConsumerFrame::Eta(e) => {
+                SimStats::add(&stats.etas_received, 1);
+                self.book.eta_received(&e, self.clock.now_s_f64(), false);
+            }
+            ConsumerFrame::Error { code, message } => {
+                stats.error(format!("hub refused consumer: {code} {message}"))
+            }
+            ConsumerFrame::LocationUnavailable { .. } | ConsumerFrame::Redirect { .. } => {}
         }
     }
 }
 
 /// Runs a consumer until `stop`, reconnecting (and resuming from its last event) on failure.
-pub async fn run_consumer(spec: ConsumerSpec, hub: HubTarget, stats: Arc<SimStats>, stop: CancellationToken) {
+pub async fn run_consumer(
+    spec: ConsumerSpec,
+    hub: HubTarget,
+    stats: Arc<SimStats>,
+    book: Arc<QualityBook>,
+    clock: nodekit::Clock,
+    stop: CancellationToken,
+) {
     stats.consumer_watches(spec.index, spec.delivery_id);
-    let mut seen = Seen::default();
+    let mut seen = Seen {
+        last_event_seq: 0,
+        last_position_seq: 0,
+        book,
+        clock,
+    };
     let mut backoff = Duration::from_millis(100);
     loop {
         let r = match spec.transport {
@@ -123,12 +148,20 @@ async fn run_ws(
         spec.token,
         seen.last_event_seq
     );
-    let tcp = tokio::net::TcpStream::connect(hub.https_addr).await.context("connecting to the hub")?;
+    let tcp = tokio::net::TcpStream::connect(hub.https_addr)
+        .await
+        .context("connecting to the hub")?;
     let _ = tcp.set_nodelay(true);
     let connector = tokio_rustls::TlsConnector::from(hub.tls.clone());
-    let name = rustls::pki_types::ServerName::try_from(hub.server_name.clone()).context("hub server name")?;
-    let tls = connector.connect(name, tcp).await.context("TLS handshake with the hub")?;
-    let (mut ws, _) = tokio_tungstenite::client_async(url, tls).await.context("WebSocket handshake")?;
+    let name = rustls::pki_types::ServerName::try_from(hub.server_name.clone())
+        .context("hub server name")?;
+    let tls = connector
+        .connect(name, tcp)
+        .await
+        .context("TLS handshake with the hub")?;
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tls)
+        .await
+        .context("WebSocket handshake")?;
     loop {
         let msg = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
@@ -142,7 +175,9 @@ async fn run_ws(
                     seen.handle(spec, stats, f);
                 }
             }
-            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(c))) => bail!("hub closed the WebSocket: {c:?}"),
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(c))) => {
+                bail!("hub closed the WebSocket: {c:?}")
+            }
             Some(Ok(_)) => {}
         }
     }
@@ -170,8 +205,14 @@ async fn run_wt(
         spec.token,
         seen.last_event_seq
     );
-    let conn = endpoint.connect(url).await.context("WebTransport session")?;
-    let stream = conn.accept_uni().await.context("waiting for the event stream")?;
+    let conn = endpoint
+        .connect(url)
+        .await
+        .context("WebTransport session")?;
+    let stream = conn
+        .accept_uni()
+        .await
+        .context("waiting for the event stream")?;
     let mut lines = tokio::io::BufReader::new(stream).lines();
     loop {
         tokio::select! {

@@ -3,7 +3,9 @@
 pub mod consumer;
 pub mod demo;
 pub mod driver;
+pub mod quality;
 pub mod report;
 pub mod scenario;
 pub mod stats;
+pub mod truth;
 pub mod world;

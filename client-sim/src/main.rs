@@ -4,12 +4,17 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use client_sim::demo::{run_demo, DemoPorts};
 use client_sim::scenario::ScenarioConfig;
+use region_hub::MapConfig;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser, Debug)]
-#[command(name = "client-sim", version, about = "Trackline fleet simulator, demo and load generator")]
+#[command(
+    name = "client-sim",
+    version,
+    about = "Trackline fleet simulator, demo and load generator"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -23,20 +28,62 @@ enum Command {
     Demo(DemoArgs),
 }
 
+/// Built-in road networks.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum City {
+    /// Central Helsinki from OpenStreetMap (built into `roadnet`).
+    Helsinki,
+    /// A generated grid city (`--grid-size`, `--grid-spacing-m`).
+    Grid,
+}
+
 #[derive(clap::Args, Debug, Clone)]
 struct DemoArgs {
-    /// Simulated drivers (one delivery each).
+    /// Simulated drivers (one delivery each), all measured; see also `--warmup-trips`.
     #[arg(long, default_value_t = 50)]
     drivers: usize,
     /// Simulated consumers, spread over the deliveries.
     #[arg(long, default_value_t = 50)]
     consumers: usize,
-    /// How long to run (e.g. 30s, 5m); Ctrl-C stops earlier.
+    /// How long to run, in real time (e.g. 30s, 5m); Ctrl-C stops earlier.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     duration: Duration,
-    /// Time between two fixes of one driver (phones in production send every 4 s).
+    /// Time between two fixes of one driver, in simulated time (phones in production send
+    /// every 4 s).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
     fix_interval: Duration,
+    /// Compress time: simulated seconds per real second. The hub, the edge and the drivers
+    /// share this clock, so fixes, the edge's filter and ETAs agree.
+    #[arg(long, default_value_t = 1.0)]
+    speedup: f64,
+    /// Road network: the built-in Helsinki extract, or a generated grid city.
+    #[arg(long, value_enum, default_value_t = City::Helsinki)]
+    city: City,
+    /// Intersections per side of the grid city (`--city grid`).
+    #[arg(long, default_value_t = 40)]
+    grid_size: usize,
+    /// Distance between intersections of the grid city, metres.
+    #[arg(long, default_value_t = 150.0)]
+    grid_spacing_m: f64,
+    /// Your own OpenStreetMap extract (.osm.pbf) instead of `--city`.
+    #[arg(long, value_name = "FILE")]
+    map: Option<PathBuf>,
+    /// Share of trips whose driver takes a wrong turn more than 500 m off the plan.
+    #[arg(long, default_value_t = 0.05)]
+    wrong_turn_share: f64,
+    /// GPS noise per axis (standard deviation), metres.
+    #[arg(long, default_value_t = 5.0)]
+    gps_noise_m: f64,
+    /// Seed of the trips and of the traffic field (random when absent; the report has it).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Extra trips dispatched first, without consumers and not scored, so the hub's speed
+    /// model has learnt the city before the measured trips (`--drivers` of them) set off.
+    #[arg(long, default_value_t = 0)]
+    warmup_trips: usize,
+    /// Also write each trip's ETA figures at its midpoint (JSON) to this file.
+    #[arg(long, value_name = "FILE")]
+    trips_out: Option<PathBuf>,
     /// Share of consumers on WebSocket; the rest use WebTransport.
     #[arg(long, default_value_t = 0.5)]
     websocket_share: f64,
@@ -77,8 +124,26 @@ fn main() -> anyhow::Result<()> {
             fix_interval: args.fix_interval,
             progress: std::io::stderr().is_terminal(),
             drain: Duration::from_secs(5),
+            speedup: args.speedup,
+            map: match args.city {
+                City::Helsinki => MapConfig::Helsinki,
+                City::Grid => MapConfig::Grid {
+                    rows: args.grid_size,
+                    cols: args.grid_size,
+                    spacing_m: args.grid_spacing_m,
+                },
+            },
+            map_pbf: args.map.clone(),
+            wrong_turn_share: args.wrong_turn_share,
+            gps_noise_m: args.gps_noise_m,
+            seed: args.seed,
+            trips_out: args.trips_out.clone(),
+            warmup_trips: args.warmup_trips,
         };
-        let ports = DemoPorts { ip: std::net::Ipv4Addr::LOCALHOST.into(), fixed: args.fixed_ports };
+        let ports = DemoPorts {
+            ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            fixed: args.fixed_ports,
+        };
         let report = run_demo(&args.data_dir, ports, &cfg).await?;
         let json = serde_json::to_string_pretty(&report)?;
         println!("{json}");

@@ -1,5 +1,6 @@
 //! The run report (JSON) and the scrape of an edge's Prometheus counters that feeds it.
 
+use crate::quality::{EtaSummary, RerouteSummary};
 use crate::stats::{EventSummary, LatencySummary};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -41,7 +42,38 @@ pub struct Report {
     pub latency_ms: LatencySummary,
     pub status_events: EventSummary,
     pub consumer_reconnects: u64,
+    /// The simulation: clock, city, trips.
+    pub sim: SimSummary,
+    /// ETA quality against the ground truth.
+    pub eta: EtaSummary,
+    /// Deviations and how fast consumers got the new route.
+    pub reroute: RerouteSummary,
     pub errors: Vec<String>,
+}
+
+/// How the run was simulated.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SimSummary {
+    /// Simulated seconds per real second.
+    pub speedup: f64,
+    /// Simulated time the run covered, seconds.
+    pub simulated_s: f64,
+    /// Road network (`helsinki`, `grid RxC @ S m` or the extract's path).
+    pub city: String,
+    pub road_nodes: u64,
+    /// Seed of the trips and the truth model (`--seed` repeats a run's trips).
+    pub seed: u64,
+    /// Trips (one delivery each) and how many reached the drop-off within the run.
+    pub trips: u64,
+    pub trips_completed: u64,
+    /// Trips driven before the measured ones to teach the hub's speed model (not scored).
+    pub warmup_trips: u64,
+    /// Trips whose driver takes a wrong turn (> 500 m off the plan).
+    pub wrong_turns: u64,
+    /// Status changes the simulator skipped because the hub's geofence had made them (409).
+    pub status_changes_made_by_hub_first: u64,
+    /// ETA frames received by consumers (every consumer counted).
+    pub eta_frames_received: u64,
 }
 
 /// Counters read from an edge's Prometheus text.
@@ -59,8 +91,12 @@ pub fn parse_edge_metrics(text: &str) -> EdgeCounters {
         if line.starts_with('#') {
             continue;
         }
-        let Some((name_labels, value)) = line.rsplit_once(' ') else { continue };
-        let Ok(value) = value.trim().parse::<f64>() else { continue };
+        let Some((name_labels, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.trim().parse::<f64>() else {
+            continue;
+        };
         let value = value as u64;
         let (name, labels) = match name_labels.split_once('{') {
             Some((n, l)) => (n, l.trim_end_matches('}')),

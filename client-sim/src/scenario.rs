@@ -1,18 +1,23 @@
-//! A run against a hub and an edge: create deliveries, drive, watch, move statuses, measure.
+//! A run against a hub and an edge: plan true trips on the road network, create their
+//! deliveries, drive them on the simulated clock, watch, move statuses, measure (latency,
+//! events, ETA quality against the ground truth, re-routes).
 
 use crate::consumer::{run_consumer, ConsumerSpec, ConsumerTransport, HubTarget};
-use crate::driver::{run_driver, DriverSpec, DriverTransport, EdgeTarget, Progress};
-use crate::report::{parse_edge_metrics, ConsumerCounts, FixCounts, Report};
+use crate::driver::{run_driver, DriverSpec, DriverTransport, EdgeTarget};
+use crate::quality::QualityBook;
+use crate::report::{parse_edge_metrics, ConsumerCounts, FixCounts, Report, SimSummary};
 use crate::stats::SimStats;
-use crate::world::PathLine;
+use crate::truth::{plan_trip, Timeline, TruthConfig, TruthModel};
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
+use nodekit::Clock;
 use protocol::api::{ChangeStatus, CreateDelivery, DeliveryCreated, StatusChanged};
-use protocol::geo::LatLng;
 use protocol::status::DeliveryStatus;
 use protocol::token::{Subject, TokenSigner};
 use protocol::{DeliveryId, DriverId};
-use rand::Rng;
+use rand::{Rng, SeedableRng};
+use roadnet::{haversine_m, LatLng, RoadGraph};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinSet;
@@ -29,12 +34,56 @@ pub struct ScenarioConfig {
     /// Share of drivers on the HTTPS fallback (the rest use QUIC datagrams).
     pub https_driver_share: f64,
     pub bad_fix_share: f64,
+    /// Real (wall-clock) length of the run.
     pub duration: Duration,
+    /// Time between two fixes of one driver, simulated.
     pub fix_interval: Duration,
     /// Whether to draw a progress bar (off when not on a terminal).
     pub progress: bool,
     /// Extra time at the end for consumers to receive the last events.
     pub drain: Duration,
+    /// Simulated seconds per real second (1 = real time). The hub and the edge must run on
+    /// the same clock (the demo does that).
+    pub speedup: f64,
+    /// Road network: the hub's `map` setting, or `map_pbf` (a user's OSM extract) when set.
+    pub map: region_hub::MapConfig,
+    pub map_pbf: Option<PathBuf>,
+    /// Share of trips (among those with a consumer) whose driver takes a wrong turn that
+    /// leads more than 500 m off the plan.
+    pub wrong_turn_share: f64,
+    /// Standard deviation of the GPS noise per axis, metres.
+    pub gps_noise_m: f64,
+    /// Seed of the trips and the truth model (random when absent).
+    pub seed: Option<u64>,
+    /// Extra trips dispatched before the measured ones, without consumers and not scored:
+    /// their fixes teach the hub's speed model first.
+    pub warmup_trips: usize,
+    /// Write per-trip midpoint figures (JSON) here, for analysis.
+    pub trips_out: Option<PathBuf>,
+}
+
+impl Default for ScenarioConfig {
+    fn default() -> Self {
+        Self {
+            drivers: 50,
+            consumers: 50,
+            websocket_share: 0.5,
+            https_driver_share: 0.1,
+            bad_fix_share: 0.01,
+            duration: Duration::from_secs(30),
+            fix_interval: Duration::from_secs(1),
+            progress: false,
+            drain: Duration::from_secs(5),
+            speedup: 1.0,
+            map: region_hub::MapConfig::Helsinki,
+            map_pbf: None,
+            wrong_turn_share: 0.05,
+            gps_noise_m: 5.0,
+            seed: None,
+            warmup_trips: 0,
+            trips_out: None,
+        }
+    }
 }
 
 /// Everything a run talks to.
@@ -55,63 +104,162 @@ pub struct Targets {
     pub operator_token: String,
     /// Signs the simulated drivers' tokens.
     pub driver_signer: Arc<TokenSigner>,
+    /// The run's clock (simulated time), shared with the hub and the edge.
+    pub clock: Clock,
 }
 
-/// The central-Helsinki box the demo city covers.
-pub const CITY_BOX: (LatLng, LatLng) = (LatLng::new(60.164, 24.935), LatLng::new(60.179, 24.953));
-
-fn random_point(rng: &mut impl Rng) -> LatLng {
-    let (lo, hi) = CITY_BOX;
-    LatLng::new(rng.random_range(lo.lat..hi.lat), rng.random_range(lo.lng..hi.lng))
-}
+/// Trips are dispatched over this share of the run, so later trips meet a speed model that
+/// has learnt from the earlier ones and every trip can finish before the end.
+const DISPATCH_WINDOW: f64 = 0.5;
+/// A wrong turn heads for a road node at least this far from the plan, metres.
+const MIN_DETOUR_M: f64 = 650.0;
+/// Trip endpoints are at least this far apart (straight line), metres.
+const MIN_LEG_M: f64 = 300.0;
 
 struct Trip {
     delivery_id: DeliveryId,
     tracking_token: String,
     driver: DriverSpec,
-    /// Status changes and when (fraction of the run) to make them.
+    /// Status changes and when (simulated Unix seconds) to make them.
     schedule: Vec<(f64, DeliveryStatus)>,
+    /// Status when created.
+    status: DeliveryStatus,
+    /// False for warm-up trips (they teach the hub's speed model but are not measured).
+    scored: bool,
+}
+
+/// Three road nodes at least `MIN_LEG_M` apart: driver start, pickup, drop-off.
+fn pick_endpoints(graph: &RoadGraph, rng: &mut impl Rng) -> (LatLng, LatLng, LatLng) {
+    let nodes = graph.nodes();
+    let mut pick = || nodes[rng.random_range(0..nodes.len())];
+    let mut best = (pick(), pick(), pick());
+    for _ in 0..100 {
+        let (a, b, c) = (pick(), pick(), pick());
+        best = (a, b, c);
+        if haversine_m(a, b) >= MIN_LEG_M && haversine_m(b, c) >= MIN_LEG_M {
+            break;
+        }
+    }
+    best
 }
 
 /// Runs the scenario and returns its report.
 pub async fn run(cfg: &ScenarioConfig, targets: &Targets, mode: &str) -> anyhow::Result<Report> {
     let stats = Arc::new(SimStats::new());
+    let book = Arc::new(QualityBook::new());
     let stop_drivers = CancellationToken::new();
     let stop_consumers = CancellationToken::new();
-    let mut rng = rand::rng();
+    let seed = cfg.seed.unwrap_or_else(|| rand::rng().random());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let run_id = nodekit::unix_ms() % 1_000_000_000;
+    let clock = targets.clock;
+    let graph = cfg
+        .map
+        .load(cfg.map_pbf.as_deref())
+        .context("loading the road network for the simulated drivers")?;
+    let truth = TruthModel::new(
+        TruthConfig {
+            seed,
+            ..TruthConfig::default()
+        },
+        &graph,
+    );
+    let run_sim_s = cfg.duration.as_secs_f64() * clock.speedup();
+    let nominal_start_s = clock.now_s_f64();
 
-    // 1. Deliveries and trips.
-    let mut trips = Vec::with_capacity(cfg.drivers);
-    for i in 0..cfg.drivers {
-        let driver_id = DriverId(run_id * 10_000 + i as u64 + 1);
-        let (start, pickup, dropoff) = (random_point(&mut rng), random_point(&mut rng), random_point(&mut rng));
-        let created = create_delivery(targets, pickup, dropoff, driver_id).await?;
+    // 1. Trips (ground truth) and their deliveries: warm-up trips first, then the scored ones.
+    let total = cfg.warmup_trips + cfg.drivers;
+    let mut trips = Vec::with_capacity(total);
+    let mut wrong_turns = 0u64;
+    for j in 0..total {
+        let driver_id = DriverId(run_id * 10_000 + j as u64 + 1);
+        let (start, pickup, dropoff) = pick_endpoints(&graph, &mut rng);
+        // Index among the scored trips (consumers and wrong turns are theirs).
+        let scored = j.checked_sub(cfg.warmup_trips);
+        // Wrong turns only where a consumer watches (it is how the simulator sees the new route).
+        let wrong = scored.is_some_and(|i| i < cfg.consumers && every_nth(i, cfg.wrong_turn_share));
+        let plan = plan_trip(
+            &graph,
+            &truth,
+            &mut rng,
+            start,
+            pickup,
+            dropoff,
+            nominal_start_s,
+            wrong,
+            MIN_DETOUR_M,
+        )
+        .context("planning a simulated trip")?;
+        if plan.wrong_turn.is_some() {
+            wrong_turns += 1;
+        }
+        let timeline = Arc::new(plan.timeline);
+        let created = create_delivery(
+            targets,
+            to_proto(timeline.pickup),
+            to_proto(timeline.dropoff),
+            driver_id,
+        )
+        .await?;
         for seq in 1..=created.last_event_seq {
             stats.event_acked(created.delivery_id.0, seq);
         }
-        let path = PathLine::new(vec![start, pickup, dropoff]).context("trip path")?;
-        let transport = if every_nth(i, cfg.https_driver_share) { DriverTransport::Https } else { DriverTransport::Quic };
-        let token = targets.driver_signer.sign(Subject::Driver(driver_id), nodekit::unix_s(), 24 * 3600);
+        if scored.is_some() {
+            book.add_trip(created.delivery_id.0, timeline.clone());
+        }
+        let transport = if every_nth(j, cfg.https_driver_share) {
+            DriverTransport::Https
+        } else {
+            DriverTransport::Quic
+        };
+        let token =
+            targets
+                .driver_signer
+                .sign(Subject::Driver(driver_id), nodekit::unix_s(), 24 * 3600);
         trips.push(Trip {
             delivery_id: created.delivery_id,
             tracking_token: created.tracking_token,
+            schedule: Vec::new(),
+            status: created.status,
+            scored: scored.is_some(),
             driver: DriverSpec {
                 driver_id: driver_id.0,
+                delivery_id: created.delivery_id.0,
                 token,
-                path,
-                speed_mps: rng.random_range(6.0..14.0),
+                timeline,
+                start_s: 0.0,
                 fix_interval: cfg.fix_interval,
                 transport,
                 bad_fix_share: cfg.bad_fix_share,
+                gps_noise_m: cfg.gps_noise_m,
+                clock,
             },
-            schedule: status_schedule(created.status, &mut rng),
         });
     }
 
+    // Dispatch times, from now on (creating the deliveries took a while): trip j sets off at
+    // j / total of the dispatch window.
+    let started = Instant::now();
+    let run_start_s = clock.now_s_f64();
+    let run_end_s = run_start_s + run_sim_s;
+    for (j, trip) in trips.iter_mut().enumerate() {
+        trip.driver.start_s =
+            run_start_s + run_sim_s * DISPATCH_WINDOW * j as f64 / total.max(1) as f64;
+        trip.schedule = status_schedule(
+            trip.status,
+            &trip.driver.timeline,
+            trip.driver.start_s,
+            run_end_s,
+        );
+    }
+    let scored_trips: Vec<&Trip> = trips.iter().filter(|t| t.scored).collect();
+
     if let (Some(base), Some(first)) = (&targets.hub_page_url, trips.first()) {
         // Lines for people (and the browser tests) to open.
-        println!("TRACKING_URL {base}/track/{}?token={}", first.delivery_id, first.tracking_token);
+        println!(
+            "TRACKING_URL {base}/track/{}?token={}",
+            first.delivery_id, first.tracking_token
+        );
         println!("OPERATOR_URL {base}/ops?token={}", targets.operator_token);
     }
 
@@ -119,7 +267,9 @@ pub async fn run(cfg: &ScenarioConfig, targets: &Targets, mode: &str) -> anyhow:
     let mut consumers = JoinSet::new();
     let mut counts = ConsumerCounts::default();
     for i in 0..cfg.consumers {
-        let Some(trip) = trips.get(i % trips.len().max(1)) else { break };
+        let Some(trip) = scored_trips.get(i % scored_trips.len().max(1)) else {
+            break;
+        };
         let transport = if every_nth(i, cfg.websocket_share) {
             counts.websocket += 1;
             ConsumerTransport::WebSocket
@@ -133,33 +283,37 @@ pub async fn run(cfg: &ScenarioConfig, targets: &Targets, mode: &str) -> anyhow:
             token: trip.tracking_token.clone(),
             transport,
         };
-        consumers.spawn(run_consumer(spec, targets.hub.clone(), stats.clone(), stop_consumers.clone()));
+        consumers.spawn(run_consumer(
+            spec,
+            targets.hub.clone(),
+            stats.clone(),
+            book.clone(),
+            clock,
+            stop_consumers.clone(),
+        ));
     }
 
-    // 3. Drivers.
+    // 3. Drivers (each waits for its dispatch time).
     let endpoints = client_endpoints(cfg.drivers, targets)?;
     let mut drivers = JoinSet::new();
-    let mut progress = Vec::new();
     for (i, trip) in trips.iter().enumerate() {
-        let p = Arc::new(Progress::default());
-        progress.push(p.clone());
         drivers.spawn(run_driver(
             trip.driver.clone(),
             targets.edge.clone(),
             endpoints[i % endpoints.len()].clone(),
             stats.clone(),
-            p,
+            book.clone(),
             stop_drivers.clone(),
         ));
     }
 
-    // 4. Status changes over the run, with a progress bar.
+    // 4. Status changes as the drivers reach each stage, with a progress bar.
     let bar = progress_bar(cfg);
-    let started = Instant::now();
     let mut next_status: Vec<usize> = vec![0; trips.len()];
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let ctrl_c = nodekit::shutdown_signal();
     tokio::pin!(ctrl_c);
+    let mut conflicts = 0u64;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -169,15 +323,17 @@ pub async fn run(cfg: &ScenarioConfig, targets: &Targets, mode: &str) -> anyhow:
         if elapsed >= cfg.duration {
             break;
         }
-        let frac = elapsed.as_secs_f64() / cfg.duration.as_secs_f64();
+        let now_s = clock.now_s_f64();
         for (t, trip) in trips.iter().enumerate() {
             while let Some(&(at, status)) = trip.schedule.get(next_status[t]) {
-                if at > frac {
+                if at > now_s {
                     break;
                 }
                 next_status[t] += 1;
                 match change_status(targets, trip.delivery_id, status).await {
-                    Ok(ch) => stats.event_acked(trip.delivery_id.0, ch.event_seq),
+                    Ok(Some(ch)) => stats.event_acked(trip.delivery_id.0, ch.event_seq),
+                    // The hub's geofence made this step (or a later one) already.
+                    Ok(None) => conflicts += 1,
                     Err(e) => stats.error(format!("status change: {e:#}")),
                 }
             }
@@ -185,6 +341,7 @@ pub async fn run(cfg: &ScenarioConfig, targets: &Targets, mode: &str) -> anyhow:
         update_bar(&bar, &stats, elapsed);
     }
     let duration_s = started.elapsed().as_secs_f64();
+    let ended_s = clock.now_s_f64();
     stop_drivers.cancel();
     while drivers.join_next().await.is_some() {}
 
@@ -201,10 +358,18 @@ pub async fn run(cfg: &ScenarioConfig, targets: &Targets, mode: &str) -> anyhow:
         stats.error(format!("reading edge metrics: {e:#}"));
         Default::default()
     });
+    if let Some(path) = &cfg.trips_out {
+        let json = serde_json::to_string_pretty(&book.trip_details())?;
+        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let completed = scored_trips
+        .iter()
+        .filter(|t| t.driver.start_s + t.driver.timeline.duration_s <= ended_s)
+        .count() as u64;
     Ok(Report {
         mode: mode.into(),
         duration_s,
-        drivers: cfg.drivers as u64,
+        drivers: total as u64,
         consumers: counts,
         fixes: FixCounts {
             sent: SimStats::get(&stats.fixes_sent),
@@ -218,8 +383,42 @@ pub async fn run(cfg: &ScenarioConfig, targets: &Targets, mode: &str) -> anyhow:
         latency_ms: stats.latency(),
         status_events: stats.events(),
         consumer_reconnects: SimStats::get(&stats.consumer_reconnects),
+        sim: SimSummary {
+            speedup: clock.speedup(),
+            simulated_s: ended_s - run_start_s,
+            city: city_name(cfg),
+            road_nodes: graph.node_count() as u64,
+            seed,
+            trips: scored_trips.len() as u64,
+            warmup_trips: cfg.warmup_trips as u64,
+            trips_completed: completed,
+            wrong_turns,
+            status_changes_made_by_hub_first: conflicts,
+            eta_frames_received: SimStats::get(&stats.etas_received),
+        },
+        eta: book.eta_summary(),
+        reroute: book.reroute_summary(),
         errors: stats.errors(),
     })
+}
+
+fn city_name(cfg: &ScenarioConfig) -> String {
+    match (&cfg.map_pbf, &cfg.map) {
+        (Some(p), _) => p.display().to_string(),
+        (None, region_hub::MapConfig::Helsinki) => "helsinki".into(),
+        (
+            None,
+            region_hub::MapConfig::Grid {
+                rows,
+                cols,
+                spacing_m,
+            },
+        ) => format!("grid {rows}x{cols} @ {spacing_m} m"),
+    }
+}
+
+fn to_proto(p: LatLng) -> protocol::geo::LatLng {
+    protocol::geo::LatLng::new(p.lat, p.lng)
 }
 
 /// Picks a deterministic `share` of indices: every n-th with n = 1/share (none for share 0).
@@ -231,23 +430,40 @@ fn every_nth(i: usize, share: f64) -> bool {
     i % n == n - 1
 }
 
-/// The order service's status changes for one delivery, at fractions of the run.
-fn status_schedule(current: DeliveryStatus, rng: &mut impl Rng) -> Vec<(f64, DeliveryStatus)> {
+/// The order service's status changes for one delivery, in simulated Unix seconds: picked up
+/// when the driver leaves the pickup, arriving a minute before and delivered at the true
+/// arrival. A trip that cannot finish within the run gets them spread over what is left of it
+/// (35%, 45%, 70%, 85%), so short demos still show the whole lifecycle.
+fn status_schedule(
+    current: DeliveryStatus,
+    tl: &Timeline,
+    start_s: f64,
+    run_end_s: f64,
+) -> Vec<(f64, DeliveryStatus)> {
     use DeliveryStatus::*;
-    let plan = [
-        (0.05, Preparing),
-        (0.15, DriverAssigned),
-        (0.35, PickedUp),
-        (0.45, EnRoute),
-        (0.70, Arriving),
-        (0.85, Delivered),
-    ];
-    let jitter = rng.random_range(0.0..0.04);
+    let arrival = start_s + tl.duration_s;
+    let plan = if arrival + 1.0 < run_end_s {
+        let left = start_s + tl.pickup_departure_s;
+        [
+            (left, PickedUp),
+            (left + 1.0, EnRoute),
+            ((arrival - 60.0).max(left + 2.0), Arriving),
+            (arrival + 0.5, Delivered),
+        ]
+    } else {
+        let w = (run_end_s - start_s).max(0.0);
+        [
+            (start_s + 0.35 * w, PickedUp),
+            (start_s + 0.45 * w, EnRoute),
+            (start_s + 0.70 * w, Arriving),
+            (start_s + 0.85 * w, Delivered),
+        ]
+    };
     let mut out = Vec::new();
     let mut at = current;
-    for (frac, status) in plan {
+    for (t, status) in plan {
         if at.check_transition(status).is_ok() {
-            out.push((frac + jitter, status));
+            out.push((t, status));
             at = status;
         }
     }
@@ -256,11 +472,16 @@ fn status_schedule(current: DeliveryStatus, rng: &mut impl Rng) -> Vec<(f64, Del
 
 async fn create_delivery(
     t: &Targets,
-    pickup: LatLng,
-    dropoff: LatLng,
+    pickup: protocol::geo::LatLng,
+    dropoff: protocol::geo::LatLng,
     driver: DriverId,
 ) -> anyhow::Result<DeliveryCreated> {
-    let body = CreateDelivery { delivery_id: None, pickup, dropoff, driver_id: Some(driver) };
+    let body = CreateDelivery {
+        delivery_id: None,
+        pickup,
+        dropoff,
+        driver_id: Some(driver),
+    };
     let resp = t
         .hub_http
         .post(format!("{}/api/v1/deliveries", t.hub_url))
@@ -270,12 +491,21 @@ async fn create_delivery(
         .await
         .context("creating a delivery")?;
     if !resp.status().is_success() {
-        bail!("creating a delivery: {} {}", resp.status(), resp.text().await.unwrap_or_default());
+        bail!(
+            "creating a delivery: {} {}",
+            resp.status(),
+            resp.text().await.unwrap_or_default()
+        );
     }
     resp.json().await.context("reading DeliveryCreated")
 }
 
-async fn change_status(t: &Targets, id: DeliveryId, status: DeliveryStatus) -> anyhow::Result<StatusChanged> {
+/// Moves a delivery's status; `None` when the hub answers 409 (its geofence already moved it).
+async fn change_status(
+    t: &Targets,
+    id: DeliveryId,
+    status: DeliveryStatus,
+) -> anyhow::Result<Option<StatusChanged>> {
     let body = ChangeStatus {
         status,
         idempotency_key: Some(format!("sim-{id}-{status}")),
@@ -289,9 +519,23 @@ async fn change_status(t: &Targets, id: DeliveryId, status: DeliveryStatus) -> a
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
         }
-        match t.hub_http.post(&url).bearer_auth(&t.operator_token).json(&body).send().await {
-            Ok(r) if r.status().is_success() => return r.json().await.context("reading StatusChanged"),
-            Ok(r) => bail!("{status} for delivery {id}: {} {}", r.status(), r.text().await.unwrap_or_default()),
+        match t
+            .hub_http
+            .post(&url)
+            .bearer_auth(&t.operator_token)
+            .json(&body)
+            .send()
+            .await
+        {
+            Ok(r) if r.status().is_success() => {
+                return r.json().await.map(Some).context("reading StatusChanged")
+            }
+            Ok(r) if r.status() == reqwest::StatusCode::CONFLICT => return Ok(None),
+            Ok(r) => bail!(
+                "{status} for delivery {id}: {} {}",
+                r.status(),
+                r.text().await.unwrap_or_default()
+            ),
             Err(e) => last_err = Some(e),
         }
     }

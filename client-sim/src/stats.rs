@@ -17,6 +17,8 @@ pub struct SimStats {
     /// Positions that arrived with a lower seq than one already seen (must stay 0).
     pub positions_out_of_order: AtomicU64,
     pub consumer_reconnects: AtomicU64,
+    /// ETA frames received by consumers.
+    pub etas_received: AtomicU64,
     latency_us: Mutex<Histogram<u64>>,
     errors: Mutex<BTreeMap<String, u64>>,
     events: Mutex<EventBook>,
@@ -64,10 +66,14 @@ impl SimStats {
             positions_received: AtomicU64::new(0),
             positions_out_of_order: AtomicU64::new(0),
             consumer_reconnects: AtomicU64::new(0),
+            etas_received: AtomicU64::new(0),
             // 1 us .. 10 min, 3 significant digits.
-            latency_us: Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3).unwrap_or_else(|_| {
-                Histogram::new(3).unwrap_or_else(|_| unreachable!("3 significant digits is valid"))
-            })),
+            latency_us: Mutex::new(
+                Histogram::new_with_bounds(1, 600_000_000, 3).unwrap_or_else(|_| {
+                    Histogram::new(3)
+                        .unwrap_or_else(|_| unreachable!("3 significant digits is valid"))
+                }),
+            ),
             errors: Mutex::new(BTreeMap::new()),
             events: Mutex::new(EventBook::default()),
         }
@@ -104,22 +110,47 @@ impl SimStats {
     }
 
     pub fn errors(&self) -> Vec<String> {
-        self.errors.lock().iter().map(|(m, n)| if *n > 1 { format!("{m} (x{n})") } else { m.clone() }).collect()
+        self.errors
+            .lock()
+            .iter()
+            .map(|(m, n)| {
+                if *n > 1 {
+                    format!("{m} (x{n})")
+                } else {
+                    m.clone()
+                }
+            })
+            .collect()
     }
 
     /// The hub acknowledged (durably) event `seq` of `delivery`.
     pub fn event_acked(&self, delivery: u64, seq: u64) {
-        self.events.lock().acked.entry(delivery).or_default().insert(seq);
+        self.events
+            .lock()
+            .acked
+            .entry(delivery)
+            .or_default()
+            .insert(seq);
     }
 
     /// Registers consumer `idx` watching `delivery`.
     pub fn consumer_watches(&self, idx: usize, delivery: u64) {
-        self.events.lock().seen.entry(idx).or_insert_with(|| (delivery, BTreeSet::new()));
+        self.events
+            .lock()
+            .seen
+            .entry(idx)
+            .or_insert_with(|| (delivery, BTreeSet::new()));
     }
 
     /// Consumer `idx` received event `seq`.
     pub fn event_seen(&self, idx: usize, delivery: u64, seq: u64) {
-        self.events.lock().seen.entry(idx).or_insert_with(|| (delivery, BTreeSet::new())).1.insert(seq);
+        self.events
+            .lock()
+            .seen
+            .entry(idx)
+            .or_insert_with(|| (delivery, BTreeSet::new()))
+            .1
+            .insert(seq);
     }
 
     /// Acknowledged events, events received by consumers, and acknowledged events some
@@ -135,7 +166,11 @@ impl SimStats {
                 lost += acked.difference(seen).count() as u64;
             }
         }
-        EventSummary { sent, received, lost }
+        EventSummary {
+            sent,
+            received,
+            lost,
+        }
     }
 }
 

@@ -28,7 +28,10 @@ impl PathLine {
             total += haversine_m(w[0], w[1]);
             cum.push(total);
         }
-        Some(Self { points: pts, cum_m: cum })
+        Some(Self {
+            points: pts,
+            cum_m: cum,
+        })
     }
 
     pub fn length_m(&self) -> f64 {
@@ -60,7 +63,11 @@ impl PathLine {
         };
         let (a, b) = (self.points[i], self.points[i + 1]);
         let seg = self.cum_m[i + 1] - self.cum_m[i];
-        let t = if seg > 0.0 { (d - self.cum_m[i]) / seg } else { 0.0 };
+        let t = if seg > 0.0 {
+            (d - self.cum_m[i]) / seg
+        } else {
+            0.0
+        };
         let p = LatLng::new(a.lat + (b.lat - a.lat) * t, a.lng + (b.lng - a.lng) * t);
         (p, bearing_deg(a, b))
     }

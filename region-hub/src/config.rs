@@ -432,6 +432,38 @@ mod tests {
     }
 
     #[test]
+    fn parses_a_grid_city_and_a_simulation_clock() {
+        let c: HubConfig = toml::from_str(
+            "map = { grid = { rows = 40, cols = 30, spacing_m = 150.0 } }\n\
+             clock = { speedup = 20.0, epoch_ms = 1764000000000 }\n",
+        )
+        .expect("parse");
+        assert_eq!(
+            c.map,
+            MapConfig::Grid {
+                rows: 40,
+                cols: 30,
+                spacing_m: 150.0
+            }
+        );
+        assert_eq!(c.clock.speedup, 20.0);
+        c.validate().expect("valid");
+        let g = c.map.load(None).expect("grid city");
+        assert_eq!(g.node_count(), 1200);
+        let h: HubConfig = toml::from_str("map = \"helsinki\"").expect("parse");
+        assert_eq!(h.map, MapConfig::Helsinki);
+        let bad = HubConfig {
+            map: MapConfig::Grid {
+                rows: 1,
+                cols: 5,
+                spacing_m: 100.0,
+            },
+            ..HubConfig::default()
+        };
+        assert!(matches!(bad.validate(), Err(ConfigError::Map(_))));
+    }
+
+    #[test]
     fn rejects_unknown_keys() {
         assert!(toml::from_str::<HubConfig>("hub_idd = \"x\"").is_err());
     }
