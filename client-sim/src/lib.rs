@@ -3,6 +3,7 @@
 pub mod consumer;
 pub mod demo;
 pub mod driver;
+pub mod lifecycle;
 pub mod quality;
 pub mod report;
 pub mod scenario;

@@ -26,6 +26,9 @@ struct Cli {
 enum Command {
     /// Start a hub and an edge in this process and drive a simulated fleet through them (default).
     Demo(DemoArgs),
+    /// Drive an already running cluster (edges and hubs given by address) and report lost
+    /// status events, position gaps and what consumers saw around injected faults.
+    Load(client_sim::load::LoadArgs),
 }
 
 /// Built-in road networks.
@@ -84,6 +87,10 @@ struct DemoArgs {
     /// Also write each trip's ETA figures at its midpoint (JSON) to this file.
     #[arg(long, value_name = "FILE")]
     trips_out: Option<PathBuf>,
+    /// Who moves the status after assignment: `api` (the order service) or `geofence` (the
+    /// hub's geofences, then the driver's photo proof at the door).
+    #[arg(long, value_enum, default_value = "api")]
+    lifecycle: client_sim::lifecycle::LifecycleMode,
     /// Share of consumers on WebSocket; the rest use WebTransport.
     #[arg(long, default_value_t = 0.5)]
     websocket_share: f64,
@@ -108,6 +115,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let args = match cli.command {
         Some(Command::Demo(a)) => a,
+        Some(Command::Load(a)) => return run_load(a),
         None => cli.demo,
     };
     nodekit::init_tracing("warn");
@@ -138,6 +146,7 @@ fn main() -> anyhow::Result<()> {
             gps_noise_m: args.gps_noise_m,
             seed: args.seed,
             trips_out: args.trips_out.clone(),
+            lifecycle: args.lifecycle,
             warmup_trips: args.warmup_trips,
         };
         let ports = DemoPorts {
@@ -153,4 +162,20 @@ fn main() -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     })
+}
+
+/// `client-sim load`: prints the JSON report (and writes it with `--report`).
+fn run_load(args: client_sim::load::LoadArgs) -> anyhow::Result<()> {
+    nodekit::init_tracing("warn");
+    certs::install_default_crypto_provider();
+    let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    let path = args.report.clone();
+    let report = rt.block_on(client_sim::load::run(args))?;
+    let json = serde_json::to_string_pretty(&report)?;
+    println!("{json}");
+    if let Some(path) = &path {
+        std::fs::write(path, &json).with_context(|| format!("writing {}", path.display()))?;
+    }
+    eprintln!("{}", client_sim::load::summary(&report));
+    Ok(())
 }

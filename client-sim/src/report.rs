@@ -48,6 +48,8 @@ pub struct Report {
     pub eta: EtaSummary,
     /// Deviations and how fast consumers got the new route.
     pub reroute: RerouteSummary,
+    /// The completed deliveries' event logs, read back from the hub and checked.
+    pub lifecycle: crate::lifecycle::LifecycleSummary,
     pub errors: Vec<String>,
 }
 

@@ -4,6 +4,7 @@
 
 use crate::consumer::{run_consumer, ConsumerSpec, ConsumerTransport, HubTarget};
 use crate::driver::{run_driver, DriverSpec, DriverTransport, EdgeTarget};
+use crate::lifecycle::{check_log, fetch_events, upload_proof, LifecycleMode, LifecycleSummary};
 use crate::quality::QualityBook;
 use crate::report::{parse_edge_metrics, ConsumerCounts, FixCounts, Report, SimSummary};
 use crate::stats::SimStats;
@@ -60,6 +61,9 @@ pub struct ScenarioConfig {
     pub warmup_trips: usize,
     /// Write per-trip midpoint figures (JSON) here, for analysis.
     pub trips_out: Option<PathBuf>,
+    /// Who moves the status after the driver is assigned: the order service's API calls, or
+    /// the hub's geofences and the driver's photo proof alone.
+    pub lifecycle: LifecycleMode,
 }
 
 impl Default for ScenarioConfig {
@@ -82,6 +86,7 @@ impl Default for ScenarioConfig {
             seed: None,
             warmup_trips: 0,
             trips_out: None,
+            lifecycle: LifecycleMode::Api,
         }
     }
 }
@@ -246,6 +251,7 @@ pub async fn run(cfg: &ScenarioConfig, targets: &Targets, mode: &str) -> anyhow:
         trip.driver.start_s =
             run_start_s + run_sim_s * DISPATCH_WINDOW * j as f64 / total.max(1) as f64;
         trip.schedule = status_schedule(
+            cfg.lifecycle,
             trip.status,
             &trip.driver.timeline,
             trip.driver.start_s,
@@ -330,6 +336,24 @@ pub async fn run(cfg: &ScenarioConfig, targets: &Targets, mode: &str) -> anyhow:
                     break;
                 }
                 next_status[t] += 1;
+                if cfg.lifecycle == LifecycleMode::Geofence && status == DeliveryStatus::Delivered {
+                    // The driver photographs the order at the door; the hub marks it delivered.
+                    let door = trip.driver.timeline.dropoff;
+                    match upload_proof(
+                        &targets.hub_http,
+                        &targets.hub_url,
+                        trip.delivery_id,
+                        &trip.driver.token,
+                        door.lat,
+                        door.lng,
+                    )
+                    .await
+                    {
+                        Ok(p) => stats.event_acked(trip.delivery_id.0, p.event_seq),
+                        Err(e) => stats.error(format!("proof upload: {e:#}")),
+                    }
+                    continue;
+                }
                 match change_status(targets, trip.delivery_id, status).await {
                     Ok(Some(ch)) => stats.event_acked(trip.delivery_id.0, ch.event_seq),
                     // The hub's geofence made this step (or a later one) already.
@@ -345,7 +369,10 @@ pub async fn run(cfg: &ScenarioConfig, targets: &Targets, mode: &str) -> anyhow:
     stop_drivers.cancel();
     while drivers.join_next().await.is_some() {}
 
-    // 5. Let consumers receive the last events, then stop them.
+    // 5. Read every watched delivery's log back: each event in it (including the hub's own
+    // geofence steps) must reach the delivery's consumers. Then let consumers catch up.
+    let lifecycle = check_logs(cfg, targets, &scored_trips, ended_s, &stats).await;
+    // 6. Let consumers receive the last events, then stop them.
     let deadline = Instant::now() + cfg.drain;
     while Instant::now() < deadline && stats.events().lost > 0 {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -366,6 +393,7 @@ pub async fn run(cfg: &ScenarioConfig, targets: &Targets, mode: &str) -> anyhow:
         .iter()
         .filter(|t| t.driver.start_s + t.driver.timeline.duration_s <= ended_s)
         .count() as u64;
+
     Ok(Report {
         mode: mode.into(),
         duration_s,
@@ -398,6 +426,7 @@ pub async fn run(cfg: &ScenarioConfig, targets: &Targets, mode: &str) -> anyhow:
         },
         eta: book.eta_summary(),
         reroute: book.reroute_summary(),
+        lifecycle,
         errors: stats.errors(),
     })
 }
@@ -435,6 +464,7 @@ fn every_nth(i: usize, share: f64) -> bool {
 /// arrival. A trip that cannot finish within the run gets them spread over what is left of it
 /// (35%, 45%, 70%, 85%), so short demos still show the whole lifecycle.
 fn status_schedule(
+    mode: LifecycleMode,
     current: DeliveryStatus,
     tl: &Timeline,
     start_s: f64,
@@ -460,6 +490,14 @@ fn status_schedule(
         ]
     };
     let mut out = Vec::new();
+    if mode == LifecycleMode::Geofence {
+        // Geofences make the intermediate steps; the proof at the door makes `delivered`,
+        // for the trips that get there within the run.
+        if arrival + 1.0 < run_end_s {
+            out.push((arrival + 0.5, Delivered));
+        }
+        return out;
+    }
     let mut at = current;
     for (t, status) in plan {
         if at.check_transition(status).is_ok() {
@@ -498,6 +536,58 @@ async fn create_delivery(
         );
     }
     resp.json().await.context("reading DeliveryCreated")
+}
+
+/// Reads the event log of every watched delivery back from the hub: every event in it is one
+/// its consumers must receive, and the logs of completed trips are checked.
+async fn check_logs(
+    cfg: &ScenarioConfig,
+    targets: &Targets,
+    trips: &[&Trip],
+    ended_s: f64,
+    stats: &SimStats,
+) -> LifecycleSummary {
+    let mut summary = LifecycleSummary {
+        mode: Some(cfg.lifecycle),
+        ..Default::default()
+    };
+    for trip in trips {
+        let events = match fetch_events(
+            &targets.hub_http,
+            &targets.hub_url,
+            trip.delivery_id,
+            &trip.tracking_token,
+        )
+        .await
+        {
+            Ok(e) => e,
+            Err(e) => {
+                stats.error(format!(
+                    "reading the history of delivery {}: {e:#}",
+                    trip.delivery_id
+                ));
+                continue;
+            }
+        };
+        for e in &events {
+            stats.event_acked(trip.delivery_id.0, e.event_seq);
+        }
+        if trip.driver.start_s + trip.driver.timeline.duration_s > ended_s {
+            continue; // still on the road when the run ended
+        }
+        summary.trips_completed += 1;
+        let (in_order, delivered, api_after) = check_log(&events);
+        summary.delivered += u64::from(delivered);
+        summary.logs_out_of_order += u64::from(!in_order);
+        summary.api_changes_after_assignment += api_after;
+        for e in &events {
+            *summary
+                .events_by_source
+                .entry(e.source.clone())
+                .or_insert(0) += 1;
+        }
+    }
+    summary
 }
 
 /// Moves a delivery's status; `None` when the hub answers 409 (its geofence already moved it).

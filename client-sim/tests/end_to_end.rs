@@ -3,6 +3,7 @@
 //! time-compressed run that measures the ETA against the ground truth.
 
 use client_sim::demo::{run_demo, DemoPorts};
+use client_sim::lifecycle::LifecycleMode;
 use client_sim::scenario::ScenarioConfig;
 use std::time::Duration;
 
@@ -129,6 +130,51 @@ async fn a_compressed_run_scores_etas_against_the_truth_and_reroutes_every_wrong
     assert!(r.reroute.deviations > 0, "{:?}", r.reroute);
     assert!(r.reroute.count > 0, "{:?}", r.reroute);
     assert!(r.reroute.latency_s_max >= r.reroute.latency_s_p50);
+    assert_eq!(r.status_events.lost, 0, "{:?}", r.status_events);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_reach_delivered_by_geofences_and_the_proof_photo_alone() {
+    certs::install_default_crypto_provider();
+    let dir = temp_dir("lifecycle");
+    let cfg = ScenarioConfig {
+        drivers: 6,
+        consumers: 6,
+        https_driver_share: 0.0,
+        bad_fix_share: 0.0,
+        duration: Duration::from_secs(15),
+        fix_interval: Duration::from_secs(2),
+        drain: Duration::from_secs(10),
+        speedup: 60.0,
+        wrong_turn_share: 0.0,
+        seed: Some(11),
+        lifecycle: LifecycleMode::Geofence,
+        ..ScenarioConfig::default()
+    };
+    let ports = DemoPorts {
+        ip: std::net::Ipv4Addr::LOCALHOST.into(),
+        fixed: false,
+    };
+    let r = run_demo(&dir, ports, &cfg).await.expect("demo run");
+    assert!(r.errors.is_empty(), "errors: {:?}", r.errors);
+    let l = &r.lifecycle;
+    assert!(l.trips_completed > 0, "{l:?}");
+    // Every trip that reached the door ended delivered, with a log in order and no status
+    // API call after the assignment: the hub's geofences and the driver's proof did it all.
+    assert_eq!(l.delivered, l.trips_completed, "{l:?}");
+    assert_eq!(l.logs_out_of_order, 0, "{l:?}");
+    assert_eq!(l.api_changes_after_assignment, 0, "{l:?}");
+    assert!(
+        l.events_by_source.get("geofence").copied().unwrap_or(0) >= 3 * l.trips_completed,
+        "{l:?}"
+    );
+    assert_eq!(
+        l.events_by_source.get("driver").copied(),
+        Some(l.trips_completed),
+        "{l:?}"
+    );
+    // Every event of every log reached every consumer of its delivery.
     assert_eq!(r.status_events.lost, 0, "{:?}", r.status_events);
     let _ = std::fs::remove_dir_all(&dir);
 }
