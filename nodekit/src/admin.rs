@@ -20,11 +20,18 @@ pub fn admin_router(registry: Arc<Registry>, ready: Arc<AtomicBool>) -> Router {
                     match prometheus_client::encoding::text::encode(&mut body, &registry) {
                         Ok(()) => (
                             StatusCode::OK,
-                            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                            [(
+                                header::CONTENT_TYPE,
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            )],
                             body,
                         )
                             .into_response(),
-                        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics: {e}")).into_response(),
+                        Err(e) => (
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            format!("encoding metrics: {e}"),
+                        )
+                            .into_response(),
                     }
                 }
             }),

@@ -7,11 +7,14 @@ use std::path::{Path, PathBuf};
 
 /// Reads a TOML config file, or returns the defaults when no file is given. Unknown keys are
 /// an error (a typo should not silently fall back to a default).
-pub fn load_config<T: serde::de::DeserializeOwned + Default>(path: Option<&Path>) -> anyhow::Result<T> {
+pub fn load_config<T: serde::de::DeserializeOwned + Default>(
+    path: Option<&Path>,
+) -> anyhow::Result<T> {
     let Some(path) = path else {
         return Ok(T::default());
     };
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))
 }
 
@@ -46,7 +49,11 @@ pub struct LoadedTls {
 
 impl Clone for LoadedTls {
     fn clone(&self) -> Self {
-        Self { chain: self.chain.clone(), key: self.key.clone_key(), roots: self.roots.clone() }
+        Self {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+            roots: self.roots.clone(),
+        }
     }
 }
 
@@ -54,8 +61,16 @@ impl TlsFiles {
     /// Loads the three files; the error names the file that failed.
     pub fn load(&self) -> anyhow::Result<LoadedTls> {
         let m = certs::TlsMaterial::load(&self.cert, &self.key, Some(&self.ca))?;
-        anyhow::ensure!(!m.ca_roots.is_empty(), "no CA certificate found in {}", self.ca.display());
-        Ok(LoadedTls { chain: m.chain, key: m.key, roots: m.ca_roots })
+        anyhow::ensure!(
+            !m.ca_roots.is_empty(),
+            "no CA certificate found in {}",
+            self.ca.display()
+        );
+        Ok(LoadedTls {
+            chain: m.chain,
+            key: m.key,
+            roots: m.ca_roots,
+        })
     }
 }
 

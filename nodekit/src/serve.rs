@@ -26,7 +26,11 @@ pub async fn serve_https(
 }
 
 /// Serves `router` over plain HTTP (admin endpoints, local development pages).
-pub async fn serve_http(listener: TcpListener, router: Router, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn serve_http(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     serve_loop(listener, router, shutdown, None).await
 }
 
@@ -57,11 +61,15 @@ async fn serve_loop(
         tokio::spawn(
             async move {
                 match tls {
-                    Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => serve_connection(stream, service, shutdown).await,
-                        Ok(Err(e)) => debug!(error = %e, "tls handshake failed"),
-                        Err(_) => debug!("tls handshake timed out"),
-                    },
+                    Some(acceptor) => {
+                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+                            .await
+                        {
+                            Ok(Ok(stream)) => serve_connection(stream, service, shutdown).await,
+                            Ok(Err(e)) => debug!(error = %e, "tls handshake failed"),
+                            Err(_) => debug!("tls handshake timed out"),
+                        }
+                    }
                     None => serve_connection(tcp, service, shutdown).await,
                 }
             }
@@ -71,8 +79,11 @@ async fn serve_loop(
 }
 
 /// Drives one HTTP connection; on shutdown lets in-flight requests finish for a few seconds.
-async fn serve_connection<I>(io: I, service: TowerToHyperService<Router>, shutdown: CancellationToken)
-where
+async fn serve_connection<I>(
+    io: I,
+    service: TowerToHyperService<Router>,
+    shutdown: CancellationToken,
+) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let builder = Builder::new(TokioExecutor::new());
