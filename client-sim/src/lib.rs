@@ -4,6 +4,7 @@ pub mod consumer;
 pub mod demo;
 pub mod driver;
 pub mod lifecycle;
+pub mod load;
 pub mod quality;
 pub mod report;
 pub mod scenario;

@@ -1,0 +1,1032 @@
+//! Load mode against an existing cluster: deliveries created on the hubs, drivers spread over
+//! the edges, one WebSocket consumer per delivery, status changes retried across failures, and
+//! a report of lost events, position gaps and what consumers saw around each injected fault.
+//!
+//! Self-contained on purpose (it does not use `scenario`, `driver` or `consumer`): those run a
+//! simulated city against one edge and one hub; this follows redirects, moves between nodes
+//! and measures continuity rather than ETA quality. The QUIC hello and the WebSocket reading
+//! loop are therefore written twice (see the notes in `docs/operations.md`).
+
+use anyhow::{bail, Context};
+use futures::StreamExt;
+use parking_lot::Mutex;
+use protocol::api::{ChangeStatus, CreateDelivery, DeliveryCreated, StatusChanged};
+use protocol::consumer::ConsumerFrame;
+use protocol::framing::{frame_bytes, FrameDecoder, MAX_DRIVER_FRAME};
+use protocol::geo::LatLng;
+use protocol::status::DeliveryStatus;
+use protocol::token::{Subject, TokenSigner};
+use protocol::wire::{encode_fix_datagram, CloseCode, DriverToEdge, EdgeToDriver, Fix};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// `client-sim load`: drive an already running cluster.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LoadArgs {
+    /// An edge, as `quic=HOST:PORT` (repeat the flag per edge). Drivers are spread over them
+    /// and move to the next one when theirs fails.
+    #[arg(long = "edge", required = true)]
+    pub edges: Vec<String>,
+    /// A hub, as `https=HOST:PORT[,wt=HOST:PORT]` (repeat per hub). Requests go to any hub and
+    /// follow `307` redirects to the owner; consumers follow in-band `redirect` frames.
+    #[arg(long = "hub", required = true)]
+    pub hubs: Vec<String>,
+    /// CA certificate (PEM) the edges' and hubs' certificates chain to.
+    #[arg(long)]
+    pub ca: PathBuf,
+    /// The region's token signing key (PKCS#8 DER, `region-hub keygen`): signs the operator
+    /// and driver tokens.
+    #[arg(long)]
+    pub token_key: PathBuf,
+    /// Key id of `token_key` (the hubs' `token_kid`).
+    #[arg(long, default_value_t = 1)]
+    pub token_kid: u32,
+    /// How long to run (then wait up to `settle` for consumers to catch up).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Longest wait after `duration` for consumers to see every acknowledged event.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub settle: Duration,
+    /// Share of consumers on WebTransport (needs `wt=HOST:PORT` in every `--hub`, and hubs
+    /// whose `webtransport_tls` certificate chains to `--ca`); the rest use WebSocket.
+    #[arg(long, default_value_t = 0.0)]
+    pub wt_share: f64,
+    /// Deliveries in flight at once (one driver and one consumer each).
+    #[arg(long, default_value_t = 12)]
+    pub deliveries: usize,
+    /// Lifetime of one delivery (four status changes spread over it), then a new one starts.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    pub delivery_lifetime: Duration,
+    /// Time between two fixes of a driver.
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub fix_interval: Duration,
+    /// Faults injected by a harness, read at the end: one JSON object per line,
+    /// `{"name": "kill-hub-2", "kind": "kill", "unix_ms": 1700000000000}`.
+    #[arg(long)]
+    pub faults_file: Option<PathBuf>,
+    /// Write the JSON report here (it is also printed).
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+}
+
+/// Parses `key=HOST:PORT[,key=HOST:PORT...]` and returns the address under `key`.
+fn target_addr(spec: &str, key: &str) -> anyhow::Result<SocketAddr> {
+    for part in spec.split(',') {
+        if let Some((k, v)) = part.split_once('=') {
+            if k.trim() == key {
+                return v
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("`{v}` in `{spec}` is not HOST:PORT"));
+            }
+        }
+    }
+    bail!("`{spec}` names no `{key}=HOST:PORT`")
+}
+
+/// The report's `status_events`.
+#[derive(Debug, Default, Serialize)]
+pub struct EventCounts {
+    /// Status changes the hubs acknowledged (new events, not replays).
+    pub acknowledged: u64,
+    /// Of those, seen by the delivery's consumer as a `status` frame.
+    pub seen: u64,
+    /// Acknowledged but never seen: must be 0.
+    pub lost: u64,
+    /// Acknowledged answers that were replays of an earlier attempt (idempotency key).
+    pub replayed: u64,
+    /// Status changes given up on (no hub accepted them in time).
+    pub failed: u64,
+}
+
+/// A delivery that ends this soon after a fault without a new position is not counted as
+/// unrecovered (failure detection alone takes ~5 s with the `lan` profile).
+pub const RECOVERY_BUDGET_MS: u64 = 10_000;
+
+/// One injected fault, as the consumers lived through it.
+#[derive(Debug, Serialize)]
+pub struct FaultReport {
+    /// Deliveries that ended (`delivered`) less than [`RECOVERY_BUDGET_MS`] after the
+    /// fault without a position in between: too short to judge.
+    pub ended_before_recovery: usize,
+    /// Seconds after the load started.
+    pub at_s: f64,
+    pub kind: String,
+    /// Deliveries whose consumer had a position before the fault and whose delivery was
+    /// still active afterwards (minus `ended_before_recovery`).
+    pub active_deliveries: usize,
+    /// Of those, how many consumers received a position afterwards (before their delivery
+    /// ended).
+    pub recovered: usize,
+    /// Longest time from the fault to a consumer's next position, seconds (the failover time
+    /// seen by consumers).
+    pub max_time_to_next_position_s: f64,
+    /// Positions received by all consumers in the 30 s after the fault.
+    pub positions_within_30s: u64,
+}
+
+/// The load mode's report.
+#[derive(Debug, Serialize)]
+pub struct LoadReport {
+    pub duration_s: f64,
+    pub edges: usize,
+    pub hubs: usize,
+    pub deliveries_created: u64,
+    pub deliveries_completed: u64,
+    pub fixes_sent: u64,
+    pub positions_received: u64,
+    pub status_events: EventCounts,
+    /// Longest time any consumer went without a position while its delivery was active
+    /// (from its first position to the `delivered` acknowledgement).
+    pub max_position_gap_s: f64,
+    pub faults: BTreeMap<String, FaultReport>,
+    pub driver_reconnects: u64,
+    pub driver_redirects: u64,
+    pub consumer_reconnects: u64,
+    pub consumer_redirects: u64,
+    pub http_redirects_followed: u64,
+    pub http_retries: u64,
+    /// Number of errors, and the first few.
+    pub errors: u64,
+    pub first_errors: Vec<String>,
+}
+
+#[derive(Default)]
+struct Counters {
+    deliveries_created: u64,
+    deliveries_completed: u64,
+    fixes_sent: u64,
+    driver_reconnects: u64,
+    driver_redirects: u64,
+    consumer_reconnects: u64,
+    consumer_redirects: u64,
+    http_redirects: u64,
+    http_retries: u64,
+    replayed: u64,
+    failed: u64,
+    errors: u64,
+    first_errors: Vec<String>,
+}
+
+/// What happened to one delivery, for the report.
+#[derive(Default)]
+struct Track {
+    acked: BTreeSet<u64>,
+    seen: BTreeSet<u64>,
+    /// Unix ms of every position received.
+    positions: Vec<u64>,
+    /// Unix ms the delivery ended (`delivered` acknowledged, or the run stopped).
+    active_to_ms: Option<u64>,
+}
+
+struct Shared {
+    hubs: Vec<SocketAddr>,
+    /// WebTransport address of each hub (same order as `hubs`), when given.
+    hubs_wt: Vec<Option<SocketAddr>>,
+    edges: Vec<SocketAddr>,
+    wt_client: Option<wtransport::Endpoint<wtransport::endpoint::endpoint_side::Client>>,
+    wt_share: f64,
+    http: reqwest::Client,
+    ws_tls: Arc<rustls::ClientConfig>,
+    quic: quinn::Endpoint,
+    signer: TokenSigner,
+    operator_token: String,
+    counters: Mutex<Counters>,
+    tracks: Mutex<BTreeMap<u64, Arc<Mutex<Track>>>>,
+    fix_interval: Duration,
+}
+
+impl Shared {
+    fn count(&self, f: impl FnOnce(&mut Counters)) {
+        f(&mut self.counters.lock());
+    }
+
+    fn error(&self, e: String) {
+        let mut c = self.counters.lock();
+        c.errors += 1;
+        if c.first_errors.len() < 20 {
+            tracing::debug!(error = %e, "load error");
+            c.first_errors.push(e);
+        }
+    }
+}
+
+/// Runs the load mode and returns its report.
+pub async fn run(args: LoadArgs) -> anyhow::Result<LoadReport> {
+    let edges = args
+        .edges
+        .iter()
+        .map(|s| target_addr(s, "quic"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let hubs = args
+        .hubs
+        .iter()
+        .map(|s| target_addr(s, "https"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let hubs_wt: Vec<Option<SocketAddr>> = args
+        .hubs
+        .iter()
+        .map(|s| target_addr(s, "wt").ok())
+        .collect();
+    let roots = certs::load_certs_pem(&args.ca).context("reading the CA")?;
+    let wt_client = if args.wt_share > 0.0 {
+        anyhow::ensure!(
+            hubs_wt.iter().all(Option::is_some),
+            "--wt-share needs wt=HOST:PORT in every --hub"
+        );
+        let tls = certs::client_config_with_roots(roots.clone(), &[b"h3"], certs::TlsFor::Quic)?;
+        let config = wtransport::ClientConfig::builder()
+            .with_bind_default()
+            .with_custom_tls(tls)
+            .keep_alive_interval(Some(Duration::from_millis(500)))
+            .max_idle_timeout(Some(Duration::from_secs(3)))
+            .context("WebTransport idle timeout")?
+            .build();
+        Some(wtransport::Endpoint::client(config).context("WebTransport client endpoint")?)
+    } else {
+        None
+    };
+    let tcp_tls =
+        certs::client_config_with_roots(roots.clone(), &[b"h2", b"http/1.1"], certs::TlsFor::Tcp)?;
+    let ws_tls =
+        certs::client_config_with_roots(roots.clone(), &[b"http/1.1"], certs::TlsFor::Tcp)?;
+    let quic_tls =
+        certs::client_config_with_roots(roots, &[protocol::ALPN_DRIVER], certs::TlsFor::Quic)?;
+    let mut quic_cfg = certs::quinn_client_config(quic_tls)?;
+    let mut transport = quinn::TransportConfig::default();
+    // Notice a dead or partitioned edge within a few seconds, not quinn's 30 s default.
+    transport.keep_alive_interval(Some(Duration::from_millis(500)));
+    transport.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(Duration::from_secs(3)).context("idle timeout")?,
+    ));
+    quic_cfg.transport_config(Arc::new(transport));
+    let mut quic = quinn::Endpoint::client("0.0.0.0:0".parse().context("bind addr")?)
+        .context("binding the drivers' UDP socket")?;
+    quic.set_default_client_config(quic_cfg);
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls(tcp_tls)
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(5))
+        .build()
+        .context("building the HTTPS client")?;
+    let der = std::fs::read(&args.token_key)
+        .with_context(|| format!("reading {}", args.token_key.display()))?;
+    let signer = TokenSigner::from_pkcs8(args.token_kid, &der).context("token key")?;
+    let operator_token = signer.sign(Subject::Operator, nodekit::unix_s(), 24 * 3600);
+    let shared = Arc::new(Shared {
+        hubs,
+        hubs_wt,
+        edges,
+        wt_client,
+        wt_share: args.wt_share,
+        http,
+        ws_tls: Arc::new(ws_tls),
+        quic,
+        signer,
+        operator_token,
+        counters: Mutex::default(),
+        tracks: Mutex::default(),
+        fix_interval: args.fix_interval,
+    });
+
+    let start_ms = nodekit::unix_ms();
+    let started = tokio::time::Instant::now();
+    let stop_new = CancellationToken::new();
+    let stop_all = CancellationToken::new();
+    let mut slots = Vec::new();
+    for slot in 0..args.deliveries {
+        let s = shared.clone();
+        let (stop_new, stop_all) = (stop_new.clone(), stop_all.clone());
+        let lifetime = args.delivery_lifetime;
+        // Stagger the starts so the status changes spread over time.
+        let delay = lifetime.mul_f64(slot as f64 / args.deliveries.max(1) as f64);
+        slots.push(tokio::spawn(async move {
+            tokio::select! {
+                _ = stop_new.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            run_slot(s, slot, lifetime, stop_new, stop_all).await;
+        }));
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(args.duration) => {}
+        _ = nodekit::shutdown_signal() => {}
+    }
+    stop_new.cancel();
+    // Let consumers catch up with what was acknowledged, bounded by `settle`.
+    let settle_until = tokio::time::Instant::now() + args.settle;
+    while tokio::time::Instant::now() < settle_until && !all_seen(&shared) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop_all.cancel();
+    for s in slots {
+        let _ = tokio::time::timeout(Duration::from_secs(10), s).await;
+    }
+    shared.quic.close(quinn::VarInt::from_u32(0), b"done");
+    let end_ms = nodekit::unix_ms();
+    let faults = match &args.faults_file {
+        Some(p) => read_faults(p)?,
+        None => Vec::new(),
+    };
+    Ok(build_report(
+        &shared,
+        start_ms,
+        end_ms,
+        started.elapsed(),
+        &faults,
+    ))
+}
+
+fn all_seen(shared: &Shared) -> bool {
+    shared.tracks.lock().values().all(|t| {
+        let t = t.lock();
+        t.acked.is_subset(&t.seen)
+    })
+}
+
+/// One injected fault as the harness recorded it.
+#[derive(Debug, serde::Deserialize)]
+pub struct FaultMark {
+    pub name: String,
+    pub kind: String,
+    pub unix_ms: u64,
+}
+
+fn read_faults(path: &std::path::Path) -> anyhow::Result<Vec<FaultMark>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).with_context(|| format!("fault line `{l}`")))
+        .collect()
+}
+
+fn build_report(
+    shared: &Shared,
+    start_ms: u64,
+    end_ms: u64,
+    elapsed: Duration,
+    faults: &[FaultMark],
+) -> LoadReport {
+    let tracks: Vec<Arc<Mutex<Track>>> = shared.tracks.lock().values().cloned().collect();
+    let mut events = EventCounts::default();
+    let mut positions = 0u64;
+    let mut max_gap_ms = 0u64;
+    for t in &tracks {
+        let t = t.lock();
+        events.acknowledged += t.acked.len() as u64;
+        events.seen += t.acked.intersection(&t.seen).count() as u64;
+        events.lost += t.acked.difference(&t.seen).count() as u64;
+        positions += t.positions.len() as u64;
+        let to = t.active_to_ms.unwrap_or(end_ms);
+        // From the first position (the consumer is connected and the driver sends) to the end.
+        if let Some(&first) = t.positions.first() {
+            let mut prev = first;
+            for &p in t.positions.iter().skip(1).filter(|&&p| p <= to) {
+                max_gap_ms = max_gap_ms.max(p.saturating_sub(prev));
+                prev = p;
+            }
+            max_gap_ms = max_gap_ms.max(to.saturating_sub(prev));
+        }
+    }
+    let mut fault_reports = BTreeMap::new();
+    for f in faults {
+        let mut active = 0;
+        let mut recovered = 0;
+        let mut worst_ms = 0u64;
+        let mut within = 0u64;
+        let mut ended = 0;
+        for t in &tracks {
+            let t = t.lock();
+            within += t
+                .positions
+                .iter()
+                .filter(|&&p| p > f.unix_ms && p <= f.unix_ms + 30_000)
+                .count() as u64;
+            let to = t.active_to_ms.unwrap_or(end_ms);
+            let had_position_before = t.positions.first().is_some_and(|&p| p <= f.unix_ms);
+            if !(had_position_before && to > f.unix_ms) {
+                continue;
+            }
+            match t.positions.iter().find(|&&p| p > f.unix_ms && p <= to) {
+                Some(&p) => {
+                    active += 1;
+                    recovered += 1;
+                    worst_ms = worst_ms.max(p - f.unix_ms);
+                }
+                // Delivered before a failover could have completed: not a missed recovery.
+                None if to - f.unix_ms < RECOVERY_BUDGET_MS => ended += 1,
+                None => {
+                    active += 1;
+                    worst_ms = worst_ms.max(to - f.unix_ms);
+                }
+            }
+        }
+        fault_reports.insert(
+            f.name.clone(),
+            FaultReport {
+                at_s: f.unix_ms.saturating_sub(start_ms) as f64 / 1000.0,
+                kind: f.kind.clone(),
+                active_deliveries: active,
+                recovered,
+                ended_before_recovery: ended,
+                max_time_to_next_position_s: worst_ms as f64 / 1000.0,
+                positions_within_30s: within,
+            },
+        );
+    }
+    let c = shared.counters.lock();
+    events.replayed = c.replayed;
+    events.failed = c.failed;
+    LoadReport {
+        duration_s: elapsed.as_secs_f64(),
+        edges: shared.edges.len(),
+        hubs: shared.hubs.len(),
+        deliveries_created: c.deliveries_created,
+        deliveries_completed: c.deliveries_completed,
+        fixes_sent: c.fixes_sent,
+        positions_received: positions,
+        status_events: events,
+        max_position_gap_s: max_gap_ms as f64 / 1000.0,
+        faults: fault_reports,
+        driver_reconnects: c.driver_reconnects,
+        driver_redirects: c.driver_redirects,
+        consumer_reconnects: c.consumer_reconnects,
+        consumer_redirects: c.consumer_redirects,
+        http_redirects_followed: c.http_redirects,
+        http_retries: c.http_retries,
+        errors: c.errors,
+        first_errors: c.first_errors.clone(),
+    }
+}
+
+/// One slot: a delivery after another until `stop_new`.
+async fn run_slot(
+    s: Arc<Shared>,
+    slot: usize,
+    lifetime: Duration,
+    stop_new: CancellationToken,
+    stop_all: CancellationToken,
+) {
+    let mut generation = 0u64;
+    while !stop_new.is_cancelled() {
+        generation += 1;
+        let driver_id = 1_000_000 + (slot as u64) * 10_000 + generation;
+        if let Err(e) = run_delivery(&s, slot, driver_id, lifetime, &stop_new, &stop_all).await {
+            s.error(format!("slot {slot}: {e:#}"));
+            tokio::select! {
+                _ = stop_new.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+}
+
+/// Helsinki-ish coordinates, a few kilometres between slots; pickup and drop-off far from
+/// where the driver moves, so no geofence changes the status on its own.
+fn place(slot: usize) -> (LatLng, LatLng, (f64, f64)) {
+    let lat = 60.15 + 0.01 * (slot % 10) as f64;
+    let lng = 24.90 + 0.02 * (slot / 10) as f64;
+    (
+        LatLng { lat, lng },
+        LatLng {
+            lat: lat + 0.05,
+            lng: lng + 0.05,
+        },
+        (lat + 0.02, lng + 0.02),
+    )
+}
+
+async fn run_delivery(
+    s: &Arc<Shared>,
+    slot: usize,
+    driver_id: u64,
+    lifetime: Duration,
+    stop_new: &CancellationToken,
+    stop_all: &CancellationToken,
+) -> anyhow::Result<()> {
+    let (pickup, dropoff, start) = place(slot);
+    let body = CreateDelivery {
+        delivery_id: None,
+        pickup,
+        dropoff,
+        driver_id: Some(protocol::DriverId(driver_id)),
+    };
+    let created: DeliveryCreated = post_json(
+        s,
+        slot,
+        "/api/v1/deliveries".into(),
+        &body,
+        Duration::from_secs(20),
+    )
+    .await?
+    .context("creating a delivery: conflict")?;
+    let id = created.delivery_id.0;
+    s.count(|c| c.deliveries_created += 1);
+    let track = Arc::new(Mutex::new(Track::default()));
+    s.tracks.lock().insert(id, track.clone());
+
+    let done = CancellationToken::new();
+    let consumer = tokio::spawn(run_consumer(
+        s.clone(),
+        slot,
+        id,
+        created.tracking_token.clone(),
+        track.clone(),
+        done.clone(),
+        stop_all.clone(),
+    ));
+    let driver = tokio::spawn(run_driver(
+        s.clone(),
+        slot,
+        driver_id,
+        id,
+        start,
+        done.clone(),
+        stop_all.clone(),
+    ));
+
+    let steps = [
+        DeliveryStatus::PickedUp,
+        DeliveryStatus::EnRoute,
+        DeliveryStatus::Arriving,
+        DeliveryStatus::Delivered,
+    ];
+    let step = lifetime / (steps.len() as u32 + 1);
+    let mut finished = true;
+    for status in steps {
+        tokio::select! {
+            _ = stop_new.cancelled() => { finished = false; break; }
+            _ = tokio::time::sleep(step) => {}
+        }
+        let body = ChangeStatus {
+            status,
+            idempotency_key: Some(format!("load-{id}-{status}")),
+            driver_id: None,
+            metadata: serde_json::Value::Null,
+        };
+        let path = format!("/api/v1/deliveries/{id}/status");
+        match post_json::<_, StatusChanged>(s, slot, path, &body, Duration::from_secs(30)).await {
+            Ok(Some(ack)) if ack.replayed => {
+                s.count(|c| c.replayed += 1);
+                track.lock().acked.insert(ack.event_seq);
+            }
+            Ok(Some(ack)) => {
+                track.lock().acked.insert(ack.event_seq);
+            }
+            Ok(None) => s.error(format!("{status} for {id}: 409")),
+            Err(e) => {
+                s.count(|c| c.failed += 1);
+                s.error(format!("{status} for {id}: {e:#}"));
+            }
+        }
+    }
+    track.lock().active_to_ms = Some(nodekit::unix_ms());
+    if finished {
+        s.count(|c| c.deliveries_completed += 1);
+        // Give the consumer a moment to see the final event, then end this delivery.
+        for _ in 0..50 {
+            if stop_all.is_cancelled() || {
+                let t = track.lock();
+                t.acked.is_subset(&t.seen)
+            } {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        done.cancel();
+    } else {
+        // The run is ending: the driver stops; the consumer keeps reading until `stop_all`.
+        driver.abort();
+    }
+    let _ = driver.await;
+    let _ = consumer.await;
+    Ok(())
+}
+
+/// POSTs JSON to any hub, following `307` to the owner (with the operator token) and retrying
+/// other hubs on failures until `budget` runs out. `Ok(None)` on `409 Conflict`.
+async fn post_json<B: Serialize, R: serde::de::DeserializeOwned>(
+    s: &Shared,
+    slot: usize,
+    path: String,
+    body: &B,
+    budget: Duration,
+) -> anyhow::Result<Option<R>> {
+    let deadline = tokio::time::Instant::now() + budget;
+    let mut attempt = 0usize;
+    let mut url = format!("https://{}{path}", s.hubs[slot % s.hubs.len()]);
+    let mut last_err = String::new();
+    while tokio::time::Instant::now() < deadline {
+        let resp = s
+            .http
+            .post(&url)
+            .bearer_auth(&s.operator_token)
+            .json(body)
+            .send()
+            .await;
+        match resp {
+            Ok(r) if r.status() == reqwest::StatusCode::TEMPORARY_REDIRECT => {
+                s.count(|c| c.http_redirects += 1);
+                match r
+                    .headers()
+                    .get(reqwest::header::LOCATION)
+                    .and_then(|v| v.to_str().ok())
+                {
+                    Some(loc) => {
+                        url = loc.to_owned();
+                        continue;
+                    }
+                    None => last_err = "307 without Location".into(),
+                }
+            }
+            Ok(r) if r.status().is_success() => {
+                return r.json().await.map(Some).context("reading the answer");
+            }
+            Ok(r) if r.status() == reqwest::StatusCode::CONFLICT => return Ok(None),
+            Ok(r) => {
+                last_err = format!("{} {}", r.status(), r.text().await.unwrap_or_default());
+            }
+            Err(e) => last_err = format!("{e}"),
+        }
+        // Next hub, after a short pause.
+        attempt += 1;
+        s.count(|c| c.http_retries += 1);
+        url = format!("https://{}{path}", s.hubs[(slot + attempt) % s.hubs.len()]);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bail!("{path}: no hub accepted it within {budget:?}: {last_err}")
+}
+
+/// A driver for one delivery: QUIC to an edge, `Hello`, `OnDuty`, a fix per interval; moves
+/// to the next edge when the session fails and to the named edge on `Redirect`.
+async fn run_driver(
+    s: Arc<Shared>,
+    slot: usize,
+    driver_id: u64,
+    delivery_id: u64,
+    start: (f64, f64),
+    done: CancellationToken,
+    stop_all: CancellationToken,
+) {
+    let token = s.signer.sign(
+        Subject::Driver(protocol::DriverId(driver_id)),
+        nodekit::unix_s(),
+        3600,
+    );
+    let mut edge_ix = slot % s.edges.len();
+    let mut target = s.edges[edge_ix];
+    let mut seq = 0u32;
+    let mut first = true;
+    loop {
+        if !first {
+            s.count(|c| c.driver_reconnects += 1);
+        }
+        first = false;
+        let outcome = tokio::select! {
+            _ = done.cancelled() => return,
+            _ = stop_all.cancelled() => return,
+            r = driver_session(&s, target, &token, delivery_id, start, &mut seq) => r,
+        };
+        match outcome {
+            Ok(Some(addr)) => {
+                s.count(|c| c.driver_redirects += 1);
+                match tokio::net::lookup_host(&addr)
+                    .await
+                    .ok()
+                    .and_then(|mut a| a.next())
+                {
+                    Some(a) => target = a,
+                    None => {
+                        edge_ix = (edge_ix + 1) % s.edges.len();
+                        target = s.edges[edge_ix];
+                    }
+                }
+            }
+            Ok(None) => return,
+            Err(e) => {
+                s.error(format!("driver {driver_id} via {target}: {e:#}"));
+                edge_ix = (edge_ix + 1) % s.edges.len();
+                target = s.edges[edge_ix];
+                tokio::select! {
+                    _ = done.cancelled() => return,
+                    _ = stop_all.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            }
+        }
+    }
+}
+
+/// One QUIC session; `Ok(Some(addr))` when the edge redirected the driver.
+async fn driver_session(
+    s: &Shared,
+    edge: SocketAddr,
+    token: &str,
+    delivery_id: u64,
+    start: (f64, f64),
+    seq: &mut u32,
+) -> anyhow::Result<Option<String>> {
+    let conn = tokio::time::timeout(
+        Duration::from_secs(3),
+        s.quic
+            .connect(edge, "localhost")
+            .context("starting QUIC connection")?,
+    )
+    .await
+    .context("QUIC handshake timed out")?
+    .context("QUIC handshake")?;
+    let (mut send, mut recv) = conn.open_bi().await.context("opening the control stream")?;
+    let hello = DriverToEdge::Hello {
+        token: token.to_owned(),
+        app_version: env!("CARGO_PKG_VERSION").into(),
+    };
+    send.write_all(&frame_bytes(&hello))
+        .await
+        .context("hello")?;
+    let duty = DriverToEdge::OnDuty {
+        deliveries: vec![protocol::DeliveryId(delivery_id)],
+    };
+    send.write_all(&frame_bytes(&duty))
+        .await
+        .context("on duty")?;
+    let mut dec = FrameDecoder::new(MAX_DRIVER_FRAME);
+    let mut buf = [0u8; 1024];
+    let mut tick = tokio::time::interval(s.fix_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            r = recv.read(&mut buf) => match r {
+                Ok(Some(n)) => {
+                    dec.push(&buf[..n]);
+                    while let Some(msg) = dec.next_frame::<EdgeToDriver>()? {
+                        if let EdgeToDriver::Redirect { addr, .. } = msg {
+                            conn.close(quinn::VarInt::from_u32(CloseCode::Normal as u32), b"redirected");
+                            return Ok(Some(addr));
+                        }
+                    }
+                }
+                Ok(None) => bail!("edge closed the control stream"),
+                Err(e) => bail!("control stream: {e}"),
+            },
+            reason = conn.closed() => bail!("session closed: {reason}"),
+            _ = tick.tick() => {
+                *seq += 1;
+                // About 5 m/s north-east, starting at `start`.
+                let step_deg = 0.00003 * *seq as f64;
+                let fix = Fix::from_units(
+                    *seq,
+                    nodekit::unix_ms(),
+                    start.0 + step_deg,
+                    start.1 + step_deg,
+                    45.0,
+                    5.0,
+                    5.0,
+                );
+                if conn.send_datagram(encode_fix_datagram(&fix).into()).is_ok() {
+                    s.count(|c| c.fixes_sent += 1);
+                }
+            }
+        }
+    }
+}
+
+/// A WebSocket or WebTransport consumer of one delivery: resumes with `last_event_seq`, follows `redirect`
+/// frames, and tries the other hubs when its hub fails.
+async fn run_consumer(
+    s: Arc<Shared>,
+    slot: usize,
+    delivery_id: u64,
+    token: String,
+    track: Arc<Mutex<Track>>,
+    done: CancellationToken,
+    stop_all: CancellationToken,
+) {
+    let n = s.hubs.len();
+    // Spread the WebTransport consumers evenly over the slots.
+    let wt = s.wt_client.is_some() && ((slot * 7919) % 1000) as f64 / 1000.0 < s.wt_share;
+    let hub_target = |ix: usize| -> String {
+        match (wt, s.hubs_wt[ix % n]) {
+            (true, Some(a)) => a.to_string(),
+            _ => s.hubs[ix % n].to_string(),
+        }
+    };
+    let mut hub_ix = slot % n;
+    let mut target = hub_target(hub_ix);
+    let mut last_event_seq = 0u64;
+    let mut first = true;
+    loop {
+        if !first {
+            s.count(|c| c.consumer_reconnects += 1);
+        }
+        first = false;
+        let r = tokio::select! {
+            _ = done.cancelled() => return,
+            _ = stop_all.cancelled() => return,
+            r = async {
+                if wt {
+                    wt_session(&s, &target, delivery_id, &token, &mut last_event_seq, &track).await
+                } else {
+                    ws_session(&s, &target, delivery_id, &token, &mut last_event_seq, &track).await
+                }
+            } => r,
+        };
+        match r {
+            Ok(Some(next)) => {
+                s.count(|c| c.consumer_redirects += 1);
+                target = next;
+            }
+            Ok(None) => return,
+            Err(e) => {
+                s.error(format!("consumer {delivery_id} via {target}: {e:#}"));
+                hub_ix = (hub_ix + 1) % n;
+                target = hub_target(hub_ix);
+                tokio::select! {
+                    _ = done.cancelled() => return,
+                    _ = stop_all.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            }
+        }
+    }
+}
+
+/// `host:port` of a `wss://host:port/...` redirect URL.
+fn authority(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    rest.split('/').next().map(str::to_owned)
+}
+
+/// One WebSocket session; `Ok(Some(host:port))` on a `redirect` frame.
+async fn ws_session(
+    s: &Shared,
+    hub: &str,
+    delivery_id: u64,
+    token: &str,
+    last_event_seq: &mut u64,
+    track: &Mutex<Track>,
+) -> anyhow::Result<Option<String>> {
+    let addr: SocketAddr = tokio::net::lookup_host(hub)
+        .await
+        .context("resolving the hub")?
+        .next()
+        .context("hub address resolves to nothing")?;
+    let url = format!(
+        "wss://{hub}/api/v1/tracking/{delivery_id}/connect?token={token}&last_event_seq={last_event_seq}"
+    );
+    let tcp = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+        .await
+        .context("connecting to the hub timed out")?
+        .context("connecting to the hub")?;
+    let _ = tcp.set_nodelay(true);
+    let connector = tokio_rustls::TlsConnector::from(s.ws_tls.clone());
+    let name = rustls::pki_types::ServerName::from(addr.ip());
+    let (mut ws, _) = tokio::time::timeout(Duration::from_secs(3), async {
+        let tls = connector
+            .connect(name, tcp)
+            .await
+            .context("TLS handshake")?;
+        tokio_tungstenite::client_async(url, tls)
+            .await
+            .context("WebSocket handshake")
+    })
+    .await
+    .context("WebSocket handshake timed out")??;
+    loop {
+        // A hub that stops answering (partitioned) is left after 5 s of silence: positions
+        // arrive every fix interval while the delivery is active.
+        let msg = match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Ok(m) => m,
+            Err(_) => bail!("no frame for 5 s"),
+        };
+        let text = match msg {
+            None => bail!("hub closed the WebSocket"),
+            Some(Err(e)) => bail!("WebSocket error: {e}"),
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => t,
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(c))) => {
+                bail!("hub closed the WebSocket: {c:?}")
+            }
+            Some(Ok(_)) => continue,
+        };
+        if let Some(next) = handle_frame(text.as_str(), last_event_seq, track)? {
+            return Ok(Some(next));
+        }
+    }
+}
+
+/// Records one consumer frame; `Some(host:port)` for a `redirect`.
+fn handle_frame(
+    text: &str,
+    last_event_seq: &mut u64,
+    track: &Mutex<Track>,
+) -> anyhow::Result<Option<String>> {
+    let frame =
+        ConsumerFrame::from_json(text).map_err(|e| anyhow::anyhow!("unparsable frame: {e}"))?;
+    match frame {
+        ConsumerFrame::Position(_) => track.lock().positions.push(nodekit::unix_ms()),
+        ConsumerFrame::Status(e) => {
+            *last_event_seq = (*last_event_seq).max(e.event_seq);
+            track.lock().seen.insert(e.event_seq);
+        }
+        ConsumerFrame::Snapshot(snap) => {
+            // The first snapshot covers the creation events; later ones (after a resume) must
+            // not hide a lost status event, so only `status` frames count as seen.
+            if *last_event_seq == 0 {
+                *last_event_seq = snap.last_event_seq;
+            }
+        }
+        ConsumerFrame::Redirect { url } => {
+            return authority(&url)
+                .map(Some)
+                .context("redirect without host:port");
+        }
+        ConsumerFrame::Error { code, message } => bail!("hub refused: {code} {message}"),
+        ConsumerFrame::Eta(_) | ConsumerFrame::LocationUnavailable { .. } => {}
+    }
+    Ok(None)
+}
+
+/// One WebTransport session (reliable frames as lines on a uni stream, positions as
+/// datagrams); `Ok(Some(host:port))` on a `redirect` frame.
+async fn wt_session(
+    s: &Shared,
+    hub_wt: &str,
+    delivery_id: u64,
+    token: &str,
+    last_event_seq: &mut u64,
+    track: &Mutex<Track>,
+) -> anyhow::Result<Option<String>> {
+    use tokio::io::AsyncBufReadExt;
+    let endpoint = s.wt_client.as_ref().context("no WebTransport client")?;
+    let url = format!(
+        "https://{hub_wt}/api/v1/tracking/{delivery_id}/wt?token={token}&last_event_seq={last_event_seq}"
+    );
+    let conn = tokio::time::timeout(Duration::from_secs(3), endpoint.connect(url))
+        .await
+        .context("WebTransport session timed out")?
+        .context("WebTransport session")?;
+    let stream = tokio::time::timeout(Duration::from_secs(3), conn.accept_uni())
+        .await
+        .context("no event stream")?
+        .context("waiting for the event stream")?;
+    let mut lines = tokio::io::BufReader::new(stream).lines();
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(5), async {
+            tokio::select! {
+                line = lines.next_line() => match line {
+                    Ok(Some(l)) => Ok(l),
+                    Ok(None) => bail!("hub closed the event stream"),
+                    Err(e) => bail!("event stream: {e}"),
+                },
+                dg = conn.receive_datagram() => match dg {
+                    Ok(d) => Ok(String::from_utf8_lossy(&d.payload()).into_owned()),
+                    Err(e) => bail!("WebTransport connection: {e}"),
+                },
+            }
+        })
+        .await
+        .context("no frame for 5 s")??;
+        if let Some(next) = handle_frame(&next, last_event_seq, track)? {
+            return Ok(Some(next));
+        }
+    }
+}
+
+/// Summary line for humans.
+pub fn summary(r: &LoadReport) -> String {
+    format!(
+        "load: {} deliveries, {} fixes sent, {} positions received, status events acked {} lost {}, max position gap {:.1} s, {} errors",
+        r.deliveries_created,
+        r.fixes_sent,
+        r.positions_received,
+        r.status_events.acknowledged,
+        r.status_events.lost,
+        r.max_position_gap_s,
+        r.errors
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_specs_name_their_addresses() {
+        let a = target_addr("quic=127.0.0.1:4433,https=127.0.0.1:8443", "https").expect("https");
+        assert_eq!(a.port(), 8443);
+        assert!(target_addr("https=127.0.0.1:1", "quic").is_err());
+        assert_eq!(
+            authority("wss://127.0.0.1:9443/api/v1/tracking/7/connect").as_deref(),
+            Some("127.0.0.1:9443")
+        );
+    }
+}
