@@ -144,11 +144,19 @@ pub struct LoadReport {
     /// Longest time any consumer went without a position while its delivery was active
     /// (from its first position to the `delivered` acknowledgement).
     pub max_position_gap_s: f64,
+    /// When that gap began, seconds after the load started (to match it with a fault).
+    pub max_position_gap_from_s: f64,
     pub faults: BTreeMap<String, FaultReport>,
     pub driver_reconnects: u64,
     pub driver_redirects: u64,
     pub consumer_reconnects: u64,
     pub consumer_redirects: u64,
+    /// Redirects naming the other transport's URL (a WebSocket URL sent to a WebTransport
+    /// consumer or the reverse), followed to the same hub's right address.
+    pub consumer_redirects_wrong_transport: u64,
+    /// Consumers (deliveries) watched over WebSocket and over WebTransport.
+    pub consumers_websocket: u64,
+    pub consumers_webtransport: u64,
     pub http_redirects_followed: u64,
     pub http_retries: u64,
     /// Number of errors, and the first few.
@@ -165,6 +173,9 @@ struct Counters {
     driver_redirects: u64,
     consumer_reconnects: u64,
     consumer_redirects: u64,
+    consumers_ws: u64,
+    consumers_wt: u64,
+    consumer_redirects_wrong_transport: u64,
     http_redirects: u64,
     http_retries: u64,
     replayed: u64,
@@ -206,11 +217,15 @@ impl Shared {
         f(&mut self.counters.lock());
     }
 
+    /// Counts an error; keeps the first of each kind (the text after the first `: `, so
+    /// the same refusal from many consumers is listed once).
     fn error(&self, e: String) {
+        tracing::debug!(error = %e, "load error");
         let mut c = self.counters.lock();
         c.errors += 1;
-        if c.first_errors.len() < 20 {
-            tracing::debug!(error = %e, "load error");
+        let kind = |s: &str| s.split_once(": ").map_or(s, |x| x.1).to_owned();
+        let k = kind(&e);
+        if c.first_errors.len() < 20 && !c.first_errors.iter().any(|x| kind(x) == k) {
             c.first_errors.push(e);
         }
     }
@@ -381,6 +396,7 @@ fn build_report(
     let mut events = EventCounts::default();
     let mut positions = 0u64;
     let mut max_gap_ms = 0u64;
+    let mut gap_from_ms = start_ms;
     for t in &tracks {
         let t = t.lock();
         events.acknowledged += t.acked.len() as u64;
@@ -391,11 +407,19 @@ fn build_report(
         // From the first position (the consumer is connected and the driver sends) to the end.
         if let Some(&first) = t.positions.first() {
             let mut prev = first;
-            for &p in t.positions.iter().skip(1).filter(|&&p| p <= to) {
-                max_gap_ms = max_gap_ms.max(p.saturating_sub(prev));
-                prev = p;
+            for &p in t
+                .positions
+                .iter()
+                .skip(1)
+                .filter(|&&p| p <= to)
+                .chain([&to])
+            {
+                if p.saturating_sub(prev) > max_gap_ms {
+                    max_gap_ms = p - prev;
+                    gap_from_ms = prev;
+                }
+                prev = p.max(prev);
             }
-            max_gap_ms = max_gap_ms.max(to.saturating_sub(prev));
         }
     }
     let mut fault_reports = BTreeMap::new();
@@ -457,11 +481,15 @@ fn build_report(
         positions_received: positions,
         status_events: events,
         max_position_gap_s: max_gap_ms as f64 / 1000.0,
+        max_position_gap_from_s: gap_from_ms.saturating_sub(start_ms) as f64 / 1000.0,
         faults: fault_reports,
         driver_reconnects: c.driver_reconnects,
         driver_redirects: c.driver_redirects,
         consumer_reconnects: c.consumer_reconnects,
         consumer_redirects: c.consumer_redirects,
+        consumer_redirects_wrong_transport: c.consumer_redirects_wrong_transport,
+        consumers_websocket: c.consumers_ws,
+        consumers_webtransport: c.consumers_wt,
         http_redirects_followed: c.http_redirects,
         http_retries: c.http_retries,
         errors: c.errors,
@@ -820,6 +848,13 @@ async fn run_consumer(
             _ => s.hubs[ix % n].to_string(),
         }
     };
+    s.count(|c| {
+        if wt {
+            c.consumers_wt += 1
+        } else {
+            c.consumers_ws += 1
+        }
+    });
     let mut hub_ix = slot % n;
     let mut target = hub_target(hub_ix);
     let mut last_event_seq = 0u64;
@@ -841,9 +876,30 @@ async fn run_consumer(
             } => r,
         };
         match r {
-            Ok(Some(next)) => {
+            Ok(Some(url)) => {
                 s.count(|c| c.consumer_redirects += 1);
-                target = next;
+                // A hand-off sends every consumer the WebSocket URL (region-hub
+                // `replica.rs`, `consumer_redirect_url(.., false)`), also to WebTransport
+                // ones: map it to the same hub's other address and count it.
+                let wrong = wt == url.starts_with("wss://");
+                let addr = authority(&url).unwrap_or_default();
+                target = if wrong {
+                    s.count(|c| c.consumer_redirects_wrong_transport += 1);
+                    match s
+                        .hubs
+                        .iter()
+                        .position(|h| h.to_string() == addr)
+                        .or_else(|| {
+                            s.hubs_wt
+                                .iter()
+                                .position(|h| h.map(|a| a.to_string()) == Some(addr.clone()))
+                        }) {
+                        Some(ix) => hub_target(ix),
+                        None => addr,
+                    }
+                } else {
+                    addr
+                };
             }
             Ok(None) => return,
             Err(e) => {
@@ -866,7 +922,7 @@ fn authority(url: &str) -> Option<String> {
     rest.split('/').next().map(str::to_owned)
 }
 
-/// One WebSocket session; `Ok(Some(host:port))` on a `redirect` frame.
+/// One WebSocket session; `Ok(Some(url))` on a `redirect` frame.
 async fn ws_session(
     s: &Shared,
     hub: &str,
@@ -923,7 +979,7 @@ async fn ws_session(
     }
 }
 
-/// Records one consumer frame; `Some(host:port)` for a `redirect`.
+/// Records one consumer frame; `Some(url)` for a `redirect`.
 fn handle_frame(
     text: &str,
     last_event_seq: &mut u64,
@@ -944,11 +1000,7 @@ fn handle_frame(
                 *last_event_seq = snap.last_event_seq;
             }
         }
-        ConsumerFrame::Redirect { url } => {
-            return authority(&url)
-                .map(Some)
-                .context("redirect without host:port");
-        }
+        ConsumerFrame::Redirect { url } => return Ok(Some(url)),
         ConsumerFrame::Error { code, message } => bail!("hub refused: {code} {message}"),
         ConsumerFrame::Eta(_) | ConsumerFrame::LocationUnavailable { .. } => {}
     }
@@ -956,7 +1008,7 @@ fn handle_frame(
 }
 
 /// One WebTransport session (reliable frames as lines on a uni stream, positions as
-/// datagrams); `Ok(Some(host:port))` on a `redirect` frame.
+/// datagrams); `Ok(Some(url))` on a `redirect` frame.
 async fn wt_session(
     s: &Shared,
     hub_wt: &str,

@@ -1,0 +1,441 @@
+#!/usr/bin/env python3
+"""Multi-node test: 3 hubs + 3 edges as separate processes on 127.0.0.1, client-sim load mode
+against them, and faults (5% UDP loss, kill -9 of a hub, a partitioned edge, a rolling
+restart). Fails unless no acknowledged status event was lost and consumers received positions
+after every fault. Needs root (iptables). Stdlib only. See docs/operations.md, "Multi-node test".
+
+Everything it starts or changes is undone on exit (processes, the TRACKLINE_CT iptables chain),
+also on failure and Ctrl-C.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHAIN = "TRACKLINE_CT"
+REGION = "ct"
+BASE = 27100  # hubs 27100.., edges 27200..
+
+
+def log(msg):
+    print(f"[cluster-test {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def sh(*args, check=True, capture=False):
+    r = subprocess.run(args, check=False, capture_output=capture, text=True)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed ({r.returncode}): {r.stderr if capture else ''}")
+    return r
+
+
+class Node:
+    def __init__(self, name, role, ports, config_path, binary, workdir):
+        self.name, self.role, self.ports = name, role, ports
+        self.config_path, self.binary, self.workdir = config_path, binary, workdir
+        self.proc = None
+        self.starts = 0
+
+    @property
+    def admin(self):
+        return self.ports["admin"]
+
+    def udp_ports(self):
+        if self.role == "hub":
+            return [self.ports["link"], self.ports["wt"], self.ports["gossip"]]
+        return [self.ports["quic"], self.ports["gossip"]]
+
+    def tcp_ports(self):
+        return [self.ports["https"]]
+
+    def start(self):
+        self.starts += 1
+        out = open(os.path.join(self.workdir, f"{self.name}.{self.starts}.log"), "w")
+        env = dict(os.environ, RUST_LOG=os.environ.get("CT_NODE_LOG", "info"))
+        self.proc = subprocess.Popen([self.binary, "--config", self.config_path],
+                                     stdout=out, stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True)
+        log(f"started {self.name} pid {self.proc.pid}")
+
+    def ready(self):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/readyz", timeout=1) as r:
+                return r.status == 200
+        except Exception:
+            return False
+
+    def wait_ready(self, timeout_s=60):
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode} before ready")
+            if self.ready():
+                return time.time()
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.name} not ready within {timeout_s} s")
+
+    def signal(self, sig):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def wait_exit(self, timeout_s):
+        try:
+            self.proc.wait(timeout=timeout_s)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+
+    def stop_hard(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+class Firewall:
+    """All rules live in one chain jumped to from INPUT; `close` removes every trace."""
+
+    def __init__(self):
+        self.installed = False
+
+    def open(self):
+        self.close()
+        sh("iptables", "-N", CHAIN)
+        sh("iptables", "-I", "INPUT", "-i", "lo", "-j", CHAIN)
+        self.installed = True
+
+    def loss(self, udp_ports, probability):
+        # Both directions: to the port (requests) and from it (answers).
+        for p in udp_ports:
+            for d in ("--dport", "--sport"):
+                sh("iptables", "-A", CHAIN, "-p", "udp", d, str(p), "-m", "statistic",
+                   "--mode", "random", "--probability", str(probability), "-j", "DROP")
+
+    def partition(self, node):
+        rules = []
+        for proto, ports in (("udp", node.udp_ports()), ("tcp", node.tcp_ports())):
+            for p in ports:
+                for d in ("--dport", "--sport"):
+                    rule = ["-p", proto, d, str(p), "-j", "DROP"]
+                    sh("iptables", "-I", CHAIN, *rule)
+                    rules.append(rule)
+        return rules
+
+    def heal(self, rules):
+        for rule in rules:
+            sh("iptables", "-D", CHAIN, *rule, check=False)
+
+    def counters(self, path):
+        """Saves the chain with packet counters (evidence that the loss rules dropped)."""
+        r = sh("iptables", "-L", CHAIN, "-n", "-v", "-x", check=False, capture=True)
+        with open(path, "w") as f:
+            f.write(r.stdout)
+        dropped = 0
+        for line in r.stdout.splitlines():
+            cols = line.split()
+            if cols and cols[0].isdigit() and "statistic" in line:
+                dropped += int(cols[0])
+        return dropped
+
+    def close(self):
+        # Idempotent: also clears what a crashed earlier run left behind.
+        while sh("iptables", "-D", "INPUT", "-i", "lo", "-j", CHAIN, check=False,
+                 capture=True).returncode == 0:
+            pass
+        sh("iptables", "-F", CHAIN, check=False, capture=True)
+        sh("iptables", "-X", CHAIN, check=False, capture=True)
+        self.installed = False
+
+
+def toml_str(s):
+    return json.dumps(str(s))
+
+
+def make_pki(args, work):
+    pki = os.path.join(work, "pki")
+    os.makedirs(pki, exist_ok=True)
+    sh(args.certs, "init", "--dir", pki, capture=True)
+    for role in ("hub", "edge"):
+        for i in range(1, args.nodes + 1):
+            sh(args.certs, "issue", "--dir", pki, "--name", f"{role}-{i}", "--role", role,
+               "--san", "localhost", "--san", "127.0.0.1", capture=True)
+    key = os.path.join(work, "token.der")
+    out = sh(args.region_hub, "keygen", "--out", key, "--force", capture=True).stdout
+    public = None
+    for line in out.splitlines():
+        if line.startswith("public_key"):
+            public = line.split("=", 1)[1].strip().strip('"')
+    if not public:
+        raise RuntimeError(f"no public key in keygen output: {out}")
+    return pki, key, public
+
+
+def write_configs(args, work, pki, key, public):
+    hubs, edges = [], []
+    n = args.nodes
+    hub_ports = [dict(link=BASE + 10 * i, wt=BASE + 10 * i + 1, https=BASE + 10 * i + 2,
+                      admin=BASE + 10 * i + 3, gossip=BASE + 10 * i + 4) for i in range(n)]
+    edge_ports = [dict(quic=BASE + 100 + 10 * i, https=BASE + 100 + 10 * i + 1,
+                       admin=BASE + 100 + 10 * i + 2, gossip=BASE + 100 + 10 * i + 3)
+                  for i in range(n)]
+    seeds = json.dumps([f"127.0.0.1:{p['gossip']}" for p in hub_ports])
+
+    def tls(name):
+        return (f"[tls]\ncert = {toml_str(os.path.join(pki, name + '.pem'))}\n"
+                f"key = {toml_str(os.path.join(pki, name + '.key'))}\n"
+                f"ca = {toml_str(os.path.join(pki, 'ca.pem'))}\n")
+
+    def cluster(name, role, gossip):
+        return (f"[cluster]\nnode_id = {toml_str(name)}\nrole = \"{role}\"\nregion = \"{REGION}\"\n"
+                f"seeds = {seeds}\nexpected_nodes = {2 * n}\n"
+                f"[cluster.gossip]\nbind_addr = \"127.0.0.1:{gossip}\"\n"
+                f"[cluster.control]\ncluster_id = \"trackline-{REGION}\"\n")
+
+    for i, p in enumerate(hub_ports, 1):
+        name = f"hub-{i}"
+        data = os.path.join(work, name)
+        os.makedirs(data, exist_ok=True)
+        text = (f"hub_id = {toml_str(name)}\n"
+                f"link_listen = \"127.0.0.1:{p['link']}\"\n"
+                f"webtransport_listen = \"127.0.0.1:{p['wt']}\"\n"
+                f"https_listen = \"127.0.0.1:{p['https']}\"\n"
+                f"admin_listen = \"127.0.0.1:{p['admin']}\"\n"
+                f"data_dir = {toml_str(data)}\n"
+                f"token_signing_key = {toml_str(key)}\n"
+                f"token_kid = 1\n"
+                + tls(name)
+                # The node certificate also serves WebTransport, so clients verify it
+                # against the CA (no per-start self-signed certificate to pin).
+                + f"[webtransport_tls]\ncert = {toml_str(os.path.join(pki, name + '.pem'))}\n"
+                f"key = {toml_str(os.path.join(pki, name + '.key'))}\n"
+                + "[cluster_hub]\ndrain_timeout_s = 15\n"
+                + cluster(name, "hub", p["gossip"]))
+        path = os.path.join(work, f"{name}.toml")
+        with open(path, "w") as f:
+            f.write(text)
+        hubs.append(Node(name, "hub", p, path, args.region_hub, work))
+    for i, p in enumerate(edge_ports, 1):
+        name = f"edge-{i}"
+        text = (f"edge_id = {toml_str(name)}\n"
+                f"quic_listen = \"127.0.0.1:{p['quic']}\"\n"
+                f"https_listen = \"127.0.0.1:{p['https']}\"\n"
+                f"admin_listen = \"127.0.0.1:{p['admin']}\"\n"
+                f"advertise_quic_addr = \"127.0.0.1:{p['quic']}\"\n"
+                f"hubs = []\n"
+                f"[[token_keys]]\nkid = 1\npublic_key = {toml_str(public)}\n"
+                + tls(name)
+                + "[drain]\ntimeout_s = 10\n"
+                + cluster(name, "edge", p["gossip"]))
+        path = os.path.join(work, f"{name}.toml")
+        with open(path, "w") as f:
+            f.write(text)
+        edges.append(Node(name, "edge", p, path, args.edge_node, work))
+    for node in hubs + edges:
+        sh(node.binary, "--config", node.config_path, "--check-config", capture=True)
+    return hubs, edges
+
+
+class Faults:
+    def __init__(self, path):
+        self.path = path
+        open(path, "w").close()
+
+    def mark(self, name, kind):
+        log(f"fault {name} ({kind})")
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"name": name, "kind": kind, "unix_ms": int(time.time() * 1000)}) + "\n")
+
+
+def sleep_checked(seconds, nodes, load):
+    """Sleeps, failing early if a node that should run died or the load generator exited."""
+    end = time.time() + seconds
+    while time.time() < end:
+        for n in nodes:
+            if n.proc.poll() is not None:
+                raise RuntimeError(f"{n.name} died unexpectedly ({n.proc.returncode})")
+        if load.poll() is not None:
+            raise RuntimeError(f"client-sim load exited early ({load.returncode})")
+        time.sleep(0.2)
+
+
+def restart(node, faults, label, timeout_s=40):
+    faults.mark(label, "rolling-restart")
+    node.signal(signal.SIGTERM)
+    t0 = time.time()
+    if not node.wait_exit(timeout_s):
+        log(f"{node.name} did not stop within {timeout_s} s after SIGTERM: kill -9")
+        node.stop_hard()
+    stopped = time.time() - t0
+    node.start()
+    ready = node.wait_ready() - t0
+    log(f"{node.name}: stopped after {stopped:.1f} s, ready again after {ready:.1f} s")
+    return {"stop_s": round(stopped, 1), "ready_s": round(ready, 1)}
+
+
+def run(args):
+    work = os.path.abspath(args.workdir)
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    pki, key, public = make_pki(args, work)
+    hubs, edges = write_configs(args, work, pki, key, public)
+    nodes = hubs + edges
+    fw = Firewall()
+    load = None
+    timings = {}
+    try:
+        fw.open()
+        for h in hubs:
+            h.start()
+        for e in edges:
+            e.start()
+        for n in nodes:
+            n.wait_ready()
+        log("all nodes ready")
+        # Let membership settle (hubs claim after join_grace_ms) before load starts.
+        time.sleep(args.settle_s)
+        faults = Faults(os.path.join(work, "faults.jsonl"))
+        report = os.path.join(work, "report.json")
+        cmd = [args.client_sim, "load", "--ca", os.path.join(pki, "ca.pem"), "--token-key", key,
+               "--token-kid", "1", "--duration", f"{args.max_duration_s}s",
+               "--deliveries", str(args.deliveries), "--wt-share", str(args.wt_share),
+               "--faults-file", faults.path,
+               "--report", report]
+        for e in edges:
+            cmd += ["--edge", f"quic=127.0.0.1:{e.ports['quic']},https=127.0.0.1:{e.ports['https']}"]
+        for h in hubs:
+            cmd += ["--hub", f"https=127.0.0.1:{h.ports['https']},wt=127.0.0.1:{h.ports['wt']}"]
+        load = subprocess.Popen(cmd, stdout=open(os.path.join(work, "load.out"), "w"),
+                                stderr=open(os.path.join(work, "load.log"), "w"),
+                                start_new_session=True)
+        log(f"client-sim load pid {load.pid}")
+        sleep_checked(args.phase_s, nodes, load)
+
+        udp = [p for n in nodes for p in n.udp_ports()]
+        fw.loss(udp, args.loss)
+        faults.mark("loss-5pct", f"udp-loss-{args.loss}")
+        sleep_checked(args.phase_s, nodes, load)
+
+        victim = hubs[1]
+        victim.stop_hard()
+        faults.mark(f"kill-{victim.name}", "kill-9")
+        alive = [n for n in nodes if n is not victim]
+        sleep_checked(2 * args.phase_s, alive, load)
+        victim.start()
+        victim.wait_ready()
+        faults.mark(f"return-{victim.name}", "restart-after-kill")
+        sleep_checked(args.phase_s, nodes, load)
+
+        part = edges[2]
+        rules = fw.partition(part)
+        faults.mark(f"partition-{part.name}", "partition")
+        sleep_checked(args.partition_s, nodes, load)
+        fw.heal(rules)
+        faults.mark(f"heal-{part.name}", "heal")
+        sleep_checked(args.phase_s, nodes, load)
+
+        for n in hubs + edges:
+            timings[n.name] = restart(n, faults, f"restart-{n.name}")
+            sleep_checked(args.restart_gap_s, nodes, load)
+
+        sleep_checked(args.phase_s, nodes, load)
+        dropped = fw.counters(os.path.join(work, "iptables-counters.txt"))
+        log(f"random-loss rules dropped {dropped} packets")
+        log("faults done: stopping the load")
+        load.send_signal(signal.SIGINT)
+        load.wait(timeout=120)
+        load_rc = load.returncode
+        load = None
+        if load_rc != 0:
+            raise RuntimeError(f"client-sim load exited with {load_rc} (see {work}/load.log)")
+        with open(report) as f:
+            rep = json.load(f)
+        rep["restarts"] = timings
+        rep["loss_rule_drops"] = dropped
+        with open(report, "w") as f:
+            json.dump(rep, f, indent=2)
+        return check(rep, work)
+    finally:
+        if load is not None and load.poll() is None:
+            load.kill()
+            load.wait(timeout=10)
+        for n in nodes:
+            n.stop_hard()
+        fw.close()
+        log("cleaned up (processes stopped, firewall chain removed)")
+
+
+def check(rep, work):
+    problems = []
+    ev = rep["status_events"]
+    if ev["acknowledged"] == 0:
+        problems.append("no status event was acknowledged")
+    if ev["lost"] != 0:
+        problems.append(f"{ev['lost']} acknowledged status events were lost")
+    if ev["failed"] != 0:
+        problems.append(f"{ev['failed']} status changes were accepted by no hub within 30 s")
+    for name, f in rep["faults"].items():
+        if f["positions_within_30s"] == 0:
+            problems.append(f"{name}: no position delivered in the 30 s after the fault")
+        if f["recovered"] < f["active_deliveries"]:
+            problems.append(f"{name}: only {f['recovered']} of {f['active_deliveries']} "
+                            "active consumers got a position after it")
+    keys = ("status_events", "max_position_gap_s", "max_position_gap_from_s", "faults",
+            "restarts", "loss_rule_drops", "consumers_websocket", "consumers_webtransport",
+            "consumer_redirects_wrong_transport", "errors")
+    print(json.dumps({k: rep.get(k) for k in keys}, indent=2))
+    log(f"report: {work}/report.json")
+    if problems:
+        for p in problems:
+            log(f"FAIL: {p}")
+        return 1
+    log("PASS: no acknowledged status event lost, positions after every fault")
+    return 0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    rel = os.path.join(ROOT, "target", "release")
+    ap.add_argument("--edge-node", default=os.path.join(rel, "edge-node"))
+    ap.add_argument("--region-hub", default=os.path.join(rel, "region-hub"))
+    ap.add_argument("--client-sim", default=os.path.join(rel, "client-sim"))
+    ap.add_argument("--certs", default=os.path.join(rel, "certs"))
+    ap.add_argument("--workdir", default=os.path.join(ROOT, "target", "cluster-test"))
+    ap.add_argument("--nodes", type=int, default=3, help="hubs and edges each")
+    ap.add_argument("--deliveries", type=int, default=12)
+    ap.add_argument("--wt-share", type=float, default=0.5,
+                    help="share of consumers on WebTransport (the rest WebSocket)")
+    ap.add_argument("--loss", type=float, default=0.05)
+    ap.add_argument("--phase-s", type=float, default=10)
+    ap.add_argument("--partition-s", type=float, default=10)
+    ap.add_argument("--restart-gap-s", type=float, default=5,
+                    help="pause after a restarted node is ready (hubs claim after join_grace_ms)")
+    ap.add_argument("--settle-s", type=float, default=5)
+    ap.add_argument("--max-duration-s", type=int, default=900)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("cluster-test needs root for iptables")
+    for name in ("edge_node", "region_hub", "client_sim", "certs"):
+        if not os.access(getattr(args, name), os.X_OK):
+            sys.exit(f"missing binary {getattr(args, name)} (scripts/cluster-test.sh builds them)")
+
+    def on_signal(signum, _frame):
+        raise KeyboardInterrupt()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        sys.exit(run(args))
+    except KeyboardInterrupt:
+        log("interrupted")
+        sys.exit(130)
+    except Exception as e:  # noqa: BLE001 - report any harness failure as a failed test
+        log(f"FAIL: {e}")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
