@@ -199,13 +199,8 @@ pub async fn run(cfg: &ScenarioConfig, targets: &Targets, mode: &str) -> anyhow:
             wrong_turns += 1;
         }
         let timeline = Arc::new(plan.timeline);
-        let created = create_delivery(
-            targets,
-            to_proto(timeline.pickup),
-            to_proto(timeline.dropoff),
-            driver_id,
-        )
-        .await?;
+        let created =
+            create_delivery(targets, timeline.pickup, timeline.dropoff, driver_id).await?;
         for seq in 1..=created.last_event_seq {
             stats.event_acked(created.delivery_id.0, seq);
         }
@@ -444,10 +439,6 @@ fn city_name(cfg: &ScenarioConfig) -> String {
             },
         ) => format!("grid {rows}x{cols} @ {spacing_m} m"),
     }
-}
-
-fn to_proto(p: LatLng) -> protocol::geo::LatLng {
-    protocol::geo::LatLng::new(p.lat, p.lng)
 }
 
 /// Picks a deterministic `share` of indices: every n-th with n = 1/share (none for share 0).

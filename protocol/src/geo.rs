@@ -8,7 +8,9 @@ pub const EARTH_RADIUS_M: f64 = 6_371_008.8;
 /// A WGS-84 position in degrees.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LatLng {
+    /// Latitude in degrees, positive north.
     pub lat: f64,
+    /// Longitude in degrees, positive east.
     pub lng: f64,
 }
 
@@ -41,7 +43,13 @@ pub fn bearing_deg(a: LatLng, b: LatLng) -> f64 {
     let dl = (b.lng - a.lng).to_radians();
     let y = dl.sin() * p2.cos();
     let x = p1.cos() * p2.sin() - p1.sin() * p2.cos() * dl.cos();
-    (y.atan2(x).to_degrees() + 360.0) % 360.0
+    let deg = y.atan2(x).to_degrees().rem_euclid(360.0);
+    // rem_euclid can return exactly 360.0 for tiny negative inputs.
+    if deg >= 360.0 {
+        0.0
+    } else {
+        deg
+    }
 }
 
 /// Moves `from` by `distance_m` along `bearing_deg` (spherical Earth).

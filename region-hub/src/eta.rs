@@ -175,21 +175,17 @@ impl EtaModel {
         dropoff: LatLng,
     ) -> Option<Result<(Route, Option<usize>), RoadError>> {
         let g = self.graph.as_ref()?;
-        let (from, dropoff) = (rl(from), rl(dropoff));
+        let (from, dropoff) = (from, dropoff);
         Some(match pickup {
             Some(p) => (|| {
-                let first = g.route(from, rl(p))?;
-                let second = g.route(rl(p), dropoff)?;
+                let first = g.route(from, p)?;
+                let second = g.route(p, dropoff)?;
                 let k = first.segments.len();
                 Ok((Route::concat(&[first, second]), Some(k)))
             })(),
             None => g.route(from, dropoff).map(|r| (r, None)),
         })
     }
-}
-
-fn rl(p: LatLng) -> roadnet::LatLng {
-    roadnet::LatLng::new(p.lat, p.lng)
 }
 
 /// What the ETA needs to know about the delivery at a fix.
@@ -348,7 +344,7 @@ impl EtaTracker {
         input: &EtaInput,
     ) -> Option<Eta> {
         let now_s = input.fix_ts_ms as f64 / 1000.0;
-        let here = rl(input.here);
+        let here = input.here;
         if self.planned.is_none() {
             let pickup = before_pickup(input.status).then_some(input.pickup);
             self.replan(config, model, input, pickup, false);
@@ -668,10 +664,10 @@ mod tests {
         let c = EtaConfig::default();
         let g = RoadGraph::default_city().expect("city");
         let route = Route::concat(&[
-            g.route(rl(START), rl(PICKUP)).expect("leg"),
-            g.route(rl(PICKUP), rl(DROPOFF)).expect("leg"),
+            g.route(START, PICKUP).expect("leg"),
+            g.route(PICKUP, DROPOFF).expect("leg"),
         ]);
-        let k = g.route(rl(START), rl(PICKUP)).expect("leg").segments.len();
+        let k = g.route(START, PICKUP).expect("leg").segments.len();
         let at = route.segments[k].start;
         let at = LatLng::new(at.lat, at.lng);
         let mut w = PickupWait::new(&route, k, at);

@@ -2,57 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Mean Earth radius (IUGG), in metres.
-pub const EARTH_RADIUS_M: f64 = 6_371_008.8;
-
-/// A WGS84 coordinate in degrees.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct LatLng {
-    /// Latitude in degrees, positive north.
-    pub lat: f64,
-    /// Longitude in degrees, positive east.
-    pub lng: f64,
-}
-
-impl LatLng {
-    /// A coordinate from latitude and longitude in degrees.
-    pub const fn new(lat: f64, lng: f64) -> Self {
-        Self { lat, lng }
-    }
-
-    /// True when both parts are finite and within the valid WGS84 ranges.
-    pub fn is_valid(self) -> bool {
-        self.lat.is_finite()
-            && self.lng.is_finite()
-            && (-90.0..=90.0).contains(&self.lat)
-            && (-180.0..=180.0).contains(&self.lng)
-    }
-}
-
-/// Great-circle distance between two coordinates, in metres.
-pub fn haversine_m(a: LatLng, b: LatLng) -> f64 {
-    let (lat1, lat2) = (a.lat.to_radians(), b.lat.to_radians());
-    let dlat = lat2 - lat1;
-    let dlng = (b.lng - a.lng).to_radians();
-    let h = (dlat / 2.0).sin().powi(2) + lat1.cos() * lat2.cos() * (dlng / 2.0).sin().powi(2);
-    2.0 * EARTH_RADIUS_M * h.sqrt().min(1.0).asin()
-}
-
-/// Initial bearing from `a` to `b` in degrees clockwise from north, in `[0, 360)`.
-pub fn bearing_deg(a: LatLng, b: LatLng) -> f64 {
-    let (lat1, lat2) = (a.lat.to_radians(), b.lat.to_radians());
-    let dlng = (b.lng - a.lng).to_radians();
-    let y = dlng.sin() * lat2.cos();
-    let x = lat1.cos() * lat2.sin() - lat1.sin() * lat2.cos() * dlng.cos();
-    let deg = y.atan2(x).to_degrees();
-    let deg = deg.rem_euclid(360.0);
-    // rem_euclid can return exactly 360.0 for tiny negative inputs.
-    if deg >= 360.0 {
-        0.0
-    } else {
-        deg
-    }
-}
+// One coordinate type for the whole workspace: the wire crate's.
+pub use protocol::geo::{bearing_deg, haversine_m, LatLng, EARTH_RADIUS_M};
 
 /// An axis-aligned box of coordinates.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
