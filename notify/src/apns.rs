@@ -14,7 +14,7 @@ use crate::notification::{Notification, DATA_DELIVERY_ID, DATA_STATUS};
 use crate::registry::{DeviceToken, Platform};
 use crate::retry::{retry_after, RetryPolicy};
 use crate::sender::{
-    send_with_retries, transport_failure, BoxFuture, PushSender, SendOutcome, Verdict,
+    device_for, send_with_retries, transport_failure, BoxFuture, PushSender, SendOutcome, Verdict,
 };
 use crate::transport::{tls_client_config, Endpoint, H2Client, HttpResponse};
 
@@ -157,13 +157,7 @@ impl PushSender for ApnsSender {
         notification: &'a Notification,
     ) -> BoxFuture<'a, Result<SendOutcome, PushError>> {
         Box::pin(async move {
-            if device.platform != Platform::Apns {
-                return Err(PushError::WrongPlatform {
-                    sender: Platform::Apns,
-                    device: device.platform,
-                });
-            }
-            let device = device.clone().validated()?;
+            let device = device_for(Platform::Apns, device)?;
             send_with_retries(Platform::Apns, &self.policy, |renew| {
                 self.attempt(&device, notification, renew)
             })

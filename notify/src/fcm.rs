@@ -16,7 +16,7 @@ use crate::notification::Notification;
 use crate::registry::{DeviceToken, Platform};
 use crate::retry::{retry_after, RetryPolicy};
 use crate::sender::{
-    send_with_retries, transport_failure, BoxFuture, PushSender, SendOutcome, Verdict,
+    device_for, send_with_retries, transport_failure, BoxFuture, PushSender, SendOutcome, Verdict,
 };
 use crate::transport::{tls_client_config, Endpoint, H2Client, HttpResponse};
 
@@ -211,13 +211,7 @@ impl PushSender for FcmSender {
         notification: &'a Notification,
     ) -> BoxFuture<'a, Result<SendOutcome, PushError>> {
         Box::pin(async move {
-            if device.platform != Platform::Fcm {
-                return Err(PushError::WrongPlatform {
-                    sender: Platform::Fcm,
-                    device: device.platform,
-                });
-            }
-            let device = device.clone().validated()?;
+            let device = device_for(Platform::Fcm, device)?;
             send_with_retries(Platform::Fcm, &self.policy, |renew| {
                 self.attempt(&device, notification, renew)
             })

@@ -65,6 +65,17 @@ pub(crate) enum Verdict {
     Fail(PushError),
 }
 
+/// Checks that `device` belongs to `sender`'s platform and is well formed, before any request.
+pub(crate) fn device_for(sender: Platform, device: &DeviceToken) -> Result<DeviceToken, PushError> {
+    if device.platform != sender {
+        return Err(PushError::WrongPlatform {
+            sender,
+            device: device.platform,
+        });
+    }
+    Ok(device.clone().validated()?)
+}
+
 /// Runs `attempt(renew_credentials)` until it succeeds, fails for good or the policy gives
 /// up, sleeping between tries.
 pub(crate) async fn send_with_retries<F, Fut>(
