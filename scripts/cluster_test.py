@@ -375,7 +375,11 @@ def check(rep, work):
     if ev["acknowledged"] == 0:
         problems.append("no status event was acknowledged")
     if ev["lost"] != 0:
-        problems.append(f"{ev['lost']} acknowledged status events were lost")
+        problems.append(f"{ev['lost']} acknowledged status events were lost "
+                        f"(delivery/seq: {', '.join(ev.get('lost_events', []))})")
+    if rep.get("consumer_redirects_wrong_transport", 0) != 0:
+        problems.append(f"{rep['consumer_redirects_wrong_transport']} redirects named the "
+                        "other transport than the consumer's")
     if ev["failed"] != 0:
         problems.append(f"{ev['failed']} status changes were accepted by no hub within 30 s")
     for name, f in rep["faults"].items():

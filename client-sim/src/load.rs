@@ -98,6 +98,8 @@ pub struct EventCounts {
     pub seen: u64,
     /// Acknowledged but never seen: must be 0.
     pub lost: u64,
+    /// The lost events (first 20), `delivery_id/event_seq`, to look up in the hubs' logs.
+    pub lost_events: Vec<String>,
     /// Acknowledged answers that were replays of an earlier attempt (idempotency key).
     pub replayed: u64,
     /// Status changes given up on (no hub accepted them in time).
@@ -107,6 +109,10 @@ pub struct EventCounts {
 /// A delivery that ends this soon after a fault without a new position is not counted as
 /// unrecovered (failure detection alone takes ~5 s with the `lan` profile).
 pub const RECOVERY_BUDGET_MS: u64 = 10_000;
+
+/// How long a consumer may take after its delivery ended to see the events acknowledged
+/// before: longer than a failover (failure detection plus takeover, ~5-8 s) with margin.
+const CATCH_UP: Duration = Duration::from_secs(30);
 
 /// One injected fault, as the consumers lived through it.
 #[derive(Debug, Serialize)]
@@ -392,16 +398,26 @@ fn build_report(
     elapsed: Duration,
     faults: &[FaultMark],
 ) -> LoadReport {
-    let tracks: Vec<Arc<Mutex<Track>>> = shared.tracks.lock().values().cloned().collect();
+    let tracks: Vec<(u64, Arc<Mutex<Track>>)> = shared
+        .tracks
+        .lock()
+        .iter()
+        .map(|(id, t)| (*id, t.clone()))
+        .collect();
     let mut events = EventCounts::default();
     let mut positions = 0u64;
     let mut max_gap_ms = 0u64;
     let mut gap_from_ms = start_ms;
-    for t in &tracks {
+    for (id, t) in &tracks {
         let t = t.lock();
         events.acknowledged += t.acked.len() as u64;
         events.seen += t.acked.intersection(&t.seen).count() as u64;
-        events.lost += t.acked.difference(&t.seen).count() as u64;
+        for seq in t.acked.difference(&t.seen) {
+            events.lost += 1;
+            if events.lost_events.len() < 20 {
+                events.lost_events.push(format!("{id}/{seq}"));
+            }
+        }
         positions += t.positions.len() as u64;
         let to = t.active_to_ms.unwrap_or(end_ms);
         // From the first position (the consumer is connected and the driver sends) to the end.
@@ -429,7 +445,7 @@ fn build_report(
         let mut worst_ms = 0u64;
         let mut within = 0u64;
         let mut ended = 0;
-        for t in &tracks {
+        for (_, t) in &tracks {
             let t = t.lock();
             within += t
                 .positions
@@ -621,14 +637,15 @@ async fn run_delivery(
     track.lock().active_to_ms = Some(nodekit::unix_ms());
     if finished {
         s.count(|c| c.deliveries_completed += 1);
-        // Give the consumer a moment to see the final event, then end this delivery.
-        for _ in 0..50 {
-            if stop_all.is_cancelled() || {
-                let t = track.lock();
-                t.acked.is_subset(&t.seen)
-            } {
-                break;
-            }
+        // The driver is done; the consumer keeps reading (and reconnecting, if its hub just
+        // failed) until it has seen every acknowledged event or `CATCH_UP` has passed, so a
+        // delivery that ends during a failover is judged on what the consumer gets after it.
+        driver.abort();
+        let until = tokio::time::Instant::now() + CATCH_UP;
+        while tokio::time::Instant::now() < until && !stop_all.is_cancelled() && {
+            let t = track.lock();
+            !t.acked.is_subset(&t.seen)
+        } {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         done.cancel();
@@ -878,9 +895,9 @@ async fn run_consumer(
         match r {
             Ok(Some(url)) => {
                 s.count(|c| c.consumer_redirects += 1);
-                // A hand-off sends every consumer the WebSocket URL (region-hub
-                // `replica.rs`, `consumer_redirect_url(.., false)`), also to WebTransport
-                // ones: map it to the same hub's other address and count it.
+                // A redirect names the consumer's own transport at the new hub; one that
+                // names the other transport is a hub bug: count it (the harness fails on
+                // it) and map it to the same hub's address for ours.
                 let wrong = wt == url.starts_with("wss://");
                 let addr = authority(&url).unwrap_or_default();
                 target = if wrong {
@@ -994,10 +1011,13 @@ fn handle_frame(
             track.lock().seen.insert(e.event_seq);
         }
         ConsumerFrame::Snapshot(snap) => {
-            // The first snapshot covers the creation events; later ones (after a resume) must
-            // not hide a lost status event, so only `status` frames count as seen.
+            // The first snapshot is the state the consumer starts from: it covers the events
+            // before it (the creation ones, or more if the first connect came late). Later
+            // snapshots (after a resume) must not hide a lost status event, so after the first
+            // only `status` frames count as seen.
             if *last_event_seq == 0 {
                 *last_event_seq = snap.last_event_seq;
+                track.lock().seen.extend(1..=snap.last_event_seq);
             }
         }
         ConsumerFrame::Redirect { url } => return Ok(Some(url)),

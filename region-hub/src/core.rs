@@ -67,6 +67,11 @@ pub struct LogEntry {
     pub events: Vec<StatusEvent>,
     pub idempotency_key: Option<String>,
     pub side: Vec<SideRecord>,
+    /// Which incarnation of the delivery in this hub's memory reserved the events (a new
+    /// one on every creation or load): the writer fails, without replicating, entries that
+    /// an incarnation reserved before a replica fenced it (`docs/cluster.md`, *Fencing*).
+    /// Not stored or replicated.
+    pub generation: u64,
 }
 
 /// Something stored with (or without) status events, in the same write transaction.
@@ -89,6 +94,7 @@ impl LogEntry {
             events: Vec::new(),
             idempotency_key: None,
             side,
+            generation: 0,
         }
     }
 }
@@ -170,6 +176,8 @@ struct DeliveryState {
     unavailable_reported: bool,
     geofence: Geofence,
     anomalies: AnomalyDetector,
+    /// See [`LogEntry::generation`].
+    generation: u64,
 }
 
 impl DeliveryState {
@@ -189,6 +197,8 @@ pub struct Deliveries {
     by_id: HashMap<DeliveryId, DeliveryState>,
     by_driver: HashMap<DriverId, BTreeSet<DeliveryId>>,
     next_id: u64,
+    /// Source of `DeliveryState::generation`.
+    next_generation: u64,
     /// Road graph and speed model shared by every delivery's ETA.
     eta: EtaModel,
 }
@@ -201,6 +211,7 @@ impl Deliveries {
             by_id: HashMap::new(),
             by_driver: HashMap::new(),
             next_id: 1,
+            next_generation: 1,
         }
     }
 
@@ -219,6 +230,29 @@ impl Deliveries {
         if let Some(st) = self.by_id.get_mut(&id) {
             st.eta.restore_plan(&self.config.eta, plan);
         }
+    }
+
+    fn bump_generation(&mut self) -> u64 {
+        let g = self.next_generation;
+        self.next_generation += 1;
+        g
+    }
+
+    /// Forgets a delivery (another hub serves it; its log stays). Entries it reserved and
+    /// not yet committed fail in the writer. Returns whether it was held.
+    pub fn unload(&mut self, id: DeliveryId) -> bool {
+        match self.by_id.remove(&id) {
+            Some(st) => {
+                self.unindex(id, st.active_driver());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The delivery's newest committed event seq, if held.
+    pub fn committed_seq(&self, id: DeliveryId) -> Option<u64> {
+        self.by_id.get(&id).map(|s| s.committed_seq)
     }
 
     /// Number of deliveries held in memory.
@@ -267,6 +301,7 @@ impl Deliveries {
             unavailable_reported: false,
             geofence: Geofence::default(),
             anomalies: AnomalyDetector::default(),
+            generation: self.bump_generation(),
         };
         if let Some(old) = self.by_id.insert(id, state) {
             self.unindex(id, old.active_driver());
@@ -352,15 +387,18 @@ impl Deliveries {
             unavailable_reported: false,
             geofence: Geofence::default(),
             anomalies: AnomalyDetector::default(),
+            generation: self.bump_generation(),
         };
         self.by_id.insert(id, state);
         self.index(id, req.driver_id);
+        let generation = self.by_id[&id].generation;
         Ok(LogEntry {
             delivery_id: id,
             record: Some(record),
             events,
             idempotency_key: None,
             side: Vec::new(),
+            generation,
         })
     }
 
@@ -428,6 +466,7 @@ impl Deliveries {
             st.idempotency.insert(key.clone(), ev.clone());
         }
         let record = record_changed.then(|| st.record.clone());
+        let generation = st.generation;
         let new_active = st.active_driver();
         self.unindex(id, old_active);
         self.index(id, new_active);
@@ -437,6 +476,7 @@ impl Deliveries {
             events: vec![ev],
             idempotency_key: req.idempotency_key.clone(),
             side: Vec::new(),
+            generation,
         }))
     }
 

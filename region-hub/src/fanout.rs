@@ -12,6 +12,8 @@ use tokio::sync::{mpsc, watch};
 
 struct Subscriber {
     id: u64,
+    /// The consumer's transport: a redirect must name the same one at the new hub.
+    transport: &'static str,
     position: watch::Sender<Option<Position>>,
     reliable: mpsc::Sender<ConsumerFrame>,
 }
@@ -63,14 +65,16 @@ impl Fanout {
         }
     }
 
-    /// Adds a subscriber to `delivery`'s frames.
-    pub fn subscribe(&mut self, delivery: DeliveryId) -> Subscription {
+    /// Adds a subscriber to `delivery`'s frames; `transport` is what it is connected over
+    /// (`"websocket"` or `"webtransport"`), so that a redirect can keep it.
+    pub fn subscribe(&mut self, delivery: DeliveryId, transport: &'static str) -> Subscription {
         let id = self.next_id;
         self.next_id += 1;
         let (ptx, prx) = watch::channel(None);
         let (rtx, rrx) = mpsc::channel(self.queue);
         self.subs.entry(delivery).or_default().push(Subscriber {
             id,
+            transport,
             position: ptx,
             reliable: rtx,
         });
@@ -117,11 +121,31 @@ impl Fanout {
 
     /// Queues a reliable frame for every subscriber of `delivery`, cutting off full ones.
     pub fn publish_reliable(&mut self, delivery: DeliveryId, frame: &ConsumerFrame) -> Published {
+        self.publish_each(delivery, |_| frame.clone())
+    }
+
+    /// Queues a `redirect` for every subscriber of `delivery`, each to the URL `url` gives
+    /// for its own transport (a WebTransport consumer stays on WebTransport).
+    pub fn publish_redirect(
+        &mut self,
+        delivery: DeliveryId,
+        url: impl Fn(&'static str) -> String,
+    ) -> Published {
+        self.publish_each(delivery, |transport| ConsumerFrame::Redirect {
+            url: url(transport),
+        })
+    }
+
+    fn publish_each(
+        &mut self,
+        delivery: DeliveryId,
+        frame: impl Fn(&'static str) -> ConsumerFrame,
+    ) -> Published {
         let mut out = Published::default();
         let Some(v) = self.subs.get_mut(&delivery) else {
             return out;
         };
-        v.retain(|s| match s.reliable.try_send(frame.clone()) {
+        v.retain(|s| match s.reliable.try_send(frame(s.transport)) {
             Ok(()) => {
                 out.delivered += 1;
                 true
@@ -159,7 +183,7 @@ mod tests {
     #[tokio::test]
     async fn a_slow_consumer_sees_only_the_newest_position() {
         let mut f = Fanout::new(4);
-        let mut s = f.subscribe(DeliveryId(1));
+        let mut s = f.subscribe(DeliveryId(1), "websocket");
         for seq in 1..=100 {
             assert_eq!(f.publish_position(&pos(seq)), 1);
         }
@@ -174,7 +198,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_reliable_queue_cuts_the_consumer_off_without_blocking() {
         let mut f = Fanout::new(2);
-        let mut slow = f.subscribe(DeliveryId(1));
+        let mut slow = f.subscribe(DeliveryId(1), "websocket");
         let frame = ConsumerFrame::Redirect { url: "x".into() };
         assert_eq!(
             f.publish_reliable(DeliveryId(1), &frame),
@@ -203,11 +227,26 @@ mod tests {
     #[test]
     fn dropped_subscriptions_are_pruned_on_publish() {
         let mut f = Fanout::new(2);
-        let s = f.subscribe(DeliveryId(1));
-        let _other = f.subscribe(DeliveryId(2));
+        let s = f.subscribe(DeliveryId(1), "websocket");
+        let _other = f.subscribe(DeliveryId(2), "websocket");
         drop(s);
         assert_eq!(f.publish_position(&pos(1)), 0);
         assert_eq!(f.subscribers(DeliveryId(1)), 0);
         assert_eq!(f.subscribers(DeliveryId(2)), 1);
+    }
+
+    #[tokio::test]
+    async fn a_redirect_keeps_each_consumer_on_its_transport() {
+        let mut f = Fanout::new(4);
+        let mut ws = f.subscribe(DeliveryId(1), "websocket");
+        let mut wt = f.subscribe(DeliveryId(1), "webtransport");
+        let out = f.publish_redirect(DeliveryId(1), |t| format!("{t}://next"));
+        assert_eq!(out.delivered, 2);
+        let url = |frame: Option<ConsumerFrame>| match frame {
+            Some(ConsumerFrame::Redirect { url }) => url,
+            other => panic!("expected a redirect, got {other:?}"),
+        };
+        assert_eq!(url(ws.reliable.recv().await), "websocket://next");
+        assert_eq!(url(wt.reliable.recv().await), "webtransport://next");
     }
 }

@@ -34,6 +34,9 @@ pub(crate) struct Shared {
     pub anomalies: tokio::sync::broadcast::Sender<Anomaly>,
     /// Push notification senders and the devices registered per delivery.
     pub push: Push,
+    /// Deliveries a replica fenced since the rebalancer last looked (it re-checks their
+    /// ownership).
+    pub fenced: Mutex<Vec<DeliveryId>>,
 }
 
 /// Push notifications at milestones.
@@ -143,6 +146,23 @@ impl CommitSink for Shared {
                 st.core.abort(entry);
             }
         }
+    }
+
+    /// Another hub serves these deliveries: forget them here and cut their consumers off
+    /// (they reconnect and are sent to the owner); what this hub reserved for them fails.
+    fn fenced(&self, entries: &[LogEntry]) {
+        let mut ids: Vec<DeliveryId> = entries.iter().map(|e| e.delivery_id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        {
+            let mut st = self.state.lock();
+            for &id in &ids {
+                st.core.unload(id);
+                st.fanout.remove_delivery(id);
+            }
+        }
+        tracing::warn!(deliveries = ?ids, "fenced by a replica: another hub serves them; unloaded");
+        self.fenced.lock().extend(ids);
     }
 }
 
@@ -317,6 +337,9 @@ impl Hub {
         let rx = queued.map_err(|e| ApiFailure::Unavailable(e.to_string()))?;
         match rx.await {
             Ok(Ok(())) => Ok(entry),
+            Ok(Err(e)) if matches!(*e, crate::store::StoreError::Fenced(_)) => {
+                Err(ApiFailure::Unavailable(e.to_string()))
+            }
             Ok(Err(e)) => Err(ApiFailure::Internal(format!(
                 "status event not stored: {e}"
             ))),
@@ -514,7 +537,7 @@ impl Hub {
                 .core
                 .snapshot(id, self.clock.now_ms())
                 .ok_or_else(|| ApiFailure::NotFound(format!("delivery {id} not found")))?;
-            (snap, st.fanout.subscribe(id))
+            (snap, st.fanout.subscribe(id, transport))
         };
         let guard = ConsumerGuard {
             shared: self.shared.clone(),

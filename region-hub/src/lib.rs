@@ -106,6 +106,27 @@ impl HubHandle {
     pub async fn drain(&self, limit: Duration) -> bool {
         drain(&self.hub, &self.ready, limit).await
     }
+    /// Sends `entries` over the replica link to peer hub `hub_id` as live replication would,
+    /// and returns the deliveries it fenced. For tests that play a hub with a stale view.
+    pub async fn replicate_to(
+        &self,
+        hub_id: &str,
+        entries: &[replica::ReplicaEntry],
+    ) -> Result<Vec<protocol::DeliveryId>, replica::ReplicaError> {
+        let cluster = self
+            .hub
+            .cluster
+            .as_ref()
+            .ok_or_else(|| replica::ReplicaError::NoAddress("no cluster configured".into()))?;
+        let to = cluster
+            .node
+            .view
+            .live_hubs()
+            .into_iter()
+            .find(|h| h.id == hub_id)
+            .ok_or_else(|| replica::ReplicaError::NoAddress(hub_id.to_owned()))?;
+        cluster.append(&to, entries).await
+    }
     /// The hub's redb log (tests read replicated entries from it).
     pub fn store(&self) -> &store::Store {
         &self.hub.store
@@ -297,6 +318,7 @@ pub async fn spawn_with_notifier(
             devices: Arc::new(parking_lot::Mutex::new(devices)),
             store: store.clone(),
         },
+        fenced: parking_lot::Mutex::new(Vec::new()),
     });
     let shutdown = CancellationToken::new();
     let writer_shutdown = CancellationToken::new();

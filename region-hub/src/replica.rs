@@ -10,7 +10,7 @@ use crate::proof::ProofRecord;
 use cluster::{ClusterNode, HubInfo};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
-use protocol::consumer::{ConsumerFrame, StatusEvent};
+use protocol::consumer::StatusEvent;
 use protocol::framing::{frame_bytes, FrameDecoder};
 use protocol::DeliveryId;
 use serde::{Deserialize, Serialize};
@@ -156,6 +156,12 @@ enum ReplicaFrame {
     Fetch { from: String, ids: Vec<DeliveryId> },
     /// Answer to `Fetch`: JSON `Vec<ReplicaEntry>` of the deliveries the peer holds.
     Entries { entries: Vec<u8> },
+    /// Store these committed logs (a hand-off or a successor's full copy): merged
+    /// monotonically, never fenced. JSON like `Append`.
+    Handoff { from: String, entries: Vec<u8> },
+    /// Answer to `Append`: stored, except the entries of these deliveries (fenced: the
+    /// receiver serves them as their owner, or holds other events under the same seqs).
+    Fenced { ids: Vec<DeliveryId> },
 }
 
 /// Why a batch did not reach a replica.
@@ -188,6 +194,10 @@ pub struct ClusterMetrics {
     pub handoffs: Counter,
     /// Entries stored on behalf of another hub.
     pub received: Counter,
+    /// Log entries of ours a replica refused because another hub serves the delivery.
+    pub fenced: Counter,
+    /// Copies received holding other events under seqs we hold (two writers for one seq).
+    pub conflicts: Counter,
 }
 
 impl ClusterMetrics {
@@ -216,6 +226,16 @@ impl ClusterMetrics {
             "hub_replica_entries_received",
             "Log entries stored on behalf of another hub",
             self.received.clone(),
+        );
+        r.register(
+            "hub_replica_fenced",
+            "Log entries a replica refused because another hub serves their delivery (not acknowledged; the client retries)",
+            self.fenced.clone(),
+        );
+        r.register(
+            "hub_replica_conflicts",
+            "Copies received holding a different event under a seq already stored",
+            self.conflicts.clone(),
         );
     }
 }
@@ -386,10 +406,11 @@ impl HubCluster {
         Ok(conn)
     }
 
-    /// Sends `entries` to `to` and waits for its ack (bounded by the ack timeout).
+    /// Sends whole committed logs to `to` (a hand-off, or a successor's copy) and waits for
+    /// its ack (bounded by the ack timeout).
     pub async fn send(&self, to: &HubInfo, entries: &[ReplicaEntry]) -> Result<(), ReplicaError> {
         let json = serde_json::to_vec(entries).map_err(|e| ReplicaError::Stream(e.to_string()))?;
-        let frame = frame_bytes(&ReplicaFrame::Append {
+        let frame = frame_bytes(&ReplicaFrame::Handoff {
             from: self.me.clone(),
             entries: json,
         });
@@ -400,8 +421,29 @@ impl HubCluster {
         }
     }
 
-    /// Copies committed entries to their replicas, one exchange per replica, concurrently.
-    pub async fn replicate(&self, entries: &[LogEntry]) {
+    /// Replicates new entries to `to`; returns the deliveries it fenced (not stored).
+    pub(crate) async fn append(
+        &self,
+        to: &HubInfo,
+        entries: &[ReplicaEntry],
+    ) -> Result<Vec<DeliveryId>, ReplicaError> {
+        let json = serde_json::to_vec(entries).map_err(|e| ReplicaError::Stream(e.to_string()))?;
+        let frame = frame_bytes(&ReplicaFrame::Append {
+            from: self.me.clone(),
+            entries: json,
+        });
+        match self.exchange(to, &frame).await? {
+            ReplicaFrame::Ack => Ok(Vec::new()),
+            ReplicaFrame::Fenced { ids } => Ok(ids),
+            ReplicaFrame::Refused { reason } => Err(ReplicaError::Refused(reason)),
+            _ => Err(ReplicaError::Stream("unexpected answer".into())),
+        }
+    }
+
+    /// Copies entries to their replicas before they are committed here, one exchange per
+    /// replica, concurrently. Returns the deliveries a replica fenced: their entries must
+    /// fail. A replica that cannot be reached does not fence (acknowledged unreplicated).
+    pub async fn replicate(&self, entries: &[LogEntry]) -> Vec<DeliveryId> {
         let mut by_target: BTreeMap<String, (HubInfo, Vec<ReplicaEntry>, u64)> = BTreeMap::new();
         let mut alone = 0u64;
         for e in entries {
@@ -426,17 +468,32 @@ impl HubCluster {
             self.metrics.unreplicated.inc_by(alone);
         }
         let sends = by_target.into_values().map(|(h, batch, n)| async move {
-            match self.send(&h, &batch).await {
-                Ok(()) => {
-                    self.metrics.replicated.inc_by(n);
+            match self.append(&h, &batch).await {
+                Ok(fenced) => {
+                    let refused = batch
+                        .iter()
+                        .filter(|e| fenced.contains(&e.delivery_id))
+                        .map(|e| e.events.len() as u64)
+                        .sum::<u64>();
+                    self.metrics.replicated.inc_by(n - refused.min(n));
+                    if !fenced.is_empty() {
+                        warn!(replica = %h.id, deliveries = ?fenced, "replica fenced our entries: it serves those deliveries");
+                        self.metrics.fenced.inc_by(fenced.len() as u64);
+                    }
+                    fenced
                 }
                 Err(e) => {
                     warn!(replica = %h.id, error = %e, events = n, "replication failed: acknowledged unreplicated");
                     self.metrics.unreplicated.inc_by(n);
+                    Vec::new()
                 }
             }
         });
-        futures::future::join_all(sends).await;
+        futures::future::join_all(sends)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     /// Marks this hub draining (it then owns nothing; the rebalancer hands every delivery it
@@ -536,10 +593,11 @@ impl crate::store::Replicate for ReplicaSlot {
     fn replicate<'a>(
         &'a self,
         entries: &'a [LogEntry],
-    ) -> Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+    ) -> Pin<Box<dyn std::future::Future<Output = Vec<DeliveryId>> + Send + 'a>> {
         Box::pin(async move {
-            if let Some(c) = self.0.get() {
-                c.replicate(entries).await;
+            match self.0.get() {
+                Some(c) => c.replicate(entries).await,
+                None => Vec::new(),
             }
         })
     }
@@ -574,8 +632,9 @@ async fn store_frame(hub: &Arc<Hub>, bytes: &[u8]) -> ReplicaFrame {
     let refused = |reason: String| ReplicaFrame::Refused { reason };
     let mut dec = FrameDecoder::new(MAX_REPLICA_FRAME);
     dec.push(bytes);
-    let (from, entries) = match dec.next_frame::<ReplicaFrame>() {
-        Ok(Some(ReplicaFrame::Append { from, entries })) => (from, entries),
+    let (from, entries, live) = match dec.next_frame::<ReplicaFrame>() {
+        Ok(Some(ReplicaFrame::Append { from, entries })) => (from, entries, true),
+        Ok(Some(ReplicaFrame::Handoff { from, entries })) => (from, entries, false),
         Ok(Some(ReplicaFrame::Fetch { from, ids })) => {
             let mut out = Vec::new();
             for id in ids {
@@ -596,17 +655,47 @@ async fn store_frame(hub: &Arc<Hub>, bytes: &[u8]) -> ReplicaFrame {
         Ok(e) => e,
         Err(e) => return refused(format!("entries: {e}")),
     };
+    // Fencing (live replication only): a delivery this hub serves as its owner is not
+    // written by another hub; the sender's view is stale (or ours is) and its write fails.
+    let mut fenced: Vec<DeliveryId> = Vec::new();
+    let entries: Vec<ReplicaEntry> = match hub.cluster.as_ref() {
+        Some(cluster) if live => entries
+            .into_iter()
+            .filter(|e| {
+                let serving =
+                    cluster.is_mine(e.delivery_id) && hub.snapshot(e.delivery_id).is_some();
+                if serving {
+                    fenced.push(e.delivery_id);
+                }
+                !serving
+            })
+            .collect(),
+        _ => entries,
+    };
     let store = hub.store.clone();
-    let n = entries.len() as u64;
     let stored = {
         let entries = entries.clone();
-        tokio::task::spawn_blocking(move || store.apply_replica(&entries)).await
+        tokio::task::spawn_blocking(move || store.apply_replica_checked(&entries, live)).await
     };
-    match stored {
-        Ok(Ok(())) => {}
+    let conflicts = match stored {
+        Ok(Ok(c)) => c,
         Ok(Err(e)) => return refused(e.to_string()),
         Err(e) => return refused(e.to_string()),
+    };
+    if !conflicts.is_empty() {
+        warn!(%from, deliveries = ?conflicts, live, "copy holds other events under seqs we hold");
+        if let Some(c) = hub.cluster.as_ref() {
+            c.metrics.conflicts.inc_by(conflicts.len() as u64);
+        }
+        if live {
+            fenced.extend(conflicts.iter().copied());
+        }
     }
+    let entries: Vec<ReplicaEntry> = entries
+        .into_iter()
+        .filter(|e| !fenced.contains(&e.delivery_id))
+        .collect();
+    let n = entries.len() as u64;
     debug!(%from, entries = n, "stored replica entries");
     if let Some(c) = hub.cluster.as_ref() {
         c.metrics.received.inc_by(n);
@@ -631,7 +720,12 @@ async fn store_frame(hub: &Arc<Hub>, bytes: &[u8]) -> ReplicaFrame {
             }
         }
     }
-    ReplicaFrame::Ack
+    if fenced.is_empty() {
+        ReplicaFrame::Ack
+    } else {
+        debug!(%from, deliveries = ?fenced, "fenced entries from another hub");
+        ReplicaFrame::Fenced { ids: fenced }
+    }
 }
 
 /// Reads `id` from the local log into the live core (replacing what it held).
@@ -640,7 +734,27 @@ async fn load_into_core(hub: &Arc<Hub>, id: DeliveryId) -> bool {
     match tokio::task::spawn_blocking(move || store.load_delivery(id)).await {
         Ok(Ok(Some(rec))) => {
             let now = hub.clock.now_ms();
-            hub.shared.state.lock().core.restore(now, rec);
+            let mut st = hub.shared.state.lock();
+            // Consumers already watching a stale copy get the events it lacked.
+            let had = st.core.committed_seq(id);
+            let newer: Vec<StatusEvent> = match had {
+                Some(seq) => rec
+                    .events
+                    .iter()
+                    .filter(|e| e.event_seq > seq)
+                    .cloned()
+                    .collect(),
+                None => Vec::new(),
+            };
+            st.core.restore(now, rec);
+            for ev in newer {
+                let p = st
+                    .fanout
+                    .publish_reliable(id, &protocol::consumer::ConsumerFrame::Status(ev));
+                for _ in 0..p.overflowed {
+                    hub.shared.metrics.reject("overflow");
+                }
+            }
             true
         }
         Ok(Ok(None)) => false,
@@ -734,6 +848,16 @@ pub(crate) async fn run_rebalancer(
         }
         let load = hub.shared.state.lock().core.len() as u64;
         cluster.node.control.set_load(load).await;
+        // Deliveries a replica fenced were unloaded: ours again at this pass (if the view
+        // says so) means a fresh takeover, which merges the other hub's newer copy.
+        let fenced: Vec<DeliveryId> = std::mem::take(&mut *hub.shared.fenced.lock());
+        if !fenced.is_empty() {
+            for id in &fenced {
+                owned.remove(id);
+                sent_to.remove(id);
+            }
+            dirty = true;
+        }
         if !dirty {
             continue;
         }
@@ -800,10 +924,10 @@ pub(crate) async fn run_rebalancer(
                     if moving {
                         outstanding -= 1;
                         info!(delivery_id = %id, to = %owner.id, "handed a delivery to its new owner");
-                        let url = consumer_redirect_url(&owner, id, false);
                         let mut st = hub.shared.state.lock();
-                        st.fanout
-                            .publish_reliable(id, &ConsumerFrame::Redirect { url });
+                        st.fanout.publish_redirect(id, |transport| {
+                            consumer_redirect_url(&owner, id, transport == crate::wt::TRANSPORT)
+                        });
                     }
                 }
                 Err(e) => {
@@ -836,8 +960,18 @@ async fn take_over(hub: &Arc<Hub>, cluster: &Arc<HubCluster>, ids: &[DeliveryId]
             Ok(entries) if !entries.is_empty() => {
                 let store = hub.store.clone();
                 let n = entries.len();
-                match tokio::task::spawn_blocking(move || store.apply_replica(&entries)).await {
-                    Ok(Ok(())) => debug!(peer = %peer.id, deliveries = n, "merged peer copies"),
+                match tokio::task::spawn_blocking(move || {
+                    store.apply_replica_checked(&entries, false)
+                })
+                .await
+                {
+                    Ok(Ok(conflicts)) => {
+                        if !conflicts.is_empty() {
+                            warn!(peer = %peer.id, deliveries = ?conflicts, "peer copy holds other events under seqs we hold; kept ours");
+                            cluster.metrics.conflicts.inc_by(conflicts.len() as u64);
+                        }
+                        debug!(peer = %peer.id, deliveries = n, "merged peer copies");
+                    }
                     Ok(Err(e)) => warn!(peer = %peer.id, error = %e, "peer copies not stored"),
                     Err(e) => warn!(peer = %peer.id, error = %e, "peer copies not stored"),
                 }
@@ -957,6 +1091,7 @@ replica_ack_timeout_ms = 2000
             }],
             idempotency_key: Some("k".into()),
             side: vec![SideRecord::Device(device.clone())],
+            generation: 1,
         };
         let r = ReplicaEntry::from(&e);
         assert_eq!(r.idempotency, vec![("k".to_owned(), 7)]);

@@ -8,7 +8,7 @@ use crate::proof::ProofRecord;
 use protocol::consumer::StatusEvent;
 use protocol::DeliveryId;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,6 +46,8 @@ pub enum StoreError {
     Encode(String),
     #[error("the event log writer is gone (hub shutting down)")]
     Closed,
+    #[error("delivery {0} is served by another hub right now (ownership is moving); retry")]
+    Fenced(DeliveryId),
 }
 
 impl StoreError {
@@ -248,6 +250,20 @@ impl Store {
         &self,
         entries: &[crate::replica::ReplicaEntry],
     ) -> Result<(), StoreError> {
+        self.apply_replica_checked(entries, false).map(|_| ())
+    }
+
+    /// [`Store::apply_replica`] that first checks each entry's events against the stored
+    /// ones: an entry holding an event whose seq is stored with different contents (another
+    /// hub wrote that seq) is a conflict. With `strict` (live replication) conflicting entries
+    /// are not stored and their deliveries are returned; otherwise (hand-off, takeover merge)
+    /// they are stored monotonically as usual and still returned, to be counted.
+    pub fn apply_replica_checked(
+        &self,
+        entries: &[crate::replica::ReplicaEntry],
+        strict: bool,
+    ) -> Result<Vec<DeliveryId>, StoreError> {
+        let mut conflicts = Vec::new();
         let tx = self.db()?.begin_write().map_err(StoreError::db)?;
         {
             let mut events = tx.open_table(EVENTS).map_err(StoreError::db)?;
@@ -257,6 +273,21 @@ impl Store {
             let mut devices = tx.open_table(DEVICES).map_err(StoreError::db)?;
             for entry in entries {
                 let id = entry.delivery_id.0;
+                let mut conflict = false;
+                for ev in &entry.events {
+                    if let Some(stored) = events.get((id, ev.event_seq)).map_err(StoreError::db)? {
+                        if stored.value() != enc(ev)?.as_slice() {
+                            conflict = true;
+                            break;
+                        }
+                    }
+                }
+                if conflict {
+                    conflicts.push(entry.delivery_id);
+                    if strict {
+                        continue;
+                    }
+                }
                 let stored_last = events
                     .range((id, 0)..=(id, u64::MAX))
                     .map_err(StoreError::db)?
@@ -309,7 +340,7 @@ impl Store {
             }
         }
         tx.commit().map_err(StoreError::db)?;
-        Ok(())
+        Ok(conflicts)
     }
 
     /// One delivery's durable state (record, events, idempotency keys), for a takeover.
@@ -490,6 +521,11 @@ pub trait CommitSink: Send + Sync + 'static {
     fn committed(&self, entries: &[LogEntry]);
     /// The entries could not be written (abort them newest first).
     fn failed(&self, entries: &[LogEntry]);
+    /// A replica fenced these entries' deliveries: another hub serves them. Abort the
+    /// entries and stop serving the deliveries (the default only aborts).
+    fn fenced(&self, entries: &[LogEntry]) {
+        self.failed(entries);
+    }
 }
 
 struct AppendRequest {
@@ -537,14 +573,17 @@ pub struct WriterConfig {
     pub queue: usize,
 }
 
-/// Copies committed entries to another hub before they are published and acknowledged
-/// (cluster mode, [`crate::replica`]). Never fails: what could not be replicated is counted.
+/// Copies entries to another hub before they are committed here, published and
+/// acknowledged (cluster mode, [`crate::replica`]). What could not be replicated is counted
+/// and committed anyway; what the replica fenced is not committed.
 pub trait Replicate: Send + Sync + 'static {
-    /// Returns once the entries are durable on the replica, or replication was given up.
+    /// Returns once the entries are durable on the replica, or replication was given up;
+    /// the result names the deliveries the replica fenced (it serves them itself, or holds
+    /// other events under the same seqs): their entries must not be committed.
     fn replicate<'a>(
         &'a self,
         entries: &'a [LogEntry],
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<DeliveryId>> + Send + 'a>>;
 }
 
 /// [`spawn_event_log_replicated`] without replication (a single hub).
@@ -575,6 +614,8 @@ pub fn spawn_event_log_replicated(
     let (tx, mut rx) = mpsc::channel::<AppendRequest>(config.queue.max(1));
     let task = tokio::spawn(
         async move {
+        // Per delivery: entries of generations below this were fenced by a replica.
+        let mut fence_floor: HashMap<DeliveryId, u64> = HashMap::new();
         loop {
             let first = tokio::select! {
                 biased;
@@ -602,6 +643,42 @@ pub fn spawn_event_log_replicated(
                 }
             }
             let (entries, replies): (Vec<LogEntry>, Vec<_>) = batch.into_iter().map(|r| (r.entry, r.reply)).unzip();
+            // Replicate first (synchronous primary-backup): the replica is the fence against
+            // a second hub serving the same delivery, so nothing it refuses is written here.
+            // Entries reserved by an incarnation that a replica already fenced fail as well.
+            let stale = |e: &LogEntry| {
+                !e.events.is_empty() && fence_floor.get(&e.delivery_id).is_some_and(|&g| e.generation < g)
+            };
+            let mut fenced: HashSet<DeliveryId> =
+                entries.iter().filter(|e| stale(e)).map(|e| e.delivery_id).collect();
+            if let Some(r) = &replicator {
+                let live: Vec<LogEntry> = entries.iter().filter(|e| !stale(e)).cloned().collect();
+                if !live.is_empty() {
+                    fenced.extend(r.replicate(&live).await);
+                }
+            }
+            let mut ok = Vec::with_capacity(entries.len());
+            let mut ok_replies = Vec::with_capacity(entries.len());
+            let mut refused = Vec::new();
+            for (entry, reply) in entries.into_iter().zip(replies) {
+                if fenced.contains(&entry.delivery_id) {
+                    let floor = fence_floor.entry(entry.delivery_id).or_insert(0);
+                    *floor = (*floor).max(entry.generation.saturating_add(1));
+                    let _ = reply.send(Err(Arc::new(StoreError::Fenced(entry.delivery_id))));
+                    refused.push(entry);
+                } else {
+                    ok.push(entry);
+                    ok_replies.push(reply);
+                }
+            }
+            if !refused.is_empty() {
+                tracing::warn!(entries = refused.len(), "replica fenced entries: another hub serves their deliveries");
+                sink.fenced(&refused);
+            }
+            if ok.is_empty() {
+                continue;
+            }
+            let (entries, replies) = (ok, ok_replies);
             let store2 = store.clone();
             let started = Instant::now();
             let (entries, result) = match tokio::task::spawn_blocking(move || {
@@ -624,9 +701,6 @@ pub fn spawn_event_log_replicated(
             metrics.event_commit_batch.observe(entries.len() as f64);
             match result {
                 Ok(()) => {
-                    if let Some(r) = &replicator {
-                        r.replicate(&entries).await;
-                    }
                     sink.committed(&entries);
                     for reply in replies {
                         let _ = reply.send(Ok(()));
@@ -690,7 +764,107 @@ mod tests {
                 .collect(),
             idempotency_key: key.map(str::to_owned),
             side: Vec::new(),
+            generation: 1,
         }
+    }
+
+    /// A replica that fences delivery 1 once, and records what it was sent.
+    #[derive(Default)]
+    struct FenceOnce {
+        fenced: parking_lot::Mutex<bool>,
+        seen: parking_lot::Mutex<Vec<(u64, u64)>>,
+    }
+
+    impl Replicate for FenceOnce {
+        fn replicate<'a>(
+            &'a self,
+            entries: &'a [LogEntry],
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<DeliveryId>> + Send + 'a>>
+        {
+            Box::pin(async move {
+                let mut seen = self.seen.lock();
+                for e in entries {
+                    seen.push((e.delivery_id.0, e.events[0].event_seq));
+                }
+                let mut once = self.fenced.lock();
+                if !*once && entries.iter().any(|e| e.delivery_id == DeliveryId(1)) {
+                    *once = true;
+                    return vec![DeliveryId(1)];
+                }
+                Vec::new()
+            })
+        }
+    }
+
+    /// Records what the writer told the hub.
+    #[derive(Default)]
+    struct Told(parking_lot::Mutex<Vec<String>>);
+
+    impl CommitSink for Told {
+        fn committed(&self, entries: &[LogEntry]) {
+            for e in entries {
+                self.0.lock().push(format!("committed {}", e.delivery_id));
+            }
+        }
+        fn failed(&self, entries: &[LogEntry]) {
+            for e in entries {
+                self.0.lock().push(format!("failed {}", e.delivery_id));
+            }
+        }
+        fn fenced(&self, entries: &[LogEntry]) {
+            for e in entries {
+                self.0.lock().push(format!("fenced {}", e.delivery_id));
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn fenced_entries_are_not_written_and_their_incarnation_stays_fenced() {
+        let path = temp_db("fenced");
+        let store = Store::open(&path).expect("open");
+        let replica = Arc::new(FenceOnce::default());
+        let sink = Arc::new(Told::default());
+        let (log, writer) = spawn_event_log_replicated(
+            store.clone(),
+            WriterConfig {
+                max_batch: 64,
+                max_delay: Duration::ZERO,
+                queue: 64,
+            },
+            sink.clone(),
+            Some(replica.clone()),
+            Arc::new(HubMetrics::new(
+                &mut prometheus_client::registry::Registry::default(),
+            )),
+            CancellationToken::new(),
+        );
+        let submit = |e: LogEntry| log.submit(e).expect("queued");
+        let fenced = |r: Result<(), Arc<StoreError>>| {
+            matches!(
+                r.as_ref().map_err(|e| &**e),
+                Err(StoreError::Fenced(DeliveryId(1)))
+            )
+        };
+        // Delivery 1 is fenced; delivery 2 in the same stream is not affected.
+        let a = submit(entry(1, &[(1, DeliveryStatus::Confirmed)], None, true));
+        assert!(fenced(a.await.expect("answer")));
+        let b = submit(entry(2, &[(1, DeliveryStatus::Confirmed)], None, true));
+        assert!(b.await.expect("answer").is_ok());
+        // A later entry of the same incarnation fails without being replicated.
+        let c = submit(entry(1, &[(2, DeliveryStatus::Preparing)], None, false));
+        assert!(fenced(c.await.expect("answer")));
+        // A new incarnation (the delivery reloaded after a takeover) is replicated again.
+        let mut fresh = entry(1, &[(1, DeliveryStatus::Confirmed)], None, true);
+        fresh.generation = 2;
+        assert!(submit(fresh).await.expect("answer").is_ok());
+        assert_eq!(*replica.seen.lock(), vec![(1, 1), (2, 1), (1, 1)]);
+        assert_eq!(
+            *sink.0.lock(),
+            vec!["fenced 1", "committed 2", "fenced 1", "committed 1"]
+        );
+        assert_eq!(store.events_after(DeliveryId(1), 0).expect("read").len(), 1);
+        drop(log);
+        writer.await.expect("writer");
     }
 
     #[test]

@@ -297,6 +297,89 @@ async fn acknowledged_events_are_in_the_successors_log() {
     assert_eq!(m.unreplicated.get(), 0);
 }
 
+/// A hub whose view is stale writes for a delivery another hub serves: the replica fences
+/// it (the serving owner refuses, and so does a copy holding another event under that seq),
+/// and nothing of it is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_fence_writes_from_a_hub_that_does_not_serve_the_delivery() {
+    const NAMES: [&str; 3] = ["hub-a", "hub-b", "hub-c"];
+    let t = three_hubs("fence").await;
+    let created = create_at(&t, 0).await;
+    let id = created.delivery_id;
+    let (owner, succ) = t.owners(0, id);
+    let third = 3 - owner - succ;
+    let r = change_at(&t, owner, id, DeliveryStatus::PickedUp, "p").await;
+    assert_eq!(r.status(), 200);
+    let acked: StatusChanged = r.json().await.expect("json");
+    let log = |i: usize| {
+        t.hub(i)
+            .store()
+            .load_delivery(id)
+            .expect("read")
+            .map(|d| d.events)
+            .unwrap_or_default()
+    };
+    let event = |seq: u64, status: DeliveryStatus| protocol::consumer::StatusEvent {
+        delivery_id: id,
+        event_seq: seq,
+        status,
+        ts_ms: 1,
+        source: "api".into(),
+        metadata: serde_json::Value::Null,
+    };
+    let entry = |events| region_hub::replica::ReplicaEntry {
+        delivery_id: id,
+        record: None,
+        events,
+        idempotency: Vec::new(),
+        proofs: Vec::new(),
+        devices: Vec::new(),
+    };
+
+    // The owner serves it: the next seq written by another hub is refused.
+    let next = entry(vec![event(acked.event_seq + 1, DeliveryStatus::EnRoute)]);
+    let fenced = t
+        .hub(third)
+        .replicate_to(NAMES[owner], std::slice::from_ref(&next))
+        .await
+        .expect("exchange");
+    assert_eq!(fenced, vec![id]);
+    assert_eq!(
+        log(owner).last().map(|e| e.event_seq),
+        Some(acked.event_seq)
+    );
+
+    // The successor holds `picked_up` under that seq: another event under it is refused.
+    let other = entry(vec![event(acked.event_seq, DeliveryStatus::Cancelled)]);
+    let fenced = t
+        .hub(third)
+        .replicate_to(NAMES[succ], &[other])
+        .await
+        .expect("exchange");
+    assert_eq!(fenced, vec![id]);
+    let copy = log(succ);
+    assert_eq!(
+        copy.last().map(|e| (e.event_seq, e.status)),
+        Some((acked.event_seq, DeliveryStatus::PickedUp))
+    );
+    // The same event again is no conflict (a retried replication).
+    let same = entry(copy.clone());
+    let fenced = t
+        .hub(third)
+        .replicate_to(NAMES[succ], &[same])
+        .await
+        .expect("exchange");
+    assert!(fenced.is_empty(), "{fenced:?}");
+    assert!(
+        t.hub(succ)
+            .cluster_metrics()
+            .expect("metrics")
+            .conflicts
+            .get()
+            >= 1
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_the_owner_goes_away_the_successor_serves_and_consumers_resume_without_gaps() {
     let mut t = three_hubs("takeover").await;
