@@ -9,7 +9,10 @@ also on failure and Ctrl-C.
 """
 
 import argparse
+import asyncio
 import json
+import random
+import threading
 import os
 import shutil
 import signal
@@ -109,11 +112,11 @@ class Firewall:
         sh("iptables", "-I", "INPUT", "-i", "lo", "-j", CHAIN)
         self.installed = True
 
-    def loss(self, udp_ports, probability):
+    def loss(self, proto, ports, probability):
         # Both directions: to the port (requests) and from it (answers).
-        for p in udp_ports:
+        for p in ports:
             for d in ("--dport", "--sport"):
-                sh("iptables", "-A", CHAIN, "-p", "udp", d, str(p), "-m", "statistic",
+                sh("iptables", "-A", CHAIN, "-p", proto, d, str(p), "-m", "statistic",
                    "--mode", "random", "--probability", str(probability), "-j", "DROP")
 
     def partition(self, node):
@@ -152,6 +155,77 @@ class Firewall:
         self.installed = False
 
 
+class DelayRelay:
+    """User-space UDP relay that delays every datagram by `delay_ms` +- `jitter_ms` in each
+    direction (the kernel has no netem). Each client address gets its own upstream socket, so
+    answers find their way back; QUIC sees a longer, jittery round trip and some reordering.
+    Runs its own asyncio loop in a thread."""
+
+    def __init__(self, listen_port, target_port, delay_ms, jitter_ms):
+        self.listen = ("127.0.0.1", listen_port)
+        self.target = ("127.0.0.1", target_port)
+        self.delay_ms, self.jitter_ms = delay_ms, jitter_ms
+        self.relayed = 0
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.front = None
+        self.upstreams = {}
+
+    def _delay(self):
+        return max(0.0, self.delay_ms + random.uniform(-self.jitter_ms, self.jitter_ms)) / 1000
+
+    def start(self):
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self._open(), self.loop).result(timeout=5)
+
+    async def _open(self):
+        relay = self
+
+        class Front(asyncio.DatagramProtocol):
+            def datagram_received(self, data, addr):
+                relay._from_client(data, addr)
+
+        self.front, _ = await self.loop.create_datagram_endpoint(Front, local_addr=self.listen)
+
+    def _from_client(self, data, addr):
+        self.relayed += 1
+        up = self.upstreams.get(addr)
+        if up is None:
+            up = self.upstreams[addr] = {"transport": None, "queue": [data]}
+            self.loop.create_task(self._connect(addr, up))
+        elif up["transport"] is None:
+            up["queue"].append(data)
+        else:
+            self.loop.call_later(self._delay(), up["transport"].sendto, data)
+
+    async def _connect(self, addr, up):
+        relay = self
+
+        class Back(asyncio.DatagramProtocol):
+            def datagram_received(self, data, _src):
+                relay.relayed += 1
+                relay.loop.call_later(relay._delay(), relay.front.sendto, data, addr)
+
+        transport, _ = await self.loop.create_datagram_endpoint(Back, remote_addr=self.target)
+        up["transport"] = transport
+        for data in up["queue"]:
+            self.loop.call_later(self._delay(), transport.sendto, data)
+        up["queue"] = []
+
+    def close(self):
+        def stop():
+            for up in self.upstreams.values():
+                if up["transport"] is not None:
+                    up["transport"].close()
+            if self.front is not None:
+                self.front.close()
+            self.loop.stop()
+
+        if self.thread.is_alive():
+            self.loop.call_soon_threadsafe(stop)
+            self.thread.join(timeout=5)
+
+
 def toml_str(s):
     return json.dumps(str(s))
 
@@ -181,8 +255,12 @@ def write_configs(args, work, pki, key, public):
     hub_ports = [dict(link=BASE + 10 * i, wt=BASE + 10 * i + 1, https=BASE + 10 * i + 2,
                       admin=BASE + 10 * i + 3, gossip=BASE + 10 * i + 4) for i in range(n)]
     edge_ports = [dict(quic=BASE + 100 + 10 * i, https=BASE + 100 + 10 * i + 1,
-                       admin=BASE + 100 + 10 * i + 2, gossip=BASE + 100 + 10 * i + 3)
+                       admin=BASE + 100 + 10 * i + 2, gossip=BASE + 100 + 10 * i + 3,
+                       relay=BASE + 100 + 10 * i + 5)
                   for i in range(n)]
+    # With a delay relay, drivers reach an edge through it: edges advertise the relay's port,
+    # so redirects between edges go through the relays too.
+    relayed = getattr(args, "delay_ms", 0) > 0
     seeds = json.dumps([f"127.0.0.1:{p['gossip']}" for p in hub_ports])
 
     def tls(name):
@@ -225,7 +303,7 @@ def write_configs(args, work, pki, key, public):
                 f"quic_listen = \"127.0.0.1:{p['quic']}\"\n"
                 f"https_listen = \"127.0.0.1:{p['https']}\"\n"
                 f"admin_listen = \"127.0.0.1:{p['admin']}\"\n"
-                f"advertise_quic_addr = \"127.0.0.1:{p['quic']}\"\n"
+                f"advertise_quic_addr = \"127.0.0.1:{p['relay'] if relayed else p['quic']}\"\n"
                 f"hubs = []\n"
                 f"[[token_keys]]\nkid = 1\npublic_key = {toml_str(public)}\n"
                 + tls(name)
@@ -287,8 +365,16 @@ def run(args):
     fw = Firewall()
     load = None
     timings = {}
+    relays = []
     try:
         fw.open()
+        if args.delay_ms > 0:
+            for e in edges:
+                r = DelayRelay(e.ports["relay"], e.ports["quic"], args.delay_ms, args.jitter_ms)
+                r.start()
+                relays.append(r)
+            log(f"drivers reach the edges through delay relays: {args.delay_ms} +- "
+                f"{args.jitter_ms} ms each way")
         for h in hubs:
             h.start()
         for e in edges:
@@ -303,10 +389,12 @@ def run(args):
         cmd = [args.client_sim, "load", "--ca", os.path.join(pki, "ca.pem"), "--token-key", key,
                "--token-kid", "1", "--duration", f"{args.max_duration_s}s",
                "--deliveries", str(args.deliveries), "--wt-share", str(args.wt_share),
+               "--https-share", str(args.https_share),
                "--faults-file", faults.path,
                "--report", report]
         for e in edges:
-            cmd += ["--edge", f"quic=127.0.0.1:{e.ports['quic']},https=127.0.0.1:{e.ports['https']}"]
+            quic = e.ports["relay"] if relays else e.ports["quic"]
+            cmd += ["--edge", f"quic=127.0.0.1:{quic},https=127.0.0.1:{e.ports['https']}"]
         for h in hubs:
             cmd += ["--hub", f"https=127.0.0.1:{h.ports['https']},wt=127.0.0.1:{h.ports['wt']}"]
         load = subprocess.Popen(cmd, stdout=open(os.path.join(work, "load.out"), "w"),
@@ -315,9 +403,11 @@ def run(args):
         log(f"client-sim load pid {load.pid}")
         sleep_checked(args.phase_s, nodes, load)
 
-        udp = [p for n in nodes for p in n.udp_ports()]
-        fw.loss(udp, args.loss)
-        faults.mark("loss-5pct", f"udp-loss-{args.loss}")
+        # Every packet to or from a node, UDP (QUIC, WebTransport, gossip) and TCP (HTTPS,
+        # WebSocket), is dropped with probability `--loss`, for the rest of the run.
+        fw.loss("udp", [p for n in nodes for p in n.udp_ports()], args.loss)
+        fw.loss("tcp", [p for n in nodes for p in n.tcp_ports()], args.loss)
+        faults.mark("loss-5pct", f"packet-loss-{args.loss}")
         sleep_checked(args.phase_s, nodes, load)
 
         victim = hubs[1]
@@ -356,6 +446,8 @@ def run(args):
             rep = json.load(f)
         rep["restarts"] = timings
         rep["loss_rule_drops"] = dropped
+        rep["delay_relay"] = {"one_way_delay_ms": args.delay_ms, "jitter_ms": args.jitter_ms,
+                              "datagrams_relayed": sum(r.relayed for r in relays)}
         with open(report, "w") as f:
             json.dump(rep, f, indent=2)
         return check(rep, work)
@@ -365,6 +457,8 @@ def run(args):
             load.wait(timeout=10)
         for n in nodes:
             n.stop_hard()
+        for r in relays:
+            r.close()
         fw.close()
         log("cleaned up (processes stopped, firewall chain removed)")
 
@@ -390,6 +484,7 @@ def check(rep, work):
                             "active consumers got a position after it")
     keys = ("status_events", "max_position_gap_s", "max_position_gap_from_s", "faults",
             "restarts", "loss_rule_drops", "consumers_websocket", "consumers_webtransport",
+            "drivers_quic", "drivers_https", "delay_relay",
             "consumer_redirects_wrong_transport", "errors")
     print(json.dumps({k: rep.get(k) for k in keys}, indent=2))
     log(f"report: {work}/report.json")
@@ -413,7 +508,12 @@ def main():
     ap.add_argument("--deliveries", type=int, default=12)
     ap.add_argument("--wt-share", type=float, default=0.5,
                     help="share of consumers on WebTransport (the rest WebSocket)")
+    ap.add_argument("--https-share", type=float, default=0.25,
+                    help="share of drivers on the HTTPS fallback (the rest QUIC)")
     ap.add_argument("--loss", type=float, default=0.05)
+    ap.add_argument("--delay-ms", type=float, default=40,
+                    help="one-way delay the drivers' UDP relays add (0: no relays)")
+    ap.add_argument("--jitter-ms", type=float, default=10)
     ap.add_argument("--phase-s", type=float, default=10)
     ap.add_argument("--partition-s", type=float, default=10)
     ap.add_argument("--restart-gap-s", type=float, default=5,

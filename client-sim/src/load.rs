@@ -56,6 +56,11 @@ pub struct LoadArgs {
     /// whose `webtransport_tls` certificate chains to `--ca`); the rest use WebSocket.
     #[arg(long, default_value_t = 0.0)]
     pub wt_share: f64,
+    /// Share of drivers that send their fixes over HTTPS (`POST /api/v1/tracking/locations`,
+    /// the fallback of apps whose network blocks UDP; needs `https=HOST:PORT` in every
+    /// `--edge`); the rest use QUIC datagrams.
+    #[arg(long, default_value_t = 0.0)]
+    pub https_share: f64,
     /// Deliveries in flight at once (one driver and one consumer each).
     #[arg(long, default_value_t = 12)]
     pub deliveries: usize,
@@ -163,6 +168,9 @@ pub struct LoadReport {
     /// Consumers (deliveries) watched over WebSocket and over WebTransport.
     pub consumers_websocket: u64,
     pub consumers_webtransport: u64,
+    /// Drivers (deliveries) sending over QUIC and over the HTTPS fallback.
+    pub drivers_quic: u64,
+    pub drivers_https: u64,
     pub http_redirects_followed: u64,
     pub http_retries: u64,
     /// Number of errors, and the first few.
@@ -181,6 +189,8 @@ struct Counters {
     consumer_redirects: u64,
     consumers_ws: u64,
     consumers_wt: u64,
+    drivers_quic: u64,
+    drivers_https: u64,
     consumer_redirects_wrong_transport: u64,
     http_redirects: u64,
     http_retries: u64,
@@ -206,6 +216,9 @@ struct Shared {
     /// WebTransport address of each hub (same order as `hubs`), when given.
     hubs_wt: Vec<Option<SocketAddr>>,
     edges: Vec<SocketAddr>,
+    /// HTTPS address of each edge (same order as `edges`), when given.
+    edges_https: Vec<Option<SocketAddr>>,
+    https_share: f64,
     wt_client: Option<wtransport::Endpoint<wtransport::endpoint::endpoint_side::Client>>,
     wt_share: f64,
     http: reqwest::Client,
@@ -244,6 +257,15 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<LoadReport> {
         .iter()
         .map(|s| target_addr(s, "quic"))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let edges_https: Vec<Option<SocketAddr>> = args
+        .edges
+        .iter()
+        .map(|s| target_addr(s, "https").ok())
+        .collect();
+    anyhow::ensure!(
+        args.https_share <= 0.0 || edges_https.iter().all(Option::is_some),
+        "--https-share needs https=HOST:PORT in every --edge"
+    );
     let hubs = args
         .hubs
         .iter()
@@ -304,6 +326,8 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<LoadReport> {
         hubs,
         hubs_wt,
         edges,
+        edges_https,
+        https_share: args.https_share,
         wt_client,
         wt_share: args.wt_share,
         http,
@@ -506,6 +530,8 @@ fn build_report(
         consumer_redirects_wrong_transport: c.consumer_redirects_wrong_transport,
         consumers_websocket: c.consumers_ws,
         consumers_webtransport: c.consumers_wt,
+        drivers_quic: c.drivers_quic,
+        drivers_https: c.drivers_https,
         http_redirects_followed: c.http_redirects,
         http_retries: c.http_retries,
         errors: c.errors,
@@ -728,6 +754,22 @@ async fn run_driver(
         nodekit::unix_s(),
         3600,
     );
+    // Spread the HTTPS drivers evenly over the slots (independently of the consumers' split).
+    if ((slot * 4793 + 211) % 1000) as f64 / 1000.0 < s.https_share {
+        s.count(|c| c.drivers_https += 1);
+        return run_https_driver(
+            s,
+            slot,
+            driver_id,
+            delivery_id,
+            start,
+            token,
+            done,
+            stop_all,
+        )
+        .await;
+    }
+    s.count(|c| c.drivers_quic += 1);
     let mut edge_ix = slot % s.edges.len();
     let mut target = s.edges[edge_ix];
     let mut seq = 0u32;
@@ -767,6 +809,78 @@ async fn run_driver(
                     _ = stop_all.cancelled() => return,
                     _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                 }
+            }
+        }
+    }
+}
+
+/// A driver on the HTTPS fallback: one `POST /api/v1/tracking/locations` per fix (the
+/// delivery named in `x-trackline-deliveries`); on a refusal (`503` while the edge drains) or
+/// a failure it moves to the next edge.
+#[allow(clippy::too_many_arguments)]
+async fn run_https_driver(
+    s: Arc<Shared>,
+    slot: usize,
+    driver_id: u64,
+    delivery_id: u64,
+    start: (f64, f64),
+    token: String,
+    done: CancellationToken,
+    stop_all: CancellationToken,
+) {
+    let n = s.edges_https.len();
+    let mut edge_ix = slot % n;
+    let mut seq = 0u32;
+    let mut tick = tokio::time::interval(s.fix_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = done.cancelled() => return,
+            _ = stop_all.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Some(edge) = s.edges_https[edge_ix] else {
+            return;
+        };
+        seq += 1;
+        let step_deg = 0.00003 * f64::from(seq);
+        let fix = protocol::api::JsonFix {
+            seq,
+            lat: start.0 + step_deg,
+            lng: start.1 + step_deg,
+            heading: 45.0,
+            speed: 5.0,
+            accuracy: 5.0,
+            timestamp: nodekit::unix_ms(),
+        };
+        let sent = s
+            .http
+            .post(format!(
+                "https://{edge}{}",
+                edge_node::ingest::LOCATIONS_PATH
+            ))
+            .bearer_auth(&token)
+            .header(protocol::api::DELIVERIES_HEADER, delivery_id.to_string())
+            .timeout(Duration::from_secs(2))
+            .json(&[fix])
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status().is_success() => s.count(|c| c.fixes_sent += 1),
+            Ok(r) => {
+                if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+                    s.count(|c| c.driver_redirects += 1);
+                }
+                s.error(format!(
+                    "https driver {driver_id} via {edge}: {}",
+                    r.status()
+                ));
+                edge_ix = (edge_ix + 1) % n;
+            }
+            Err(e) => {
+                s.count(|c| c.driver_reconnects += 1);
+                s.error(format!("https driver {driver_id} via {edge}: {e}"));
+                edge_ix = (edge_ix + 1) % n;
             }
         }
     }

@@ -40,6 +40,9 @@ use tokio_util::sync::CancellationToken;
 /// How often the hub checks for silent drivers and idle deliveries.
 const TICK: Duration = Duration::from_secs(1);
 
+/// After shutdown, a task still running this long is named in the log.
+const SLOW_STOP: Duration = Duration::from_secs(3);
+
 /// A running hub.
 #[derive(Debug)]
 pub struct HubHandle {
@@ -51,7 +54,8 @@ pub struct HubHandle {
     admin_addr: SocketAddr,
     shutdown: CancellationToken,
     writer_shutdown: CancellationToken,
-    tasks: Vec<JoinHandle<()>>,
+    /// Background tasks, named for the shutdown log.
+    tasks: Vec<(&'static str, JoinHandle<()>)>,
     writer: JoinHandle<()>,
     ready: Arc<AtomicBool>,
     drain_limit: Duration,
@@ -148,9 +152,21 @@ impl HubHandle {
     /// Waits until every task has ended (after [`HubHandle::shutdown`] or a fatal error). The
     /// event log writer stops last, after committing whatever was queued.
     pub async fn join(self) {
-        for t in self.tasks {
-            if let Err(e) = t.await {
-                tracing::error!(error = %e, "hub task panicked");
+        for (name, mut t) in self.tasks {
+            // A task that does not end promptly is named (a stuck shutdown is diagnosable),
+            // then waited for.
+            let r = match tokio::time::timeout(SLOW_STOP, &mut t).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::warn!(
+                        task = name,
+                        "task still running {SLOW_STOP:?} after shutdown"
+                    );
+                    t.await
+                }
+            };
+            if let Err(e) = r {
+                tracing::error!(task = name, error = %e, "hub task panicked");
             }
         }
         self.writer_shutdown.cancel();
@@ -448,37 +464,46 @@ pub async fn spawn_with_notifier(
         draining: CancellationToken::new(),
     });
 
-    let mut tasks = vec![crumb_writer, purge, eta_saver];
-    tasks.push(tokio::spawn(link::run(
-        link_endpoint,
-        hub.clone(),
-        shutdown.clone(),
-    )));
-    tasks.push(tokio::spawn(wt::run(
-        wt_endpoint,
-        hub.clone(),
-        shutdown.clone(),
-    )));
+    let mut tasks = vec![
+        ("breadcrumb writer", crumb_writer),
+        ("history purge", purge),
+        ("eta saver", eta_saver),
+    ];
+    tasks.push((
+        "edge link",
+        tokio::spawn(link::run(link_endpoint, hub.clone(), shutdown.clone())),
+    ));
+    tasks.push((
+        "webtransport",
+        tokio::spawn(wt::run(wt_endpoint, hub.clone(), shutdown.clone())),
+    ));
     // The browsers' map is drawn from the graph the hub routes on.
     let router =
         http::router(hub.clone(), shutdown.clone()).merge(web::router(hub.clone(), road.clone()));
     {
         let (router, shutdown) = (router.clone(), shutdown.clone());
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) =
-                nodekit::serve_https(https_listener, Arc::new(https_tls), router, shutdown).await
-            {
-                tracing::error!(error = %e, "https server failed");
-            }
-        }));
+        tasks.push((
+            "https server",
+            tokio::spawn(async move {
+                if let Err(e) =
+                    nodekit::serve_https(https_listener, Arc::new(https_tls), router, shutdown)
+                        .await
+                {
+                    tracing::error!(error = %e, "https server failed");
+                }
+            }),
+        ));
     }
     if let Some(l) = http_listener {
         let (router, shutdown) = (router.clone(), shutdown.clone());
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = nodekit::serve_http(l, router, shutdown).await {
-                tracing::error!(error = %e, "http server failed");
-            }
-        }));
+        tasks.push((
+            "http server",
+            tokio::spawn(async move {
+                if let Err(e) = nodekit::serve_http(l, router, shutdown).await {
+                    tracing::error!(error = %e, "http server failed");
+                }
+            }),
+        ));
     }
     let ready = Arc::new(AtomicBool::new(false));
     {
@@ -501,31 +526,40 @@ pub async fn spawn_with_notifier(
             }),
         );
         let shutdown = shutdown.clone();
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = nodekit::serve_http(admin_listener, admin, shutdown).await {
-                tracing::error!(error = %e, "admin server failed");
-            }
-        }));
+        tasks.push((
+            "admin server",
+            tokio::spawn(async move {
+                if let Err(e) = nodekit::serve_http(admin_listener, admin, shutdown).await {
+                    tracing::error!(error = %e, "admin server failed");
+                }
+            }),
+        ));
     }
     {
         let (hub, shutdown) = (hub.clone(), shutdown.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut every = tokio::time::interval(TICK);
-            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = every.tick() => hub.tick(hub.clock.now_ms()),
-                    _ = shutdown.cancelled() => break,
+        tasks.push((
+            "tick",
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(TICK);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = every.tick() => hub.tick(hub.clock.now_ms()),
+                        _ = shutdown.cancelled() => break,
+                    }
                 }
-            }
-        }));
+            }),
+        ));
     }
     if let Some(c) = &cluster {
-        tasks.push(tokio::spawn(replica::run_rebalancer(
-            hub.clone(),
-            c.clone(),
-            shutdown.clone(),
-        )));
+        tasks.push((
+            "rebalancer",
+            tokio::spawn(replica::run_rebalancer(
+                hub.clone(),
+                c.clone(),
+                shutdown.clone(),
+            )),
+        ));
     }
     ready.store(true, Ordering::Relaxed);
     tracing::info!(
