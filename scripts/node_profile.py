@@ -94,7 +94,7 @@ def run(args):
         cmd = [args.client_sim, "load", "--ca", os.path.join(pki, "ca.pem"), "--token-key", key,
                "--token-kid", "1", "--duration", f"{duration}s",
                "--deliveries", str(args.deliveries),
-               "--delivery-lifetime", f"{duration + 60}s",
+               "--delivery-lifetime", f"{duration + 60}s", "--ramp", f"{args.ramp_s}s",
                "--fix-interval", f"{args.fix_interval_ms}ms",
                "--wt-share", str(args.wt_share), "--report", report,
                "--edge", f"quic=127.0.0.1:{edge.ports['quic']},https=127.0.0.1:{edge.ports['https']}",
@@ -164,6 +164,8 @@ def main():
     ap.add_argument("--fix-interval-ms", type=int, default=100)
     ap.add_argument("--wt-share", type=float, default=0.5)
     ap.add_argument("--settle-s", type=float, default=4)
+    ap.add_argument("--ramp-s", type=int, default=8,
+                    help="the load starts its deliveries over this many seconds")
     ap.add_argument("--warmup-s", type=float, default=15)
     ap.add_argument("--window-s", type=float, default=30)
     args = ap.parse_args()

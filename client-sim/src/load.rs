@@ -67,6 +67,10 @@ pub struct LoadArgs {
     /// Lifetime of one delivery (four status changes spread over it), then a new one starts.
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     pub delivery_lifetime: Duration,
+    /// Time over which the slots start, evenly spread; default: one `delivery_lifetime`, so
+    /// status changes spread over time (a short ramp reaches a steady fix rate sooner).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub ramp: Option<Duration>,
     /// Time between two fixes of a driver.
     #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
     pub fix_interval: Duration,
@@ -350,7 +354,10 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<LoadReport> {
         let (stop_new, stop_all) = (stop_new.clone(), stop_all.clone());
         let lifetime = args.delivery_lifetime;
         // Stagger the starts so the status changes spread over time.
-        let delay = lifetime.mul_f64(slot as f64 / args.deliveries.max(1) as f64);
+        let delay = args
+            .ramp
+            .unwrap_or(lifetime)
+            .mul_f64(slot as f64 / args.deliveries.max(1) as f64);
         slots.push(tokio::spawn(async move {
             tokio::select! {
                 _ = stop_new.cancelled() => return,

@@ -420,7 +420,9 @@ impl GossipHandle {
     pub async fn closed(&self) {
         self.inner.shutdown.cancelled().await;
         self.inner.tasks.wait().await;
-        self.inner.endpoint.wait_idle().await;
+        // Bounded: a peer that never acknowledges the close would hold this for the idle
+        // timeout.
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.inner.endpoint.wait_idle()).await;
     }
 }
 

@@ -21,6 +21,9 @@ use tracing::{debug, Instrument};
 /// Label used in metrics.
 pub const WEBSOCKET: &str = "websocket";
 
+/// Read buffer, write batching threshold and largest inbound message of a consumer WebSocket.
+const CONSUMER_WS_BUFFER: usize = 4096;
+
 #[derive(Clone)]
 struct AppState {
     hub: Arc<Hub>,
@@ -292,7 +295,14 @@ async fn connect(
         }
     };
     let ws = match ws {
-        Ok(ws) => ws,
+        // Consumers only send control frames: a small read buffer (tungstenite allocates
+        // 128 KiB per connection by default, most of a consumer's memory) and a small limit
+        // on what they may send.
+        Ok(ws) => ws
+            .read_buffer_size(CONSUMER_WS_BUFFER)
+            .write_buffer_size(CONSUMER_WS_BUFFER)
+            .max_message_size(CONSUMER_WS_BUFFER)
+            .max_frame_size(CONSUMER_WS_BUFFER),
         Err(e) => return e.into_response(),
     };
     // Browsers' WebSocket does not follow HTTP redirects: the redirect goes in-band.

@@ -42,7 +42,9 @@ pub(crate) async fn run(endpoint: quinn::Endpoint, hub: Arc<Hub>, shutdown: Canc
         quinn::VarInt::from_u32(CloseCode::ShuttingDown as u32),
         b"hub shutting down",
     );
-    endpoint.wait_idle().await;
+    // Lets the close frames reach the peers, bounded: under packet loss a peer that never
+    // acknowledges would otherwise hold the shutdown for quinn's idle timeout (30 s).
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
 }
 
 #[derive(Debug, thiserror::Error)]
