@@ -558,10 +558,13 @@ pub async fn spawn_with_notifier(
                 hub.clone(),
                 c.clone(),
                 shutdown.clone(),
+                ready.clone(),
             )),
         ));
+    } else {
+        // In a cluster the rebalancer says ready once it has claimed what the hub owns.
+        ready.store(true, Ordering::Relaxed);
     }
-    ready.store(true, Ordering::Relaxed);
     tracing::info!(
         hub_id = %config.hub_id, link = %link_addr, webtransport = %webtransport_addr, https = %https_addr,
         admin = %admin_addr, "hub started"

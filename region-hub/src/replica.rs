@@ -822,11 +822,16 @@ pub(crate) fn consumer_redirect_url(owner: &HubInfo, id: DeliveryId, webtranspor
 /// - ours with a new successor: send it the whole log;
 /// - held live but owned by another hub now (it joined, or we drain): send it the whole log,
 ///   then redirect our consumers of it there.
+///
+/// `/readyz` (`ready`) turns 200 after the first pass past `join_grace_ms`: the hub has claimed
+/// the deliveries it owns, so a rolling restart that waits for it moves on only then.
 pub(crate) async fn run_rebalancer(
     hub: Arc<Hub>,
     cluster: Arc<HubCluster>,
     shutdown: CancellationToken,
+    ready: Arc<std::sync::atomic::AtomicBool>,
 ) {
+    let mut announced = false;
     let mut view = cluster.node.view.clone();
     let mut every = tokio::time::interval(cluster.rebalance_interval);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -937,6 +942,16 @@ pub(crate) async fn run_rebalancer(
             }
         }
         cluster.handoff.send_replace((draining_seen, outstanding));
+        if settled && !announced {
+            announced = true;
+            if !hub.draining.is_cancelled() {
+                ready.store(true, std::sync::atomic::Ordering::Relaxed);
+                info!(
+                    owned = owned.len(),
+                    "claimed the deliveries this hub owns; ready"
+                );
+            }
+        }
     }
     cluster.close();
 }

@@ -720,3 +720,24 @@ async fn admin_drain_answers_at_once_then_the_hub_drains_and_stops() {
     })
     .await;
 }
+
+/// In a cluster `/readyz` waits for the hub to claim what it owns (after `join_grace_ms`), so a
+/// rolling restart that waits for it does not move on while the hub serves nothing yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clustered_hub_is_ready_only_after_claiming_its_deliveries() {
+    let dir = TestDir::new("ready-after-claim");
+    let pki = Pki::new(&dir.0);
+    let mut config = hub_config(&dir.0, &pki, "hub-a", vec![]);
+    config.cluster_hub.join_grace_ms = 3_000;
+    let hub = start_with(config).await;
+    let readyz = format!("http://{}/readyz", hub.admin_addr());
+    let status = || async {
+        reqwest::get(&readyz)
+            .await
+            .expect("readyz answers")
+            .status()
+            .as_u16()
+    };
+    assert_eq!(status().await, 503, "ready before the join grace ended");
+    wait_until("the hub to turn ready", || async { status().await == 200 }).await;
+}
