@@ -496,13 +496,16 @@ def check(rep, work):
     return 0
 
 
+def binary_args(ap):
+    """The release binaries a harness runs (--edge-node, --region-hub, --client-sim, --certs)."""
+    rel = os.path.join(ROOT, "target", "release")
+    for name in ("edge-node", "region-hub", "client-sim", "certs"):
+        ap.add_argument(f"--{name}", default=os.path.join(rel, name))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    rel = os.path.join(ROOT, "target", "release")
-    ap.add_argument("--edge-node", default=os.path.join(rel, "edge-node"))
-    ap.add_argument("--region-hub", default=os.path.join(rel, "region-hub"))
-    ap.add_argument("--client-sim", default=os.path.join(rel, "client-sim"))
-    ap.add_argument("--certs", default=os.path.join(rel, "certs"))
+    binary_args(ap)
     ap.add_argument("--workdir", default=os.path.join(ROOT, "target", "cluster-test"))
     ap.add_argument("--nodes", type=int, default=3, help="hubs and edges each")
     ap.add_argument("--deliveries", type=int, default=12)

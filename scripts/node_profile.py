@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
-"""Per-node profile: one hub and one edge as separate processes on 127.0.0.1 (cluster mode, as
-in production), `client-sim load` driving them at a steady fix rate, and the CPU time and
-memory each node process used while doing it. The result is the per-core throughput behind the
+"""Per-node profile: CPU per fix and memory per delivery of one hub and one edge under load.
+
+One hub and one edge run as separate processes on 127.0.0.1 (cluster mode, as in production),
+`client-sim load` drives them at a steady fix rate, and the CPU time and memory each node
+process used while doing it are read. The result is the per-core throughput behind the
 sizing in docs/operations.md ("Sizing for the design load").
 
 CPU is read from /proc/PID/stat (user + system time of that process alone), so the load
 generator sharing the machine does not count against the nodes; it can only slow them down,
 which makes the figures conservative. Stdlib only; reuses the multi-node test's setup.
 
-    python3 scripts/node_profile.py --deliveries 400 --fix-interval-ms 100
+    python3 scripts/node_profile.py --deliveries 2000 --fix-interval-ms 250 --ramp-s 15 --warmup-s 25
 """
 
 import argparse
@@ -153,20 +155,17 @@ def run(args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    rel = os.path.join(ct.ROOT, "target", "release")
-    ap.add_argument("--edge-node", default=os.path.join(rel, "edge-node"))
-    ap.add_argument("--region-hub", default=os.path.join(rel, "region-hub"))
-    ap.add_argument("--client-sim", default=os.path.join(rel, "client-sim"))
-    ap.add_argument("--certs", default=os.path.join(rel, "certs"))
+    ct.binary_args(ap)
     ap.add_argument("--workdir", default=os.path.join(ct.ROOT, "target", "node-profile"))
     ap.add_argument("--base-port", type=int, default=28100)
-    ap.add_argument("--deliveries", type=int, default=400)
-    ap.add_argument("--fix-interval-ms", type=int, default=100)
+    ap.add_argument("--deliveries", type=int, default=2000)
+    ap.add_argument("--fix-interval-ms", type=int, default=250,
+                    help="per driver; the edge rate-limits drivers faster than 4 fixes/s")
     ap.add_argument("--wt-share", type=float, default=0.5)
     ap.add_argument("--settle-s", type=float, default=4)
-    ap.add_argument("--ramp-s", type=int, default=8,
+    ap.add_argument("--ramp-s", type=int, default=15,
                     help="the load starts its deliveries over this many seconds")
-    ap.add_argument("--warmup-s", type=float, default=15)
+    ap.add_argument("--warmup-s", type=float, default=25)
     ap.add_argument("--window-s", type=float, default=30)
     args = ap.parse_args()
     for name in ("edge_node", "region_hub", "client_sim", "certs"):
