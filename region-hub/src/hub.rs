@@ -161,7 +161,7 @@ impl CommitSink for Shared {
                 st.fanout.remove_delivery(id);
             }
         }
-        tracing::warn!(deliveries = ?ids, "fenced by a replica: another hub serves them; unloaded");
+        tracing::warn!(deliveries = ?ids, "refused by replication (fenced by a replica, or no replica); unloaded until taken over afresh");
         self.fenced.lock().extend(ids);
     }
 }
@@ -337,7 +337,12 @@ impl Hub {
         let rx = queued.map_err(|e| ApiFailure::Unavailable(e.to_string()))?;
         match rx.await {
             Ok(Ok(())) => Ok(entry),
-            Ok(Err(e)) if matches!(*e, crate::store::StoreError::Fenced(_)) => {
+            Ok(Err(e))
+                if matches!(
+                    *e,
+                    crate::store::StoreError::Fenced(_) | crate::store::StoreError::NoReplica(_)
+                ) =>
+            {
                 Err(ApiFailure::Unavailable(e.to_string()))
             }
             Ok(Err(e)) => Err(ApiFailure::Internal(format!(

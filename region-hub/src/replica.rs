@@ -7,6 +7,7 @@
 use crate::core::{DeliveryRecord, LogEntry, SideRecord};
 use crate::hub::Hub;
 use crate::proof::ProofRecord;
+use crate::store::Refusal;
 use cluster::{ClusterNode, HubInfo};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
@@ -16,7 +17,6 @@ use protocol::DeliveryId;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -55,6 +55,12 @@ pub struct ClusterHubConfig {
     /// before it claims deliveries from its log; until then it serves only what it creates
     /// or is handed. A few foca probe periods (`lan`: 1 s each).
     pub join_grace_ms: u64,
+    /// Copies of a status change that must be durable before it is acknowledged: 2 (default;
+    /// the owner's and its successor's, so an acknowledged event survives the loss of any one
+    /// hub; with no successor reachable changes are refused with 503 until membership picks
+    /// another) or 1 (acknowledge on the owner's copy alone when the successor is
+    /// unreachable, counted in `hub_events_unreplicated_total`: available, not durable).
+    pub min_copies: u8,
 }
 
 impl Default for ClusterHubConfig {
@@ -68,6 +74,7 @@ impl Default for ClusterHubConfig {
             rebalance_interval_ms: 1_000,
             drain_timeout_s: 30,
             join_grace_ms: 3_000,
+            min_copies: 2,
         }
     }
 }
@@ -89,6 +96,12 @@ impl ClusterHubConfig {
             if v == 0 {
                 return Err(crate::ConfigError::Zero { field });
             }
+        }
+        if !(1..=2).contains(&self.min_copies) {
+            return Err(crate::ConfigError::Invalid(format!(
+                "cluster_hub.min_copies is {}; it must be 1 or 2",
+                self.min_copies
+            )));
         }
         Ok(())
     }
@@ -198,6 +211,9 @@ pub struct ClusterMetrics {
     pub fenced: Counter,
     /// Copies received holding other events under seqs we hold (two writers for one seq).
     pub conflicts: Counter,
+    /// Deliveries whose status changes were refused because no replica stored them
+    /// (`min_copies` 2).
+    pub no_replica: Counter,
 }
 
 impl ClusterMetrics {
@@ -233,6 +249,11 @@ impl ClusterMetrics {
             self.fenced.clone(),
         );
         r.register(
+            "hub_events_refused_no_replica",
+            "Deliveries whose status changes were refused (503) because no replica stored them in time (min_copies = 2)",
+            self.no_replica.clone(),
+        );
+        r.register(
             "hub_replica_conflicts",
             "Copies received holding a different event under a seq already stored",
             self.conflicts.clone(),
@@ -253,6 +274,8 @@ pub struct HubCluster {
     ack_timeout: Duration,
     rebalance_interval: Duration,
     join_grace: Duration,
+    /// `cluster_hub.min_copies`.
+    min_copies: u8,
     /// Serialises takeovers (rebalancer, request paths, hand-offs received).
     takeover_lock: tokio::sync::Mutex<()>,
     pub metrics: ClusterMetrics,
@@ -343,6 +366,7 @@ pub(crate) async fn join(
         ack_timeout: Duration::from_millis(hub_config.replica_ack_timeout_ms),
         rebalance_interval: Duration::from_millis(hub_config.rebalance_interval_ms),
         join_grace: Duration::from_millis(hub_config.join_grace_ms),
+        min_copies: hub_config.min_copies,
         takeover_lock: tokio::sync::Mutex::new(()),
         metrics,
         handoff: tokio::sync::watch::channel((false, usize::MAX)).0,
@@ -441,10 +465,11 @@ impl HubCluster {
     }
 
     /// Copies entries to their replicas before they are committed here, one exchange per
-    /// replica, concurrently. Returns the deliveries a replica fenced: their entries must
-    /// fail. A replica that cannot be reached does not fence (acknowledged unreplicated).
-    pub async fn replicate(&self, entries: &[LogEntry]) -> Vec<DeliveryId> {
+    /// replica, concurrently. Returns the deliveries whose entries must fail: fenced by their
+    /// replica, or (with `min_copies` 2) status changes no replica stored in time.
+    pub async fn replicate(&self, entries: &[LogEntry]) -> Vec<(DeliveryId, Refusal)> {
         let mut by_target: BTreeMap<String, (HubInfo, Vec<ReplicaEntry>, u64)> = BTreeMap::new();
+        let mut refused: Vec<(DeliveryId, Refusal)> = Vec::new();
         let mut alone = 0u64;
         for e in entries {
             let entry = ReplicaEntry::from(e);
@@ -460,8 +485,18 @@ impl HubCluster {
                     slot.1.push(entry);
                     slot.2 += n;
                 }
+                None if self.min_copies >= 2 && n > 0 => {
+                    refused.push((e.delivery_id, Refusal::NoReplica));
+                }
                 None => alone += n,
             }
+        }
+        if !refused.is_empty() {
+            warn!(
+                deliveries = refused.len(),
+                "no live replica: status changes refused (min_copies = 2)"
+            );
+            self.metrics.no_replica.inc_by(refused.len() as u64);
         }
         if alone > 0 {
             debug!(events = alone, "no live replica: acknowledged unreplicated");
@@ -480,7 +515,17 @@ impl HubCluster {
                         warn!(replica = %h.id, deliveries = ?fenced, "replica fenced our entries: it serves those deliveries");
                         self.metrics.fenced.inc_by(fenced.len() as u64);
                     }
-                    fenced
+                    fenced.into_iter().map(|id| (id, Refusal::Fenced)).collect::<Vec<_>>()
+                }
+                Err(e) if self.min_copies >= 2 => {
+                    let ids: Vec<(DeliveryId, Refusal)> = batch
+                        .iter()
+                        .filter(|e| !e.events.is_empty())
+                        .map(|e| (e.delivery_id, Refusal::NoReplica))
+                        .collect();
+                    warn!(replica = %h.id, error = %e, deliveries = ids.len(), "replication failed: status changes refused (min_copies = 2)");
+                    self.metrics.no_replica.inc_by(ids.len() as u64);
+                    ids
                 }
                 Err(e) => {
                     warn!(replica = %h.id, error = %e, events = n, "replication failed: acknowledged unreplicated");
@@ -489,11 +534,8 @@ impl HubCluster {
                 }
             }
         });
-        futures::future::join_all(sends)
-            .await
-            .into_iter()
-            .flatten()
-            .collect()
+        refused.extend(futures::future::join_all(sends).await.into_iter().flatten());
+        refused
     }
 
     /// Marks this hub draining (it then owns nothing; the rebalancer hands every delivery it
@@ -590,10 +632,7 @@ impl HubCluster {
 pub(crate) struct ReplicaSlot(pub OnceLock<Arc<HubCluster>>);
 
 impl crate::store::Replicate for ReplicaSlot {
-    fn replicate<'a>(
-        &'a self,
-        entries: &'a [LogEntry],
-    ) -> Pin<Box<dyn std::future::Future<Output = Vec<DeliveryId>> + Send + 'a>> {
+    fn replicate<'a>(&'a self, entries: &'a [LogEntry]) -> crate::store::Refused<'a> {
         Box::pin(async move {
             match self.0.get() {
                 Some(c) => c.replicate(entries).await,

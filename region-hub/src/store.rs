@@ -8,7 +8,7 @@ use crate::proof::ProofRecord;
 use protocol::consumer::StatusEvent;
 use protocol::DeliveryId;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -48,6 +48,21 @@ pub enum StoreError {
     Closed,
     #[error("delivery {0} is served by another hub right now (ownership is moving); retry")]
     Fenced(DeliveryId),
+    #[error("delivery {0}: no replica stored the change in time (cluster_hub.min_copies = 2); not stored, retry")]
+    NoReplica(DeliveryId),
+}
+
+/// What [`Replicate::replicate`] returns: the deliveries whose entries must not be committed.
+pub type Refused<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Vec<(DeliveryId, Refusal)>> + Send + 'a>>;
+
+/// Why the replication hook refused a delivery's entries (they are then not committed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// A replica serves the delivery itself, or holds other events under the same seqs.
+    Fenced,
+    /// No replica acknowledged them and a second copy is required.
+    NoReplica,
 }
 
 impl StoreError {
@@ -521,8 +536,9 @@ pub trait CommitSink: Send + Sync + 'static {
     fn committed(&self, entries: &[LogEntry]);
     /// The entries could not be written (abort them newest first).
     fn failed(&self, entries: &[LogEntry]);
-    /// A replica fenced these entries' deliveries: another hub serves them. Abort the
-    /// entries and stop serving the deliveries (the default only aborts).
+    /// Replication refused these entries (a replica fenced their deliveries, or no replica
+    /// stored them and a second copy is required). Abort the entries and stop serving the
+    /// deliveries until they are taken over afresh (the default only aborts).
     fn fenced(&self, entries: &[LogEntry]) {
         self.failed(entries);
     }
@@ -578,12 +594,8 @@ pub struct WriterConfig {
 /// and committed anyway; what the replica fenced is not committed.
 pub trait Replicate: Send + Sync + 'static {
     /// Returns once the entries are durable on the replica, or replication was given up;
-    /// the result names the deliveries the replica fenced (it serves them itself, or holds
-    /// other events under the same seqs): their entries must not be committed.
-    fn replicate<'a>(
-        &'a self,
-        entries: &'a [LogEntry],
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<DeliveryId>> + Send + 'a>>;
+    /// the result names the deliveries whose entries must not be committed, and why.
+    fn replicate<'a>(&'a self, entries: &'a [LogEntry]) -> Refused<'a>;
 }
 
 /// [`spawn_event_log_replicated`] without replication (a single hub).
@@ -649,22 +661,28 @@ pub fn spawn_event_log_replicated(
             let stale = |e: &LogEntry| {
                 !e.events.is_empty() && fence_floor.get(&e.delivery_id).is_some_and(|&g| e.generation < g)
             };
-            let mut fenced: HashSet<DeliveryId> =
-                entries.iter().filter(|e| stale(e)).map(|e| e.delivery_id).collect();
+            let mut fenced: HashMap<DeliveryId, Refusal> =
+                entries.iter().filter(|e| stale(e)).map(|e| (e.delivery_id, Refusal::Fenced)).collect();
             if let Some(r) = &replicator {
                 let live: Vec<LogEntry> = entries.iter().filter(|e| !stale(e)).cloned().collect();
                 if !live.is_empty() {
-                    fenced.extend(r.replicate(&live).await);
+                    for (id, why) in r.replicate(&live).await {
+                        fenced.entry(id).or_insert(why);
+                    }
                 }
             }
             let mut ok = Vec::with_capacity(entries.len());
             let mut ok_replies = Vec::with_capacity(entries.len());
             let mut refused = Vec::new();
             for (entry, reply) in entries.into_iter().zip(replies) {
-                if fenced.contains(&entry.delivery_id) {
+                if let Some(why) = fenced.get(&entry.delivery_id) {
                     let floor = fence_floor.entry(entry.delivery_id).or_insert(0);
                     *floor = (*floor).max(entry.generation.saturating_add(1));
-                    let _ = reply.send(Err(Arc::new(StoreError::Fenced(entry.delivery_id))));
+                    let e = match why {
+                        Refusal::Fenced => StoreError::Fenced(entry.delivery_id),
+                        Refusal::NoReplica => StoreError::NoReplica(entry.delivery_id),
+                    };
+                    let _ = reply.send(Err(Arc::new(e)));
                     refused.push(entry);
                 } else {
                     ok.push(entry);
@@ -672,7 +690,7 @@ pub fn spawn_event_log_replicated(
                 }
             }
             if !refused.is_empty() {
-                tracing::warn!(entries = refused.len(), "replica fenced entries: another hub serves their deliveries");
+                tracing::warn!(entries = refused.len(), "entries refused by replication: not committed");
                 sink.fenced(&refused);
             }
             if ok.is_empty() {
@@ -776,11 +794,7 @@ mod tests {
     }
 
     impl Replicate for FenceOnce {
-        fn replicate<'a>(
-            &'a self,
-            entries: &'a [LogEntry],
-        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<DeliveryId>> + Send + 'a>>
-        {
+        fn replicate<'a>(&'a self, entries: &'a [LogEntry]) -> Refused<'a> {
             Box::pin(async move {
                 let mut seen = self.seen.lock();
                 for e in entries {
@@ -789,7 +803,7 @@ mod tests {
                 let mut once = self.fenced.lock();
                 if !*once && entries.iter().any(|e| e.delivery_id == DeliveryId(1)) {
                     *once = true;
-                    return vec![DeliveryId(1)];
+                    return vec![(DeliveryId(1), Refusal::Fenced)];
                 }
                 Vec::new()
             })

@@ -741,3 +741,39 @@ async fn a_clustered_hub_is_ready_only_after_claiming_its_deliveries() {
     assert_eq!(status().await, 503, "ready before the join grace ended");
     wait_until("the hub to turn ready", || async { status().await == 200 }).await;
 }
+
+/// With `min_copies` 2 (the default) a hub left without any peer refuses status changes (503,
+/// nothing stored) instead of acknowledging them on its copy alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_without_a_live_replica_refuses_status_changes() {
+    let mut t = three_hubs("no-replica").await;
+    let created = create_at(&t, 0).await;
+    let id = created.delivery_id;
+    for i in [1, 2] {
+        let gone = t.hubs[i].take().expect("hub");
+        gone.shutdown();
+        gone.join().await;
+    }
+    wait_until("the last hub to see itself alone", || {
+        let alone = t.hub(0).cluster().expect("cluster").view.live_hubs().len() == 1;
+        async move { alone }
+    })
+    .await;
+    let r = change_at(&t, 0, id, DeliveryStatus::PickedUp, "p").await;
+    assert_eq!(r.status(), 503);
+    let body = r.text().await.expect("body");
+    assert!(body.contains("no replica"), "{body}");
+    let log = t
+        .hub(0)
+        .store()
+        .load_delivery(id)
+        .expect("read")
+        .expect("record");
+    assert!(
+        log.events
+            .iter()
+            .all(|e| e.status != DeliveryStatus::PickedUp),
+        "a refused change is not stored"
+    );
+    assert!(t.hub(0).cluster_metrics().expect("m").no_replica.get() >= 1);
+}
