@@ -876,8 +876,11 @@ pub(crate) async fn run_rebalancer(
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // A hub that just started waits for the view to fill before claiming deliveries.
     let settle = tokio::time::Instant::now() + cluster.join_grace;
-    // Per delivery: the hub we last sent its whole log to (successor or new owner).
-    let mut sent_to: HashMap<DeliveryId, String> = HashMap::new();
+    // Per delivery: the hub we last sent its whole log to, and whether as its new owner (a
+    // hand-off, followed by redirecting our consumers) or as its successor (a copy). A copy
+    // sent earlier does not stand for a hand-off to the same hub: the consumers must still be
+    // redirected.
+    let mut sent_to: HashMap<DeliveryId, (String, bool)> = HashMap::new();
     // Deliveries we owned at the last pass (a takeover happens on becoming the owner).
     let mut owned: std::collections::HashSet<DeliveryId> = Default::default();
     let mut dirty = true;
@@ -954,7 +957,7 @@ pub(crate) async fn run_rebalancer(
         }
         for (id, target, owner) in sends {
             let moving = owner.id != cluster.me;
-            if sent_to.get(&id) == Some(&target.id) {
+            if sent_to.get(&id) == Some(&(target.id.clone(), moving)) {
                 continue;
             }
             outstanding += usize::from(moving);
@@ -964,7 +967,7 @@ pub(crate) async fn run_rebalancer(
             match cluster.send(&target, std::slice::from_ref(&entry)).await {
                 Ok(()) => {
                     cluster.metrics.handoffs.inc();
-                    sent_to.insert(id, target.id.clone());
+                    sent_to.insert(id, (target.id.clone(), moving));
                     if moving {
                         outstanding -= 1;
                         info!(delivery_id = %id, to = %owner.id, "handed a delivery to its new owner");

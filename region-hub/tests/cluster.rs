@@ -493,6 +493,13 @@ async fn a_draining_hub_hands_its_deliveries_over_and_redirects_its_consumers() 
     assert_eq!(seen, picked.event_seq);
 
     let mut edge = Edge::connect(t.hub(owner), &t.pki).await;
+    // The owner's rebalancer has sent the successor its copy of the whole log (load changes
+    // are view changes): the hand-off below goes to the same hub and must still redirect.
+    wait_until("the successor copy to be sent", || {
+        let sent = t.hub(owner).cluster_metrics().expect("m").handoffs.get() >= 1;
+        async move { sent }
+    })
+    .await;
 
     assert!(
         t.hub(owner).drain(DEADLINE).await,
