@@ -16,7 +16,7 @@ use protocol::framing::{frame_bytes, FrameDecoder, MAX_DRIVER_FRAME};
 use protocol::geo::LatLng;
 use protocol::status::DeliveryStatus;
 use protocol::token::{Subject, TokenSigner};
-use protocol::wire::{encode_fix_datagram, CloseCode, DriverToEdge, EdgeToDriver, Fix};
+use protocol::wire::{encode_fix_datagram, CloseCode, DriverToEdge, EdgeToDriver};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -850,16 +850,7 @@ async fn run_https_driver(
             return;
         };
         seq += 1;
-        let step_deg = 0.00003 * f64::from(seq);
-        let fix = protocol::api::JsonFix {
-            seq,
-            lat: start.0 + step_deg,
-            lng: start.1 + step_deg,
-            heading: 45.0,
-            speed: 5.0,
-            accuracy: 5.0,
-            timestamp: nodekit::unix_ms(),
-        };
+        let fix = next_fix(start, seq);
         let sent = s
             .http
             .post(format!(
@@ -890,6 +881,21 @@ async fn run_https_driver(
                 edge_ix = (edge_ix + 1) % n;
             }
         }
+    }
+}
+
+/// The driver's `seq`th fix: about 5 m/s north-east from `start`, stamped now (QUIC and
+/// HTTPS drivers move alike).
+fn next_fix(start: (f64, f64), seq: u32) -> protocol::api::JsonFix {
+    let step_deg = 0.00003 * f64::from(seq);
+    protocol::api::JsonFix {
+        seq,
+        lat: start.0 + step_deg,
+        lng: start.1 + step_deg,
+        heading: 45.0,
+        speed: 5.0,
+        accuracy: 5.0,
+        timestamp: nodekit::unix_ms(),
     }
 }
 
@@ -947,17 +953,7 @@ async fn driver_session(
             reason = conn.closed() => bail!("session closed: {reason}"),
             _ = tick.tick() => {
                 *seq += 1;
-                // About 5 m/s north-east, starting at `start`.
-                let step_deg = 0.00003 * *seq as f64;
-                let fix = Fix::from_units(
-                    *seq,
-                    nodekit::unix_ms(),
-                    start.0 + step_deg,
-                    start.1 + step_deg,
-                    45.0,
-                    5.0,
-                    5.0,
-                );
+                let fix = next_fix(start, *seq).to_fix();
                 if conn.send_datagram(encode_fix_datagram(&fix).into()).is_ok() {
                     s.count(|c| c.fixes_sent += 1);
                 }

@@ -87,7 +87,12 @@ impl Push {
 }
 
 impl Shared {
-    fn publish_reliable(&self, st: &mut State, delivery: DeliveryId, frame: &ConsumerFrame) {
+    pub(crate) fn publish_reliable(
+        &self,
+        st: &mut State,
+        delivery: DeliveryId,
+        frame: &ConsumerFrame,
+    ) {
         let p = st.fanout.publish_reliable(delivery, frame);
         for _ in 0..p.overflowed {
             self.metrics.reject("overflow");

@@ -787,12 +787,11 @@ async fn load_into_core(hub: &Arc<Hub>, id: DeliveryId) -> bool {
             };
             st.core.restore(now, rec);
             for ev in newer {
-                let p = st
-                    .fanout
-                    .publish_reliable(id, &protocol::consumer::ConsumerFrame::Status(ev));
-                for _ in 0..p.overflowed {
-                    hub.shared.metrics.reject("overflow");
-                }
+                hub.shared.publish_reliable(
+                    &mut st,
+                    id,
+                    &protocol::consumer::ConsumerFrame::Status(ev),
+                );
             }
             true
         }

@@ -664,11 +664,15 @@ pub fn spawn_event_log_replicated(
             let mut fenced: HashMap<DeliveryId, Refusal> =
                 entries.iter().filter(|e| stale(e)).map(|e| (e.delivery_id, Refusal::Fenced)).collect();
             if let Some(r) = &replicator {
-                let live: Vec<LogEntry> = entries.iter().filter(|e| !stale(e)).cloned().collect();
-                if !live.is_empty() {
-                    for (id, why) in r.replicate(&live).await {
-                        fenced.entry(id).or_insert(why);
-                    }
+                // The batch as it is in the common case (nothing stale), without copying it.
+                let refused = if fenced.is_empty() {
+                    r.replicate(&entries).await
+                } else {
+                    let live: Vec<LogEntry> = entries.iter().filter(|e| !stale(e)).cloned().collect();
+                    if live.is_empty() { Vec::new() } else { r.replicate(&live).await }
+                };
+                for (id, why) in refused {
+                    fenced.entry(id).or_insert(why);
                 }
             }
             let mut ok = Vec::with_capacity(entries.len());

@@ -585,18 +585,8 @@ async fn photo_proof_is_checked_stored_and_marks_the_order_delivered() {
     let mut cfg = config(&dir.0, &pki);
     cfg.proof.max_bytes = 4096;
     let hub = start_with(cfg).await;
-    // A new connection per request: a refusal sent before the body is read closes its
-    // connection, and a pooled client could pick that connection for the next upload.
-    let http = {
-        let tls = certs::client_config_with_roots(pki.ca(), &[b"http/1.1"], certs::TlsFor::Tcp)
-            .expect("tls");
-        reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .pool_max_idle_per_host(0)
-            .timeout(WAIT)
-            .build()
-            .expect("client")
-    };
+    // Uploads below are refused before their bodies are read: one connection each.
+    let http = http_client_unpooled(&pki);
     let d = create(&hub, &http, Some(11)).await;
     let id = d.delivery_id;
     assert_eq!(

@@ -104,13 +104,24 @@ pub async fn start_with(config: HubConfig) -> HubHandle {
 }
 
 pub fn http_client(pki: &Pki) -> reqwest::Client {
+    http_client_builder(pki).build().expect("client")
+}
+
+/// An HTTPS client that opens a new connection per request: a refusal sent before the body is
+/// read closes its connection, which a pooled client could pick for the next request.
+pub fn http_client_unpooled(pki: &Pki) -> reqwest::Client {
+    http_client_builder(pki)
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client")
+}
+
+fn http_client_builder(pki: &Pki) -> reqwest::ClientBuilder {
     let tls =
         certs::client_config_with_roots(pki.ca(), &[b"http/1.1"], certs::TlsFor::Tcp).expect("tls");
     reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .timeout(WAIT)
-        .build()
-        .expect("client")
 }
 
 pub fn url(hub: &HubHandle, path: &str) -> String {
