@@ -60,7 +60,7 @@ class Node:
     def start(self):
         self.starts += 1
         out = open(os.path.join(self.workdir, f"{self.name}.{self.starts}.log"), "w")
-        env = dict(os.environ, RUST_LOG=os.environ.get("CT_NODE_LOG", "info"))
+        env = dict(os.environ, RUST_LOG=os.environ.get("CT_NODE_LOG", "info,region_hub=debug"))
         self.proc = subprocess.Popen([self.binary, "--config", self.config_path],
                                      stdout=out, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True)
@@ -397,9 +397,13 @@ def run(args):
             cmd += ["--edge", f"quic=127.0.0.1:{quic},https=127.0.0.1:{e.ports['https']}"]
         for h in hubs:
             cmd += ["--hub", f"https=127.0.0.1:{h.ports['https']},wt=127.0.0.1:{h.ports['wt']}"]
+        # client-sim logs each acknowledged and each seen status event (debug), so a lost
+        # one can be traced through load.log and the nodes' logs.
+        load_env = dict(os.environ,
+                        RUST_LOG=os.environ.get("CT_LOAD_LOG", "info,client_sim=debug"))
         load = subprocess.Popen(cmd, stdout=open(os.path.join(work, "load.out"), "w"),
                                 stderr=open(os.path.join(work, "load.log"), "w"),
-                                start_new_session=True)
+                                start_new_session=True, env=load_env)
         log(f"client-sim load pid {load.pid}")
         sleep_checked(args.phase_s, nodes, load)
 
@@ -489,11 +493,30 @@ def check(rep, work):
     print(json.dumps({k: rep.get(k) for k in keys}, indent=2))
     log(f"report: {work}/report.json")
     if problems:
+        trace_lost(ev.get("lost_events", []), work)
         for p in problems:
             log(f"FAIL: {p}")
         return 1
     log("PASS: no acknowledged status event lost, positions after every fault")
     return 0
+
+
+def trace_lost(lost, work, limit=80):
+    """Prints the log lines (client-sim's and every node's) that name a lost event's
+    delivery, so a failure in CI can be followed without the work directory."""
+    ids = sorted({e.split("/")[0] for e in lost})
+    if not ids:
+        return
+    for name in sorted(os.listdir(work)):
+        if not name.endswith(".log"):
+            continue
+        with open(os.path.join(work, name), errors="replace") as f:
+            hits = [line.rstrip() for line in f if any(i in line for i in ids)]
+        if hits:
+            log(f"--- {name}: {len(hits)} lines naming {', '.join(ids)}"
+                + (f" (last {limit})" if len(hits) > limit else ""))
+            for line in hits[-limit:]:
+                print(line)
 
 
 def binary_args(ap):

@@ -21,6 +21,7 @@ use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -113,6 +114,9 @@ pub struct EventCounts {
     pub replayed: u64,
     /// Status changes given up on (no hub accepted them in time).
     pub failed: u64,
+    /// Acknowledgements that arrived after the consumers were stopped (a status change still
+    /// in flight when the settle time ran out). Counted as lost if unseen; should be 0.
+    pub acknowledged_after_consumers_stopped: u64,
 }
 
 /// A delivery that ends this soon after a fault without a new position is not counted as
@@ -122,6 +126,10 @@ pub const RECOVERY_BUDGET_MS: u64 = 10_000;
 /// How long a consumer may take after its delivery ended to see the events acknowledged
 /// before: longer than a failover (failure detection plus takeover, ~5-8 s) with margin.
 const CATCH_UP: Duration = Duration::from_secs(30);
+
+/// How long one status change is retried (across hubs, through failovers) before it counts
+/// as failed.
+const STATUS_BUDGET: Duration = Duration::from_secs(30);
 
 /// One injected fault, as the consumers lived through it.
 #[derive(Debug, Serialize)]
@@ -208,6 +216,8 @@ struct Counters {
 #[derive(Default)]
 struct Track {
     acked: BTreeSet<u64>,
+    /// Of `acked`, those acknowledged after the consumers were stopped.
+    acked_late: BTreeSet<u64>,
     seen: BTreeSet<u64>,
     /// Unix ms of every position received.
     positions: Vec<u64>,
@@ -233,6 +243,11 @@ struct Shared {
     counters: Mutex<Counters>,
     tracks: Mutex<BTreeMap<u64, Arc<Mutex<Track>>>>,
     fix_interval: Duration,
+    /// Status changes sent and not yet answered: the run waits for them before judging
+    /// whether consumers saw every acknowledged event.
+    status_in_flight: AtomicUsize,
+    /// Set when the consumers are stopped (`stop_all`).
+    consumers_stopped: AtomicBool,
 }
 
 impl Shared {
@@ -342,6 +357,8 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<LoadReport> {
         counters: Mutex::default(),
         tracks: Mutex::default(),
         fix_interval: args.fix_interval,
+        status_in_flight: AtomicUsize::new(0),
+        consumers_stopped: AtomicBool::new(false),
     });
 
     let start_ms = nodekit::unix_ms();
@@ -371,11 +388,20 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<LoadReport> {
         _ = nodekit::shutdown_signal() => {}
     }
     stop_new.cancel();
-    // Let consumers catch up with what was acknowledged, bounded by `settle`.
+    // Status changes in flight are answered first (each has its own retry budget), so an
+    // event acknowledged now is still watched for; then consumers get up to `settle` to
+    // catch up with everything acknowledged.
+    let posts_until = tokio::time::Instant::now() + STATUS_BUDGET + Duration::from_secs(5);
+    while tokio::time::Instant::now() < posts_until
+        && shared.status_in_flight.load(Ordering::SeqCst) > 0
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let settle_until = tokio::time::Instant::now() + args.settle;
     while tokio::time::Instant::now() < settle_until && !all_seen(&shared) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    shared.consumers_stopped.store(true, Ordering::SeqCst);
     stop_all.cancel();
     for s in slots {
         let _ = tokio::time::timeout(Duration::from_secs(10), s).await;
@@ -442,6 +468,7 @@ fn build_report(
     for (id, t) in &tracks {
         let t = t.lock();
         events.acknowledged += t.acked.len() as u64;
+        events.acknowledged_after_consumers_stopped += t.acked_late.len() as u64;
         events.seen += t.acked.intersection(&t.seen).count() as u64;
         for seq in t.acked.difference(&t.seen) {
             events.lost += 1;
@@ -652,14 +679,29 @@ async fn run_delivery(
             metadata: serde_json::Value::Null,
         };
         let path = format!("/api/v1/deliveries/{id}/status");
-        match post_json::<_, StatusChanged>(s, slot, path, &body, Duration::from_secs(30)).await {
-            Ok(Some(ack)) if ack.replayed => {
+        // Counted before the stop is checked again: the run either sees this change in
+        // flight and waits for its answer, or the change is not sent.
+        s.status_in_flight.fetch_add(1, Ordering::SeqCst);
+        if stop_new.is_cancelled() {
+            s.status_in_flight.fetch_sub(1, Ordering::SeqCst);
+            finished = false;
+            break;
+        }
+        let answer = post_json::<_, StatusChanged>(s, slot, path, &body, STATUS_BUDGET).await;
+        if let Ok(Some(ack)) = &answer {
+            tracing::debug!(delivery_id = id, seq = ack.event_seq, %status, replayed = ack.replayed, "status acknowledged");
+            if ack.replayed {
                 s.count(|c| c.replayed += 1);
-                track.lock().acked.insert(ack.event_seq);
             }
-            Ok(Some(ack)) => {
-                track.lock().acked.insert(ack.event_seq);
+            let mut t = track.lock();
+            t.acked.insert(ack.event_seq);
+            if s.consumers_stopped.load(Ordering::SeqCst) {
+                t.acked_late.insert(ack.event_seq);
             }
+        }
+        s.status_in_flight.fetch_sub(1, Ordering::SeqCst);
+        match answer {
+            Ok(Some(_)) => {}
             Ok(None) => s.error(format!("{status} for {id}: 409")),
             Err(e) => {
                 s.count(|c| c.failed += 1);
@@ -998,6 +1040,7 @@ async fn run_consumer(
             s.count(|c| c.consumer_reconnects += 1);
         }
         first = false;
+        tracing::debug!(delivery_id, %target, last_event_seq, "consumer connecting");
         let r = tokio::select! {
             _ = done.cancelled() => return,
             _ = stop_all.cancelled() => return,
@@ -1124,6 +1167,7 @@ fn handle_frame(
     match frame {
         ConsumerFrame::Position(_) => track.lock().positions.push(nodekit::unix_ms()),
         ConsumerFrame::Status(e) => {
+            tracing::debug!(delivery_id = e.delivery_id.0, seq = e.event_seq, status = %e.status, "status seen");
             *last_event_seq = (*last_event_seq).max(e.event_seq);
             track.lock().seen.insert(e.event_seq);
         }

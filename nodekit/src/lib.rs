@@ -13,13 +13,17 @@ pub use serve::{serve_http, serve_https};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Starts a `tracing` subscriber once per process; `RUST_LOG` overrides `default_directive`.
+/// Colours only when stderr is a terminal (log files and journald get plain text).
 pub fn init_tracing(default_directive: &str) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_directive));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
         .try_init();
 }
 

@@ -49,16 +49,16 @@ impl HubProcess {
             .arg(config)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("start region-hub");
-        let stdout = child.stdout.take().expect("stdout");
+        let log = child.stderr.take().expect("stderr");
         let (tx, rx) = std::sync::mpsc::channel();
         // Reads the log until the start line, then keeps draining it so the hub never blocks.
         std::thread::spawn(move || {
             let mut tx = Some(tx);
-            for line in std::io::BufReader::new(stdout).lines() {
+            for line in std::io::BufReader::new(log).lines() {
                 let Ok(line) = line else { break };
                 let line = strip_ansi(&line);
                 if line.contains("hub started") {
