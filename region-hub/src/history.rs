@@ -209,10 +209,14 @@ pub struct BreadcrumbWriterConfig {
 
 /// Starts the breadcrumb writer: gathers breadcrumbs for `flush_interval` (or until
 /// `max_batch`), commits them in one transaction, repeats; on shutdown commits what is queued.
+/// Each committed batch is offered to `replicate` (cluster mode: copied to the successors by
+/// [`crate::replica::spawn_breadcrumb_replicator`]); a full queue sheds the copy, counted in
+/// `hub_breadcrumbs_unreplicated_total`.
 pub fn spawn_breadcrumb_writer(
     store: Store,
     config: BreadcrumbWriterConfig,
     metrics: Arc<HubMetrics>,
+    replicate: Option<mpsc::Sender<Vec<Breadcrumb>>>,
     shutdown: CancellationToken,
 ) -> (BreadcrumbQueue, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Breadcrumb>(config.queue.max(1));
@@ -251,14 +255,21 @@ pub fn spawn_breadcrumb_writer(
                     let n = crumbs.len() as u64;
                     let store = store.clone();
                     let started = Instant::now();
-                    match tokio::task::spawn_blocking(move || store.append_breadcrumbs(&crumbs))
-                        .await
+                    match tokio::task::spawn_blocking(move || {
+                        store.append_breadcrumbs(&crumbs).map(|()| crumbs)
+                    })
+                    .await
                     {
-                        Ok(Ok(())) => {
+                        Ok(Ok(crumbs)) => {
                             metrics
                                 .breadcrumb_commit_seconds
                                 .observe(started.elapsed().as_secs_f64());
                             metrics.breadcrumbs_stored.inc_by(n);
+                            if let Some(r) = &replicate {
+                                if r.try_send(crumbs).is_err() {
+                                    metrics.breadcrumbs_unreplicated.inc_by(n);
+                                }
+                            }
                         }
                         Ok(Err(e)) => {
                             tracing::warn!(error = %e, breadcrumbs = n, "breadcrumb commit failed");

@@ -126,6 +126,7 @@ impl CommitSink for Shared {
                 }
             }
             for ev in &entry.events {
+                tracing::debug!(delivery_id = %entry.delivery_id, seq = ev.event_seq, status = %ev.status, "status event committed");
                 if ev.status.is_milestone() {
                     let eta_s = st
                         .core

@@ -356,6 +356,19 @@ pub async fn spawn_with_notifier(
         writer_shutdown.clone(),
     );
 
+    // Cluster mode: committed breadcrumbs are copied to each delivery's successor.
+    let crumb_replicator = config.cluster.is_some().then(|| {
+        replica::spawn_breadcrumb_replicator(
+            replica_slot.clone(),
+            metrics.clone(),
+            64,
+            shutdown.clone(),
+        )
+    });
+    let (crumb_copies, crumb_replicator) = match crumb_replicator {
+        Some((tx, task)) => (Some(tx), Some(task)),
+        None => (None, None),
+    };
     let (crumbs, crumb_writer) = history::spawn_breadcrumb_writer(
         store.clone(),
         history::BreadcrumbWriterConfig {
@@ -364,6 +377,7 @@ pub async fn spawn_with_notifier(
             flush_interval: Duration::from_millis(config.history.flush_interval_ms),
         },
         metrics.clone(),
+        crumb_copies,
         shutdown.clone(),
     );
     let purge = history::spawn_purge(
@@ -469,6 +483,9 @@ pub async fn spawn_with_notifier(
         ("history purge", purge),
         ("eta saver", eta_saver),
     ];
+    if let Some(task) = crumb_replicator {
+        tasks.push(("breadcrumb replicator", task));
+    }
     tasks.push((
         "edge link",
         tokio::spawn(link::run(link_endpoint, hub.clone(), shutdown.clone())),

@@ -46,6 +46,12 @@ pub struct HubMetrics {
     pub anomalies: Family<KindLabel, Counter>,
     pub breadcrumbs_stored: Counter,
     pub breadcrumbs_dropped: Counter,
+    /// Cluster mode: breadcrumbs copied to the delivery's successor (or owner).
+    pub breadcrumbs_replicated: Counter,
+    /// Cluster mode: breadcrumbs stored here but not copied (queue full, no peer, no answer).
+    pub breadcrumbs_unreplicated: Counter,
+    /// Cluster mode: breadcrumbs stored on behalf of another hub.
+    pub breadcrumbs_received: Counter,
     pub breadcrumbs_purged: Counter,
     pub breadcrumb_commit_seconds: Histogram,
     /// Routes planned at dispatch (first fix after assignment).
@@ -74,6 +80,9 @@ impl HubMetrics {
             anomalies: Family::default(),
             breadcrumbs_stored: Counter::default(),
             breadcrumbs_dropped: Counter::default(),
+            breadcrumbs_replicated: Counter::default(),
+            breadcrumbs_unreplicated: Counter::default(),
+            breadcrumbs_received: Counter::default(),
             breadcrumbs_purged: Counter::default(),
             breadcrumb_commit_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             routes_planned: Counter::default(),
@@ -140,6 +149,21 @@ impl HubMetrics {
             "hub_breadcrumbs_dropped",
             "Breadcrumbs shed because the breadcrumb queue was full or the commit failed",
             m.breadcrumbs_dropped.clone(),
+        );
+        registry.register(
+            "hub_breadcrumbs_replicated",
+            "Breadcrumbs copied to the delivery's successor hub after the local commit",
+            m.breadcrumbs_replicated.clone(),
+        );
+        registry.register(
+            "hub_breadcrumbs_unreplicated",
+            "Breadcrumbs committed here but not copied to a peer (queue full, no live peer, or no answer in time)",
+            m.breadcrumbs_unreplicated.clone(),
+        );
+        registry.register(
+            "hub_breadcrumbs_received",
+            "Breadcrumbs stored on behalf of another hub",
+            m.breadcrumbs_received.clone(),
         );
         registry.register(
             "hub_breadcrumbs_purged",

@@ -5,7 +5,9 @@
 //! those that moved away. See `docs/cluster.md`, *Hubs: ownership, replication, takeover*.
 
 use crate::core::{DeliveryRecord, LogEntry, SideRecord};
+use crate::history::Breadcrumb;
 use crate::hub::Hub;
+use crate::metrics::HubMetrics;
 use crate::proof::ProofRecord;
 use crate::store::Refusal;
 use cluster::{ClusterNode, HubInfo};
@@ -175,6 +177,25 @@ enum ReplicaFrame {
     /// Answer to `Append`: stored, except the entries of these deliveries (fenced: the
     /// receiver serves them as their owner, or holds other events under the same seqs).
     Fenced { ids: Vec<DeliveryId> },
+    /// Store these breadcrumbs (a copy of what the sender committed; idempotent), then ack.
+    Breadcrumbs {
+        from: String,
+        crumbs: Vec<Breadcrumb>,
+    },
+}
+
+/// Most breadcrumbs in one `Breadcrumbs` frame (~40 bytes each): well under the frame limit.
+const MAX_CRUMBS_PER_FRAME: usize = 100_000;
+
+/// Most breadcrumbs of one delivery sent with a hand-off (its newest; ~2 h of fixes at 4 s).
+const MAX_CRUMBS_PER_HANDOFF: usize = 2_000;
+
+/// Whether a breadcrumb received from a peer is plausible enough to store.
+fn crumb_is_valid(c: &Breadcrumb) -> bool {
+    c.lat.is_finite()
+        && c.lng.is_finite()
+        && (-90.0..=90.0).contains(&c.lat)
+        && (-180.0..=180.0).contains(&c.lng)
 }
 
 /// Why a batch did not reach a replica.
@@ -445,6 +466,26 @@ impl HubCluster {
         }
     }
 
+    /// Copies breadcrumbs to `to`, in frames of at most [`MAX_CRUMBS_PER_FRAME`].
+    pub(crate) async fn send_breadcrumbs(
+        &self,
+        to: &HubInfo,
+        crumbs: &[Breadcrumb],
+    ) -> Result<(), ReplicaError> {
+        for chunk in crumbs.chunks(MAX_CRUMBS_PER_FRAME) {
+            let frame = frame_bytes(&ReplicaFrame::Breadcrumbs {
+                from: self.me.clone(),
+                crumbs: chunk.to_vec(),
+            });
+            match self.exchange(to, &frame).await? {
+                ReplicaFrame::Ack => {}
+                ReplicaFrame::Refused { reason } => return Err(ReplicaError::Refused(reason)),
+                _ => return Err(ReplicaError::Stream("unexpected answer".into())),
+            }
+        }
+        Ok(())
+    }
+
     /// Replicates new entries to `to`; returns the deliveries it fenced (not stored).
     pub(crate) async fn append(
         &self,
@@ -627,6 +668,70 @@ impl HubCluster {
     }
 }
 
+/// Starts the breadcrumb replicator: copies each batch the breadcrumb writer committed to the
+/// successor of each delivery (the owner, if this hub is not it), after the fact and best
+/// effort: positions may be shed, status events may not (they replicate before they are
+/// acknowledged). So the history survives a failover with at most the last moments missing.
+/// Copies that cannot be sent are counted in `hub_breadcrumbs_unreplicated_total`.
+pub(crate) fn spawn_breadcrumb_replicator(
+    slot: Arc<ReplicaSlot>,
+    metrics: Arc<HubMetrics>,
+    queue: usize,
+    shutdown: CancellationToken,
+) -> (
+    tokio::sync::mpsc::Sender<Vec<Breadcrumb>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Breadcrumb>>(queue.max(1));
+    let task = tokio::spawn(
+        async move {
+            let mut batches = Vec::new();
+            loop {
+                tokio::select! {
+                    n = rx.recv_many(&mut batches, 64) => if n == 0 { break },
+                    _ = shutdown.cancelled() => break,
+                }
+                let crumbs: Vec<Breadcrumb> = batches.drain(..).flatten().collect();
+                let total = crumbs.len() as u64;
+                let Some(cluster) = slot.0.get() else {
+                    metrics.breadcrumbs_unreplicated.inc_by(total);
+                    continue;
+                };
+                let mut by_target: BTreeMap<String, (HubInfo, Vec<Breadcrumb>)> = BTreeMap::new();
+                for c in crumbs {
+                    match cluster.replica_target(c.delivery_id) {
+                        Some(t) => by_target
+                            .entry(t.id.clone())
+                            .or_insert_with(|| (t, Vec::new()))
+                            .1
+                            .push(c),
+                        None => {
+                            metrics.breadcrumbs_unreplicated.inc();
+                        }
+                    }
+                }
+                let sends = by_target.into_values().map(|(to, crumbs)| async move {
+                    let r = cluster.send_breadcrumbs(&to, &crumbs).await;
+                    (to, crumbs.len() as u64, r)
+                });
+                for (to, n, r) in futures::future::join_all(sends).await {
+                    match r {
+                        Ok(()) => {
+                            metrics.breadcrumbs_replicated.inc_by(n);
+                        }
+                        Err(e) => {
+                            metrics.breadcrumbs_unreplicated.inc_by(n);
+                            debug!(to = %to.id, breadcrumbs = n, error = %e, "breadcrumbs not copied");
+                        }
+                    }
+                }
+            }
+        }
+        .instrument(tracing::info_span!("breadcrumb_replicator")),
+    );
+    (tx, task)
+}
+
 /// The writer's replication hook; empty until the cluster is joined.
 #[derive(Default)]
 pub(crate) struct ReplicaSlot(pub OnceLock<Arc<HubCluster>>);
@@ -674,6 +779,9 @@ async fn store_frame(hub: &Arc<Hub>, bytes: &[u8]) -> ReplicaFrame {
     let (from, entries, live) = match dec.next_frame::<ReplicaFrame>() {
         Ok(Some(ReplicaFrame::Append { from, entries })) => (from, entries, true),
         Ok(Some(ReplicaFrame::Handoff { from, entries })) => (from, entries, false),
+        Ok(Some(ReplicaFrame::Breadcrumbs { from, crumbs })) => {
+            return store_breadcrumbs(hub, &from, crumbs).await;
+        }
         Ok(Some(ReplicaFrame::Fetch { from, ids })) => {
             let mut out = Vec::new();
             for id in ids {
@@ -764,6 +872,65 @@ async fn store_frame(hub: &Arc<Hub>, bytes: &[u8]) -> ReplicaFrame {
     } else {
         debug!(%from, deliveries = ?fenced, "fenced entries from another hub");
         ReplicaFrame::Fenced { ids: fenced }
+    }
+}
+
+/// Stores a peer's breadcrumbs (implausible ones are skipped and counted as rejected).
+async fn store_breadcrumbs(hub: &Arc<Hub>, from: &str, crumbs: Vec<Breadcrumb>) -> ReplicaFrame {
+    let n = crumbs.len();
+    let crumbs: Vec<Breadcrumb> = crumbs.into_iter().filter(crumb_is_valid).collect();
+    for _ in crumbs.len()..n {
+        hub.metrics().reject("replica_breadcrumb");
+    }
+    let stored = crumbs.len() as u64;
+    let store = hub.store.clone();
+    match tokio::task::spawn_blocking(move || store.append_breadcrumbs(&crumbs)).await {
+        Ok(Ok(())) => {
+            hub.metrics().breadcrumbs_received.inc_by(stored);
+            debug!(%from, breadcrumbs = stored, "stored replica breadcrumbs");
+            ReplicaFrame::Ack
+        }
+        Ok(Err(e)) => ReplicaFrame::Refused {
+            reason: e.to_string(),
+        },
+        Err(e) => ReplicaFrame::Refused {
+            reason: e.to_string(),
+        },
+    }
+}
+
+/// A delivery's newest breadcrumbs (at most [`MAX_CRUMBS_PER_HANDOFF`]), sent after its log
+/// in a hand-off or a successor copy.
+async fn handoff_breadcrumbs(hub: &Arc<Hub>, id: DeliveryId) -> Vec<Breadcrumb> {
+    let store = hub.store.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        // Pages from the oldest; a long delivery keeps only its newest crumbs.
+        let mut all = Vec::new();
+        let mut after = 0u64;
+        loop {
+            let page = store.breadcrumbs(id, after, 1_000)?;
+            let Some(last) = page.last() else { break };
+            after = last.ts_ms;
+            all.extend(page);
+            if all.len() > 4 * MAX_CRUMBS_PER_HANDOFF {
+                all.drain(..all.len() - MAX_CRUMBS_PER_HANDOFF);
+            }
+        }
+        let skip = all.len().saturating_sub(MAX_CRUMBS_PER_HANDOFF);
+        all.drain(..skip);
+        Ok::<_, crate::store::StoreError>(all)
+    })
+    .await;
+    match read {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            warn!(delivery_id = %id, error = %e, "breadcrumbs not read for a hand-off");
+            Vec::new()
+        }
+        Err(e) => {
+            warn!(delivery_id = %id, error = %e, "breadcrumbs not read for a hand-off");
+            Vec::new()
+        }
     }
 }
 
@@ -967,6 +1134,20 @@ pub(crate) async fn run_rebalancer(
                 Ok(()) => {
                     cluster.metrics.handoffs.inc();
                     sent_to.insert(id, (target.id.clone(), moving));
+                    // The history goes along, best effort (the log is what must arrive).
+                    let crumbs = handoff_breadcrumbs(&hub, id).await;
+                    if !crumbs.is_empty() {
+                        let n = crumbs.len() as u64;
+                        match cluster.send_breadcrumbs(&target, &crumbs).await {
+                            Ok(()) => {
+                                hub.metrics().breadcrumbs_replicated.inc_by(n);
+                            }
+                            Err(e) => {
+                                hub.metrics().breadcrumbs_unreplicated.inc_by(n);
+                                debug!(delivery_id = %id, to = %target.id, error = %e, "breadcrumbs not handed over");
+                            }
+                        }
+                    }
                     if moving {
                         outstanding -= 1;
                         info!(delivery_id = %id, to = %owner.id, "handed a delivery to its new owner");
@@ -1165,6 +1346,62 @@ replica_ack_timeout_ms = 2000
                 assert_eq!(back, vec![r]);
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    fn crumb(lat: f64, lng: f64) -> Breadcrumb {
+        Breadcrumb {
+            delivery_id: DeliveryId(9),
+            ts_ms: 1_700_000_000_000,
+            lat,
+            lng,
+            heading_deg: 90.0,
+            speed_mps: 8.0,
+            accuracy_m: 5.0,
+        }
+    }
+
+    #[test]
+    fn breadcrumb_frames_round_trip_and_implausible_crumbs_are_refused() {
+        let crumbs = vec![crumb(60.17, 24.94), crumb(60.18, 24.95)];
+        let frame = frame_bytes(&ReplicaFrame::Breadcrumbs {
+            from: "hub-a".into(),
+            crumbs: crumbs.clone(),
+        });
+        let mut dec = FrameDecoder::new(MAX_REPLICA_FRAME);
+        dec.push(&frame);
+        match dec.next_frame::<ReplicaFrame>().expect("decode") {
+            Some(ReplicaFrame::Breadcrumbs { from, crumbs: back }) => {
+                assert_eq!(from, "hub-a");
+                assert_eq!(back, crumbs);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(crumb_is_valid(&crumb(60.17, 24.94)));
+        for (lat, lng) in [
+            (f64::NAN, 0.0),
+            (0.0, f64::INFINITY),
+            (91.0, 0.0),
+            (0.0, -180.5),
+        ] {
+            assert!(!crumb_is_valid(&crumb(lat, lng)), "{lat},{lng}");
+        }
+    }
+
+    proptest::proptest! {
+        /// The replica link's decoder (peers are authenticated, but a bug or a corrupted
+        /// peer must not bring a hub down) never panics on arbitrary bytes, whole or split.
+        #[test]
+        fn replica_frame_decoding_never_panics(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512),
+            split in 0usize..512,
+        ) {
+            let split = split.min(bytes.len());
+            let mut dec = FrameDecoder::new(MAX_REPLICA_FRAME);
+            for chunk in [&bytes[..split], &bytes[split..]] {
+                dec.push(chunk);
+                while let Ok(Some(_)) = dec.next_frame::<ReplicaFrame>() {}
+            }
         }
     }
 }

@@ -784,3 +784,81 @@ async fn a_hub_without_a_live_replica_refuses_status_changes() {
     );
     assert!(t.hub(0).cluster_metrics().expect("m").no_replica.get() >= 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breadcrumbs_are_copied_to_the_successor_and_the_history_survives_the_owner() {
+    let mut t = three_hubs("crumbs").await;
+    let created = create_at(&t, 0).await;
+    let id = created.delivery_id;
+    let (owner, succ) = t.owners(0, id);
+    assert_eq!(owner, 0);
+    // The driver (7, assigned at creation) sends fixes through an edge to the owner.
+    let mut edge = Edge::connect(t.hub(owner), &t.pki).await;
+    let sent = 20u64;
+    for i in 1..=sent {
+        edge.send_fixes(vec![fix(7, i)]).await;
+    }
+    let owner_crumbs = || {
+        t.hub(owner)
+            .store()
+            .breadcrumbs(id, 0, 1_000)
+            .expect("owner's breadcrumbs")
+    };
+    wait_until("the owner to store every fix", || {
+        let n = owner_crumbs().len() as u64;
+        async move { n == sent }
+    })
+    .await;
+    wait_until("the successor to hold a copy of every breadcrumb", || {
+        let n = t
+            .hub(succ)
+            .store()
+            .breadcrumbs(id, 0, 1_000)
+            .map_or(0, |c| c.len() as u64);
+        async move { n == sent }
+    })
+    .await;
+    assert_eq!(
+        t.hub(succ).store().breadcrumbs(id, 0, 1_000).expect("copy"),
+        owner_crumbs(),
+        "the copy is the owner's breadcrumbs, field for field"
+    );
+    assert!(t.hub(owner).metrics().breadcrumbs_replicated.get() >= sent);
+    assert_eq!(t.hub(owner).metrics().breadcrumbs_unreplicated.get(), 0);
+    assert!(t.hub(succ).metrics().breadcrumbs_received.get() >= sent);
+    // The third hub is neither owner nor successor: it got nothing.
+    let third = 3 - owner - succ;
+    assert!(t
+        .hub(third)
+        .store()
+        .breadcrumbs(id, 0, 1_000)
+        .expect("third")
+        .is_empty());
+
+    // The owner goes away; the successor takes over and serves the whole history.
+    let gone = t.hubs[owner].take().expect("owner");
+    gone.shutdown();
+    gone.join().await;
+    let http = no_redirect_client(&t.pki);
+    let history_url = format!(
+        "https://localhost:{}/api/v1/tracking/{id}/history?limit=1000",
+        t.hub(succ).https_addr().port()
+    );
+    let token = created.tracking_token.clone();
+    wait_until("the successor to serve the history", || {
+        let r = http.get(&history_url).bearer_auth(&token).send();
+        async move { matches!(r.await, Ok(r) if r.status() == 200) }
+    })
+    .await;
+    let page: region_hub::api::HistoryPage = http
+        .get(&history_url)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("history")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(page.breadcrumbs.len() as u64, sent);
+    assert!(!page.events.is_empty(), "the events are there too");
+}
