@@ -486,7 +486,7 @@ def check(rep, work):
         if f["recovered"] < f["active_deliveries"]:
             problems.append(f"{name}: only {f['recovered']} of {f['active_deliveries']} "
                             "active consumers got a position after it")
-    keys = ("status_events", "max_position_gap_s", "max_position_gap_from_s", "faults",
+    keys = ("status_events", "history", "max_position_gap_s", "max_position_gap_from_s", "faults",
             "restarts", "loss_rule_drops", "consumers_websocket", "consumers_webtransport",
             "drivers_quic", "drivers_https", "delay_relay",
             "consumer_redirects_wrong_transport", "errors")

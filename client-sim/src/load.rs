@@ -153,6 +153,23 @@ pub struct FaultReport {
     pub positions_within_30s: u64,
 }
 
+/// The report's `history`: whether the positions consumers saw are in the delivery's stored
+/// history (`GET /api/v1/tracking/{id}/history` at its owner) once it has ended, through
+/// whatever failovers it lived through.
+#[derive(Debug, Default, Serialize)]
+pub struct HistoryCheck {
+    /// Completed deliveries whose history was read.
+    pub deliveries_checked: u64,
+    /// Positions their consumers received.
+    pub positions_seen: u64,
+    /// Of those, not in the history (lost with a hub, or shed).
+    pub missing_from_history: u64,
+    /// Deliveries with at least one missing position.
+    pub deliveries_with_gaps: u64,
+    /// Deliveries whose history could not be read (no hub answered within the budget).
+    pub read_failures: u64,
+}
+
 /// The load mode's report.
 #[derive(Debug, Serialize)]
 pub struct LoadReport {
@@ -164,6 +181,7 @@ pub struct LoadReport {
     pub fixes_sent: u64,
     pub positions_received: u64,
     pub status_events: EventCounts,
+    pub history: HistoryCheck,
     /// Longest time any consumer went without a position while its delivery was active
     /// (from its first position to the `delivered` acknowledgement).
     pub max_position_gap_s: f64,
@@ -221,6 +239,8 @@ struct Track {
     seen: BTreeSet<u64>,
     /// Unix ms of every position received.
     positions: Vec<u64>,
+    /// The driver's timestamp of every position received (to find it in the history).
+    position_ts: BTreeSet<u64>,
     /// Unix ms the delivery ended (`delivered` acknowledged, or the run stopped).
     active_to_ms: Option<u64>,
 }
@@ -248,6 +268,7 @@ struct Shared {
     status_in_flight: AtomicUsize,
     /// Set when the consumers are stopped (`stop_all`).
     consumers_stopped: AtomicBool,
+    history: Mutex<HistoryCheck>,
 }
 
 impl Shared {
@@ -359,6 +380,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<LoadReport> {
         fix_interval: args.fix_interval,
         status_in_flight: AtomicUsize::new(0),
         consumers_stopped: AtomicBool::new(false),
+        history: Mutex::default(),
     });
 
     let start_ms = nodekit::unix_ms();
@@ -554,6 +576,7 @@ fn build_report(
         fixes_sent: c.fixes_sent,
         positions_received: positions,
         status_events: events,
+        history: std::mem::take(&mut *shared.history.lock()),
         max_position_gap_s: max_gap_ms as f64 / 1000.0,
         max_position_gap_from_s: gap_from_ms.saturating_sub(start_ms) as f64 / 1000.0,
         faults: fault_reports,
@@ -724,6 +747,10 @@ async fn run_delivery(
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         done.cancel();
+        // The breadcrumb writer commits every 100 ms and copies after that: give it a moment,
+        // then compare the stored history with what the consumer saw.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        check_history(s, slot, id, &created.tracking_token, &track).await;
     } else {
         // The run is ending: the driver stops; the consumer keeps reading until `stop_all`.
         driver.abort();
@@ -731,6 +758,78 @@ async fn run_delivery(
     let _ = driver.await;
     let _ = consumer.await;
     Ok(())
+}
+
+/// Reads the delivery's whole breadcrumb history (following `307` to the owner, paging) and
+/// counts the positions its consumer saw that are not in it.
+async fn check_history(s: &Shared, slot: usize, id: u64, token: &str, track: &Mutex<Track>) {
+    let seen: BTreeSet<u64> = track.lock().position_ts.clone();
+    let mut stored = BTreeSet::new();
+    let mut after: Option<u64> = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut attempt = 0usize;
+    let mut ok = false;
+    'pages: while tokio::time::Instant::now() < deadline {
+        let query = match after {
+            Some(a) => format!("?limit=1000&after_ts={a}"),
+            None => "?limit=1000".to_owned(),
+        };
+        let path = format!("/api/v1/tracking/{id}/history{query}");
+        let mut url = format!("https://{}{path}", s.hubs[(slot + attempt) % s.hubs.len()]);
+        for _ in 0..4 {
+            match s.http.get(&url).bearer_auth(token).send().await {
+                Ok(r) if r.status() == reqwest::StatusCode::TEMPORARY_REDIRECT => {
+                    match r
+                        .headers()
+                        .get(reqwest::header::LOCATION)
+                        .and_then(|v| v.to_str().ok())
+                    {
+                        Some(loc) => url = loc.to_owned(),
+                        None => break,
+                    }
+                }
+                Ok(r) if r.status().is_success() => {
+                    match r.json::<region_hub::api::HistoryPage>().await {
+                        Ok(page) => {
+                            stored.extend(page.breadcrumbs.iter().map(|c| c.ts_ms));
+                            match page.next_after_ts {
+                                Some(n) => {
+                                    after = Some(n);
+                                    continue 'pages;
+                                }
+                                None => {
+                                    ok = true;
+                                    break 'pages;
+                                }
+                            }
+                        }
+                        Err(_) => break,
+                    }
+                }
+                _ => break,
+            }
+        }
+        attempt += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut h = s.history.lock();
+    if !ok {
+        h.read_failures += 1;
+        return;
+    }
+    let missing = seen.difference(&stored).count() as u64;
+    h.deliveries_checked += 1;
+    h.positions_seen += seen.len() as u64;
+    h.missing_from_history += missing;
+    h.deliveries_with_gaps += u64::from(missing > 0);
+    if missing > 0 {
+        tracing::debug!(
+            delivery_id = id,
+            missing,
+            seen = seen.len(),
+            "positions missing from the history"
+        );
+    }
 }
 
 /// POSTs JSON to any hub, following `307` to the owner (with the operator token) and retrying
@@ -1165,7 +1264,11 @@ fn handle_frame(
     let frame =
         ConsumerFrame::from_json(text).map_err(|e| anyhow::anyhow!("unparsable frame: {e}"))?;
     match frame {
-        ConsumerFrame::Position(_) => track.lock().positions.push(nodekit::unix_ms()),
+        ConsumerFrame::Position(p) => {
+            let mut t = track.lock();
+            t.positions.push(nodekit::unix_ms());
+            t.position_ts.insert(p.ts_ms);
+        }
         ConsumerFrame::Status(e) => {
             tracing::debug!(delivery_id = e.delivery_id.0, seq = e.event_seq, status = %e.status, "status seen");
             *last_event_seq = (*last_event_seq).max(e.event_seq);
@@ -1237,13 +1340,15 @@ async fn wt_session(
 /// Summary line for humans.
 pub fn summary(r: &LoadReport) -> String {
     format!(
-        "load: {} deliveries, {} fixes sent, {} positions received, status events acked {} lost {}, max position gap {:.1} s, {} errors",
+        "load: {} deliveries, {} fixes sent, {} positions received, status events acked {} lost {}, max position gap {:.1} s, positions missing from the history {} of {}, {} errors",
         r.deliveries_created,
         r.fixes_sent,
         r.positions_received,
         r.status_events.acknowledged,
         r.status_events.lost,
         r.max_position_gap_s,
+        r.history.missing_from_history,
+        r.history.positions_seen,
         r.errors
     )
 }

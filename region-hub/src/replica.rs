@@ -178,11 +178,18 @@ enum ReplicaFrame {
     /// receiver serves them as their owner, or holds other events under the same seqs).
     Fenced { ids: Vec<DeliveryId> },
     /// Store these breadcrumbs (a copy of what the sender committed; idempotent), then ack.
+    /// Also the answer to `FetchBreadcrumbs`.
     Breadcrumbs {
         from: String,
         crumbs: Vec<Breadcrumb>,
     },
+    /// Send me the newest breadcrumbs you hold of these deliveries (after a takeover; at most
+    /// [`MAX_FETCH_IDS`] ids, [`MAX_CRUMBS_PER_HANDOFF`] breadcrumbs each).
+    FetchBreadcrumbs { from: String, ids: Vec<DeliveryId> },
 }
+
+/// Most deliveries in one `FetchBreadcrumbs` (keeps the answer well under the frame limit).
+const MAX_FETCH_IDS: usize = 64;
 
 /// Most breadcrumbs in one `Breadcrumbs` frame (~40 bytes each): well under the frame limit.
 const MAX_CRUMBS_PER_FRAME: usize = 100_000;
@@ -486,6 +493,23 @@ impl HubCluster {
         Ok(())
     }
 
+    /// Asks `to` for the newest breadcrumbs it holds of `ids` (at most [`MAX_FETCH_IDS`]).
+    pub(crate) async fn fetch_breadcrumbs(
+        &self,
+        to: &HubInfo,
+        ids: &[DeliveryId],
+    ) -> Result<Vec<Breadcrumb>, ReplicaError> {
+        let frame = frame_bytes(&ReplicaFrame::FetchBreadcrumbs {
+            from: self.me.clone(),
+            ids: ids.to_vec(),
+        });
+        match self.exchange(to, &frame).await? {
+            ReplicaFrame::Breadcrumbs { crumbs, .. } => Ok(crumbs),
+            ReplicaFrame::Refused { reason } => Err(ReplicaError::Refused(reason)),
+            _ => Err(ReplicaError::Stream("unexpected answer".into())),
+        }
+    }
+
     /// Replicates new entries to `to`; returns the deliveries it fenced (not stored).
     pub(crate) async fn append(
         &self,
@@ -781,6 +805,24 @@ async fn store_frame(hub: &Arc<Hub>, bytes: &[u8]) -> ReplicaFrame {
         Ok(Some(ReplicaFrame::Handoff { from, entries })) => (from, entries, false),
         Ok(Some(ReplicaFrame::Breadcrumbs { from, crumbs })) => {
             return store_breadcrumbs(hub, &from, crumbs).await;
+        }
+        Ok(Some(ReplicaFrame::FetchBreadcrumbs { from, ids })) => {
+            if ids.len() > MAX_FETCH_IDS {
+                return refused(format!(
+                    "{} deliveries asked for; at most {MAX_FETCH_IDS}",
+                    ids.len()
+                ));
+            }
+            let mut crumbs = Vec::new();
+            for id in ids {
+                crumbs.extend(handoff_breadcrumbs(hub, id).await);
+            }
+            debug!(%from, breadcrumbs = crumbs.len(), "sent breadcrumbs for a takeover");
+            let me = hub
+                .cluster
+                .as_ref()
+                .map_or_else(String::new, |c| c.me.clone());
+            return ReplicaFrame::Breadcrumbs { from: me, crumbs };
         }
         Ok(Some(ReplicaFrame::Fetch { from, ids })) => {
             let mut out = Vec::new();
@@ -1221,6 +1263,47 @@ async fn take_over(hub: &Arc<Hub>, cluster: &Arc<HubCluster>, ids: &[DeliveryId]
         if hub.snapshot(*id).is_none() && load_into_core(hub, *id).await {
             info!(delivery_id = %id, "took over a delivery");
             cluster.metrics.takeovers.inc();
+        }
+    }
+    // The history comes after, in the background: serving the delivery does not wait for it.
+    tokio::spawn(fetch_history(
+        hub.clone(),
+        cluster.clone(),
+        peers,
+        ids.to_vec(),
+    ));
+}
+
+/// Merges the breadcrumbs every peer holds of `ids` into the local history (after a takeover:
+/// the positions stored by whoever served the deliveries while this hub did not).
+async fn fetch_history(
+    hub: Arc<Hub>,
+    cluster: Arc<HubCluster>,
+    peers: Vec<HubInfo>,
+    ids: Vec<DeliveryId>,
+) {
+    for peer in &peers {
+        for chunk in ids.chunks(MAX_FETCH_IDS) {
+            let crumbs = match cluster.fetch_breadcrumbs(peer, chunk).await {
+                Ok(c) => c,
+                Err(e) => {
+                    debug!(peer = %peer.id, error = %e, "breadcrumbs not fetched for a takeover");
+                    continue;
+                }
+            };
+            let crumbs: Vec<Breadcrumb> = crumbs.into_iter().filter(crumb_is_valid).collect();
+            if crumbs.is_empty() {
+                continue;
+            }
+            let n = crumbs.len() as u64;
+            let store = hub.store.clone();
+            match tokio::task::spawn_blocking(move || store.append_breadcrumbs(&crumbs)).await {
+                Ok(Ok(())) => {
+                    hub.metrics().breadcrumbs_received.inc_by(n);
+                }
+                Ok(Err(e)) => warn!(peer = %peer.id, error = %e, "fetched breadcrumbs not stored"),
+                Err(e) => warn!(peer = %peer.id, error = %e, "fetched breadcrumbs not stored"),
+            }
         }
     }
 }

@@ -593,7 +593,7 @@ async fn a_hub_restarted_after_draining_gets_its_deliveries_back_with_the_events
         async move { ok }
     })
     .await;
-    // Events hub-a does not have.
+    // Events hub-a does not have, and positions it did not store.
     let mut acked = Vec::new();
     for (status, key) in [
         (DeliveryStatus::PickedUp, "p"),
@@ -603,6 +603,26 @@ async fn a_hub_restarted_after_draining_gets_its_deliveries_back_with_the_events
         assert_eq!(r.status(), 200);
         acked.push(r.json::<StatusChanged>().await.expect("json").event_seq);
     }
+    let mut edge = Edge::connect(t.hub(succ), &t.pki).await;
+    let fixes = 10u64;
+    for i in 1..=fixes {
+        edge.send_fixes(vec![fix(7, i)]).await;
+    }
+    drop(edge);
+    let while_away: Vec<u64> = {
+        let mut crumbs = Vec::new();
+        wait_until("the successor to store the positions", || {
+            crumbs = t
+                .hub(succ)
+                .store()
+                .breadcrumbs(id, 0, 1_000)
+                .expect("crumbs");
+            let n = crumbs.len() as u64;
+            async move { n == fixes }
+        })
+        .await;
+        crumbs.iter().map(|c| c.ts_ms).collect()
+    };
     // hub-a comes back on the same data dir: it owns the delivery again, and must serve the
     // newest state (fetched from its peers), not its stale copy.
     let seed = t.hub(succ).cluster().expect("c").gossip.advertise_addr();
@@ -649,6 +669,24 @@ async fn a_hub_restarted_after_draining_gets_its_deliveries_back_with_the_events
         .expect("record");
     let seqs: Vec<u64> = log.events.iter().map(|e| e.event_seq).collect();
     assert_eq!(seqs, (1..=last + 1).collect::<Vec<_>>());
+    // The positions stored while it was away are in its history too (fetched at the
+    // takeover, or handed over with the log).
+    wait_until(
+        "the restarted hub to hold the history written while it was away",
+        || {
+            let have: Vec<u64> = t
+                .hub(owner)
+                .store()
+                .breadcrumbs(id, 0, 1_000)
+                .expect("crumbs")
+                .iter()
+                .map(|c| c.ts_ms)
+                .collect();
+            let ok = have == while_away;
+            async move { ok }
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
