@@ -450,6 +450,7 @@ def run(args):
             rep = json.load(f)
         rep["restarts"] = timings
         rep["loss_rule_drops"] = dropped
+        rep["node_log_counts"] = log_counts(work)
         rep["delay_relay"] = {"one_way_delay_ms": args.delay_ms, "jitter_ms": args.jitter_ms,
                               "datagrams_relayed": sum(r.relayed for r in relays)}
         with open(report, "w") as f:
@@ -489,7 +490,7 @@ def check(rep, work):
     keys = ("status_events", "history", "max_position_gap_s", "max_position_gap_from_s", "faults",
             "restarts", "loss_rule_drops", "consumers_websocket", "consumers_webtransport",
             "drivers_quic", "drivers_https", "delay_relay",
-            "consumer_redirects_wrong_transport", "errors")
+            "consumer_redirects_wrong_transport", "node_log_counts", "errors")
     print(json.dumps({k: rep.get(k) for k in keys}, indent=2))
     log(f"report: {work}/report.json")
     if problems:
@@ -499,6 +500,27 @@ def check(rep, work):
         return 1
     log("PASS: no acknowledged status event lost, positions after every fault")
     return 0
+
+
+# Log lines worth counting per run: how often the failure handling ran, not failures.
+LOG_COUNTS = {
+    "declared_down_while_running": "had declared this node down",
+    "writes_refused_by_replication": "refused by replication (fenced",
+    "takeovers": "took over a delivery",
+    "handoffs": "handed a delivery to its new owner",
+}
+
+
+def log_counts(work):
+    counts = dict.fromkeys(LOG_COUNTS, 0)
+    for name in os.listdir(work):
+        if name.endswith(".log") and name != "load.log":
+            with open(os.path.join(work, name), errors="replace") as f:
+                for line in f:
+                    for key, needle in LOG_COUNTS.items():
+                        if needle in line:
+                            counts[key] += 1
+    return counts
 
 
 def trace_lost(lost, work, limit=80):

@@ -14,9 +14,9 @@ use prometheus_client::registry::Registry;
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, error, info, info_span, warn, Instrument};
 
-use crate::membership::{MemberEvent, Membership, MembershipTimer, NodeIdentity, Role};
+use crate::membership::{MemberEvent, Membership, MembershipTimer, NodeIdentity, Role, SelfEvent};
 use crate::transport::{Channel, GossipHandle};
 use crate::ClusterError;
 
@@ -44,6 +44,8 @@ pub struct MembershipMetrics {
     pub down: Counter,
     /// Packets dropped because the sender did not match its connection's certificate.
     pub rejected_packets: Counter,
+    /// Times the cluster declared this node down while it was running (it then rejoins).
+    pub declared_down: Counter,
 }
 
 impl MembershipMetrics {
@@ -61,6 +63,11 @@ impl MembershipMetrics {
             "rejected_packets",
             "Packets whose sender did not match its connection's certificate",
             self.rejected_packets.clone(),
+        );
+        r.register(
+            "declared_down",
+            "Times the cluster declared this running node down (unreachable or falsely suspected); it rejoins with a renewed identity",
+            self.declared_down.clone(),
         );
     }
 }
@@ -174,6 +181,20 @@ impl Driver {
                 seq: self.seq,
                 timer,
             }));
+        }
+        for e in &out.self_events {
+            match e {
+                SelfEvent::Rejoined => {
+                    self.metrics.declared_down.inc();
+                    warn!("the cluster had declared this node down (unreachable, or falsely suspected); rejoined with a renewed identity");
+                }
+                SelfEvent::Defunct => {
+                    self.metrics.declared_down.inc();
+                    error!("the cluster declared this node down and it cannot rejoin");
+                }
+                SelfEvent::Idle => info!("no active member knows this node"),
+                SelfEvent::Active => debug!("known by an active member"),
+            }
         }
         if !out.events.is_empty() {
             for e in out.events {

@@ -12,7 +12,9 @@ pub mod view;
 
 pub use control::{keys, spawn_control, ControlConfig, ControlHandle, HubInfo};
 pub use driver::{spawn_membership, MembershipHandle, MembershipMetrics};
-pub use membership::{foca_config, MemberEvent, Membership, NodeIdentity, Outputs, Profile, Role};
+pub use membership::{
+    foca_config, MemberEvent, Membership, NodeIdentity, Outputs, Profile, Role, SelfEvent,
+};
 pub use node::{spawn_node, ClusterConfig, ClusterNode};
 pub use transport::{
     spawn_gossip, Channel, GossipConfig, GossipHandle, GossipMetrics, GossipTls, PeerCert,

@@ -128,6 +128,22 @@ pub struct Outputs {
     pub timers: Vec<(Duration, MembershipTimer)>,
     /// Membership changes, in order.
     pub events: Vec<MemberEvent>,
+    /// Changes in how the cluster sees this node, in order.
+    pub self_events: Vec<SelfEvent>,
+}
+
+/// A change in how the cluster sees this node (foca's notifications about itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SelfEvent {
+    /// Known by at least one active member.
+    Active,
+    /// No active member knows it (alone, or cut off).
+    Idle,
+    /// Declared down and unable to rejoin (not with [`NodeIdentity`], which renews itself).
+    Defunct,
+    /// The cluster had declared this node down (it was unreachable, or falsely suspected);
+    /// it rejoined with a renewed identity.
+    Rejoined,
 }
 
 /// Foca's timing profile.
@@ -190,8 +206,13 @@ impl Runtime<NodeIdentity> for Collect {
                 self.out.events.push(MemberEvent::Down(old.clone()));
                 self.out.events.push(MemberEvent::Up(new.clone()));
             }
-            Notification::Rejoin(me) => self.rejoined_as = Some(me.clone()),
-            Notification::Active | Notification::Idle | Notification::Defunct => {}
+            Notification::Rejoin(me) => {
+                self.rejoined_as = Some(me.clone());
+                self.out.self_events.push(SelfEvent::Rejoined);
+            }
+            Notification::Active => self.out.self_events.push(SelfEvent::Active),
+            Notification::Idle => self.out.self_events.push(SelfEvent::Idle),
+            Notification::Defunct => self.out.self_events.push(SelfEvent::Defunct),
         }
     }
 

@@ -7,7 +7,7 @@ use std::collections::{BinaryHeap, HashSet};
 use std::net::SocketAddr;
 
 use cluster::membership::MembershipTimer;
-use cluster::{foca_config, MemberEvent, Membership, NodeIdentity, Profile, Role};
+use cluster::{foca_config, MemberEvent, Membership, NodeIdentity, Profile, Role, SelfEvent};
 
 /// One-way network latency of the simulated links.
 const LATENCY_MS: u64 = 5;
@@ -26,6 +26,7 @@ struct Sim {
     items: std::collections::HashMap<u64, Item>,
     cut: HashSet<(usize, usize)>,
     events: Vec<(usize, MemberEvent)>,
+    self_events: Vec<(usize, SelfEvent)>,
 }
 
 fn addr(i: usize) -> SocketAddr {
@@ -58,6 +59,7 @@ impl Sim {
             items: Default::default(),
             cut: HashSet::new(),
             events: Vec::new(),
+            self_events: Vec::new(),
         }
     }
 
@@ -87,6 +89,9 @@ impl Sim {
         }
         for e in out.events {
             self.events.push((i, e));
+        }
+        for e in out.self_events {
+            self.self_events.push((i, e));
         }
     }
 
@@ -260,6 +265,25 @@ fn partitioned_node_goes_down_and_rejoins_after_the_partition_heals() {
         seen_by_0.bump, 1000,
         "node-2 should have rejoined with a renewed identity"
     );
+    // node-2 noticed both sides of it: alone (idle) during the partition, then told it had been
+    // declared down and rejoined (the driver logs this and counts
+    // `cluster_membership_declared_down_total`). The partition was symmetric, so node-2 had
+    // declared the others down too, and they rejoin as well. Nobody is left defunct.
+    let of = |n: usize| -> Vec<SelfEvent> {
+        sim.self_events
+            .iter()
+            .filter(|(i, e)| *i == n && *e != SelfEvent::Active)
+            .map(|(_, e)| *e)
+            .collect()
+    };
+    assert_eq!(
+        of(2),
+        [SelfEvent::Idle, SelfEvent::Rejoined],
+        "{:?}",
+        sim.self_events
+    );
+    assert_eq!(of(0), [SelfEvent::Rejoined], "{:?}", sim.self_events);
+    assert_eq!(of(1), [SelfEvent::Rejoined], "{:?}", sim.self_events);
 }
 
 #[test]

@@ -52,6 +52,8 @@ pub struct HubMetrics {
     pub breadcrumbs_unreplicated: Counter,
     /// Cluster mode: breadcrumbs stored on behalf of another hub.
     pub breadcrumbs_received: Counter,
+    /// Cluster mode: breadcrumbs from a peer not stored (implausible coordinates).
+    pub breadcrumbs_received_rejected: Counter,
     pub breadcrumbs_purged: Counter,
     pub breadcrumb_commit_seconds: Histogram,
     /// Routes planned at dispatch (first fix after assignment).
@@ -83,6 +85,7 @@ impl HubMetrics {
             breadcrumbs_replicated: Counter::default(),
             breadcrumbs_unreplicated: Counter::default(),
             breadcrumbs_received: Counter::default(),
+            breadcrumbs_received_rejected: Counter::default(),
             breadcrumbs_purged: Counter::default(),
             breadcrumb_commit_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             routes_planned: Counter::default(),
@@ -164,6 +167,11 @@ impl HubMetrics {
             "hub_breadcrumbs_received",
             "Breadcrumbs stored on behalf of another hub",
             m.breadcrumbs_received.clone(),
+        );
+        registry.register(
+            "hub_breadcrumbs_received_rejected",
+            "Breadcrumbs from another hub not stored: non-finite or out-of-range coordinates",
+            m.breadcrumbs_received_rejected.clone(),
         );
         registry.register(
             "hub_breadcrumbs_purged",

@@ -917,13 +917,19 @@ async fn store_frame(hub: &Arc<Hub>, bytes: &[u8]) -> ReplicaFrame {
     }
 }
 
+/// The breadcrumbs from a peer worth storing; the others are counted and dropped.
+fn plausible(hub: &Hub, crumbs: Vec<Breadcrumb>) -> Vec<Breadcrumb> {
+    let n = crumbs.len();
+    let kept: Vec<Breadcrumb> = crumbs.into_iter().filter(crumb_is_valid).collect();
+    hub.metrics()
+        .breadcrumbs_received_rejected
+        .inc_by((n - kept.len()) as u64);
+    kept
+}
+
 /// Stores a peer's breadcrumbs (implausible ones are skipped and counted as rejected).
 async fn store_breadcrumbs(hub: &Arc<Hub>, from: &str, crumbs: Vec<Breadcrumb>) -> ReplicaFrame {
-    let n = crumbs.len();
-    let crumbs: Vec<Breadcrumb> = crumbs.into_iter().filter(crumb_is_valid).collect();
-    for _ in crumbs.len()..n {
-        hub.metrics().reject("replica_breadcrumb");
-    }
+    let crumbs = plausible(hub, crumbs);
     let stored = crumbs.len() as u64;
     let store = hub.store.clone();
     match tokio::task::spawn_blocking(move || store.append_breadcrumbs(&crumbs)).await {
@@ -1291,7 +1297,7 @@ async fn fetch_history(
                     continue;
                 }
             };
-            let crumbs: Vec<Breadcrumb> = crumbs.into_iter().filter(crumb_is_valid).collect();
+            let crumbs = plausible(&hub, crumbs);
             if crumbs.is_empty() {
                 continue;
             }
