@@ -76,7 +76,16 @@ async fn placement(
     let upgrade = req.headers().contains_key(header::UPGRADE);
     if owner.is_none() {
         if let Some(id) = delivery_in_path(req.uri().path()) {
-            crate::replica::ensure_loaded(&hub, id).await;
+            if !crate::replica::ensure_loaded(&hub, id).await {
+                let mut r = error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "joining",
+                    "this hub is joining the cluster and has not claimed its deliveries yet; retry",
+                );
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+                return r;
+            }
         }
     }
     match owner {

@@ -310,6 +310,10 @@ pub struct HubCluster {
     /// After each ownership pass: whether the view already shows us draining, and how many
     /// deliveries we hold that are not yet handed to their owner.
     handoff: tokio::sync::watch::Sender<(bool, usize)>,
+    /// Set once the rebalancer has claimed the deliveries this hub owns (after `join_grace`):
+    /// before that, the view may not show the peers yet, so a takeover could not fetch the
+    /// newest copies and requests for deliveries it does not hold are refused (503).
+    claimed: std::sync::atomic::AtomicBool,
 }
 
 /// Addresses the hub publishes (`host:port`).
@@ -398,6 +402,7 @@ pub(crate) async fn join(
         takeover_lock: tokio::sync::Mutex::new(()),
         metrics,
         handoff: tokio::sync::watch::channel((false, usize::MAX)).0,
+        claimed: std::sync::atomic::AtomicBool::new(false),
     })
 }
 
@@ -710,6 +715,8 @@ pub(crate) fn spawn_breadcrumb_replicator(
     let task = tokio::spawn(
         async move {
             let mut batches = Vec::new();
+            let mut peers: HashMap<String, tokio::sync::mpsc::Sender<Vec<Breadcrumb>>> =
+                HashMap::new();
             loop {
                 tokio::select! {
                     n = rx.recv_many(&mut batches, 64) => if n == 0 { break },
@@ -734,19 +741,17 @@ pub(crate) fn spawn_breadcrumb_replicator(
                         }
                     }
                 }
-                let sends = by_target.into_values().map(|(to, crumbs)| async move {
-                    let r = cluster.send_breadcrumbs(&to, &crumbs).await;
-                    (to, crumbs.len() as u64, r)
-                });
-                for (to, n, r) in futures::future::join_all(sends).await {
-                    match r {
-                        Ok(()) => {
-                            metrics.breadcrumbs_replicated.inc_by(n);
-                        }
-                        Err(e) => {
-                            metrics.breadcrumbs_unreplicated.inc_by(n);
-                            debug!(to = %to.id, breadcrumbs = n, error = %e, "breadcrumbs not copied");
-                        }
+                // One sender task per peer, so a peer that stopped answering (dead, not yet
+                // out of the view) holds up only its own copies.
+                for (to, crumbs) in by_target.into_values() {
+                    let n = crumbs.len() as u64;
+                    // Keyed by address too: a peer that comes back elsewhere gets a new task.
+                    let key = format!("{}@{}", to.id, to.link_addr);
+                    let peer = peers.entry(key).or_insert_with(|| {
+                        spawn_peer_copier(cluster.clone(), metrics.clone(), to.clone())
+                    });
+                    if peer.try_send(crumbs).is_err() {
+                        metrics.breadcrumbs_unreplicated.inc_by(n);
                     }
                 }
             }
@@ -754,6 +759,36 @@ pub(crate) fn spawn_breadcrumb_replicator(
         .instrument(tracing::info_span!("breadcrumb_replicator")),
     );
     (tx, task)
+}
+
+/// A task copying breadcrumbs to one peer, one frame at a time; what queues up while the peer
+/// is slow is sent together (a full queue sheds, counted as unreplicated).
+fn spawn_peer_copier(
+    cluster: Arc<HubCluster>,
+    metrics: Arc<HubMetrics>,
+    to: HubInfo,
+) -> tokio::sync::mpsc::Sender<Vec<Breadcrumb>> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Breadcrumb>>(32);
+    tokio::spawn(
+        async move {
+            let mut batches = Vec::new();
+            while rx.recv_many(&mut batches, 32).await > 0 {
+                let crumbs: Vec<Breadcrumb> = batches.drain(..).flatten().collect();
+                let n = crumbs.len() as u64;
+                match cluster.send_breadcrumbs(&to, &crumbs).await {
+                    Ok(()) => {
+                        metrics.breadcrumbs_replicated.inc_by(n);
+                    }
+                    Err(e) => {
+                        metrics.breadcrumbs_unreplicated.inc_by(n);
+                        debug!(to = %to.id, breadcrumbs = n, error = %e, "breadcrumbs not copied");
+                    }
+                }
+            }
+        }
+        .instrument(tracing::info_span!("breadcrumb_copier")),
+    );
+    tx
 }
 
 /// The writer's replication hook; empty until the cluster is joined.
@@ -1167,7 +1202,7 @@ pub(crate) async fn run_rebalancer(
         owned = now_owned;
         if !takeovers.is_empty() {
             let _one = cluster.takeover_lock.lock().await;
-            take_over(&hub, &cluster, &takeovers).await;
+            take_over(&hub, &cluster, &takeovers, false).await;
         }
         for (id, target, owner) in sends {
             let moving = owner.id != cluster.me;
@@ -1214,6 +1249,9 @@ pub(crate) async fn run_rebalancer(
         cluster.handoff.send_replace((draining_seen, outstanding));
         if settled && !announced {
             announced = true;
+            cluster
+                .claimed
+                .store(true, std::sync::atomic::Ordering::Release);
             if !hub.draining.is_cancelled() {
                 ready.store(true, std::sync::atomic::Ordering::Relaxed);
                 info!(
@@ -1229,7 +1267,12 @@ pub(crate) async fn run_rebalancer(
 /// Becomes the serving hub of `ids`: merges the newest copy every live peer holds into the
 /// local log (a peer may have written events while we were away), then loads each into the
 /// live core.
-async fn take_over(hub: &Arc<Hub>, cluster: &Arc<HubCluster>, ids: &[DeliveryId]) {
+async fn take_over(
+    hub: &Arc<Hub>,
+    cluster: &Arc<HubCluster>,
+    ids: &[DeliveryId],
+    await_history: bool,
+) {
     let peers: Vec<HubInfo> = cluster
         .node
         .view
@@ -1271,13 +1314,14 @@ async fn take_over(hub: &Arc<Hub>, cluster: &Arc<HubCluster>, ids: &[DeliveryId]
             cluster.metrics.takeovers.inc();
         }
     }
-    // The history comes after, in the background: serving the delivery does not wait for it.
-    tokio::spawn(fetch_history(
-        hub.clone(),
-        cluster.clone(),
-        peers,
-        ids.to_vec(),
-    ));
+    // The history comes after: in the background for the rebalancer's bulk takeovers (serving
+    // the deliveries does not wait for it), before answering for a request's single one.
+    let fetch = fetch_history(hub.clone(), cluster.clone(), peers, ids.to_vec());
+    if await_history {
+        fetch.await;
+    } else {
+        tokio::spawn(fetch);
+    }
 }
 
 /// Merges the breadcrumbs every peer holds of `ids` into the local history (after a takeover:
@@ -1316,18 +1360,26 @@ async fn fetch_history(
 
 /// Request paths call this first: a delivery this hub owns but does not hold yet (ownership
 /// just moved here) is taken over on the spot, so the request does not fail during the
-/// moment between the view changing and the rebalancer's pass.
-pub(crate) async fn ensure_loaded(hub: &Arc<Hub>, id: DeliveryId) {
+/// moment between the view changing and the rebalancer's pass. `false`: this hub has just
+/// started and not claimed its deliveries yet; the request should be answered with 503
+/// (retry) rather than from a possibly stale local copy.
+pub(crate) async fn ensure_loaded(hub: &Arc<Hub>, id: DeliveryId) -> bool {
     let Some(cluster) = hub.cluster.as_ref() else {
-        return;
+        return true;
     };
     if hub.snapshot(id).is_some() || !cluster.is_mine(id) {
-        return;
+        return true;
+    }
+    // Just started: the peers that hold the newest copy may not be in the view yet.
+    if !cluster.claimed.load(std::sync::atomic::Ordering::Acquire) {
+        return false;
     }
     let _one = cluster.takeover_lock.lock().await;
     if hub.snapshot(id).is_none() {
-        take_over(hub, cluster, &[id]).await;
+        // A request is waiting (a tracking page, a history read): it gets the history too.
+        take_over(hub, cluster, &[id], true).await;
     }
+    true
 }
 
 /// Whether the connection's (CA-verified) client certificate is a hub's (`OU=hub`): edges

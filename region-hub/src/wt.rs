@@ -135,7 +135,12 @@ async fn session(incoming: IncomingSession, hub: Arc<Hub>, shutdown: Cancellatio
         redirect(request, url).await;
         return;
     }
-    crate::replica::ensure_loaded(&hub, id).await;
+    if !crate::replica::ensure_loaded(&hub, id).await {
+        // Joining the cluster: not yet able to serve it from the newest copy; retry.
+        hub.metrics().reject("joining");
+        request.too_many_requests().await;
+        return;
+    }
     let start = match hub.open_consumer(id, last_event_seq, TRANSPORT) {
         Ok(s) => s,
         Err(e) => {

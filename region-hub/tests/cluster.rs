@@ -626,7 +626,10 @@ async fn a_hub_restarted_after_draining_gets_its_deliveries_back_with_the_events
     // hub-a comes back on the same data dir: it owns the delivery again, and must serve the
     // newest state (fetched from its peers), not its stale copy.
     let seed = t.hub(succ).cluster().expect("c").gossip.advertise_addr();
-    t.hubs[owner] = Some(start_with(hub_config(&t._dir.0, &t.pki, name, vec![seed])).await);
+    let mut config = hub_config(&t._dir.0, &t.pki, name, vec![seed]);
+    // Long enough that the first request surely comes before the hub claims its deliveries.
+    config.cluster_hub.join_grace_ms = 2_000;
+    t.hubs[owner] = Some(start_with(config).await);
     let http = no_redirect_client(&t.pki);
     let status_url = url(
         t.hub(owner),
@@ -634,6 +637,16 @@ async fn a_hub_restarted_after_draining_gets_its_deliveries_back_with_the_events
             "/api/v1/tracking/{id}/status?token={}",
             created.tracking_token
         ),
+    );
+    // Before it has claimed its deliveries it does not answer from its stale copy: 503, retry.
+    let early = http.get(&status_url).send().await.expect("early request");
+    assert_eq!(early.status(), 503);
+    assert_eq!(
+        early
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
     );
     let last = *acked.last().expect("acked");
     wait_until("the restarted hub to serve the newest state", || {
