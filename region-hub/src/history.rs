@@ -150,6 +150,29 @@ impl Store {
         Ok(out)
     }
 
+    /// The newest `limit` breadcrumbs of `delivery`, oldest first.
+    pub fn latest_breadcrumbs(
+        &self,
+        delivery: DeliveryId,
+        limit: usize,
+    ) -> Result<Vec<Breadcrumb>, StoreError> {
+        let tx = self.db()?.begin_read().map_err(StoreError::db)?;
+        let table = tx.open_table(CRUMBS).map_err(StoreError::db)?;
+        let mut out = Vec::new();
+        for row in table
+            .range((delivery.0, 0)..=(delivery.0, u64::MAX))
+            .map_err(StoreError::db)?
+            .rev()
+            .take(limit)
+        {
+            let (k, v) = row.map_err(StoreError::db)?;
+            let (id, ts) = k.value();
+            out.push(Breadcrumb::decode(id, ts, v.value())?);
+        }
+        out.reverse();
+        Ok(out)
+    }
+
     /// Deletes the breadcrumbs of every day before the day of `cutoff_ms` (and anomalies
     /// older than that day); returns how many breadcrumbs went.
     pub fn purge_history_before(&self, cutoff_ms: u64) -> Result<u64, StoreError> {
@@ -375,6 +398,17 @@ mod tests {
         assert!(s
             .breadcrumbs(DeliveryId(1), u64::MAX, 10)
             .expect("end")
+            .is_empty());
+        // The newest few (what a hand-off carries), oldest first, of that delivery only.
+        let latest = s.latest_breadcrumbs(DeliveryId(1), 3).expect("latest");
+        assert_eq!(latest, v[22..25].to_vec());
+        assert_eq!(
+            s.latest_breadcrumbs(DeliveryId(2), 10).expect("other"),
+            vec![v[25]]
+        );
+        assert!(s
+            .latest_breadcrumbs(DeliveryId(3), 10)
+            .expect("none")
             .is_empty());
         let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
     }

@@ -357,18 +357,18 @@ pub async fn spawn_with_notifier(
     );
 
     // Cluster mode: committed breadcrumbs are copied to each delivery's successor.
-    let crumb_replicator = config.cluster.is_some().then(|| {
-        replica::spawn_breadcrumb_replicator(
-            replica_slot.clone(),
-            metrics.clone(),
-            64,
-            shutdown.clone(),
-        )
-    });
-    let (crumb_copies, crumb_replicator) = match crumb_replicator {
-        Some((tx, task)) => (Some(tx), Some(task)),
-        None => (None, None),
-    };
+    let (crumb_copies, crumb_replicator) = config
+        .cluster
+        .is_some()
+        .then(|| {
+            replica::spawn_breadcrumb_replicator(
+                replica_slot.clone(),
+                metrics.clone(),
+                64,
+                shutdown.clone(),
+            )
+        })
+        .unzip();
     let (crumbs, crumb_writer) = history::spawn_breadcrumb_writer(
         store.clone(),
         history::BreadcrumbWriterConfig {

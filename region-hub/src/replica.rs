@@ -774,16 +774,7 @@ fn spawn_peer_copier(
             let mut batches = Vec::new();
             while rx.recv_many(&mut batches, 32).await > 0 {
                 let crumbs: Vec<Breadcrumb> = batches.drain(..).flatten().collect();
-                let n = crumbs.len() as u64;
-                match cluster.send_breadcrumbs(&to, &crumbs).await {
-                    Ok(()) => {
-                        metrics.breadcrumbs_replicated.inc_by(n);
-                    }
-                    Err(e) => {
-                        metrics.breadcrumbs_unreplicated.inc_by(n);
-                        debug!(to = %to.id, breadcrumbs = n, error = %e, "breadcrumbs not copied");
-                    }
-                }
+                copy_breadcrumbs(&cluster, &metrics, &to, &crumbs).await;
             }
         }
         .instrument(tracing::info_span!("breadcrumb_copier")),
@@ -952,33 +943,56 @@ async fn store_frame(hub: &Arc<Hub>, bytes: &[u8]) -> ReplicaFrame {
     }
 }
 
-/// The breadcrumbs from a peer worth storing; the others are counted and dropped.
-fn plausible(hub: &Hub, crumbs: Vec<Breadcrumb>) -> Vec<Breadcrumb> {
+/// Stores breadcrumbs a peer sent or answered with (idempotent); implausible ones are counted
+/// in `hub_breadcrumbs_received_rejected_total` and dropped. Returns how many were stored.
+async fn keep_peer_breadcrumbs(hub: &Arc<Hub>, crumbs: Vec<Breadcrumb>) -> Result<u64, String> {
     let n = crumbs.len();
-    let kept: Vec<Breadcrumb> = crumbs.into_iter().filter(crumb_is_valid).collect();
+    let crumbs: Vec<Breadcrumb> = crumbs.into_iter().filter(crumb_is_valid).collect();
     hub.metrics()
         .breadcrumbs_received_rejected
-        .inc_by((n - kept.len()) as u64);
-    kept
-}
-
-/// Stores a peer's breadcrumbs (implausible ones are skipped and counted as rejected).
-async fn store_breadcrumbs(hub: &Arc<Hub>, from: &str, crumbs: Vec<Breadcrumb>) -> ReplicaFrame {
-    let crumbs = plausible(hub, crumbs);
+        .inc_by((n - crumbs.len()) as u64);
+    if crumbs.is_empty() {
+        return Ok(0);
+    }
     let stored = crumbs.len() as u64;
     let store = hub.store.clone();
     match tokio::task::spawn_blocking(move || store.append_breadcrumbs(&crumbs)).await {
         Ok(Ok(())) => {
             hub.metrics().breadcrumbs_received.inc_by(stored);
+            Ok(stored)
+        }
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Answers a peer's `Breadcrumbs` frame.
+async fn store_breadcrumbs(hub: &Arc<Hub>, from: &str, crumbs: Vec<Breadcrumb>) -> ReplicaFrame {
+    match keep_peer_breadcrumbs(hub, crumbs).await {
+        Ok(stored) => {
             debug!(%from, breadcrumbs = stored, "stored replica breadcrumbs");
             ReplicaFrame::Ack
         }
-        Ok(Err(e)) => ReplicaFrame::Refused {
-            reason: e.to_string(),
-        },
-        Err(e) => ReplicaFrame::Refused {
-            reason: e.to_string(),
-        },
+        Err(reason) => ReplicaFrame::Refused { reason },
+    }
+}
+
+/// Copies breadcrumbs to `to` and counts them as replicated or not (best effort).
+async fn copy_breadcrumbs(
+    cluster: &HubCluster,
+    metrics: &HubMetrics,
+    to: &HubInfo,
+    crumbs: &[Breadcrumb],
+) {
+    let n = crumbs.len() as u64;
+    match cluster.send_breadcrumbs(to, crumbs).await {
+        Ok(()) => {
+            metrics.breadcrumbs_replicated.inc_by(n);
+        }
+        Err(e) => {
+            metrics.breadcrumbs_unreplicated.inc_by(n);
+            debug!(to = %to.id, breadcrumbs = n, error = %e, "breadcrumbs not copied");
+        }
     }
 }
 
@@ -986,24 +1000,9 @@ async fn store_breadcrumbs(hub: &Arc<Hub>, from: &str, crumbs: Vec<Breadcrumb>) 
 /// in a hand-off or a successor copy.
 async fn handoff_breadcrumbs(hub: &Arc<Hub>, id: DeliveryId) -> Vec<Breadcrumb> {
     let store = hub.store.clone();
-    let read = tokio::task::spawn_blocking(move || {
-        // Pages from the oldest; a long delivery keeps only its newest crumbs.
-        let mut all = Vec::new();
-        let mut after = 0u64;
-        loop {
-            let page = store.breadcrumbs(id, after, 1_000)?;
-            let Some(last) = page.last() else { break };
-            after = last.ts_ms;
-            all.extend(page);
-            if all.len() > 4 * MAX_CRUMBS_PER_HANDOFF {
-                all.drain(..all.len() - MAX_CRUMBS_PER_HANDOFF);
-            }
-        }
-        let skip = all.len().saturating_sub(MAX_CRUMBS_PER_HANDOFF);
-        all.drain(..skip);
-        Ok::<_, crate::store::StoreError>(all)
-    })
-    .await;
+    let read =
+        tokio::task::spawn_blocking(move || store.latest_breadcrumbs(id, MAX_CRUMBS_PER_HANDOFF))
+            .await;
     match read {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
@@ -1220,16 +1219,7 @@ pub(crate) async fn run_rebalancer(
                     // The history goes along, best effort (the log is what must arrive).
                     let crumbs = handoff_breadcrumbs(&hub, id).await;
                     if !crumbs.is_empty() {
-                        let n = crumbs.len() as u64;
-                        match cluster.send_breadcrumbs(&target, &crumbs).await {
-                            Ok(()) => {
-                                hub.metrics().breadcrumbs_replicated.inc_by(n);
-                            }
-                            Err(e) => {
-                                hub.metrics().breadcrumbs_unreplicated.inc_by(n);
-                                debug!(delivery_id = %id, to = %target.id, error = %e, "breadcrumbs not handed over");
-                            }
-                        }
+                        copy_breadcrumbs(&cluster, hub.metrics(), &target, &crumbs).await;
                     }
                     if moving {
                         outstanding -= 1;
@@ -1341,18 +1331,8 @@ async fn fetch_history(
                     continue;
                 }
             };
-            let crumbs = plausible(&hub, crumbs);
-            if crumbs.is_empty() {
-                continue;
-            }
-            let n = crumbs.len() as u64;
-            let store = hub.store.clone();
-            match tokio::task::spawn_blocking(move || store.append_breadcrumbs(&crumbs)).await {
-                Ok(Ok(())) => {
-                    hub.metrics().breadcrumbs_received.inc_by(n);
-                }
-                Ok(Err(e)) => warn!(peer = %peer.id, error = %e, "fetched breadcrumbs not stored"),
-                Err(e) => warn!(peer = %peer.id, error = %e, "fetched breadcrumbs not stored"),
+            if let Err(e) = keep_peer_breadcrumbs(&hub, crumbs).await {
+                warn!(peer = %peer.id, error = %e, "fetched breadcrumbs not stored");
             }
         }
     }
