@@ -50,6 +50,8 @@ pub struct HubConfig {
     /// Shards of the delivery state, each applying its deliveries' fixes on a worker of its
     /// own (a hub uses at most this many cores for fixes); 0 = one per available core.
     pub shards: usize,
+    /// redb page cache of the hub's store (event log, breadcrumbs, plans), MiB.
+    pub store_cache_mib: u64,
     /// OpenStreetMap extract (PBF) drawn by the tracking page and the operator view; the
     /// city built into `roadnet` (central Helsinki) when absent.
     pub map_pbf: Option<PathBuf>,
@@ -79,7 +81,7 @@ pub struct HubConfig {
     pub cluster: Option<cluster::ClusterConfig>,
     /// Addresses published to the cluster and used in redirects (`[cluster_hub]`); only read
     /// when `cluster` is set.
-    pub cluster_hub: crate::replication::replica::ClusterHubConfig,
+    pub cluster_hub: ClusterHubConfig,
 }
 
 /// Breadcrumb storage: a writer separate from the status event log, fed by a bounded queue
@@ -229,6 +231,7 @@ impl Default for HubConfig {
             commit: CommitConfig::default(),
             consumer_queue: 256,
             shards: 0,
+            store_cache_mib: 64,
             map_pbf: None,
             map: MapConfig::default(),
             clock: nodekit::ClockConfig::default(),
@@ -238,7 +241,7 @@ impl Default for HubConfig {
             proof: ProofConfig::default(),
             push: notify::NotifyConfig::default(),
             cluster: None,
-            cluster_hub: crate::replication::replica::ClusterHubConfig::default(),
+            cluster_hub: ClusterHubConfig::default(),
         }
     }
 }
@@ -296,6 +299,7 @@ impl HubConfig {
             ),
             ("commit.queue", self.commit.queue as u64),
             ("consumer_queue", self.consumer_queue as u64),
+            ("store_cache_mib", self.store_cache_mib),
             (
                 "history.retention_days",
                 u64::from(self.history.retention_days),
@@ -486,5 +490,84 @@ mod tests {
     #[test]
     fn rejects_unknown_keys() {
         assert!(toml::from_str::<HubConfig>("hub_idd = \"x\"").is_err());
+    }
+}
+
+/// Hub settings that only matter in a cluster (`[cluster_hub]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterHubConfig {
+    /// `host:port` published as `hub.addr_link` (edges and peer hubs connect to it); default:
+    /// the bound link address (set it when binding a wildcard address).
+    pub advertise_link: Option<String>,
+    /// `host:port` published as `hub.addr_wt` (WebTransport redirects); default: bound address.
+    pub advertise_webtransport: Option<String>,
+    /// `host:port` published as `hub.addr_https` (API and WebSocket redirects); default: bound
+    /// address.
+    pub advertise_https: Option<String>,
+    /// How long the owner waits for the successor's acknowledgement of a batch, in
+    /// milliseconds; past it the batch is acknowledged unreplicated (and counted).
+    pub replica_ack_timeout_ms: u64,
+    /// DNS name checked in a peer hub's certificate on the replica link; default: the host
+    /// part of its `hub.addr_link`.
+    pub replica_server_name: Option<String>,
+    /// How often the hub publishes its load and re-checks ownership, in milliseconds.
+    pub rebalance_interval_ms: u64,
+    /// Longest a drain (`POST /drain`, SIGTERM) waits for every delivery to be handed off
+    /// before the hub stops anyway, in seconds.
+    pub drain_timeout_s: u64,
+    /// After start, the hub waits this long (milliseconds) for the cluster view to fill
+    /// before it claims deliveries from its log; until then it serves only what it creates
+    /// or is handed. A few foca probe periods (`lan`: 1 s each).
+    pub join_grace_ms: u64,
+    /// Copies of a status change that must be durable before it is acknowledged: 2 (default;
+    /// the owner's and its successor's, so an acknowledged event survives the loss of any one
+    /// hub; with no successor reachable changes are refused with 503 until membership picks
+    /// another) or 1 (acknowledge on the owner's copy alone when the successor is
+    /// unreachable, counted in `hub_events_unreplicated_total`: available, not durable).
+    pub min_copies: u8,
+}
+
+impl Default for ClusterHubConfig {
+    fn default() -> Self {
+        Self {
+            advertise_link: None,
+            advertise_webtransport: None,
+            advertise_https: None,
+            replica_ack_timeout_ms: 2_000,
+            replica_server_name: None,
+            rebalance_interval_ms: 1_000,
+            drain_timeout_s: 30,
+            join_grace_ms: 3_000,
+            min_copies: 2,
+        }
+    }
+}
+
+impl ClusterHubConfig {
+    /// Checks the values.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (field, v) in [
+            (
+                "cluster_hub.replica_ack_timeout_ms",
+                self.replica_ack_timeout_ms,
+            ),
+            (
+                "cluster_hub.rebalance_interval_ms",
+                self.rebalance_interval_ms,
+            ),
+            ("cluster_hub.drain_timeout_s", self.drain_timeout_s),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Zero { field });
+            }
+        }
+        if !(1..=2).contains(&self.min_copies) {
+            return Err(ConfigError::Invalid(format!(
+                "cluster_hub.min_copies is {}; it must be 1 or 2",
+                self.min_copies
+            )));
+        }
+        Ok(())
     }
 }

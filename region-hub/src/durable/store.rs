@@ -1,10 +1,10 @@
 //! The durable event log in redb: status events, delivery records, idempotency keys, and the
 //! group-commit writer that appends them.
 
-use crate::durable::proof::ProofRecord;
 use crate::metrics::HubMetrics;
 use crate::tracking::anomaly::{Anomaly, AnomalyKind};
 use crate::tracking::deliveries::{DeliveryRecord, LogEntry, RecoveredDelivery, SideRecord};
+use crate::tracking::proof::ProofRecord;
 use protocol::consumer::StatusEvent;
 use protocol::DeliveryId;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -78,19 +78,32 @@ pub struct Store {
     db: Arc<parking_lot::Mutex<Option<Arc<Database>>>>,
 }
 
+/// Page cache of a store opened with [`Store::open`].
+pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+
 impl Store {
-    /// Opens (or creates) the database at `path` and makes sure every table exists.
+    /// Opens (or creates) the database at `path` with a [`DEFAULT_CACHE_BYTES`] page cache and
+    /// makes sure every table exists.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with_cache(path, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`Store::open`] with a page cache of `cache_bytes` (redb's own default is 1 GiB, which
+    /// a hub writing breadcrumbs all day fills: memory that grows with time, not with load).
+    pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
                 path: path.to_path_buf(),
                 source: redb::Error::Io(e),
             })?;
         }
-        let db = Database::create(path).map_err(|e| StoreError::Open {
-            path: path.to_path_buf(),
-            source: e.into(),
-        })?;
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(path)
+            .map_err(|e| StoreError::Open {
+                path: path.to_path_buf(),
+                source: e.into(),
+            })?;
         let tx = db.begin_write().map_err(StoreError::db)?;
         tx.open_table(EVENTS).map_err(StoreError::db)?;
         tx.open_table(DELIVERIES).map_err(StoreError::db)?;
@@ -263,7 +276,7 @@ impl Store {
     /// idempotency key already stored is kept, so a stale copy never overwrites newer state.
     pub fn apply_replica(
         &self,
-        entries: &[crate::replication::replica::ReplicaEntry],
+        entries: &[crate::durable::copies::ReplicaEntry],
     ) -> Result<(), StoreError> {
         self.apply_replica_checked(entries, false).map(|_| ())
     }
@@ -275,7 +288,7 @@ impl Store {
     /// they are stored monotonically as usual and still returned, to be counted.
     pub fn apply_replica_checked(
         &self,
-        entries: &[crate::replication::replica::ReplicaEntry],
+        entries: &[crate::durable::copies::ReplicaEntry],
         strict: bool,
     ) -> Result<Vec<DeliveryId>, StoreError> {
         let mut conflicts = Vec::new();
@@ -590,7 +603,7 @@ pub struct WriterConfig {
 }
 
 /// Copies entries to another hub before they are committed here, published and
-/// acknowledged (cluster mode, [`crate::replication::replica`]). What could not be replicated is counted
+/// acknowledged (cluster mode, `replication::replica`). What could not be replicated is counted
 /// and committed anyway; what the replica fenced is not committed.
 pub trait Replicate: Send + Sync + 'static {
     /// Returns once the entries are durable on the replica, or replication was given up;
@@ -917,7 +930,7 @@ mod tests {
 
     #[test]
     fn replicated_entries_merge_monotonically_and_keep_their_idempotency_keys() {
-        use crate::replication::replica::ReplicaEntry;
+        use crate::durable::copies::ReplicaEntry;
         let path = temp_db("replica");
         let s = Store::open(&path).expect("open");
         let copy = |e: &LogEntry, keys: &[(&str, u64)]| ReplicaEntry {
