@@ -6,16 +6,15 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// Reads a TOML config file, or returns the defaults when no file is given. Unknown keys are
-/// an error (a typo should not silently fall back to a default).
+/// an error (a typo should not silently fall back to a default). The binaries layer the
+/// environment and `--set` on top with [`crate::ConfigLayers`]; this is the file alone.
 pub fn load_config<T: serde::de::DeserializeOwned + Default>(
     path: Option<&Path>,
 ) -> anyhow::Result<T> {
     let Some(path) = path else {
         return Ok(T::default());
     };
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading config {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))
+    Ok(crate::ConfigLayers::new("", &[]).load(Some(path), std::iter::empty(), &[])?)
 }
 
 /// The PEM files a node's TLS needs: its certificate chain and key, and the cluster CA.
