@@ -24,7 +24,8 @@ anomaly is raised within seconds. Then it reads both /metrics and checks:
 - every alert has `summary` and `description` annotations and a `runbook_url` whose
   `docs/operations.md#anchor` exists;
 - the dashboard: a `datasource` variable of type `prometheus`, every panel and target uses it,
-  panel ids are unique, every target has an expression.
+  panel ids are unique, every target has an expression, and every expression parses as PromQL
+  (Grafana variables substituted, checked by `promtool check rules` as recording rules).
 
 Stdlib only. Exit status 0 when everything holds, 1 with a list of problems otherwise.
 
@@ -416,6 +417,32 @@ def dashboard_queries(dash, problems):
     return queries
 
 
+def promql_syntax(queries, work):
+    """Problems `promtool check rules` finds in the dashboard's expressions."""
+    if not shutil.which("promtool"):
+        return ["promtool is missing (scripts/setup.sh installs Debian's prometheus package)"]
+    subst = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h"}
+    lines = ["groups:", "  - name: dashboard", "    rules:"]
+    for i, (_, expr) in enumerate(queries):
+        for k, v in subst.items():
+            expr = expr.replace(k, v)
+        expr = re.sub(r"\$\{?[A-Za-z_]\w*\}?", ".*", expr)
+        lines += [f"      - record: dashboard:query_{i}", f"        expr: {json.dumps(expr)}"]
+    os.makedirs(work, exist_ok=True)
+    path = os.path.join(work, "dashboard-queries.rules.yml")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    done = subprocess.run(["promtool", "check", "rules", path], capture_output=True, text=True)
+    if done.returncode == 0:
+        return []
+    out = (done.stdout + done.stderr).strip()
+    named = []
+    for m in re.finditer(r"dashboard:query_(\d+)", out):
+        where, expr = queries[int(m.group(1))]
+        named.append(f"{where}: PromQL does not parse: {expr}")
+    return named or [f"dashboard queries do not parse: {out}"]
+
+
 # ---------------------------------------------------------------- checks
 
 def markdown_anchors(path):
@@ -529,6 +556,7 @@ def main():
         queries = dashboard_queries(json.load(f), problems)
     more, used = check(exported, rules, queries, markdown_anchors(OPERATIONS))
     problems += more
+    problems += promql_syntax(queries, args.work)
     log(f"{len(rules)} alert rules, {len(queries)} dashboard queries, "
         f"{len(used)} distinct metric names")
     if problems:
