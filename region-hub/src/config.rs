@@ -1,7 +1,7 @@
 //! The hub's typed configuration (TOML), with laptop-friendly defaults and `validate()`.
 
-pub use crate::anomaly::AnomalyConfig;
-pub use crate::geofence::GeofenceConfig;
+pub use crate::tracking::anomaly::AnomalyConfig;
+pub use crate::tracking::geofence::GeofenceConfig;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -83,7 +83,7 @@ pub struct HubConfig {
     pub cluster: Option<cluster::ClusterConfig>,
     /// Addresses published to the cluster and used in redirects (`[cluster_hub]`); only read
     /// when `cluster` is set.
-    pub cluster_hub: crate::replica::ClusterHubConfig,
+    pub cluster_hub: crate::replication::replica::ClusterHubConfig,
 }
 
 /// Breadcrumb storage: a writer separate from the status event log, fed by a bounded queue
@@ -241,7 +241,7 @@ impl Default for HubConfig {
             proof: ProofConfig::default(),
             push: notify::NotifyConfig::default(),
             cluster: None,
-            cluster_hub: crate::replica::ClusterHubConfig::default(),
+            cluster_hub: crate::replication::replica::ClusterHubConfig::default(),
         }
     }
 }

@@ -2,12 +2,12 @@
 //! consumer transports. One `parking_lot::Mutex` guards the sans-IO core and the fan-out
 //! registry; critical sections never await and never touch redb.
 
-use crate::anomaly::Anomaly;
-use crate::core::{CoreError, Deliveries, LogEntry, SideRecord, StatusOutcome};
-use crate::fanout::{Fanout, Subscription};
-use crate::history::{Breadcrumb, BreadcrumbQueue};
+use crate::durable::history::{Breadcrumb, BreadcrumbQueue};
+use crate::durable::store::{CommitSink, EventLogHandle, Store, SubmitError};
 use crate::metrics::{ConsumerGauge, HubMetrics};
-use crate::store::{CommitSink, EventLogHandle, Store, SubmitError};
+use crate::tracking::anomaly::Anomaly;
+use crate::tracking::deliveries::{CoreError, Deliveries, LogEntry, SideRecord, StatusOutcome};
+use crate::tracking::fanout::{Fanout, Subscription};
 use parking_lot::Mutex;
 use protocol::api::{ChangeStatus, CreateDelivery, DeliveryCreated, StatusChanged};
 use protocol::consumer::{ConsumerFrame, Snapshot, StatusEvent};
@@ -266,7 +266,7 @@ pub(crate) struct Hub {
     pub webtransport_port: u16,
     pub webtransport_cert_sha256: [u8; 32],
     /// Cluster membership, ownership and replication; `None` for a single hub.
-    pub cluster: Option<Arc<crate::replica::HubCluster>>,
+    pub cluster: Option<Arc<crate::replication::replica::HubCluster>>,
     /// Cancelled when the hub starts draining (edges are told to go elsewhere).
     pub draining: tokio_util::sync::CancellationToken,
 }
@@ -328,7 +328,7 @@ impl Hub {
         &self,
         st: &mut State,
         entry: &LogEntry,
-    ) -> Result<crate::store::AppendReceipt, SubmitError> {
+    ) -> Result<crate::durable::store::AppendReceipt, SubmitError> {
         self.log
             .submit(entry.clone())
             .inspect_err(|_| st.core.abort(entry))
@@ -338,7 +338,7 @@ impl Hub {
     async fn append(
         &self,
         entry: LogEntry,
-        queued: Result<crate::store::AppendReceipt, SubmitError>,
+        queued: Result<crate::durable::store::AppendReceipt, SubmitError>,
     ) -> Result<LogEntry, ApiFailure> {
         let rx = queued.map_err(|e| ApiFailure::Unavailable(e.to_string()))?;
         match rx.await {
@@ -346,7 +346,8 @@ impl Hub {
             Ok(Err(e))
                 if matches!(
                     *e,
-                    crate::store::StoreError::Fenced(_) | crate::store::StoreError::NoReplica(_)
+                    crate::durable::store::StoreError::Fenced(_)
+                        | crate::durable::store::StoreError::NoReplica(_)
                 ) =>
             {
                 Err(ApiFailure::Unavailable(e.to_string()))

@@ -4,24 +4,20 @@
 //! [`spawn`] binds every listener (use port 0 in tests), recovers the event log and returns a
 //! [`HubHandle`]. The decision logic lives in the sans-IO [`core`] module; [`store`] owns redb.
 
-pub mod anomaly;
-pub mod api;
 pub mod config;
-pub mod core;
-pub mod eta;
-pub mod fanout;
-pub mod geofence;
-pub mod history;
-mod http;
+pub mod durable;
 mod hub;
-pub mod link;
+pub mod ingest;
 pub mod metrics;
-pub mod plans;
-pub mod proof;
-pub mod replica;
-pub mod store;
-pub mod web;
-pub mod wt;
+pub mod replication;
+pub mod serve;
+pub mod tracking;
+
+use durable::{history, plans, store};
+use ingest::link;
+use replication::replica;
+use serve::{http, web, wt};
+use tracking::{deliveries, fanout};
 
 pub use config::{CommitConfig, ConfigError, HubConfig, MapConfig, WebTransportTls};
 pub use hub::{ApiFailure, AuthRefusal};
@@ -267,12 +263,12 @@ pub async fn spawn_with_notifier(
         ms = started.elapsed().as_millis() as u64,
         "road network loaded"
     );
-    let mut deliveries = core::Deliveries::new(core::CoreConfig {
+    let mut deliveries = deliveries::Deliveries::new(deliveries::CoreConfig {
         state_ttl_ms: config.state_ttl_s.saturating_mul(1000),
         location_unavailable_after_ms: config.location_unavailable_after_s.saturating_mul(1000),
         geofence: config.geofence.clone(),
         anomaly: config.anomaly.clone(),
-        ..core::CoreConfig::default()
+        ..deliveries::CoreConfig::default()
     });
     let notifier = match notifier {
         Some(n) => n,

@@ -4,12 +4,12 @@
 //! ALPN `trackline-replica/1`), takes over the deliveries of a hub that left and hands off
 //! those that moved away. See `docs/cluster.md`, *Hubs: ownership, replication, takeover*.
 
-use crate::core::{DeliveryRecord, LogEntry, SideRecord};
-use crate::history::Breadcrumb;
+use crate::durable::history::Breadcrumb;
+use crate::durable::proof::ProofRecord;
+use crate::durable::store::Refusal;
 use crate::hub::Hub;
 use crate::metrics::HubMetrics;
-use crate::proof::ProofRecord;
-use crate::store::Refusal;
+use crate::tracking::deliveries::{DeliveryRecord, LogEntry, SideRecord};
 use cluster::{ClusterNode, HubInfo};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
@@ -786,8 +786,8 @@ fn spawn_peer_copier(
 #[derive(Default)]
 pub(crate) struct ReplicaSlot(pub OnceLock<Arc<HubCluster>>);
 
-impl crate::store::Replicate for ReplicaSlot {
-    fn replicate<'a>(&'a self, entries: &'a [LogEntry]) -> crate::store::Refused<'a> {
+impl crate::durable::store::Replicate for ReplicaSlot {
+    fn replicate<'a>(&'a self, entries: &'a [LogEntry]) -> crate::durable::store::Refused<'a> {
         Box::pin(async move {
             match self.0.get() {
                 Some(c) => c.replicate(entries).await,
@@ -1068,7 +1068,7 @@ async fn full_log(hub: &Arc<Hub>, id: DeliveryId) -> Option<ReplicaEntry> {
             .filter(|(d, _)| *d == id)
             .map(|(_, t)| t)
             .collect::<Vec<_>>();
-        Ok::<_, crate::store::StoreError>(rec.map(|r| ReplicaEntry {
+        Ok::<_, crate::durable::store::StoreError>(rec.map(|r| ReplicaEntry {
             delivery_id: id,
             record: Some(r.record),
             events: r.events,
@@ -1226,7 +1226,11 @@ pub(crate) async fn run_rebalancer(
                         info!(delivery_id = %id, to = %owner.id, "handed a delivery to its new owner");
                         let mut st = hub.shared.state.lock();
                         st.fanout.publish_redirect(id, |transport| {
-                            consumer_redirect_url(&owner, id, transport == crate::wt::TRANSPORT)
+                            consumer_redirect_url(
+                                &owner,
+                                id,
+                                transport == crate::serve::wt::TRANSPORT,
+                            )
                         });
                     }
                 }

@@ -2,12 +2,12 @@
 //! anomalies (list and live WebSocket stream, operator token), and photo proof of delivery
 //! (upload by the assigned driver, download by the consumer or an operator).
 
-use crate::anomaly::Anomaly;
-use crate::core::SideRecord;
-use crate::history::Breadcrumb;
-use crate::http::{error, token};
+use crate::durable::history::Breadcrumb;
+use crate::durable::proof::{check_image, store_blob, ProofRecord};
 use crate::hub::{ApiFailure, AuthRefusal, Hub};
-use crate::proof::{check_image, store_blob, ProofRecord};
+use crate::serve::http::{error, token};
+use crate::tracking::anomaly::Anomaly;
+use crate::tracking::deliveries::SideRecord;
 use axum::extract::multipart::MultipartRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -75,7 +75,7 @@ impl IntoResponse for Refusal {
 
 /// Runs a blocking store read off the async threads.
 async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
+    f: impl FnOnce() -> Result<T, crate::durable::store::StoreError> + Send + 'static,
 ) -> Result<T, ApiFailure> {
     match tokio::task::spawn_blocking(f).await {
         Ok(Ok(v)) => Ok(v),
@@ -404,7 +404,7 @@ async fn upload_proof(
             )
         }
     };
-    let sha = crate::proof::sha256_hex(&upload.image);
+    let sha = crate::durable::proof::sha256_hex(&upload.image);
     let replay_key = format!("proof-{sha}");
     if status.check_transition(DeliveryStatus::Delivered).is_err() {
         // Not deliverable any more; a retry of an accepted upload still replays below.

@@ -42,7 +42,7 @@ pub(crate) fn router(hub: Arc<Hub>, shutdown: CancellationToken) -> Router {
             hub: hub.clone(),
             shutdown: shutdown.clone(),
         })
-        .merge(crate::api::router(hub.clone(), shutdown));
+        .merge(crate::serve::api::router(hub.clone(), shutdown));
     // A single hub owns everything: no placement layer at all.
     if hub.cluster.is_some() {
         router.layer(axum::middleware::from_fn_with_state(hub, placement))
@@ -76,7 +76,7 @@ async fn placement(
     let upgrade = req.headers().contains_key(header::UPGRADE);
     if owner.is_none() {
         if let Some(id) = delivery_in_path(req.uri().path()) {
-            if !crate::replica::ensure_loaded(&hub, id).await {
+            if !crate::replication::replica::ensure_loaded(&hub, id).await {
                 let mut r = error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "joining",
@@ -316,7 +316,7 @@ async fn connect(
     };
     // Browsers' WebSocket does not follow HTTP redirects: the redirect goes in-band.
     if let Some(owner) = app.hub.cluster.as_ref().and_then(|c| c.other_owner(id)) {
-        let url = crate::replica::consumer_redirect_url(&owner, id, false);
+        let url = crate::replication::replica::consumer_redirect_url(&owner, id, false);
         return ws.on_upgrade(move |mut socket| async move {
             let frame = protocol::consumer::ConsumerFrame::Redirect { url }.to_json();
             let _ = socket.send(Message::Text(frame.into())).await;

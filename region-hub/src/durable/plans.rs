@@ -5,9 +5,9 @@
 //! crash is simply made again at the next fix); the speed table is rewritten every
 //! `SPEEDS_EVERY` and at shutdown, and loaded at start.
 
-use crate::eta::StoredPlan;
+use crate::durable::store::{Store, StoreError};
 use crate::hub::Shared;
-use crate::store::{Store, StoreError};
+use crate::tracking::eta::StoredPlan;
 use protocol::DeliveryId;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use roadnet::speed::SpeedRow;

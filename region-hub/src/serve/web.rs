@@ -6,8 +6,8 @@
 //! `GET /api/v1/ops/deliveries/{id}/history` (operator token, as `?token=` or bearer). The
 //! operator's replay reads the breadcrumbs and status events the hub stores in redb.
 
-use crate::http::token;
 use crate::hub::{ApiFailure, Hub};
+use crate::serve::http::token;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -27,37 +27,37 @@ const FILES: &[(&str, &str, &str)] = &[
     (
         "track.html",
         "text/html; charset=utf-8",
-        include_str!("../web/track.html"),
+        include_str!("../../web/track.html"),
     ),
     (
         "track.js",
         "text/javascript; charset=utf-8",
-        include_str!("../web/track.js"),
+        include_str!("../../web/track.js"),
     ),
     (
         "ops.html",
         "text/html; charset=utf-8",
-        include_str!("../web/ops.html"),
+        include_str!("../../web/ops.html"),
     ),
     (
         "ops.js",
         "text/javascript; charset=utf-8",
-        include_str!("../web/ops.js"),
+        include_str!("../../web/ops.js"),
     ),
     (
         "map.js",
         "text/javascript; charset=utf-8",
-        include_str!("../web/map.js"),
+        include_str!("../../web/map.js"),
     ),
     (
         "transport.js",
         "text/javascript; charset=utf-8",
-        include_str!("../web/transport.js"),
+        include_str!("../../web/transport.js"),
     ),
     (
         "style.css",
         "text/css; charset=utf-8",
-        include_str!("../web/style.css"),
+        include_str!("../../web/style.css"),
     ),
 ];
 
@@ -288,10 +288,10 @@ async fn ops_deliveries(
         server_time_ms: nodekit::unix_ms(),
         fixes_received_total: m.fixes_received.get(),
         fixes_unmatched_total: m.fixes_unmatched.get(),
-        positions_pushed_total: m.pushed_total(crate::http::WEBSOCKET)
-            + m.pushed_total(crate::wt::TRANSPORT),
-        consumers_websocket: m.consumers(crate::http::WEBSOCKET),
-        consumers_webtransport: m.consumers(crate::wt::TRANSPORT),
+        positions_pushed_total: m.pushed_total(crate::serve::http::WEBSOCKET)
+            + m.pushed_total(crate::serve::wt::TRANSPORT),
+        consumers_websocket: m.consumers(crate::serve::http::WEBSOCKET),
+        consumers_webtransport: m.consumers(crate::serve::wt::TRANSPORT),
         deliveries: snapshots(&web.hub, query.get("all").is_some_and(|v| v == "1")),
     };
     Json(view).into_response()
@@ -331,7 +331,7 @@ async fn ops_history(
             after_ts = last.ts_ms;
             trail.extend(page.iter().map(|c| (c.lat, c.lng, c.heading_deg, c.ts_ms)));
         }
-        Ok::<_, crate::store::StoreError>((events, trail))
+        Ok::<_, crate::durable::store::StoreError>((events, trail))
     })
     .await;
     match read {

@@ -131,11 +131,11 @@ async fn session(incoming: IncomingSession, hub: Arc<Hub>, shutdown: Cancellatio
         None => None,
     };
     if let Some(owner) = hub.cluster.as_ref().and_then(|c| c.other_owner(id)) {
-        let url = crate::replica::consumer_redirect_url(&owner, id, true);
+        let url = crate::replication::replica::consumer_redirect_url(&owner, id, true);
         redirect(request, url).await;
         return;
     }
-    if !crate::replica::ensure_loaded(&hub, id).await {
+    if !crate::replication::replica::ensure_loaded(&hub, id).await {
         // Joining the cluster: not yet able to serve it from the newest copy; retry.
         hub.metrics().reject("joining");
         request.too_many_requests().await;
