@@ -247,21 +247,6 @@ pub fn map_json(graph: &RoadGraph) -> MapJson {
     }
 }
 
-/// Snapshots of the held deliveries (only the open ones unless `all`), by id.
-fn snapshots(hub: &Hub, all: bool) -> Vec<Snapshot> {
-    let now = nodekit::unix_ms();
-    let st = hub.shared.state.lock();
-    let mut v: Vec<Snapshot> = st
-        .core
-        .ids()
-        .filter_map(|id| st.core.snapshot(id, now))
-        .filter(|s| all || !s.status.is_terminal())
-        .collect();
-    drop(st);
-    v.sort_by_key(|s| s.delivery_id);
-    v
-}
-
 /// What the operator view polls.
 #[derive(Debug, Serialize)]
 struct OpsView {
@@ -292,7 +277,9 @@ async fn ops_deliveries(
             + m.pushed_total(crate::serve::wt::TRANSPORT),
         consumers_websocket: m.consumers(crate::serve::http::WEBSOCKET),
         consumers_webtransport: m.consumers(crate::serve::wt::TRANSPORT),
-        deliveries: snapshots(&web.hub, query.get("all").is_some_and(|v| v == "1")),
+        deliveries: web
+            .hub
+            .snapshots(query.get("all").is_some_and(|v| v == "1")),
     };
     Json(view).into_response()
 }
@@ -320,7 +307,7 @@ async fn ops_history(
     let Some(snapshot) = web.hub.snapshot(id) else {
         return ApiFailure::NotFound(format!("delivery {id} not found")).into_response();
     };
-    let store = web.hub.store.clone();
+    let store = web.hub.store().clone();
     let read = tokio::task::spawn_blocking(move || {
         let events = store.events_after(id, 0)?;
         let mut trail = Vec::new();

@@ -6,3 +6,4 @@ pub mod deliveries;
 pub mod eta;
 pub mod fanout;
 pub mod geofence;
+pub(crate) mod shards;
