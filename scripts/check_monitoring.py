@@ -9,8 +9,8 @@ traffic through them: a consumer refused for its token, and a few seconds of `cl
 (drivers over QUIC and HTTPS, consumers over WebSocket and WebTransport, status changes). The
 traffic is needed because prometheus-client leaves a labelled family out of /metrics entirely
 (no `# TYPE` line) until its first label set is created, and several hub families
-(`hub_positions_pushed`, `hub_consumers_active`, `hub_status_events`, `hub_consumer_rejected`,
-`hub_anomalies`) and the edge's `edge_fixes_routed` create theirs on first use. The hub runs
+(`hub_consumers_active`, `hub_status_events`, `hub_consumer_rejected`, `hub_anomalies`) and the
+edge's `edge_fixes_routed` create theirs on first use. The hub runs
 with anomaly thresholds lowered through `TRACKLINE_HUB_ANOMALY__*` variables so a stationary
 anomaly is raised within seconds. Then it reads both /metrics and checks:
 
