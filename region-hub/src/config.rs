@@ -6,6 +6,13 @@ use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+/// Where the hub's config comes from, later layers winning: the TOML file (`--config` or
+/// `TRACKLINE_HUB_CONFIG`), then `TRACKLINE_HUB_<FIELD>` variables with `__` between nesting
+/// levels (`TRACKLINE_HUB_CLUSTER_HUB__MIN_COPIES=1`), then `--set key=value`
+/// (`--set cluster_hub.min_copies=1`). `TRACKLINE_HUB_CONFIG` is the file's path, not a field.
+pub const CONFIG_LAYERS: nodekit::ConfigLayers =
+    nodekit::ConfigLayers::new("TRACKLINE_HUB_", &["TRACKLINE_HUB_CONFIG"]);
+
 /// Everything a region hub needs to start.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -485,6 +492,82 @@ mod tests {
             ..HubConfig::default()
         };
         assert!(matches!(bad.validate(), Err(ConfigError::Map(_))));
+    }
+
+    /// Every leaf of `value` with its dotted path (arrays are leaves).
+    fn leaves(
+        value: &toml::Value,
+        path: &mut Vec<String>,
+        out: &mut Vec<(Vec<String>, toml::Value)>,
+    ) {
+        match value {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    path.push(k.clone());
+                    leaves(v, path, out);
+                    path.pop();
+                }
+            }
+            leaf => out.push((path.clone(), leaf.clone())),
+        }
+    }
+
+    /// Another value of the same type, or `None` for strings and arrays.
+    fn changed(v: &toml::Value) -> Option<toml::Value> {
+        match v {
+            toml::Value::Integer(i) => Some(toml::Value::Integer(i + 1)),
+            toml::Value::Float(f) => Some(toml::Value::Float(f + 0.5)),
+            toml::Value::Boolean(b) => Some(toml::Value::Boolean(!b)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn every_number_and_flag_can_be_overridden_from_env_and_set() {
+        let mut full = HubConfig {
+            http_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9080))),
+            webtransport_tls: Some(WebTransportTls {
+                cert: "wt.pem".into(),
+                key: "wt.key".into(),
+            }),
+            cluster: Some(cluster::ClusterConfig::default()),
+            push: notify::NotifyConfig {
+                apns: Some(notify::ApnsConfig::default()),
+                fcm: Some(notify::FcmConfig::default()),
+            },
+            ..HubConfig::default()
+        };
+        full.clock.epoch_ms = Some(1_764_000_000_000);
+        let tree = toml::Value::try_from(&full).expect("serialize");
+        let mut all = Vec::new();
+        leaves(&tree, &mut Vec::new(), &mut all);
+        let base = toml::to_string(&full).expect("print");
+        let file = std::env::temp_dir().join(format!("hub-layers-{}.toml", std::process::id()));
+        std::fs::write(&file, base).expect("write");
+        let mut checked = 0;
+        for (path, value) in &all {
+            let Some(new) = changed(value) else { continue };
+            let var = format!("TRACKLINE_HUB_{}", path.join("__").to_uppercase());
+            let from_env: HubConfig = CONFIG_LAYERS
+                .load(
+                    Some(&file),
+                    [(var.clone().into(), new.to_string().into())],
+                    &[],
+                )
+                .unwrap_or_else(|e| panic!("{var}: {e}"));
+            let arg = format!("{}={new}", path.join("."));
+            let from_set: HubConfig = CONFIG_LAYERS
+                .load(Some(&file), std::iter::empty(), std::slice::from_ref(&arg))
+                .unwrap_or_else(|e| panic!("{arg}: {e}"));
+            for (layer, got) in [(&var, from_env), (&arg, from_set)] {
+                let tree = toml::Value::try_from(&got).expect("serialize");
+                let at = path.iter().try_fold(&tree, |v, k| v.get(k)).expect("path");
+                assert_eq!(at, &new, "{layer} did not reach {}", path.join("."));
+            }
+            checked += 1;
+        }
+        let _ = std::fs::remove_file(&file);
+        assert!(checked >= 45, "only {checked} fields checked");
     }
 
     #[test]
