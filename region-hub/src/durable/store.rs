@@ -71,11 +71,13 @@ impl StoreError {
     }
 }
 
-/// The hub's redb database. Clones share it; [`Store::close`] releases the file even while
-/// stray clones (e.g. in lingering connection tasks) are still alive.
+/// The hub's redb database, and beside it the breadcrumb history's (`durable::history`).
+/// Clones share them; [`Store::close`] releases the files even while stray clones (e.g. in
+/// lingering connection tasks) are still alive.
 #[derive(Clone, Debug)]
 pub struct Store {
     db: Arc<parking_lot::Mutex<Option<Arc<Database>>>>,
+    history: Arc<crate::durable::history::History>,
 }
 
 /// Page cache of a store opened with [`Store::open`].
@@ -112,8 +114,10 @@ impl Store {
         tx.open_table(PROOFS).map_err(StoreError::db)?;
         tx.open_table(DEVICES).map_err(StoreError::db)?;
         tx.commit().map_err(StoreError::db)?;
+        let history = crate::durable::history::History::open(&path.with_extension("history.redb"))?;
         Ok(Self {
             db: Arc::new(parking_lot::Mutex::new(Some(Arc::new(db)))),
+            history: Arc::new(history),
         })
     }
 
@@ -121,12 +125,25 @@ impl Store {
         self.db.lock().clone().ok_or(StoreError::Closed)
     }
 
+    pub(crate) fn history(&self) -> Result<&crate::durable::history::History, StoreError> {
+        if self.db.lock().is_none() {
+            return Err(StoreError::Closed);
+        }
+        Ok(&self.history)
+    }
+
     /// Closes the database file; later calls on any clone fail with [`StoreError::Closed`].
     /// Waits for operations already running on other threads to finish.
     pub async fn close(&self) {
-        let Some(mut db) = self.db.lock().take() else {
+        let Some(db) = self.db.lock().take() else {
             return;
         };
+        for db in std::iter::once(db).chain(self.history.close()) {
+            Self::release(db).await;
+        }
+    }
+
+    async fn release(mut db: Arc<Database>) {
         loop {
             match Arc::try_unwrap(db) {
                 Ok(db) => {
