@@ -53,6 +53,9 @@ struct Candidate {
     progress_m: f64,
     offset_m: f64,
     xy: [f64; 2],
+    /// The fix projects before the segment's start: the candidate is that vertex, which the
+    /// previous segment also ends at.
+    at_start: bool,
 }
 
 /// Segments per bounding box of the coarse index.
@@ -168,14 +171,16 @@ impl RouteSnapper {
         } else {
             0.0
         };
+        let at_start = t <= 0.0;
         let xy = [a[0] + t * dx, a[1] + t * dy];
         let offset_m = ((p[0] - xy[0]).powi(2) + (p[1] - xy[1]).powi(2)).sqrt();
         let (cum, len) = self.span(i).unwrap_or((0.0, 0.0));
         Candidate {
             segment_index: i,
-            progress_m: cum + t * len,
+            progress_m: (cum + t * len).clamp(0.0, self.length_m),
             offset_m,
             xy,
+            at_start,
         }
     }
 
@@ -191,15 +196,29 @@ impl RouteSnapper {
         dx * dx + dy * dy
     }
 
-    /// Segments within `r` metres of `p`.
-    fn within(&self, p: [f64; 2], r: f64) -> impl Iterator<Item = Candidate> + '_ {
+    /// Segments within `r` metres of `p`, in route order. A segment whose candidate is its
+    /// start vertex is left out when the previous segment is a candidate too: that vertex is
+    /// the previous segment's to represent (its nearest point is at least as close), so that a
+    /// fix just behind a vertex does not look like progress up to the vertex.
+    fn within(&self, p: [f64; 2], r: f64) -> Vec<Candidate> {
         let n = self.segments();
-        (0..self.blocks.len())
-            .filter(move |&k| self.block_dist2(k, p) <= r * r)
-            .flat_map(move |k| {
-                (k * BLOCK..((k + 1) * BLOCK).min(n)).map(move |i| self.candidate(i, p))
-            })
-            .filter(move |c| c.offset_m <= r)
+        let mut out: Vec<Candidate> = Vec::new();
+        for k in (0..self.blocks.len()).filter(|&k| self.block_dist2(k, p) <= r * r) {
+            for i in k * BLOCK..((k + 1) * BLOCK).min(n) {
+                let c = self.candidate(i, p);
+                if c.offset_m > r {
+                    continue;
+                }
+                let previous_too = out
+                    .last()
+                    .is_some_and(|prev| prev.segment_index + 1 == c.segment_index);
+                if c.at_start && previous_too {
+                    continue;
+                }
+                out.push(c);
+            }
+        }
+        out
     }
 
     /// The segment nearest to `p`, wherever it is on the route.
@@ -243,6 +262,7 @@ impl RouteSnapper {
         let floor_m = hint_progress_m - self.config.back_tolerance_m;
         let qualifying: Vec<Candidate> = self
             .within(p, self.config.radius_m)
+            .into_iter()
             .filter(|c| c.progress_m >= floor_m)
             .collect();
         let chosen = if qualifying.is_empty() {
