@@ -5,11 +5,7 @@ use crate::auth::{close_code, reject_label};
 use crate::ingest::IngestContext;
 use crate::metrics::Transport;
 use protocol::framing::{frame_bytes, FrameDecoder, MAX_DRIVER_FRAME};
-use protocol::reject::RejectReason;
-use protocol::wire::{
-    decode_driver_datagram, CloseCode, DriverToEdge, EdgeToDriver, WireError,
-    MAX_ON_DUTY_DELIVERIES,
-};
+use protocol::wire::{CloseCode, DriverToEdge, EdgeToDriver, WireError, MAX_ON_DUTY_DELIVERIES};
 use protocol::{ALPN_DRIVER, ALPN_H3};
 use quinn::{Connection, Endpoint, TransportConfig, VarInt};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -235,9 +231,11 @@ async fn run_driver_session(conn: Connection, ctx: Arc<QuicContext>, shutdown: C
             return;
         }
     };
+    drop(token);
     let driver = auth.driver;
     let session_id = ctx.next_session_id.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!("driver_session", driver_id = %driver, session_id, app_version = %app_version);
+    drop(app_version);
     async move {
         let welcome = EdgeToDriver::Welcome {
             driver_id: driver,
@@ -254,115 +252,146 @@ async fn run_driver_session(conn: Connection, ctx: Arc<QuicContext>, shutdown: C
         }
         metrics.sessions_active().inc();
         let _active = ActiveSession(metrics.sessions_active().clone());
-        let pipeline = &ctx.ingest.pipeline;
-        pipeline.session_started(driver).await;
+        let ingest = &ctx.ingest.pipeline;
+        ingest.session_started(driver, session_id);
         info!("driver session open");
 
-        // The token's expiry ends the session even if the connection stays healthy.
-        let expires_in = Duration::from_millis((auth.exp_s * 1000).saturating_sub(now_ms));
-        let expiry = tokio::time::sleep(expires_in);
-        tokio::pin!(expiry);
-        let mut stream_open = true;
-        let mut drain_rx = ctx.ingest.drain.subscribe();
-        let mut redirected = false;
         // Frames that arrived together with the Hello.
-        match drain_frames(&mut decoder, &ctx, driver, session_id).await {
-            Ok(()) => {}
-            Err(reason) => {
-                metrics.sessions_rejected("protocol").inc();
-                close(&conn, CloseCode::ProtocolViolation, &reason);
-                pipeline.session_ended(driver, session_id).await;
-                return;
-            }
+        if let Err(reason) = drain_frames(&mut decoder, &ctx, driver, session_id) {
+            metrics.sessions_rejected("protocol").inc();
+            close(&conn, CloseCode::ProtocolViolation, &reason);
+            ingest.session_ended(driver, session_id);
+            return;
         }
-        if *drain_rx.borrow_and_update() {
-            redirected = true;
-            if !redirect(&ctx, &conn, &mut send, driver).await {
-                pipeline.session_ended(driver, session_id).await;
-                return;
-            }
-        }
-        loop {
-            tokio::select! {
-                r = drain_rx.changed(), if !redirected => {
-                    if r.is_err() {
-                        redirected = true; // the edge is going away: nothing to watch
-                        continue;
-                    }
-                    if !*drain_rx.borrow_and_update() {
-                        continue;
-                    }
-                    redirected = true;
-                    if !redirect(&ctx, &conn, &mut send, driver).await {
-                        break;
-                    }
-                }
-                _ = shutdown.cancelled() => {
-                    close(&conn, CloseCode::ShuttingDown, "edge shutting down");
-                    break;
-                }
-                _ = &mut expiry => {
-                    metrics.sessions_rejected("expired").inc();
-                    let reason = format!("token expired for driver {driver} at {}", auth.exp_s);
-                    info!("{reason}");
-                    close(&conn, CloseCode::TokenExpired, &reason);
-                    break;
-                }
-                d = conn.read_datagram() => match d {
-                    Ok(bytes) => handle_datagram(&ctx, driver, &bytes),
-                    Err(e) => {
-                        debug!(reason = %e, "driver session closed");
-                        break;
-                    }
-                },
-                r = recv.read_chunk(MAX_DRIVER_FRAME, true), if stream_open => match r {
-                    Ok(Some(chunk)) => {
-                        decoder.push(&chunk.bytes);
-                        if let Err(reason) = drain_frames(&mut decoder, &ctx, driver, session_id).await {
-                            metrics.sessions_rejected("protocol").inc();
-                            close(&conn, CloseCode::ProtocolViolation, &reason);
-                            break;
-                        }
-                    }
-                    // The driver may finish its control stream and keep sending datagrams.
-                    Ok(None) | Err(_) => stream_open = false,
-                },
-            }
-        }
-        pipeline.session_ended(driver, session_id).await;
+        // Fixes: a task of their own that does nothing but read datagrams and hand them to
+        // ingest, as lean as a bare QUIC sink; this task keeps the control plane (the stream,
+        // draining, shutdown, the token's expiry) and wakes only for it.
+        let datagrams = tokio::spawn(read_datagrams(conn.clone(), ingest.clone(), driver));
+        control_loop(
+            &ctx,
+            &conn,
+            &mut send,
+            &mut recv,
+            &mut decoder,
+            &shutdown,
+            driver,
+            session_id,
+            auth.exp_s,
+            now_ms,
+        )
+        .await;
+        // The connection is closed by now, so the datagram task ends.
+        let _ = datagrams.await;
+        ingest.session_ended(driver, session_id);
     }
     .instrument(span)
     .await
 }
 
-fn handle_datagram(ctx: &QuicContext, driver: protocol::DriverId, bytes: &[u8]) {
-    match decode_driver_datagram(bytes) {
-        Ok(fixes) => {
-            ctx.ingest
-                .pipeline
-                .submit(driver, Transport::Quic, fixes, nodekit::unix_ms());
+/// A session's datagrams until its connection closes: decode, filter, route, batch, in place.
+async fn read_datagrams(
+    conn: Connection,
+    ingest: crate::pipeline::Ingest,
+    driver: protocol::DriverId,
+) {
+    while let Ok(bytes) = conn.read_datagram().await {
+        ingest.handle_datagram(driver, &bytes, nodekit::unix_ms());
+    }
+}
+
+/// The session's control plane until it ends: `OnDuty` (and `Fixes`) frames on the control
+/// stream, `Redirect` when the edge drains, close on shutdown or token expiry. Returns once
+/// the connection is closed (by either side).
+#[allow(clippy::too_many_arguments)]
+async fn control_loop(
+    ctx: &QuicContext,
+    conn: &Connection,
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    decoder: &mut FrameDecoder,
+    shutdown: &CancellationToken,
+    driver: protocol::DriverId,
+    session_id: u64,
+    exp_s: u64,
+    now_ms: u64,
+) {
+    let metrics = &ctx.ingest.metrics;
+    // The token's expiry ends the session even if the connection stays healthy.
+    let expires_in = Duration::from_millis((exp_s * 1000).saturating_sub(now_ms));
+    let expiry = tokio::time::sleep(expires_in);
+    tokio::pin!(expiry);
+    let mut stream_open = true;
+    let mut drain_rx = ctx.ingest.drain.subscribe();
+    let mut redirected = false;
+    if *drain_rx.borrow_and_update() {
+        redirected = true;
+        if !redirect(ctx, conn, send, driver).await {
+            return;
         }
-        Err(e) => {
-            ctx.ingest.metrics.rejected(RejectReason::Malformed).inc();
-            debug!(error = %e, len = bytes.len(), "malformed datagram dropped");
+    }
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
+    let closed = conn.closed();
+    tokio::pin!(closed);
+    loop {
+        tokio::select! {
+            r = drain_rx.changed(), if !redirected => {
+                if r.is_err() {
+                    redirected = true; // the edge is going away: nothing to watch
+                    continue;
+                }
+                if !*drain_rx.borrow_and_update() {
+                    continue;
+                }
+                redirected = true;
+                if !redirect(ctx, conn, send, driver).await {
+                    return;
+                }
+            }
+            _ = &mut cancelled => {
+                close(conn, CloseCode::ShuttingDown, "edge shutting down");
+                return;
+            }
+            _ = &mut expiry => {
+                metrics.sessions_rejected("expired").inc();
+                let reason = format!("token expired for driver {driver} at {exp_s}");
+                info!("{reason}");
+                close(conn, CloseCode::TokenExpired, &reason);
+                return;
+            }
+            e = &mut closed => {
+                debug!(reason = %e, "driver session closed");
+                return;
+            }
+            r = recv.read_chunk(MAX_DRIVER_FRAME, true), if stream_open => match r {
+                Ok(Some(chunk)) => {
+                    decoder.push(&chunk.bytes);
+                    if let Err(reason) = drain_frames(decoder, ctx, driver, session_id) {
+                        metrics.sessions_rejected("protocol").inc();
+                        close(conn, CloseCode::ProtocolViolation, &reason);
+                        return;
+                    }
+                }
+                // The driver may finish its control stream and keep sending datagrams.
+                Ok(None) | Err(_) => stream_open = false,
+            },
         }
     }
 }
 
 /// Ingests every complete `Fixes` and `OnDuty` frame, in order (an `OnDuty` applies to the
 /// fixes after it); an error is a reason to close the session.
-async fn drain_frames(
+fn drain_frames(
     decoder: &mut FrameDecoder,
     ctx: &QuicContext,
     driver: protocol::DriverId,
     session_id: u64,
 ) -> Result<(), String> {
+    let ingest = &ctx.ingest.pipeline;
     loop {
         match decoder.next_frame::<DriverToEdge>() {
             Ok(Some(DriverToEdge::Fixes(fixes))) => {
-                ctx.ingest
-                    .pipeline
-                    .submit(driver, Transport::Quic, fixes, nodekit::unix_ms());
+                ingest.submit(driver, Transport::Quic, &fixes, nodekit::unix_ms());
             }
             Ok(Some(DriverToEdge::OnDuty { mut deliveries })) => {
                 if deliveries.len() > MAX_ON_DUTY_DELIVERIES {
@@ -373,10 +402,7 @@ async fn drain_frames(
                 }
                 deliveries.sort_unstable();
                 deliveries.dedup();
-                ctx.ingest
-                    .pipeline
-                    .on_duty(driver, session_id, deliveries)
-                    .await;
+                ingest.on_duty(driver, session_id, deliveries);
             }
             Ok(Some(DriverToEdge::Hello { .. })) => {
                 return Err("second hello on the control stream".to_owned())

@@ -3,7 +3,7 @@
 use crate::auth::{reject_label, AuthCache};
 use crate::drain::DrainState;
 use crate::metrics::{EdgeMetrics, Transport};
-use crate::pipeline::PipelineSender;
+use crate::pipeline::Ingest;
 use http::StatusCode;
 use protocol::api::{parse_deliveries_header, ApiError, JsonFix};
 use protocol::wire::MAX_FIXES_PER_DATAGRAM;
@@ -20,7 +20,7 @@ pub const MAX_FIXES_PER_REQUEST: usize = MAX_FIXES_PER_DATAGRAM * 20;
 #[derive(Clone, Debug)]
 pub struct IngestContext {
     pub auth: Arc<AuthCache>,
-    pub pipeline: PipelineSender,
+    pub pipeline: Ingest,
     pub metrics: Arc<EdgeMetrics>,
     pub drain: Arc<DrainState>,
     /// `Retry-After` of the 503 answers while draining, seconds.
@@ -145,11 +145,14 @@ pub async fn handle_location_batch(
             ),
         );
     }
-    let fixes = fixes.iter().map(JsonFix::to_fix).collect();
-    let result = ctx
-        .pipeline
-        .submit_and_wait(auth.driver, transport, fixes, deliveries, now_ms)
-        .await;
+    let fixes: Vec<_> = fixes.iter().map(JsonFix::to_fix).collect();
+    let result = ctx.pipeline.submit_and_answer(
+        auth.driver,
+        transport,
+        &fixes,
+        deliveries.as_deref(),
+        now_ms,
+    );
     JsonResponse::json(StatusCode::OK, &result)
 }
 

@@ -105,7 +105,7 @@ fn driver_advertise_addr(config: &EdgeConfig, bound: SocketAddr) -> Option<Strin
 }
 
 /// Binds the QUIC endpoint, the HTTPS and admin listeners and the hub link client, joins the
-/// cluster if configured, and starts the pipeline. Fails on an invalid config, unreadable TLS
+/// cluster if configured, and starts ingest. Fails on an invalid config, unreadable TLS
 /// files, a port in use or a cluster that cannot start.
 pub async fn spawn(config: EdgeConfig) -> anyhow::Result<EdgeHandle> {
     config.validate()?;
@@ -189,34 +189,39 @@ pub async fn spawn(config: EdgeConfig) -> anyhow::Result<EdgeHandle> {
         quinn::Endpoint::client(bind).context("binding the hub link's UDP socket")?;
     hub_endpoint.set_default_client_config(client_config);
 
-    // Pipeline: ingest queue -> filter -> routing -> one batcher and uplink per hub.
-    let (pipeline_tx, ingest_rx) =
-        pipeline::ingest_channel(config.batch.queue_capacity, metrics.clone());
+    // Ingest: filter -> routing -> one batcher and uplink per hub, in place on each session's
+    // task; the flusher sends batches whose time is up.
+    let flush = Arc::new(pipeline::Flush::new());
     // Where fixes wait while no hub is known; never has an uplink of its own.
     let (orphan_tx, _orphan_rx) = tokio::sync::mpsc::channel(1);
     let orphans = Arc::new(pipeline::BatchQueue::new(
         batcher::Batcher::new((&config.batch).into()),
         orphan_tx,
         metrics.clone(),
+        flush.clone(),
     ));
     let (routes_tx, routes_rx) =
         tokio::sync::watch::channel(Arc::new(routes::Routes::empty(orphans)));
+    let pipeline = pipeline::Ingest::new(pipeline::IngestCore::new(
+        config.filter.clone(),
+        config.clock.clock(),
+        routes_rx.clone(),
+        metrics.clone(),
+    ));
     let drain_state = Arc::new(drain::DrainState::default());
     let ingest = ingest::IngestContext {
         auth,
-        pipeline: pipeline_tx.clone(),
+        pipeline: pipeline.clone(),
         metrics: metrics.clone(),
         drain: drain_state.clone(),
         retry_after_s: config.drain.retry_after_s,
     };
 
     let mut tasks = Vec::new();
-    tasks.push(pipeline::spawn_pipeline(
-        config.filter.clone(),
-        config.clock.clock(),
-        ingest_rx,
+    tasks.push(pipeline::spawn_flusher(
+        pipeline.clone(),
+        flush.clone(),
         routes_rx.clone(),
-        metrics.clone(),
         shutdown.clone(),
     ));
     let source = match (&cluster_node, config.primary_hub()) {
@@ -235,7 +240,8 @@ pub async fn spawn(config: EdgeConfig) -> anyhow::Result<EdgeHandle> {
                 endpoint: hub_endpoint,
                 batch: config.batch.clone(),
                 metrics: metrics.clone(),
-                pipeline: pipeline_tx,
+                ingest: pipeline,
+                flush,
             },
             routes_tx,
             shutdown.clone(),
