@@ -388,6 +388,81 @@ def run_edge_quic(args, work):
             n.stop_hard()
 
 
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def run_edge_memory(args, work):
+    """(m), optional: memory per driver session. One edge (+ its hub) holds `--memory-sessions`
+    driver sessions from the QUIC generator (a fix every `--memory-interval-ms` each); RSS
+    above the edge's idle RSS, divided by the sessions held."""
+    mdir = os.path.join(work, "edge-memory")
+    os.makedirs(mdir)
+    pki, key, hub, edge = npf.setup_pair(args, mdir, args.base_port + 300)
+    hub, edge = PinnedNode(hub, args.server_cpu), PinnedNode(edge, args.server_cpu)
+    n = args.memory_sessions
+    load = None
+    try:
+        for node in (hub, edge):
+            node.start()
+        for node in (hub, edge):
+            node.wait_ready()
+        time.sleep(3)
+        idle = rss_kib(edge.proc.pid)
+        stats = os.path.join(mdir, "quic-load.stats.json")
+        ramp_s = n / args.memory_ramp_per_s
+        duration = ramp_s + 240
+        load = spawn(pinned(args.load_cpu, [
+            args.baseline, "quic-load", "--target", f"127.0.0.1:{edge.ports['quic']}",
+            "--ca", os.path.join(pki, "ca.pem"), "--token-key", key, "--on-duty",
+            "--connections", str(n), "--interval", f"{args.memory_interval_ms}ms",
+            "--ramp", f"{ramp_s:.0f}s", "--duration", f"{duration:.0f}s",
+            "--endpoints", str(max(4, n // 5000)), "--stats-file", stats,
+            "--report", os.path.join(mdir, "quic-load.json")]), mdir, "quic-load")
+        log(f"(m) edge pid {edge.proc.pid}: {n} driver sessions opened over {ramp_s:.0f} s, "
+            f"a fix every {args.memory_interval_ms} ms each; idle RSS {idle / 1024:.1f} MiB")
+        check = dead(("edge", edge.proc), ("hub", hub.proc), ("quic-load", load))
+        p = Progress("(m) memory", ramp_s + 60)
+        deadline = time.time() + ramp_s + 180
+        active = 0.0
+        while True:
+            problem = check()
+            if problem:
+                raise RuntimeError(problem)
+            active = prom(edge.admin).get("edge_driver_sessions_active", 0.0)
+            p.show(f"{active:.0f}/{n} sessions, RSS {rss_kib(edge.proc.pid) / 1024:.0f} MiB")
+            if active >= 0.999 * n or time.time() > deadline:
+                break
+            time.sleep(1)
+        # Steady: every session has sent fixes for a while.
+        wait_steady("(m) memory", args.memory_settle_s, check, p, "steady")
+        p.done()
+        samples = []
+        for _ in range(5):
+            samples.append((rss_kib(edge.proc.pid),
+                            prom(edge.admin).get("edge_driver_sessions_active", 0.0)))
+            time.sleep(1)
+        rss = max(s[0] for s in samples)
+        active = min(s[1] for s in samples)
+        m = prom(edge.admin)
+        out = {"sessions_target": n, "sessions_active": active, "rss_idle_kib": idle,
+               "rss_kib": rss, "interval_ms": args.memory_interval_ms,
+               "kib_per_session": round((rss - idle) / max(active, 1), 2),
+               "sessions_rejected": {k: v for k, v in m.items() if "rejected" in k}}
+        stop(load, timeout=120)
+        load = None
+        out["generator_report"] = read_json(os.path.join(mdir, "quic-load.json"))
+        return out
+    finally:
+        stop(load)
+        for node in (edge, hub):
+            node.stop_hard()
+
+
 def ratio(a, b):
     return round(a / b, 2) if a is not None and b else None
 
@@ -439,13 +514,19 @@ def main():
     ap.add_argument("--server-cpu", type=int, default=0)
     ap.add_argument("--load-cpu", type=int, default=1)
     ap.add_argument("--only", default="a,b,c",
-                    help="which phases, e.g. a,c; e (the edge alone under the QUIC generator "
-                         "of (a)) is extra")
+                    help="which phases, e.g. a,c; extra: e (the edge alone under the QUIC "
+                         "generator of (a)), m (edge memory per driver session)")
+    ap.add_argument("--memory-sessions", type=int, default=50000, help="(m): sessions held")
+    ap.add_argument("--memory-interval-ms", type=int, default=4000,
+                    help="(m): a fix per session this often (the seed's rate)")
+    ap.add_argument("--memory-ramp-per-s", type=float, default=500,
+                    help="(m): new sessions per second")
+    ap.add_argument("--memory-settle-s", type=float, default=30)
     ap.add_argument("--min-handled", type=float, default=0.95,
                     help="fail unless every server handled this share of the offered rate")
     args = ap.parse_args()
     phases = set(args.only.split(","))
-    needed = ["baseline"] + (["edge_node", "region_hub"] if phases & {"c", "e"} else []) \
+    needed = ["baseline"] + (["edge_node", "region_hub"] if phases & {"c", "e", "m"} else []) \
         + (["client_sim"] if "c" in phases else [])
     for name in needed + ["certs"]:
         if not os.access(getattr(args, name), os.X_OK):
@@ -473,6 +554,8 @@ def main():
     if "e" in phases:
         r = run_edge_quic(args, work)
         res["edge_quic"], res["edge_quic_run"] = r["edge_quic"], r
+    if "m" in phases:
+        res["edge_memory"] = run_edge_memory(args, work)
 
     def us(name):
         return (res.get(name) or {}).get("cpu_us_per_msg")
@@ -507,6 +590,11 @@ def main():
         json.dump(res, f, indent=2)
     print()
     print(table(res, args))
+    if res.get("edge_memory"):
+        em = res["edge_memory"]
+        print(f"\n(m) edge memory: {em['sessions_active']:.0f} driver sessions, RSS "
+              f"{em['rss_kib'] / 1024:.0f} MiB (idle {em['rss_idle_kib'] / 1024:.0f} MiB): "
+              f"{em['kib_per_session']} KiB per session")
     print()
     log(f"load average before / after: {load_before[0]:.2f} / {os.getloadavg()[0]:.2f} "
         "(figures are indicative on a busy machine)")

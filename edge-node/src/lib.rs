@@ -18,6 +18,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod pipeline;
 pub mod routes;
+pub mod socket;
 pub mod uplink;
 
 pub use config::{
@@ -131,7 +132,7 @@ pub async fn spawn(config: EdgeConfig) -> anyhow::Result<EdgeHandle> {
     )?;
     let mut server_config = certs::quinn_server_config(quic_tls)?;
     server_config.transport_config(Arc::new(driver::transport_config()));
-    let endpoint = quinn::Endpoint::server(server_config, config.quic_listen)
+    let endpoint = socket::server_endpoint(server_config, config.quic_listen)
         .with_context(|| format!("binding the QUIC endpoint on {}", config.quic_listen))?;
     let quic_addr = endpoint.local_addr()?;
 
