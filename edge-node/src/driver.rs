@@ -4,6 +4,7 @@
 use crate::auth::{close_code, reject_label};
 use crate::ingest::IngestContext;
 use crate::metrics::Transport;
+use nodekit::handshake::{Decision, HandshakePermit, ListenerGate, RefuseReason};
 use protocol::framing::{frame_bytes, FrameDecoder, MAX_DRIVER_FRAME};
 use protocol::wire::{CloseCode, DriverToEdge, EdgeToDriver, WireError, MAX_ON_DUTY_DELIVERIES};
 use protocol::{ALPN_DRIVER, ALPN_H3};
@@ -58,8 +59,15 @@ impl QuicContext {
     }
 }
 
-/// Accepts connections until `shutdown`, one task each, then closes the endpoint.
-pub async fn run_endpoint(endpoint: Endpoint, ctx: Arc<QuicContext>, shutdown: CancellationToken) {
+/// Accepts connections until `shutdown`, then closes the endpoint. Each incoming connection
+/// first passes `gate` (before any crypto): admitted ones get a task each, the others a
+/// Retry or a refusal.
+pub async fn run_endpoint(
+    endpoint: Endpoint,
+    ctx: Arc<QuicContext>,
+    gate: Arc<ListenerGate>,
+    shutdown: CancellationToken,
+) {
     loop {
         let incoming = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -68,10 +76,32 @@ pub async fn run_endpoint(endpoint: Endpoint, ctx: Arc<QuicContext>, shutdown: C
                 None => break,
             },
         };
+        let permit = match gate.admit(incoming.remote_address_validated()) {
+            Decision::Admit(permit) => permit,
+            Decision::Retry if incoming.may_retry() => {
+                debug!(remote = %incoming.remote_address(), "busy: address validation first");
+                if let Err(e) = incoming.retry() {
+                    e.into_incoming().refuse();
+                }
+                continue;
+            }
+            Decision::Retry => {
+                // Already retried once (so validated): cannot happen by the gate's rules,
+                // but never admit without a slot.
+                gate.count_refused(RefuseReason::InFlight);
+                incoming.refuse();
+                continue;
+            }
+            Decision::Refuse(reason) => {
+                debug!(remote = %incoming.remote_address(), reason = reason.as_str(), "handshake refused");
+                incoming.refuse();
+                continue;
+            }
+        };
         let ctx = ctx.clone();
         let shutdown = shutdown.clone();
         let span = tracing::debug_span!("quic_conn", remote = %incoming.remote_address());
-        tokio::spawn(handle_incoming(incoming, ctx, shutdown).instrument(span));
+        tokio::spawn(handle_incoming(incoming, permit, ctx, shutdown).instrument(span));
     }
     endpoint.close(
         VarInt::from_u32(CloseCode::ShuttingDown as u32),
@@ -83,12 +113,13 @@ pub async fn run_endpoint(endpoint: Endpoint, ctx: Arc<QuicContext>, shutdown: C
 
 async fn handle_incoming(
     incoming: quinn::Incoming,
+    permit: HandshakePermit,
     ctx: Arc<QuicContext>,
     shutdown: CancellationToken,
 ) {
     // The handshake, the hello and HTTP/3 live in boxed futures of their own: only the small
     // state of an established session stays with the task for the session's life.
-    let Some(session) = Box::pin(open_session(incoming, &ctx, &shutdown)).await else {
+    let Some(session) = Box::pin(open_session(incoming, permit, &ctx, &shutdown)).await else {
         return;
     };
     let span = session.span.clone();
@@ -99,10 +130,14 @@ async fn handle_incoming(
 /// sessions are opened (hello, token, welcome, their datagram task) and returned.
 async fn open_session(
     incoming: quinn::Incoming,
+    permit: HandshakePermit,
     ctx: &Arc<QuicContext>,
     shutdown: &CancellationToken,
 ) -> Option<Session> {
-    let conn = match incoming.await {
+    let handshake = incoming.await;
+    // The handshake is over (either way): its admission slot is free.
+    drop(permit);
+    let conn = match handshake {
         Ok(c) => c,
         Err(e) => {
             debug!(error = %e, "handshake failed");

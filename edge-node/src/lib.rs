@@ -44,6 +44,8 @@ pub struct EdgeHandle {
     https_addr: SocketAddr,
     admin_addr: SocketAddr,
     metrics: Arc<EdgeMetrics>,
+    quic_gate: Arc<nodekit::ListenerGate>,
+    https_gate: Arc<nodekit::ListenerGate>,
     drainer: Arc<drain::Drainer>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
@@ -64,6 +66,14 @@ impl EdgeHandle {
     }
     pub fn metrics(&self) -> Arc<EdgeMetrics> {
         self.metrics.clone()
+    }
+    /// The admission gate of QUIC handshakes (its counters).
+    pub fn quic_gate(&self) -> &Arc<nodekit::ListenerGate> {
+        &self.quic_gate
+    }
+    /// The admission gate of TLS handshakes on the HTTPS listener.
+    pub fn https_gate(&self) -> &Arc<nodekit::ListenerGate> {
+        &self.https_gate
     }
     /// The edge's cluster node, when it joined one.
     pub fn cluster(&self) -> Option<&cluster::ClusterNode> {
@@ -115,6 +125,9 @@ pub async fn spawn(config: EdgeConfig) -> anyhow::Result<EdgeHandle> {
 
     let mut registry = Registry::default();
     let metrics = Arc::new(EdgeMetrics::register(&mut registry));
+    let handshakes = nodekit::HandshakeMetrics::register(&mut registry);
+    let quic_gate = handshakes.gate("quic", config.quic_handshakes.clone());
+    let https_gate = handshakes.gate("https", config.https_handshakes.clone());
     let auth = Arc::new(auth::AuthCache::new(
         verifier,
         config.auth_cache_capacity,
@@ -256,13 +269,16 @@ pub async fn spawn(config: EdgeConfig) -> anyhow::Result<EdgeHandle> {
     tasks.push(tokio::spawn(driver::run_endpoint(
         endpoint,
         quic_ctx,
+        quic_gate.clone(),
         shutdown.clone(),
     )));
     let https_router = https::router(ingest);
     let sd = shutdown.clone();
+    let gate = https_gate.clone();
     tasks.push(tokio::spawn(async move {
         if let Err(e) =
-            nodekit::serve_https(https_listener, Arc::new(https_tls), https_router, sd).await
+            nodekit::serve_https_gated(https_listener, Arc::new(https_tls), https_router, sd, gate)
+                .await
         {
             tracing::error!(error = %e, "https server failed");
         }
@@ -292,6 +308,8 @@ pub async fn spawn(config: EdgeConfig) -> anyhow::Result<EdgeHandle> {
         https_addr,
         admin_addr,
         metrics,
+        quic_gate,
+        https_gate,
         drainer,
         shutdown,
         tasks,
