@@ -181,8 +181,8 @@ pub struct BatchConfig {
     pub flush_interval_ms: u64,
     /// A batch is sent as soon as it holds this many fixes.
     pub max_batch_fixes: usize,
-    /// Capacity of the ingest queue (messages from sessions and HTTP requests) and the most
-    /// drivers whose newest fix is kept while the hub is unreachable.
+    /// The most drivers whose newest fix is kept while a hub is unreachable. (It also sized
+    /// an ingest queue before ingest ran in place on the sessions' tasks; the name stays.)
     pub queue_capacity: usize,
     /// Batches waiting for the hub link; when full, they collapse to the newest fix per driver.
     pub uplink_queue_batches: usize,
