@@ -101,7 +101,15 @@ pub async fn run_endpoint(
         let ctx = ctx.clone();
         let shutdown = shutdown.clone();
         let span = tracing::debug_span!("quic_conn", remote = %incoming.remote_address());
-        tokio::spawn(handle_incoming(incoming, permit, ctx, shutdown).instrument(span));
+        // The handshake (and the `Incoming`, ~1.7 KiB) lives in a box of its own that is
+        // freed once the session is open: the task keeps only what a session needs.
+        let opening = Box::pin(open_session(
+            incoming,
+            permit,
+            ctx.clone(),
+            shutdown.clone(),
+        ));
+        tokio::spawn(handle_incoming(opening, ctx, shutdown).instrument(span));
     }
     endpoint.close(
         VarInt::from_u32(CloseCode::ShuttingDown as u32),
@@ -111,15 +119,13 @@ pub async fn run_endpoint(
     info!("quic endpoint stopped");
 }
 
-async fn handle_incoming(
-    incoming: quinn::Incoming,
-    permit: HandshakePermit,
-    ctx: Arc<QuicContext>,
-    shutdown: CancellationToken,
-) {
-    // The handshake, the hello and HTTP/3 live in boxed futures of their own: only the small
-    // state of an established session stays with the task for the session's life.
-    let Some(session) = Box::pin(open_session(incoming, permit, &ctx, &shutdown)).await else {
+/// The opening of a connection (handshake, hello, or a whole HTTP/3 connection), boxed.
+type Opening = std::pin::Pin<Box<dyn std::future::Future<Output = Option<Session>> + Send>>;
+
+/// One connection's task: its `opening` (a box freed when done), then, for a driver session,
+/// the session's control plane.
+async fn handle_incoming(opening: Opening, ctx: Arc<QuicContext>, shutdown: CancellationToken) {
+    let Some(session) = opening.await else {
         return;
     };
     let span = session.span.clone();
@@ -131,8 +137,8 @@ async fn handle_incoming(
 async fn open_session(
     incoming: quinn::Incoming,
     permit: HandshakePermit,
-    ctx: &Arc<QuicContext>,
-    shutdown: &CancellationToken,
+    ctx: Arc<QuicContext>,
+    shutdown: CancellationToken,
 ) -> Option<Session> {
     let handshake = incoming.await;
     // The handshake is over (either way): its admission slot is free.
@@ -149,14 +155,14 @@ async fn open_session(
         .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|h| h.protocol);
     match alpn.as_deref() {
-        Some(p) if p == ALPN_DRIVER => open_driver_session(conn, ctx).await,
+        Some(p) if p == ALPN_DRIVER => open_driver_session(conn, &ctx).await,
         Some(p) if p == ALPN_H3 => {
             // The driver endpoint starts every connection with one stream (a session's
             // control stream); an HTTP/3 client needs its control and QPACK streams and
             // a stream per request.
             conn.set_max_concurrent_uni_streams(VarInt::from_u32(H3_MAX_STREAMS));
             conn.set_max_concurrent_bi_streams(VarInt::from_u32(H3_MAX_STREAMS));
-            crate::h3api::serve_connection(conn, ctx.ingest.clone(), shutdown.clone()).await;
+            crate::h3api::serve_connection(conn, ctx.ingest.clone(), shutdown).await;
             None
         }
         _ => {
