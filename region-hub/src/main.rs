@@ -9,6 +9,11 @@ use region_hub::HubConfig;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// With `--features dhat-heap`: every allocation is recorded for a heap profile.
+#[cfg(feature = "dhat-heap")]
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "region-hub",
@@ -65,6 +70,8 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    #[cfg(feature = "dhat-heap")]
+    let _profiler = dhat::Profiler::new_heap();
     let cli = Cli::parse();
     nodekit::init_tracing("info");
     certs::install_default_crypto_provider();

@@ -70,13 +70,19 @@ struct Smoothed {
     at_s: f64,
 }
 
-/// ETA for one delivery. Build it at dispatch from the planned route.
+/// ETA for one delivery. Build it at dispatch from the planned route. It keeps what it needs
+/// of the route compactly (the snapper's projected vertices, a free speed per segment and the
+/// H3 cells as runs of segments), not the [`Route`] itself: a hub holds one per active
+/// delivery.
 #[derive(Debug, Clone)]
 pub struct EtaEngine {
     config: EtaConfig,
-    route: Route,
     snapper: RouteSnapper,
-    segment_cells: Vec<Option<u64>>,
+    /// Free-flow speed of each segment, m/s.
+    free_speed_mps: Vec<f32>,
+    /// `(first segment, H3 cell)` of each run of consecutive segments in one cell (0: none).
+    cell_runs: Vec<(u32, u64)>,
+    length_m: f64,
     pickup_progress_m: Option<f64>,
     arrived_at_pickup_s: Option<f64>,
     /// Sticky: once the pickup is behind, snapping noise does not bring the dwell back.
@@ -92,36 +98,44 @@ impl EtaEngine {
         let snapper = RouteSnapper::with_config(&route, config.snap.clone());
         let mut engine = Self {
             config,
-            segment_cells: Vec::new(),
+            free_speed_mps: Vec::new(),
+            cell_runs: Vec::new(),
+            length_m: 0.0,
             pickup_progress_m: None,
             arrived_at_pickup_s: None,
             pickup_passed: false,
             progress_m: 0.0,
             smoothed: None,
             snapper,
-            route,
         };
-        engine.set_route_state(pickup_segment);
+        engine.set_route_state(&route, pickup_segment);
         engine
     }
 
-    fn set_route_state(&mut self, pickup_segment: Option<usize>) {
-        self.segment_cells = self
-            .route
+    fn set_route_state(&mut self, route: &Route, pickup_segment: Option<usize>) {
+        self.free_speed_mps = route
             .segments
             .iter()
-            .map(|s| {
-                cell_of(LatLng::new(
-                    (s.start.lat + s.end.lat) / 2.0,
-                    (s.start.lng + s.end.lng) / 2.0,
-                ))
-            })
+            .map(|s| s.free_speed_mps as f32)
             .collect();
+        self.cell_runs.clear();
+        for (i, s) in route.segments.iter().enumerate() {
+            let cell = cell_of(LatLng::new(
+                (s.start.lat + s.end.lat) / 2.0,
+                (s.start.lng + s.end.lng) / 2.0,
+            ))
+            .unwrap_or(0);
+            if self.cell_runs.last().is_none_or(|(_, c)| *c != cell) {
+                self.cell_runs.push((i as u32, cell));
+            }
+        }
+        self.cell_runs.shrink_to_fit();
+        self.length_m = route.length_m;
         self.pickup_progress_m = pickup_segment.map(|k| {
-            self.route
+            route
                 .segments
                 .get(k)
-                .map_or(self.route.length_m, |s| s.cum_start_m)
+                .map_or(route.length_m, |s| s.cum_start_m)
         });
         self.pickup_passed = self.pickup_progress_m.is_none();
         if self.pickup_passed {
@@ -134,13 +148,22 @@ impl EtaEngine {
     /// does not jump. `pickup_segment` is as in [`EtaEngine::new`] for the new route.
     pub fn reroute(&mut self, route: Route, pickup_segment: Option<usize>) {
         self.snapper = RouteSnapper::with_config(&route, self.config.snap.clone());
-        self.route = route;
-        self.set_route_state(pickup_segment);
+        self.set_route_state(&route, pickup_segment);
     }
 
-    /// The route being followed.
-    pub fn route(&self) -> &Route {
-        &self.route
+    /// Length of the route being followed, in metres.
+    pub fn length_m(&self) -> f64 {
+        self.length_m
+    }
+
+    /// Number of segments of the route being followed.
+    pub fn segments(&self) -> usize {
+        self.free_speed_mps.len()
+    }
+
+    /// Free-flow speed of segment `i` of the route being followed, m/s.
+    pub fn free_speed_mps(&self, i: usize) -> Option<f64> {
+        self.free_speed_mps.get(i).map(|v| f64::from(*v))
     }
 
     /// The configuration.
@@ -166,7 +189,7 @@ impl EtaEngine {
     /// Handle a GPS fix taken at `now_s` (Unix seconds).
     pub fn handle_fix(&mut self, now_s: f64, pos: LatLng, model: &SpeedModel) -> EtaUpdate {
         let snap = self.snapper.snap(pos, self.progress_m);
-        let off_route_m = match (&snap, self.route.start()) {
+        let off_route_m = match (&snap, self.snapper.start()) {
             (Some(s), _) => s.offset_m,
             (None, Some(only)) => haversine_m(pos, only),
             (None, None) => 0.0,
@@ -177,7 +200,7 @@ impl EtaEngine {
         }
         let segment_index = match (&snap, deviated) {
             (Some(s), false) => Some(s.segment_index),
-            _ => self.route.segment_at(self.progress_m),
+            _ => self.snapper.segment_at(self.progress_m),
         };
         let pickup_passed = self.update_pickup(now_s);
         let dwell_s = if pickup_passed {
@@ -193,7 +216,7 @@ impl EtaEngine {
         EtaUpdate {
             raw_eta_s,
             smoothed_eta_s,
-            remaining_m: (self.route.length_m - self.progress_m).max(0.0),
+            remaining_m: (self.length_m - self.progress_m).max(0.0),
             progress_m: self.progress_m,
             off_route_m,
             deviated,
@@ -250,37 +273,47 @@ impl EtaEngine {
         next.eta_s
     }
 
-    /// Driving time from the current progress to the end of the route, in seconds.
+    /// Driving time from the current progress to the end of the route, in seconds. The speed
+    /// model is read once per run of segments in one cell, not once per segment.
     fn driving_time_s(&self, now_s: f64, segment_index: Option<usize>, model: &SpeedModel) -> f64 {
         let Some(first) = segment_index else {
             return 0.0;
         };
+        let n = self.free_speed_mps.len();
         let hour = hour_of_week(now_s, self.config.utc_offset_s);
+        let run_of_first = self
+            .cell_runs
+            .partition_point(|(start, _)| *start as usize <= first)
+            .saturating_sub(1);
         let mut total_s = 0.0;
-        // Consecutive segments often share a cell: reuse its speed factor.
-        let mut cached: Option<(u64, f64)> = None; // (cell, live factor)
-        for (i, seg) in self.route.segments.iter().enumerate().skip(first) {
-            let left_m = if i == first {
-                (seg.cum_start_m + seg.length_m - self.progress_m).clamp(0.0, seg.length_m)
+        for (k, &(start, cell)) in self.cell_runs.iter().enumerate().skip(run_of_first) {
+            let end = self
+                .cell_runs
+                .get(k + 1)
+                .map_or(n, |(next, _)| *next as usize);
+            // (weight of the historical mean, the mean, the live factor) for this cell.
+            let (w, mean, live) = if cell == 0 {
+                (0.0, 0.0, 1.0)
             } else {
-                seg.length_m
+                let (w, mean) = model.historical_weight(cell, hour);
+                (w, mean, model.live_factor(cell, now_s))
             };
-            if left_m <= 0.0 {
-                continue;
-            }
-            let speed_mps = match self.segment_cells[i] {
-                None => seg.free_speed_mps,
-                Some(cell) => {
-                    let live = match cached {
-                        Some((c, f)) if c == cell => f,
-                        _ => model.live_factor(cell, now_s),
-                    };
-                    cached = Some((cell, live));
-                    let expected = model.expected_speed_mps(cell, hour, seg.free_speed_mps);
-                    expected * live
+            for i in (start as usize).max(first)..end {
+                let Some((cum, len)) = self.snapper.span(i) else {
+                    continue;
+                };
+                let left_m = if i == first {
+                    (cum + len - self.progress_m).clamp(0.0, len)
+                } else {
+                    len
+                };
+                if left_m <= 0.0 {
+                    continue;
                 }
-            };
-            total_s += left_m / speed_mps.max(MIN_SPEED_MPS);
+                let free = f64::from(self.free_speed_mps[i]);
+                let speed_mps = (w * mean + (1.0 - w) * free) * live;
+                total_s += left_m / speed_mps.max(MIN_SPEED_MPS);
+            }
         }
         total_s
     }

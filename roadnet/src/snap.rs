@@ -1,8 +1,6 @@
 //! Map-matching a GPS fix onto a route, preferring forward progress so that routes which double
 //! back on the same street do not make the driver jump.
 
-use rstar::primitives::{GeomWithData, Line};
-use rstar::RTree;
 use serde::{Deserialize, Serialize};
 
 use crate::geo::{LatLng, LocalProjection};
@@ -57,14 +55,23 @@ struct Candidate {
     xy: [f64; 2],
 }
 
-/// Snaps fixes to one route. Build it once per route; snapping is a few R-tree look-ups.
+/// Segments per bounding box of the coarse index.
+const BLOCK: usize = 16;
+
+/// Snaps fixes to one route. Build it once per route. It keeps the route's vertices projected
+/// to local metres as `f32` (millimetre precision over a city) with the distance along the route
+/// to each, and a bounding box per [`BLOCK`] segments to skip most of them: ~12 bytes a segment,
+/// where an R-tree of the segments took ~80. A hub holds one per active delivery.
 #[derive(Debug, Clone)]
 pub struct RouteSnapper {
     config: SnapConfig,
     projection: LocalProjection,
-    tree: RTree<GeomWithData<Line<[f64; 2]>, usize>>,
-    /// (cum_start_m, length_m) per segment.
-    spans: Vec<(f64, f64)>,
+    /// Projected vertices: the start of every segment, then the end of the last one.
+    xy: Vec<[f32; 2]>,
+    /// Distance along the route to each vertex, in metres.
+    cum_m: Vec<f32>,
+    /// `[min x, min y, max x, max y]` of each block of segments.
+    blocks: Vec<[f32; 4]>,
     length_m: f64,
 }
 
@@ -78,39 +85,82 @@ impl RouteSnapper {
     pub fn with_config(route: &Route, config: SnapConfig) -> Self {
         let origin = route.start().unwrap_or(LatLng::new(0.0, 0.0));
         let projection = LocalProjection::new(origin);
-        let tree = RTree::bulk_load(
-            route
-                .segments
-                .iter()
-                .enumerate()
-                .map(|(i, s)| {
-                    let line = Line::new(projection.project(s.start), projection.project(s.end));
-                    GeomWithData::new(line, i)
-                })
-                .collect(),
-        );
-        let spans = route
+        let p32 = |p: LatLng| {
+            let [x, y] = projection.project(p);
+            [x as f32, y as f32]
+        };
+        let mut xy: Vec<[f32; 2]> = route.segments.iter().map(|s| p32(s.start)).collect();
+        let mut cum_m: Vec<f32> = route
             .segments
             .iter()
-            .map(|s| (s.cum_start_m, s.length_m))
+            .map(|s| s.cum_start_m as f32)
+            .collect();
+        if let Some(last) = route.segments.last() {
+            xy.push(p32(last.end));
+            cum_m.push((last.cum_start_m + last.length_m) as f32);
+        }
+        xy.shrink_to_fit();
+        cum_m.shrink_to_fit();
+        let n = route.segments.len();
+        let blocks = (0..n)
+            .step_by(BLOCK)
+            .map(|first| {
+                let last = (first + BLOCK).min(n);
+                xy[first..=last]
+                    .iter()
+                    .fold([f32::MAX, f32::MAX, f32::MIN, f32::MIN], |b, p| {
+                        [
+                            b[0].min(p[0]),
+                            b[1].min(p[1]),
+                            b[2].max(p[0]),
+                            b[3].max(p[1]),
+                        ]
+                    })
+            })
             .collect();
         Self {
             config,
             projection,
-            tree,
-            spans,
+            xy,
+            cum_m,
+            blocks,
             length_m: route.length_m,
         }
     }
 
-    /// The tuning in use.
-    pub fn config(&self) -> &SnapConfig {
-        &self.config
+    /// Number of segments.
+    pub fn segments(&self) -> usize {
+        self.xy.len().saturating_sub(1)
     }
 
-    fn candidate(&self, seg: &GeomWithData<Line<[f64; 2]>, usize>, p: [f64; 2]) -> Candidate {
-        let line = seg.geom();
-        let (a, b) = (line.from, line.to);
+    /// Distance along the route to the start of segment `i`, and its length, in metres.
+    pub fn span(&self, i: usize) -> Option<(f64, f64)> {
+        let a = *self.cum_m.get(i)?;
+        let b = *self.cum_m.get(i + 1)?;
+        Some((f64::from(a), f64::from(b - a)))
+    }
+
+    /// The index of the segment containing `progress_m` (clamped to the route).
+    pub fn segment_at(&self, progress_m: f64) -> Option<usize> {
+        let n = self.segments();
+        if n == 0 {
+            return None;
+        }
+        let p = progress_m as f32;
+        Some(self.cum_m[1..n].partition_point(|c| *c <= p))
+    }
+
+    /// Where the route starts.
+    pub fn start(&self) -> Option<LatLng> {
+        self.xy.first().map(|p| {
+            self.projection
+                .unproject([f64::from(p[0]), f64::from(p[1])])
+        })
+    }
+
+    fn candidate(&self, i: usize, p: [f64; 2]) -> Candidate {
+        let a = [f64::from(self.xy[i][0]), f64::from(self.xy[i][1])];
+        let b = [f64::from(self.xy[i + 1][0]), f64::from(self.xy[i + 1][1])];
         let (dx, dy) = (b[0] - a[0], b[1] - a[1]);
         let len2 = dx * dx + dy * dy;
         let t = if len2 > 0.0 {
@@ -120,13 +170,63 @@ impl RouteSnapper {
         };
         let xy = [a[0] + t * dx, a[1] + t * dy];
         let offset_m = ((p[0] - xy[0]).powi(2) + (p[1] - xy[1]).powi(2)).sqrt();
-        let (cum, len) = self.spans[seg.data];
+        let (cum, len) = self.span(i).unwrap_or((0.0, 0.0));
         Candidate {
-            segment_index: seg.data,
+            segment_index: i,
             progress_m: cum + t * len,
             offset_m,
             xy,
         }
+    }
+
+    /// Squared distance from `p` to block `k`'s bounding box.
+    fn block_dist2(&self, k: usize, p: [f64; 2]) -> f64 {
+        let b = self.blocks[k];
+        let dx = (f64::from(b[0]) - p[0])
+            .max(p[0] - f64::from(b[2]))
+            .max(0.0);
+        let dy = (f64::from(b[1]) - p[1])
+            .max(p[1] - f64::from(b[3]))
+            .max(0.0);
+        dx * dx + dy * dy
+    }
+
+    /// Segments within `r` metres of `p`.
+    fn within(&self, p: [f64; 2], r: f64) -> impl Iterator<Item = Candidate> + '_ {
+        let n = self.segments();
+        (0..self.blocks.len())
+            .filter(move |&k| self.block_dist2(k, p) <= r * r)
+            .flat_map(move |k| {
+                (k * BLOCK..((k + 1) * BLOCK).min(n)).map(move |i| self.candidate(i, p))
+            })
+            .filter(move |c| c.offset_m <= r)
+    }
+
+    /// The segment nearest to `p`, wherever it is on the route.
+    fn nearest(&self, p: [f64; 2]) -> Option<Candidate> {
+        let n = self.segments();
+        let mut order: Vec<(f64, usize)> = (0..self.blocks.len())
+            .map(|k| (self.block_dist2(k, p), k))
+            .collect();
+        order.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut best: Option<Candidate> = None;
+        for (d2, k) in order {
+            if best.is_some_and(|b| b.offset_m * b.offset_m < d2) {
+                break;
+            }
+            for i in k * BLOCK..((k + 1) * BLOCK).min(n) {
+                let c = self.candidate(i, p);
+                if best.is_none_or(|b| c.offset_m < b.offset_m) {
+                    best = Some(c);
+                }
+            }
+        }
+        best
+    }
+
+    /// The tuning in use.
+    pub fn config(&self) -> &SnapConfig {
+        &self.config
     }
 
     /// Snap `pos` given the progress of the previous snap (`hint_progress_m`, 0 at the start).
@@ -140,17 +240,13 @@ impl RouteSnapper {
     /// `None` for an empty route.
     pub fn snap(&self, pos: LatLng, hint_progress_m: f64) -> Option<Snap> {
         let p = self.projection.project(pos);
-        let r2 = self.config.radius_m * self.config.radius_m;
         let floor_m = hint_progress_m - self.config.back_tolerance_m;
         let qualifying: Vec<Candidate> = self
-            .tree
-            .locate_within_distance(p, r2)
-            .map(|seg| self.candidate(seg, p))
+            .within(p, self.config.radius_m)
             .filter(|c| c.progress_m >= floor_m)
             .collect();
         let chosen = if qualifying.is_empty() {
-            let seg = self.tree.nearest_neighbor(p)?;
-            self.candidate(seg, p)
+            self.nearest(p)?
         } else {
             let best = qualifying
                 .iter()

@@ -193,6 +193,23 @@ impl SpeedModel {
             .map(|m| (f64::from(m.mean_mps), m.count))
     }
 
+    /// `(w, mean)` of a cell and hour: the expected speed on a road whose class default is
+    /// `d` is `w * mean + (1 - w) * d` ([`SpeedModel::expected_speed_mps`]); `w` is 0 without
+    /// samples.
+    pub fn historical_weight(&self, cell: u64, hour_of_week: u8) -> (f64, f64) {
+        match self.historical.get(&(cell, hour_of_week)) {
+            None => (0.0, 0.0),
+            Some(m) => {
+                let w = if self.config.min_samples == 0 {
+                    1.0
+                } else {
+                    (f64::from(m.count) / f64::from(self.config.min_samples)).min(1.0)
+                };
+                (w, f64::from(m.mean_mps))
+            }
+        }
+    }
+
     /// Expected speed without live correction: the historical mean blended with
     /// `class_default_mps` by `min(count / min_samples, 1)`.
     pub fn expected_speed_mps(&self, cell: u64, hour_of_week: u8, class_default_mps: f64) -> f64 {

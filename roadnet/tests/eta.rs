@@ -186,9 +186,10 @@ fn driving_a_helsinki_route_moves_progress_forward_and_the_eta_down_to_zero() {
     let last = last.expect("some fixes");
     assert!(last.raw_eta_s < 0.5 && last.remaining_m < 0.5, "{last:?}");
     let free_flow = route.free_flow_time_s;
+    // The engine keeps lengths and speeds as f32 (a delivery's route compactly): a millisecond.
     assert!(
-        first_eta.is_some_and(|e| (e - free_flow).abs() < 1e-6),
-        "empty model: free-flow ETA"
+        first_eta.is_some_and(|e| (e - free_flow).abs() < 1e-3),
+        "empty model: free-flow ETA {first_eta:?} vs {free_flow}"
     );
 }
 

@@ -324,13 +324,10 @@ impl EtaTracker {
         Some(eta)
     }
 
-    /// The plan being followed, if any.
-    pub fn plan(&self) -> Option<StoredPlan> {
-        self.planned.as_ref().map(|p| StoredPlan {
-            route: p.engine.route().clone(),
-            pickup_segment: p.pickup_segment,
-            version: p.version,
-        })
+    /// Version of the plan being followed, if any (1 at dispatch, +1 per re-route). The route
+    /// itself is not kept here once the engine is built: it is saved when made (`plans`).
+    pub fn plan_version(&self) -> Option<u32> {
+        self.planned.as_ref().map(|p| p.version)
     }
 
     /// Restores a plan read from redb after a restart (the smoothing starts afresh).
@@ -380,8 +377,7 @@ impl EtaTracker {
                 }
                 if let (Some(i), Some(p)) = (u.segment_index, self.planned.as_ref()) {
                     if !u.deviated && input.speed_mps >= config.min_learn_speed_mps {
-                        let free_speed_mps =
-                            p.engine.route().segments.get(i).map(|s| s.free_speed_mps);
+                        let free_speed_mps = p.engine.free_speed_mps(i);
                         if let (Some(class_default_mps), Some(cell)) =
                             (free_speed_mps, model.cell(here))
                         {
@@ -624,7 +620,7 @@ mod tests {
         assert_eq!(plans[0].1.version, 1);
         assert!(plans[0].1.pickup_segment.is_some());
         // Three seconds later, on the route: pushed (throttle passed) without the polyline.
-        let p2 = t.plan().expect("plan").route.point_at(20.0).expect("point");
+        let p2 = plans[0].1.route.point_at(20.0).expect("point");
         let next = t
             .handle_fix(
                 &c,
@@ -646,7 +642,7 @@ mod tests {
         let mut t = EtaTracker::default();
         t.handle_fix(&c, &mut m, &SpeedModel::default(), T0, &input(START, T0))
             .expect("first");
-        let before = t.plan().expect("plan").route;
+        let before = m.take_dirty_plans().remove(0).1.route;
         // 300 ms later (throttled for a normal fix), the driver is at the road node farthest
         // from the planned route.
         let snapper = roadnet::RouteSnapper::new(&before);
@@ -684,7 +680,7 @@ mod tests {
         assert_eq!(stats.reroutes, 1);
         let plans = m.take_dirty_plans();
         assert_eq!(plans.last().map(|p| p.1.version), Some(2));
-        assert_eq!(t.plan().map(|p| p.version), Some(2));
+        assert_eq!(t.plan_version(), Some(2));
     }
 
     #[test]
