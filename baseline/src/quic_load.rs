@@ -18,7 +18,7 @@ use rand::Rng;
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -114,11 +114,17 @@ pub struct QuicLoadReport {
     pub closes: std::collections::BTreeMap<String, u64>,
 }
 
+/// Datagram bytes a connection may queue before quinn drops the oldest.
+const DATAGRAM_SEND_BUFFER: usize = 64 * 1024;
+
 /// One connection slot: the live connection (if any) and its next sequence number.
 #[derive(Debug, Default)]
 struct Slot {
     conn: Mutex<Option<quinn::Connection>>,
     seq: AtomicU32,
+    /// The connection's datagram send space with nothing queued (quinn's own bookkeeping
+    /// takes a little of the configured buffer).
+    empty_space: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -163,6 +169,7 @@ pub async fn run(args: QuicLoadArgs, stop: CancellationToken) -> anyhow::Result<
     let mut client = certs::quinn_client_config(tls)?;
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval((!args.keep_alive.is_zero()).then_some(args.keep_alive));
+    transport.datagram_send_buffer_size(DATAGRAM_SEND_BUFFER);
     transport.max_idle_timeout(Some(
         quinn::IdleTimeout::try_from(args.idle_timeout).context("--idle-timeout")?,
     ));
@@ -197,7 +204,8 @@ pub async fn run(args: QuicLoadArgs, stop: CancellationToken) -> anyhow::Result<
             .mul_f64(i as f64 / shared.args.connections as f64);
         sessions.push(tokio::spawn(run_slot(shared.clone(), i, delay)));
     }
-    let pacer = tokio::spawn(run_pacer(shared.clone(), start));
+    let pace_stop = CancellationToken::new();
+    let pacer = tokio::spawn(run_pacer(shared.clone(), start, pace_stop.clone()));
     let mut progress = tokio::time::interval(shared.args.progress_every);
     progress.tick().await;
     let mut stats_tick = tokio::time::interval(Duration::from_secs(1));
@@ -243,8 +251,12 @@ pub async fn run(args: QuicLoadArgs, stop: CancellationToken) -> anyhow::Result<
     }
     let elapsed_s = start.elapsed().as_secs_f64();
     let connected_at_end = shared.stats.connected.load(Ordering::Relaxed);
-    shared.stop.cancel();
+    // Stop sending, let every connection hand what it queued to the socket, then close: a
+    // datagram counted as sent is one that left (closing drops queued datagrams).
+    pace_stop.cancel();
     let _ = pacer.await;
+    drain_datagrams(&shared).await;
+    shared.stop.cancel();
     for s in sessions {
         let _ = s.await;
     }
@@ -309,6 +321,8 @@ async fn run_slot(s: Arc<Shared>, i: usize, delay: Duration) {
         s.stats.handshake.record(t0.elapsed());
         backoff = Duration::from_millis(250);
         slot.seq.store(0, Ordering::Relaxed);
+        slot.empty_space
+            .store(conn.datagram_send_buffer_space(), Ordering::Relaxed);
         *slot.conn.lock() = Some(conn.clone());
         let n = s.stats.connected.fetch_add(1, Ordering::Relaxed) + 1;
         s.stats.connected_max.fetch_max(n, Ordering::Relaxed);
@@ -390,7 +404,25 @@ async fn open(s: &Shared, i: usize) -> Result<(quinn::Connection, Control), Stri
 }
 
 /// Sends every due datagram, round robin over the slots.
-async fn run_pacer(s: Arc<Shared>, start: Instant) {
+/// Waits (at most 2 s) until no connection has datagrams queued.
+async fn drain_datagrams(s: &Shared) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        let queued = s.slots.iter().any(|slot| {
+            let empty = slot.empty_space.load(Ordering::Relaxed);
+            slot.conn
+                .lock()
+                .as_ref()
+                .is_some_and(|c| c.datagram_send_buffer_space() < empty)
+        });
+        if !queued {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn run_pacer(s: Arc<Shared>, start: Instant, pace_stop: CancellationToken) {
     if s.args.interval.is_zero() {
         return;
     }
@@ -403,6 +435,7 @@ async fn run_pacer(s: Arc<Shared>, start: Instant) {
                 .next_due()
                 .max(start.elapsed() + Duration::from_millis(1));
         tokio::select! {
+            _ = pace_stop.cancelled() => return,
             _ = s.stop.cancelled() => return,
             _ = tokio::time::sleep_until(next.into()) => {}
         }
