@@ -73,15 +73,36 @@ def rate(a, b, name, key):
     return (b[name]["m"].get(key, 0.0) - a[name]["m"].get(key, 0.0)) / (b[name]["t"] - a[name]["t"])
 
 
-def run(args):
-    work = os.path.abspath(args.workdir)
-    shutil.rmtree(work, ignore_errors=True)
-    os.makedirs(work)
-    ct.BASE = args.base_port
+def one_hub_cluster(hub_config):
+    """A one-hub cluster has no successor to copy status changes to: with the hub's default
+    `cluster_hub.min_copies = 2` it would refuse every one (503). Acknowledge on one copy."""
+    with open(hub_config) as f:
+        text = f.read()
+    if "[cluster_hub]\n" not in text:
+        raise RuntimeError(f"no [cluster_hub] section in {hub_config}")
+    with open(hub_config, "w") as f:
+        f.write(text.replace("[cluster_hub]\n", "[cluster_hub]\nmin_copies = 1\n", 1))
+
+
+def setup_pair(args, work, base_port):
+    """PKI, token key and configs of one hub and one edge in cluster mode (as in production)
+    under `work`, ports from `base_port`; every config passes `--check-config`. Returns
+    (pki_dir, token_key_path, hub, edge) with `hub`/`edge` not started (cluster_test.Node)."""
+    ct.BASE = base_port
     args.nodes = 1
     pki, key, public = ct.make_pki(args, work)
     hubs, edges = ct.write_configs(args, work, pki, key, public)
     hub, edge = hubs[0], edges[0]
+    one_hub_cluster(hub.config_path)
+    ct.sh(hub.binary, "--config", hub.config_path, "--check-config", capture=True)
+    return pki, key, hub, edge
+
+
+def run(args):
+    work = os.path.abspath(args.workdir)
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    pki, key, hub, edge = setup_pair(args, work, args.base_port)
     nodes = [hub, edge]
     load = None
     try:

@@ -50,6 +50,15 @@ pub struct EdgeConfig {
     pub batch: BatchConfig,
     /// How long a new driver session may take to send its `Hello`, milliseconds.
     pub hello_timeout_ms: u64,
+    /// Admission of QUIC handshakes (drivers and HTTP/3) on `quic_listen`, decided per
+    /// incoming connection before any crypto: at most `max_in_flight` at once, at most
+    /// `rate_per_s` new ones a second (beyond a `burst`), and past `retry_above_in_flight`
+    /// a Retry first for clients whose address is not validated; the rest are refused
+    /// (CONNECTION_REFUSED) and counted in `handshakes_refused_total{listener="quic"}`.
+    pub quic_handshakes: nodekit::HandshakeGateConfig,
+    /// Admission of TLS handshakes on `https_listen`: the same limits (no Retry on TCP); a
+    /// refused connection is closed before TLS starts.
+    pub https_handshakes: nodekit::HandshakeGateConfig,
     /// Verified tokens kept in the auth cache.
     pub auth_cache_capacity: usize,
     /// The clock the filter judges fix timestamps by. For simulations only: `speedup > 1`
@@ -74,6 +83,13 @@ impl Default for EdgeConfig {
             filter: FilterConfig::default(),
             batch: BatchConfig::default(),
             hello_timeout_ms: 5_000,
+            quic_handshakes: nodekit::HandshakeGateConfig::default(),
+            https_handshakes: nodekit::HandshakeGateConfig {
+                max_in_flight: 512,
+                retry_above_in_flight: 512,
+                rate_per_s: 1000.0,
+                burst: 1000.0,
+            },
             auth_cache_capacity: 100_000,
             clock: nodekit::ClockConfig::default(),
         }
@@ -171,8 +187,8 @@ pub struct BatchConfig {
     pub flush_interval_ms: u64,
     /// A batch is sent as soon as it holds this many fixes.
     pub max_batch_fixes: usize,
-    /// Capacity of the ingest queue (messages from sessions and HTTP requests) and the most
-    /// drivers whose newest fix is kept while the hub is unreachable.
+    /// The most drivers whose newest fix is kept while a hub is unreachable. (It also sized
+    /// an ingest queue before ingest ran in place on the sessions' tasks; the name stays.)
     pub queue_capacity: usize,
     /// Batches waiting for the hub link; when full, they collapse to the newest fix per driver.
     pub uplink_queue_batches: usize,
@@ -315,6 +331,12 @@ impl EdgeConfig {
         if b.queue_capacity == 0 || b.uplink_queue_batches == 0 {
             return Err(bad("batch.queue_capacity", "queue capacities must be > 0"));
         }
+        self.quic_handshakes
+            .validate()
+            .map_err(|e| bad("quic_handshakes", e))?;
+        self.https_handshakes
+            .validate()
+            .map_err(|e| bad("https_handshakes", e))?;
         if self.hello_timeout_ms == 0 {
             return Err(bad("hello_timeout_ms", "must be > 0"));
         }

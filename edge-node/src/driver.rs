@@ -4,12 +4,9 @@
 use crate::auth::{close_code, reject_label};
 use crate::ingest::IngestContext;
 use crate::metrics::Transport;
+use nodekit::handshake::{Decision, HandshakePermit, ListenerGate, RefuseReason};
 use protocol::framing::{frame_bytes, FrameDecoder, MAX_DRIVER_FRAME};
-use protocol::reject::RejectReason;
-use protocol::wire::{
-    decode_driver_datagram, CloseCode, DriverToEdge, EdgeToDriver, WireError,
-    MAX_ON_DUTY_DELIVERIES,
-};
+use protocol::wire::{CloseCode, DriverToEdge, EdgeToDriver, WireError, MAX_ON_DUTY_DELIVERIES};
 use protocol::{ALPN_DRIVER, ALPN_H3};
 use quinn::{Connection, Endpoint, TransportConfig, VarInt};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,16 +15,26 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, Instrument};
 
-/// Datagrams buffered per connection before quinn drops the oldest.
-const DATAGRAM_RECEIVE_BUFFER: usize = 1024 * 1024;
+/// Datagram bytes buffered per connection before quinn drops the oldest: a driver sends a
+/// ~25-byte fix every few seconds (a backlog is one datagram of at most 48 fixes).
+const DATAGRAM_RECEIVE_BUFFER: usize = 64 * 1024;
 /// A connection silent for this long is closed (drivers keep alive more often than this).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Streams an HTTP/3 connection may open (each direction), raised after its handshake.
+const H3_MAX_STREAMS: u32 = 100;
 
-/// Transport settings of the driver-facing endpoint: datagrams on, sane timeouts.
+/// Transport settings of the driver-facing endpoint: datagrams on, sane timeouts, and no
+/// more than a driver session needs, because every connection pays for what it may use
+/// (docs/operations.md, "Memory per driver session"): one bidirectional stream (the control
+/// stream) and no unidirectional one; HTTP/3 connections get more after their handshake.
 pub fn transport_config() -> TransportConfig {
     let mut t = TransportConfig::default();
+    // quinn sets up the receive state of every stream the peer may open at once, up front.
+    t.max_concurrent_bidi_streams(VarInt::from_u32(1));
+    t.max_concurrent_uni_streams(VarInt::from_u32(0));
     t.datagram_receive_buffer_size(Some(DATAGRAM_RECEIVE_BUFFER));
-    t.datagram_send_buffer_size(64 * 1024);
+    // The edge sends no datagrams to drivers.
+    t.datagram_send_buffer_size(1024);
     // 30 s always fits in a VarInt of milliseconds.
     t.max_idle_timeout(quinn::IdleTimeout::try_from(IDLE_TIMEOUT).ok());
     t.keep_alive_interval(Some(Duration::from_secs(10)));
@@ -52,8 +59,15 @@ impl QuicContext {
     }
 }
 
-/// Accepts connections until `shutdown`, one task each, then closes the endpoint.
-pub async fn run_endpoint(endpoint: Endpoint, ctx: Arc<QuicContext>, shutdown: CancellationToken) {
+/// Accepts connections until `shutdown`, then closes the endpoint. Each incoming connection
+/// first passes `gate` (before any crypto): admitted ones get a task each, the others a
+/// Retry or a refusal.
+pub async fn run_endpoint(
+    endpoint: Endpoint,
+    ctx: Arc<QuicContext>,
+    gate: Arc<ListenerGate>,
+    shutdown: CancellationToken,
+) {
     loop {
         let incoming = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -62,10 +76,40 @@ pub async fn run_endpoint(endpoint: Endpoint, ctx: Arc<QuicContext>, shutdown: C
                 None => break,
             },
         };
+        let permit = match gate.admit(incoming.remote_address_validated()) {
+            Decision::Admit(permit) => permit,
+            Decision::Retry if incoming.may_retry() => {
+                debug!(remote = %incoming.remote_address(), "busy: address validation first");
+                if let Err(e) = incoming.retry() {
+                    e.into_incoming().refuse();
+                }
+                continue;
+            }
+            Decision::Retry => {
+                // Already retried once (so validated): cannot happen by the gate's rules,
+                // but never admit without a slot.
+                gate.count_refused(RefuseReason::InFlight);
+                incoming.refuse();
+                continue;
+            }
+            Decision::Refuse(reason) => {
+                debug!(remote = %incoming.remote_address(), reason = reason.as_str(), "handshake refused");
+                incoming.refuse();
+                continue;
+            }
+        };
         let ctx = ctx.clone();
         let shutdown = shutdown.clone();
         let span = tracing::debug_span!("quic_conn", remote = %incoming.remote_address());
-        tokio::spawn(handle_incoming(incoming, ctx, shutdown).instrument(span));
+        // The handshake (and the `Incoming`, ~1.7 KiB) lives in a box of its own that is
+        // freed once the session is open: the task keeps only what a session needs.
+        let opening = Box::pin(open_session(
+            incoming,
+            permit,
+            ctx.clone(),
+            shutdown.clone(),
+        ));
+        tokio::spawn(handle_incoming(opening, ctx, shutdown).instrument(span));
     }
     endpoint.close(
         VarInt::from_u32(CloseCode::ShuttingDown as u32),
@@ -75,16 +119,35 @@ pub async fn run_endpoint(endpoint: Endpoint, ctx: Arc<QuicContext>, shutdown: C
     info!("quic endpoint stopped");
 }
 
-async fn handle_incoming(
+/// The opening of a connection (handshake, hello, or a whole HTTP/3 connection), boxed.
+type Opening = std::pin::Pin<Box<dyn std::future::Future<Output = Option<Session>> + Send>>;
+
+/// One connection's task: its `opening` (a box freed when done), then, for a driver session,
+/// the session's control plane.
+async fn handle_incoming(opening: Opening, ctx: Arc<QuicContext>, shutdown: CancellationToken) {
+    let Some(session) = opening.await else {
+        return;
+    };
+    let span = session.span.clone();
+    run_session(session, &ctx, &shutdown).instrument(span).await
+}
+
+/// Completes the handshake and routes by ALPN: HTTP/3 connections are served here; driver
+/// sessions are opened (hello, token, welcome, their datagram task) and returned.
+async fn open_session(
     incoming: quinn::Incoming,
+    permit: HandshakePermit,
     ctx: Arc<QuicContext>,
     shutdown: CancellationToken,
-) {
-    let conn = match incoming.await {
+) -> Option<Session> {
+    let handshake = incoming.await;
+    // The handshake is over (either way): its admission slot is free.
+    drop(permit);
+    let conn = match handshake {
         Ok(c) => c,
         Err(e) => {
             debug!(error = %e, "handshake failed");
-            return;
+            return None;
         }
     };
     let alpn = conn
@@ -92,11 +155,20 @@ async fn handle_incoming(
         .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|h| h.protocol);
     match alpn.as_deref() {
-        Some(p) if p == ALPN_DRIVER => run_driver_session(conn, ctx, shutdown).await,
+        Some(p) if p == ALPN_DRIVER => open_driver_session(conn, &ctx).await,
         Some(p) if p == ALPN_H3 => {
-            crate::h3api::serve_connection(conn, ctx.ingest.clone(), shutdown).await
+            // The driver endpoint starts every connection with one stream (a session's
+            // control stream); an HTTP/3 client needs its control and QPACK streams and
+            // a stream per request.
+            conn.set_max_concurrent_uni_streams(VarInt::from_u32(H3_MAX_STREAMS));
+            conn.set_max_concurrent_bi_streams(VarInt::from_u32(H3_MAX_STREAMS));
+            crate::h3api::serve_connection(conn, ctx.ingest.clone(), shutdown).await;
+            None
         }
-        _ => close(&conn, CloseCode::ProtocolViolation, "unsupported alpn"),
+        _ => {
+            close(&conn, CloseCode::ProtocolViolation, "unsupported alpn");
+            None
+        }
     }
 }
 
@@ -186,7 +258,24 @@ async fn redirect(
     send.write_all(&frame_bytes(&frame)).await.is_ok()
 }
 
-async fn run_driver_session(conn: Connection, ctx: Arc<QuicContext>, shutdown: CancellationToken) {
+/// An open driver session: what its control plane needs for the rest of its life.
+struct Session {
+    conn: Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    decoder: FrameDecoder,
+    driver: protocol::DriverId,
+    session_id: u64,
+    /// Unix seconds the token expires.
+    exp_s: u64,
+    span: tracing::Span,
+    datagrams: tokio::task::JoinHandle<()>,
+    _active: ActiveSession,
+}
+
+/// Hello, token check and welcome; then the session is registered with ingest and its
+/// datagram task started. `None` when the session was refused (and closed).
+async fn open_driver_session(conn: Connection, ctx: &Arc<QuicContext>) -> Option<Session> {
     let metrics = ctx.ingest.metrics.clone();
     if ctx.ingest.drain.is_draining() {
         metrics.sessions_rejected("draining").inc();
@@ -196,31 +285,31 @@ async fn run_driver_session(conn: Connection, ctx: Arc<QuicContext>, shutdown: C
         };
         debug!("{reason}");
         close(&conn, CloseCode::Draining, &reason);
-        return;
+        return None;
     }
     let opened = match tokio::time::timeout(ctx.hello_timeout, read_hello(&conn)).await {
         Ok(Ok(o)) => o,
         Ok(Err(HelloError::Connection(e))) => {
             debug!(error = %e, "driver left before hello");
-            return;
+            return None;
         }
         Ok(Err(e)) => {
             debug!(error = %e, "session refused");
             metrics.sessions_rejected("protocol").inc();
             close(&conn, CloseCode::ProtocolViolation, &e.to_string());
-            return;
+            return None;
         }
         Err(_) => {
             metrics.sessions_rejected("hello_timeout").inc();
             let reason = format!("no hello within {} ms", ctx.hello_timeout.as_millis());
             debug!("{reason}");
             close(&conn, CloseCode::HelloTimeout, &reason);
-            return;
+            return None;
         }
     };
     let Opened {
         mut send,
-        mut recv,
+        recv,
         mut decoder,
         token,
         app_version,
@@ -232,137 +321,161 @@ async fn run_driver_session(conn: Connection, ctx: Arc<QuicContext>, shutdown: C
             metrics.sessions_rejected(reject_label(&e)).inc();
             info!(error = %e, "driver token refused");
             close(&conn, close_code(&e), &e.to_string());
-            return;
+            return None;
         }
     };
     let driver = auth.driver;
     let session_id = ctx.next_session_id.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!("driver_session", driver_id = %driver, session_id, app_version = %app_version);
-    async move {
-        let welcome = EdgeToDriver::Welcome {
-            driver_id: driver,
-            session_id,
-            server_time_ms: now_ms,
-            max_datagram: conn
-                .max_datagram_size()
-                .unwrap_or(0)
-                .min(usize::from(u16::MAX)) as u16,
-        };
-        if let Err(e) = send.write_all(&frame_bytes(&welcome)).await {
-            debug!(error = %e, "could not send welcome");
-            return;
-        }
-        metrics.sessions_active().inc();
-        let _active = ActiveSession(metrics.sessions_active().clone());
-        let pipeline = &ctx.ingest.pipeline;
-        pipeline.session_started(driver).await;
-        info!("driver session open");
-
-        // The token's expiry ends the session even if the connection stays healthy.
-        let expires_in = Duration::from_millis((auth.exp_s * 1000).saturating_sub(now_ms));
-        let expiry = tokio::time::sleep(expires_in);
-        tokio::pin!(expiry);
-        let mut stream_open = true;
-        let mut drain_rx = ctx.ingest.drain.subscribe();
-        let mut redirected = false;
-        // Frames that arrived together with the Hello.
-        match drain_frames(&mut decoder, &ctx, driver, session_id).await {
-            Ok(()) => {}
-            Err(reason) => {
-                metrics.sessions_rejected("protocol").inc();
-                close(&conn, CloseCode::ProtocolViolation, &reason);
-                pipeline.session_ended(driver, session_id).await;
-                return;
-            }
-        }
-        if *drain_rx.borrow_and_update() {
-            redirected = true;
-            if !redirect(&ctx, &conn, &mut send, driver).await {
-                pipeline.session_ended(driver, session_id).await;
-                return;
-            }
-        }
-        loop {
-            tokio::select! {
-                r = drain_rx.changed(), if !redirected => {
-                    if r.is_err() {
-                        redirected = true; // the edge is going away: nothing to watch
-                        continue;
-                    }
-                    if !*drain_rx.borrow_and_update() {
-                        continue;
-                    }
-                    redirected = true;
-                    if !redirect(&ctx, &conn, &mut send, driver).await {
-                        break;
-                    }
-                }
-                _ = shutdown.cancelled() => {
-                    close(&conn, CloseCode::ShuttingDown, "edge shutting down");
-                    break;
-                }
-                _ = &mut expiry => {
-                    metrics.sessions_rejected("expired").inc();
-                    let reason = format!("token expired for driver {driver} at {}", auth.exp_s);
-                    info!("{reason}");
-                    close(&conn, CloseCode::TokenExpired, &reason);
-                    break;
-                }
-                d = conn.read_datagram() => match d {
-                    Ok(bytes) => handle_datagram(&ctx, driver, &bytes),
-                    Err(e) => {
-                        debug!(reason = %e, "driver session closed");
-                        break;
-                    }
-                },
-                r = recv.read_chunk(MAX_DRIVER_FRAME, true), if stream_open => match r {
-                    Ok(Some(chunk)) => {
-                        decoder.push(&chunk.bytes);
-                        if let Err(reason) = drain_frames(&mut decoder, &ctx, driver, session_id).await {
-                            metrics.sessions_rejected("protocol").inc();
-                            close(&conn, CloseCode::ProtocolViolation, &reason);
-                            break;
-                        }
-                    }
-                    // The driver may finish its control stream and keep sending datagrams.
-                    Ok(None) | Err(_) => stream_open = false,
-                },
-            }
-        }
-        pipeline.session_ended(driver, session_id).await;
+    let welcome = EdgeToDriver::Welcome {
+        driver_id: driver,
+        session_id,
+        server_time_ms: now_ms,
+        max_datagram: conn
+            .max_datagram_size()
+            .unwrap_or(0)
+            .min(usize::from(u16::MAX)) as u16,
+    };
+    if let Err(e) = send
+        .write_all(&frame_bytes(&welcome))
+        .instrument(span.clone())
+        .await
+    {
+        debug!(parent: &span, error = %e, "could not send welcome");
+        return None;
     }
-    .instrument(span)
-    .await
+    metrics.sessions_active().inc();
+    let active = ActiveSession(metrics.sessions_active().clone());
+    let ingest = &ctx.ingest.pipeline;
+    ingest.session_started(driver, session_id);
+    info!(parent: &span, "driver session open");
+    // Frames that arrived together with the Hello.
+    if let Err(reason) = drain_frames(&mut decoder, ctx, driver, session_id) {
+        metrics.sessions_rejected("protocol").inc();
+        close(&conn, CloseCode::ProtocolViolation, &reason);
+        ingest.session_ended(driver, session_id);
+        return None;
+    }
+    // Fixes: a task of their own that does nothing but read datagrams and hand them to
+    // ingest, as lean as a bare QUIC sink; the session's task keeps the control plane (the
+    // stream, draining, shutdown, the token's expiry) and wakes only for it.
+    let datagrams = tokio::spawn(read_datagrams(conn.clone(), ingest.clone(), driver));
+    Some(Session {
+        conn,
+        send,
+        recv,
+        decoder,
+        driver,
+        session_id,
+        exp_s: auth.exp_s,
+        span,
+        datagrams,
+        _active: active,
+    })
 }
 
-fn handle_datagram(ctx: &QuicContext, driver: protocol::DriverId, bytes: &[u8]) {
-    match decode_driver_datagram(bytes) {
-        Ok(fixes) => {
-            ctx.ingest
-                .pipeline
-                .submit(driver, Transport::Quic, fixes, nodekit::unix_ms());
+/// The session's life after the welcome, then its end: ingest forgets its deliveries.
+async fn run_session(mut s: Session, ctx: &QuicContext, shutdown: &CancellationToken) {
+    control_loop(ctx, &mut s, shutdown).await;
+    // The connection is closed by now, so the datagram task ends.
+    let _ = (&mut s.datagrams).await;
+    ctx.ingest.pipeline.session_ended(s.driver, s.session_id);
+}
+
+/// A session's datagrams until its connection closes: decode, filter, route, batch, in place.
+async fn read_datagrams(
+    conn: Connection,
+    ingest: crate::pipeline::Ingest,
+    driver: protocol::DriverId,
+) {
+    while let Ok(bytes) = conn.read_datagram().await {
+        ingest.handle_datagram(driver, &bytes, nodekit::unix_ms());
+    }
+}
+
+/// The session's control plane until it ends: `OnDuty` (and `Fixes`) frames on the control
+/// stream, `Redirect` when the edge drains, close on shutdown or token expiry. Returns once
+/// the connection is closed (by either side).
+async fn control_loop(ctx: &QuicContext, s: &mut Session, shutdown: &CancellationToken) {
+    let metrics = &ctx.ingest.metrics;
+    let (driver, exp_s) = (s.driver, s.exp_s);
+    // The token's expiry ends the session even if the connection stays healthy.
+    let expires_in = Duration::from_secs(exp_s.saturating_sub(nodekit::unix_s()));
+    let expiry = tokio::time::sleep(expires_in);
+    tokio::pin!(expiry);
+    let mut stream_open = true;
+    let mut drain_rx = ctx.ingest.drain.subscribe();
+    let mut redirected = false;
+    if *drain_rx.borrow_and_update() {
+        redirected = true;
+        if !Box::pin(redirect(ctx, &s.conn, &mut s.send, driver)).await {
+            return;
         }
-        Err(e) => {
-            ctx.ingest.metrics.rejected(RejectReason::Malformed).inc();
-            debug!(error = %e, len = bytes.len(), "malformed datagram dropped");
+    }
+    let conn = s.conn.clone();
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
+    let closed = conn.closed();
+    tokio::pin!(closed);
+    loop {
+        tokio::select! {
+            r = drain_rx.changed(), if !redirected => {
+                if r.is_err() {
+                    redirected = true; // the edge is going away: nothing to watch
+                    continue;
+                }
+                if !*drain_rx.borrow_and_update() {
+                    continue;
+                }
+                redirected = true;
+                if !Box::pin(redirect(ctx, &conn, &mut s.send, driver)).await {
+                    return;
+                }
+            }
+            _ = &mut cancelled => {
+                close(&conn, CloseCode::ShuttingDown, "edge shutting down");
+                return;
+            }
+            _ = &mut expiry => {
+                metrics.sessions_rejected("expired").inc();
+                let reason = format!("token expired for driver {driver} at {exp_s}");
+                info!("{reason}");
+                close(&conn, CloseCode::TokenExpired, &reason);
+                return;
+            }
+            e = &mut closed => {
+                debug!(reason = %e, "driver session closed");
+                return;
+            }
+            r = s.recv.read_chunk(MAX_DRIVER_FRAME, true), if stream_open => match r {
+                Ok(Some(chunk)) => {
+                    s.decoder.push(&chunk.bytes);
+                    if let Err(reason) = drain_frames(&mut s.decoder, ctx, driver, s.session_id) {
+                        metrics.sessions_rejected("protocol").inc();
+                        close(&conn, CloseCode::ProtocolViolation, &reason);
+                        return;
+                    }
+                }
+                // The driver may finish its control stream and keep sending datagrams.
+                Ok(None) | Err(_) => stream_open = false,
+            },
         }
     }
 }
 
 /// Ingests every complete `Fixes` and `OnDuty` frame, in order (an `OnDuty` applies to the
 /// fixes after it); an error is a reason to close the session.
-async fn drain_frames(
+fn drain_frames(
     decoder: &mut FrameDecoder,
     ctx: &QuicContext,
     driver: protocol::DriverId,
     session_id: u64,
 ) -> Result<(), String> {
+    let ingest = &ctx.ingest.pipeline;
     loop {
         match decoder.next_frame::<DriverToEdge>() {
             Ok(Some(DriverToEdge::Fixes(fixes))) => {
-                ctx.ingest
-                    .pipeline
-                    .submit(driver, Transport::Quic, fixes, nodekit::unix_ms());
+                ingest.submit(driver, Transport::Quic, &fixes, nodekit::unix_ms());
             }
             Ok(Some(DriverToEdge::OnDuty { mut deliveries })) => {
                 if deliveries.len() > MAX_ON_DUTY_DELIVERIES {
@@ -373,10 +486,7 @@ async fn drain_frames(
                 }
                 deliveries.sort_unstable();
                 deliveries.dedup();
-                ctx.ingest
-                    .pipeline
-                    .on_duty(driver, session_id, deliveries)
-                    .await;
+                ingest.on_duty(driver, session_id, deliveries);
             }
             Ok(Some(DriverToEdge::Hello { .. })) => {
                 return Err("second hello on the control stream".to_owned())

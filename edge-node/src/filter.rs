@@ -188,6 +188,35 @@ impl FixFilter {
     }
 }
 
+/// Why a fix reported as JSON (the HTTP fallback) is impossible before it is converted to a
+/// [`Fix`]: the wire format cannot even carry these values (a negative accuracy would become
+/// 0, "unknown", and pass), the JSON can.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JsonReject {
+    /// A negative horizontal accuracy.
+    NegativeAccuracy,
+}
+
+impl JsonReject {
+    pub const ALL: [JsonReject; 1] = [JsonReject::NegativeAccuracy];
+
+    /// The `reason` label (in `edge_fixes_rejected_total` and the HTTP answer).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JsonReject::NegativeAccuracy => "negative_accuracy",
+        }
+    }
+}
+
+/// Checks the values of a JSON fix that its conversion to a [`Fix`] would hide; the rest is
+/// [`FixFilter::check`]'s job, after conversion.
+pub fn check_json_fix(fix: &protocol::api::JsonFix) -> Result<(), JsonReject> {
+    if fix.accuracy < 0.0 {
+        return Err(JsonReject::NegativeAccuracy);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,6 +269,29 @@ mod tests {
         assert_eq!(f.check(D, &bad, NOW), Err(RejectReason::Accuracy));
         let unknown = Fix::from_units(2, NOW, p.lat, p.lng, 0.0, 1.0, 0.0);
         assert_eq!(f.check(D, &unknown, NOW), Ok(()));
+    }
+
+    #[test]
+    fn rejects_a_json_fix_with_negative_accuracy_but_not_unknown_accuracy() {
+        let json = |accuracy| protocol::api::JsonFix {
+            seq: 1,
+            lat: 60.17,
+            lng: 24.94,
+            heading: 0.0,
+            speed: 1.0,
+            accuracy,
+            timestamp: NOW,
+        };
+        assert_eq!(
+            check_json_fix(&json(-3.0)),
+            Err(JsonReject::NegativeAccuracy)
+        );
+        assert_eq!(check_json_fix(&json(0.0)), Ok(()));
+        assert_eq!(check_json_fix(&json(12.5)), Ok(()));
+        // What the check prevents: converted, -3 m would read as "unknown" and pass.
+        let converted = json(-3.0).to_fix();
+        assert_eq!(converted.accuracy_dm, 0);
+        assert_eq!(filter().check(D, &converted, NOW), Ok(()));
     }
 
     #[test]

@@ -2,8 +2,9 @@
 
 use crate::auth::{reject_label, AuthCache};
 use crate::drain::DrainState;
+use crate::filter::{check_json_fix, JsonReject};
 use crate::metrics::{EdgeMetrics, Transport};
-use crate::pipeline::PipelineSender;
+use crate::pipeline::Ingest;
 use http::StatusCode;
 use protocol::api::{parse_deliveries_header, ApiError, JsonFix};
 use protocol::wire::MAX_FIXES_PER_DATAGRAM;
@@ -20,7 +21,7 @@ pub const MAX_FIXES_PER_REQUEST: usize = MAX_FIXES_PER_DATAGRAM * 20;
 #[derive(Clone, Debug)]
 pub struct IngestContext {
     pub auth: Arc<AuthCache>,
-    pub pipeline: PipelineSender,
+    pub pipeline: Ingest,
     pub metrics: Arc<EdgeMetrics>,
     pub drain: Arc<DrainState>,
     /// `Retry-After` of the 503 answers while draining, seconds.
@@ -145,11 +146,36 @@ pub async fn handle_location_batch(
             ),
         );
     }
-    let fixes = fixes.iter().map(JsonFix::to_fix).collect();
-    let result = ctx
-        .pipeline
-        .submit_and_wait(auth.driver, transport, fixes, deliveries, now_ms)
-        .await;
+    // Values the conversion would hide are refused first, with their own reason.
+    let mut impossible: Vec<(JsonReject, u32)> = Vec::new();
+    let fixes: Vec<_> = fixes
+        .iter()
+        .filter_map(|f| match check_json_fix(f) {
+            Ok(()) => Some(f.to_fix()),
+            Err(reason) => {
+                match impossible.iter_mut().find(|(r, _)| *r == reason) {
+                    Some((_, n)) => *n += 1,
+                    None => impossible.push((reason, 1)),
+                }
+                None
+            }
+        })
+        .collect();
+    let mut result = ctx.pipeline.submit_and_answer(
+        auth.driver,
+        transport,
+        &fixes,
+        deliveries.as_deref(),
+        now_ms,
+    );
+    for (reason, n) in impossible {
+        ctx.metrics.received(transport).inc_by(u64::from(n));
+        ctx.metrics.rejected_json(reason).inc_by(u64::from(n));
+        *result
+            .rejected
+            .entry(reason.as_str().to_owned())
+            .or_insert(0) += n;
+    }
     JsonResponse::json(StatusCode::OK, &result)
 }
 

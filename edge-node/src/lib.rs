@@ -18,6 +18,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod pipeline;
 pub mod routes;
+pub mod socket;
 pub mod uplink;
 
 pub use config::{
@@ -43,6 +44,8 @@ pub struct EdgeHandle {
     https_addr: SocketAddr,
     admin_addr: SocketAddr,
     metrics: Arc<EdgeMetrics>,
+    quic_gate: Arc<nodekit::ListenerGate>,
+    https_gate: Arc<nodekit::ListenerGate>,
     drainer: Arc<drain::Drainer>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
@@ -63,6 +66,14 @@ impl EdgeHandle {
     }
     pub fn metrics(&self) -> Arc<EdgeMetrics> {
         self.metrics.clone()
+    }
+    /// The admission gate of QUIC handshakes (its counters).
+    pub fn quic_gate(&self) -> &Arc<nodekit::ListenerGate> {
+        &self.quic_gate
+    }
+    /// The admission gate of TLS handshakes on the HTTPS listener.
+    pub fn https_gate(&self) -> &Arc<nodekit::ListenerGate> {
+        &self.https_gate
     }
     /// The edge's cluster node, when it joined one.
     pub fn cluster(&self) -> Option<&cluster::ClusterNode> {
@@ -105,7 +116,7 @@ fn driver_advertise_addr(config: &EdgeConfig, bound: SocketAddr) -> Option<Strin
 }
 
 /// Binds the QUIC endpoint, the HTTPS and admin listeners and the hub link client, joins the
-/// cluster if configured, and starts the pipeline. Fails on an invalid config, unreadable TLS
+/// cluster if configured, and starts ingest. Fails on an invalid config, unreadable TLS
 /// files, a port in use or a cluster that cannot start.
 pub async fn spawn(config: EdgeConfig) -> anyhow::Result<EdgeHandle> {
     config.validate()?;
@@ -114,6 +125,9 @@ pub async fn spawn(config: EdgeConfig) -> anyhow::Result<EdgeHandle> {
 
     let mut registry = Registry::default();
     let metrics = Arc::new(EdgeMetrics::register(&mut registry));
+    let handshakes = nodekit::HandshakeMetrics::register(&mut registry);
+    let quic_gate = handshakes.gate("quic", config.quic_handshakes.clone());
+    let https_gate = handshakes.gate("https", config.https_handshakes.clone());
     let auth = Arc::new(auth::AuthCache::new(
         verifier,
         config.auth_cache_capacity,
@@ -131,7 +145,7 @@ pub async fn spawn(config: EdgeConfig) -> anyhow::Result<EdgeHandle> {
     )?;
     let mut server_config = certs::quinn_server_config(quic_tls)?;
     server_config.transport_config(Arc::new(driver::transport_config()));
-    let endpoint = quinn::Endpoint::server(server_config, config.quic_listen)
+    let endpoint = socket::server_endpoint(server_config, config.quic_listen)
         .with_context(|| format!("binding the QUIC endpoint on {}", config.quic_listen))?;
     let quic_addr = endpoint.local_addr()?;
 
@@ -189,34 +203,39 @@ pub async fn spawn(config: EdgeConfig) -> anyhow::Result<EdgeHandle> {
         quinn::Endpoint::client(bind).context("binding the hub link's UDP socket")?;
     hub_endpoint.set_default_client_config(client_config);
 
-    // Pipeline: ingest queue -> filter -> routing -> one batcher and uplink per hub.
-    let (pipeline_tx, ingest_rx) =
-        pipeline::ingest_channel(config.batch.queue_capacity, metrics.clone());
+    // Ingest: filter -> routing -> one batcher and uplink per hub, in place on each session's
+    // task; the flusher sends batches whose time is up.
+    let flush = Arc::new(pipeline::Flush::new());
     // Where fixes wait while no hub is known; never has an uplink of its own.
     let (orphan_tx, _orphan_rx) = tokio::sync::mpsc::channel(1);
     let orphans = Arc::new(pipeline::BatchQueue::new(
         batcher::Batcher::new((&config.batch).into()),
         orphan_tx,
         metrics.clone(),
+        flush.clone(),
     ));
     let (routes_tx, routes_rx) =
         tokio::sync::watch::channel(Arc::new(routes::Routes::empty(orphans)));
+    let pipeline = pipeline::Ingest::new(pipeline::IngestCore::new(
+        config.filter.clone(),
+        config.clock.clock(),
+        routes_rx.clone(),
+        metrics.clone(),
+    ));
     let drain_state = Arc::new(drain::DrainState::default());
     let ingest = ingest::IngestContext {
         auth,
-        pipeline: pipeline_tx.clone(),
+        pipeline: pipeline.clone(),
         metrics: metrics.clone(),
         drain: drain_state.clone(),
         retry_after_s: config.drain.retry_after_s,
     };
 
     let mut tasks = Vec::new();
-    tasks.push(pipeline::spawn_pipeline(
-        config.filter.clone(),
-        config.clock.clock(),
-        ingest_rx,
+    tasks.push(pipeline::spawn_flusher(
+        pipeline.clone(),
+        flush.clone(),
         routes_rx.clone(),
-        metrics.clone(),
         shutdown.clone(),
     ));
     let source = match (&cluster_node, config.primary_hub()) {
@@ -235,7 +254,8 @@ pub async fn spawn(config: EdgeConfig) -> anyhow::Result<EdgeHandle> {
                 endpoint: hub_endpoint,
                 batch: config.batch.clone(),
                 metrics: metrics.clone(),
-                pipeline: pipeline_tx,
+                ingest: pipeline,
+                flush,
             },
             routes_tx,
             shutdown.clone(),
@@ -249,13 +269,16 @@ pub async fn spawn(config: EdgeConfig) -> anyhow::Result<EdgeHandle> {
     tasks.push(tokio::spawn(driver::run_endpoint(
         endpoint,
         quic_ctx,
+        quic_gate.clone(),
         shutdown.clone(),
     )));
     let https_router = https::router(ingest);
     let sd = shutdown.clone();
+    let gate = https_gate.clone();
     tasks.push(tokio::spawn(async move {
         if let Err(e) =
-            nodekit::serve_https(https_listener, Arc::new(https_tls), https_router, sd).await
+            nodekit::serve_https_gated(https_listener, Arc::new(https_tls), https_router, sd, gate)
+                .await
         {
             tracing::error!(error = %e, "https server failed");
         }
@@ -285,6 +308,8 @@ pub async fn spawn(config: EdgeConfig) -> anyhow::Result<EdgeHandle> {
         https_addr,
         admin_addr,
         metrics,
+        quic_gate,
+        https_gate,
         drainer,
         shutdown,
         tasks,

@@ -1,5 +1,6 @@
 //! The edge's Prometheus metrics, registered in the node's registry and readable by tests.
 
+use crate::filter::JsonReject;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -69,6 +70,7 @@ pub struct EdgeMetrics {
     received: [Counter; 3],
     accepted: Counter,
     rejected: [Counter; RejectReason::ALL.len()],
+    rejected_json: [Counter; JsonReject::ALL.len()],
     sessions_active: Gauge,
     sessions_rejected: Family<ReasonLabel, Counter>,
     batches_sent: Counter,
@@ -100,6 +102,11 @@ impl EdgeMetrics {
                 .get_or_create(&ReasonLabel { reason: r.as_str() })
                 .clone()
         });
+        let rejected_json = JsonReject::ALL.map(|r| {
+            rejected_family
+                .get_or_create(&ReasonLabel { reason: r.as_str() })
+                .clone()
+        });
         let sessions_rejected = Family::<ReasonLabel, Counter>::default();
         for r in SESSION_REJECT_REASONS {
             let _ = sessions_rejected.get_or_create(&ReasonLabel { reason: r });
@@ -108,6 +115,7 @@ impl EdgeMetrics {
             received,
             accepted: Counter::default(),
             rejected,
+            rejected_json,
             sessions_active: Gauge::default(),
             sessions_rejected,
             batches_sent: Counter::default(),
@@ -223,6 +231,10 @@ impl EdgeMetrics {
             .unwrap_or(0);
         &self.rejected[i]
     }
+    /// Counter of JSON fixes refused before conversion (same metric, its own reason).
+    pub fn rejected_json(&self, reason: JsonReject) -> &Counter {
+        &self.rejected_json[reason as usize]
+    }
     pub fn sessions_active(&self) -> &Gauge {
         &self.sessions_active
     }
@@ -284,6 +296,14 @@ mod tests {
         m.received(Transport::H3).inc_by(3);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &reg).expect("encode");
+        m.rejected_json(JsonReject::NegativeAccuracy).inc();
+        assert!(
+            text_contains_after(
+                &reg,
+                "edge_fixes_rejected_total{reason=\"negative_accuracy\"} 1"
+            ),
+            "negative_accuracy counted under the same metric"
+        );
         for r in RejectReason::ALL {
             assert!(
                 text.contains(&format!(
@@ -306,6 +326,12 @@ mod tests {
             "{text}"
         );
         assert_eq!(m.rejected(RejectReason::Speed).get(), 1);
+    }
+
+    fn text_contains_after(reg: &Registry, line: &str) -> bool {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, reg).expect("encode");
+        text.contains(line)
     }
 
     #[test]

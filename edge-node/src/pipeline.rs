@@ -1,10 +1,15 @@
-//! The one ingest pipeline: every transport feeds a bounded queue; one task filters and batches.
+//! The one ingest path: every transport hands its fixes to [`Ingest`], which filters, routes
+//! and batches them in place, on the caller's task, under one short lock; a flusher task sends
+//! batches whose time is up.
 //!
-//! Fixes of one driver must reach the [`FixFilter`] in the order they arrived (its duplicate,
-//! ordering and implied-speed checks depend on it). A single task owning the filter gives that
-//! for free and needs no locking on the hot path; one core filters millions of fixes a second
-//! (see `benches/decode_filter.rs`), far more than one quinn endpoint can receive. Sharding by
-//! driver id over several tasks is the way out if that ever changes.
+//! Why no queue and no pipeline task: at the driver's rate (a fix every few seconds, one per
+//! datagram) a hop through a channel costs a task wake-up per fix, more than decoding,
+//! filtering and batching the fix together (see `benches/decode_filter.rs` and the edge's
+//! callgrind profile in docs/benchmarks.md). Fixes of one driver still reach the
+//! [`FixFilter`] in arrival order: each session's datagrams are read by one task, and the
+//! lock orders them against the HTTP paths. The decisions are the sans-IO cores
+//! ([`FixFilter`], [`crate::batcher::Batcher`], the placement functions of
+//! [`crate::routes`]); [`IngestCore`] only ties them together and takes time as an argument.
 
 use crate::batcher::Batcher;
 use crate::filter::{FilterConfig, FixFilter};
@@ -13,156 +18,307 @@ use crate::routes::{owners_for, placement_keys, reroute_targets, Routes};
 use parking_lot::Mutex;
 use protocol::api::IngestResult;
 use protocol::reject::RejectReason;
-use protocol::wire::{Fix, RoutedFix};
+use protocol::wire::{decode_driver_datagram, Fix, RoutedFix};
 use protocol::{DeliveryId, DriverId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 /// How often the filter forgets idle drivers.
 const EVICT_EVERY: Duration = Duration::from_secs(60);
-/// Messages taken from the queue per wake-up.
-const RECV_CHUNK: usize = 256;
 
-/// What the ingest paths put on the queue.
+/// The deliveries a connected driver's session declared (`OnDuty`), and where its fixes go
+/// under the current routes (recomputed when the routes change, not per fix).
 #[derive(Debug)]
-pub enum IngestMsg {
-    /// A driver opened a new QUIC session: its sequence numbers restart.
-    SessionStarted { driver: DriverId },
-    /// A session's driver declared the deliveries it is on duty for (`DriverToEdge::OnDuty`).
-    OnDuty {
-        driver: DriverId,
-        session_id: u64,
-        deliveries: Vec<DeliveryId>,
-    },
-    /// A QUIC session ended: forget its declared deliveries (unless a newer session set them).
-    SessionEnded { driver: DriverId, session_id: u64 },
-    /// Fixes of one authenticated driver, with the edge's receive time.
-    Fixes {
-        driver: DriverId,
-        rx_ms: u64,
-        fixes: Vec<Fix>,
-        /// Deliveries named by the request itself (HTTP header); `None`: the session's.
-        deliveries: Option<Vec<DeliveryId>>,
-        /// Where to send the per-reason outcome (HTTP answers it); `None` for datagrams.
-        reply: Option<oneshot::Sender<IngestResult>>,
-    },
-    /// Route again what waits in `queue`: the fixes kept for hub `departed.0` (placeable hubs
-    /// were `departed.1`), or with `None` the fixes that waited for any hub.
-    Reroute {
-        queue: Arc<BatchQueue>,
-        departed: Option<(String, Vec<String>)>,
-    },
+struct Duty {
+    session_id: u64,
+    deliveries: Vec<DeliveryId>,
+    /// Indices into `routes.placeable` for routes generation `routes_gen`.
+    targets: Vec<usize>,
+    routes_gen: u64,
 }
 
-/// The sending side handed to every ingest path. Never blocks: a full queue drops and counts.
-#[derive(Clone, Debug)]
-pub struct PipelineSender {
-    tx: mpsc::Sender<IngestMsg>,
+/// Filter, per-driver routing state and the current routes: everything a fix passes through
+/// between decoding and its hub's batcher. Plain state fed events; times come in as arguments.
+#[derive(Debug)]
+pub struct IngestCore {
+    filter: FixFilter,
+    /// Clock the filter judges fix timestamps by (scaled in simulations), derived from the
+    /// receive time passed in.
+    clock: nodekit::Clock,
+    duty: HashMap<DriverId, Duty>,
+    routes: Arc<Routes>,
+    routes_rx: watch::Receiver<Arc<Routes>>,
+    /// Bumped whenever `routes` is replaced; cached targets of another generation are stale.
+    routes_gen: u64,
     metrics: Arc<EdgeMetrics>,
 }
 
-impl PipelineSender {
-    /// Queues fixes without waiting; returns `false` (and counts them as `overload`) when full.
-    pub fn submit(
-        &self,
+impl IngestCore {
+    pub fn new(
+        cfg: FilterConfig,
+        clock: nodekit::Clock,
+        mut routes_rx: watch::Receiver<Arc<Routes>>,
+        metrics: Arc<EdgeMetrics>,
+    ) -> Self {
+        let routes = routes_rx.borrow_and_update().clone();
+        Self {
+            filter: FixFilter::new(cfg),
+            clock,
+            duty: HashMap::new(),
+            routes,
+            routes_rx,
+            routes_gen: 0,
+            metrics,
+        }
+    }
+
+    /// Takes the newest routes if the hub set published new ones.
+    fn refresh_routes(&mut self) {
+        if self.routes_rx.has_changed().unwrap_or(false) {
+            self.routes = self.routes_rx.borrow_and_update().clone();
+            self.routes_gen += 1;
+        }
+    }
+
+    /// A driver opened a new QUIC session: its sequence numbers restart and, until it sends
+    /// `OnDuty`, it is on duty for nothing (its fixes go by the fallback key).
+    pub fn session_started(&mut self, driver: DriverId, session_id: u64) {
+        self.filter.handle_session_start(driver);
+        self.set_duty(driver, session_id, Vec::new());
+    }
+
+    /// A session's driver declared the deliveries it is on duty for (`DriverToEdge::OnDuty`).
+    pub fn on_duty(&mut self, driver: DriverId, session_id: u64, deliveries: Vec<DeliveryId>) {
+        self.set_duty(driver, session_id, deliveries);
+    }
+
+    fn set_duty(&mut self, driver: DriverId, session_id: u64, deliveries: Vec<DeliveryId>) {
+        self.duty.insert(
+            driver,
+            Duty {
+                session_id,
+                deliveries,
+                targets: Vec::new(),
+                // Never equal to a real generation: computed at the first fix.
+                routes_gen: u64::MAX,
+            },
+        );
+    }
+
+    /// A QUIC session ended: forget its declared deliveries (unless a newer session set them).
+    pub fn session_ended(&mut self, driver: DriverId, session_id: u64) {
+        if self.duty.get(&driver).map(|d| d.session_id) == Some(session_id) {
+            self.duty.remove(&driver);
+        }
+    }
+
+    /// Filters `fixes` of an authenticated `driver` received at `rx_ms` (edge wall clock) and
+    /// hands the accepted ones to their hubs' batchers. `deliveries`: those the request itself
+    /// named (HTTP header), else the session's. Counts everything; fills `result` (HTTP).
+    #[allow(clippy::too_many_arguments)]
+    pub fn handle_fixes(
+        &mut self,
         driver: DriverId,
         transport: Transport,
-        fixes: Vec<Fix>,
+        fixes: &[Fix],
+        deliveries: Option<&[DeliveryId]>,
         rx_ms: u64,
-    ) -> bool {
-        let n = fixes.len() as u64;
-        self.metrics.received(transport).inc_by(n);
-        match self.tx.try_send(IngestMsg::Fixes {
-            driver,
-            rx_ms,
-            fixes,
-            deliveries: None,
-            reply: None,
-        }) {
-            Ok(()) => true,
-            Err(_) => {
-                self.metrics.rejected(RejectReason::Overload).inc_by(n);
-                false
+        mut result: Option<&mut IngestResult>,
+    ) {
+        self.refresh_routes();
+        self.metrics.received(transport).inc_by(fixes.len() as u64);
+        let filter_now_ms = self.clock.at_real_ms(rx_ms as f64).max(0.0) as u64;
+        let routes = &self.routes;
+        let uncached: Vec<usize>;
+        let targets: &[usize] = match (deliveries, self.duty.get_mut(&driver)) {
+            (Some(named), _) => {
+                uncached = owners_for(&placement_keys(driver, named), &routes.placeable);
+                &uncached
+            }
+            (None, Some(duty)) => {
+                if duty.routes_gen != self.routes_gen {
+                    duty.targets =
+                        owners_for(&placement_keys(driver, &duty.deliveries), &routes.placeable);
+                    duty.routes_gen = self.routes_gen;
+                }
+                &duty.targets
+            }
+            (None, None) => {
+                uncached = owners_for(&placement_keys(driver, &[]), &routes.placeable);
+                &uncached
+            }
+        };
+        for fix in fixes {
+            match self.filter.check(driver, fix, filter_now_ms) {
+                Ok(()) => {
+                    self.metrics.accepted().inc();
+                    if let Some(r) = result.as_deref_mut() {
+                        r.accepted += 1;
+                    }
+                    let routed = RoutedFix {
+                        driver_id: driver,
+                        fix: *fix,
+                        edge_rx_ms: rx_ms,
+                    };
+                    route_to(routes, targets, routed, rx_ms);
+                }
+                Err(reason) => {
+                    self.metrics.rejected(reason).inc();
+                    if let Some(r) = result.as_deref_mut() {
+                        *r.rejected.entry(reason.as_str().to_owned()).or_insert(0) += 1;
+                    }
+                }
             }
         }
     }
 
-    /// Queues fixes and waits for the filter's verdict (HTTP paths); `deliveries` are those
-    /// the request named (`None`: route like the driver's session, or by the fallback key).
-    pub async fn submit_and_wait(
-        &self,
-        driver: DriverId,
-        transport: Transport,
-        fixes: Vec<Fix>,
-        deliveries: Option<Vec<DeliveryId>>,
-        rx_ms: u64,
-    ) -> IngestResult {
-        let n = fixes.len() as u32;
-        self.metrics.received(transport).inc_by(u64::from(n));
-        let (reply, answer) = oneshot::channel();
-        let overloaded = || {
-            self.metrics
-                .rejected(RejectReason::Overload)
-                .inc_by(u64::from(n));
-            let mut r = IngestResult::default();
-            r.rejected
-                .insert(RejectReason::Overload.as_str().to_owned(), n);
-            r
-        };
-        if self
-            .tx
-            .try_send(IngestMsg::Fixes {
-                driver,
-                rx_ms,
-                fixes,
-                deliveries,
-                reply: Some(reply),
-            })
-            .is_err()
-        {
-            return overloaded();
+    /// Routes again what waits in `queue`: the fixes kept for hub `departed.0` (placeable hubs
+    /// were `departed.1`), or with `None` the fixes that waited for any hub.
+    pub fn reroute(
+        &mut self,
+        queue: &BatchQueue,
+        departed: Option<(&str, &[String])>,
+        now_ms: u64,
+    ) {
+        self.refresh_routes();
+        let fixes = queue.take_with(|b| Some(b.take_all())).unwrap_or_default();
+        if fixes.is_empty() {
+            return;
         }
-        // The pipeline answers every message it takes; a dropped sender means it shut down.
-        answer.await.unwrap_or_else(|_| overloaded())
+        self.metrics.reroutes().inc_by(fixes.len() as u64);
+        for fix in fixes {
+            let declared = self
+                .duty
+                .get(&fix.driver_id)
+                .map_or(&[][..], |d| d.deliveries.as_slice());
+            let keys = placement_keys(fix.driver_id, declared);
+            let targets = match departed {
+                Some((hub, old)) => reroute_targets(&keys, hub, old, &self.routes.placeable),
+                None => owners_for(&keys, &self.routes.placeable),
+            };
+            route_to(&self.routes, &targets, fix, now_ms);
+        }
     }
 
-    /// Tells the filter a new session of `driver` began. Waits for room: this must not be lost.
-    pub async fn session_started(&self, driver: DriverId) {
-        let _ = self.tx.send(IngestMsg::SessionStarted { driver }).await;
+    /// Forgets the filter state of drivers idle for two hours; returns how many.
+    pub fn evict_idle(&mut self, now_ms: u64) -> usize {
+        let filter_now_ms = self.clock.at_real_ms(now_ms as f64).max(0.0) as u64;
+        self.filter.evict_idle(filter_now_ms)
     }
 
-    /// Records the deliveries a session's driver is on duty for. Waits for room.
-    pub async fn on_duty(&self, driver: DriverId, session_id: u64, deliveries: Vec<DeliveryId>) {
-        let _ = self
-            .tx
-            .send(IngestMsg::OnDuty {
-                driver,
-                session_id,
-                deliveries,
-            })
-            .await;
-    }
-
-    /// A session ended. Waits for room.
-    pub async fn session_ended(&self, driver: DriverId, session_id: u64) {
-        let _ = self
-            .tx
-            .send(IngestMsg::SessionEnded { driver, session_id })
-            .await;
-    }
-
-    /// Hands the fixes waiting in `queue` back for routing (see [`IngestMsg::Reroute`]).
-    pub async fn reroute(&self, queue: Arc<BatchQueue>, departed: Option<(String, Vec<String>)>) {
-        let _ = self.tx.send(IngestMsg::Reroute { queue, departed }).await;
+    /// Drivers the filter keeps state for.
+    pub fn tracked_drivers(&self) -> usize {
+        self.filter.tracked_drivers()
     }
 }
 
-/// The batcher shared by the pipeline task (which fills it) and the uplink (which drains it on
+/// Hands `fix` to the hubs at `targets` (indices into `routes.placeable`), or to the orphan
+/// queue when no hub is placeable.
+fn route_to(routes: &Routes, targets: &[usize], fix: RoutedFix, now_ms: u64) {
+    if routes.placeable.is_empty() {
+        routes.orphans.with(now_ms, |b| b.push(fix, now_ms));
+        return;
+    }
+    for i in targets {
+        if let Some(hub) = routes.placeable.get(*i) {
+            hub.push(fix, now_ms);
+        }
+    }
+}
+
+/// The handle every ingest path holds (cheap to clone): the shared [`IngestCore`] and the
+/// flusher's wake-up.
+#[derive(Clone, Debug)]
+pub struct Ingest {
+    core: Arc<Mutex<IngestCore>>,
+    metrics: Arc<EdgeMetrics>,
+}
+
+impl Ingest {
+    pub fn new(core: IngestCore) -> Self {
+        let metrics = core.metrics.clone();
+        Self {
+            core: Arc::new(Mutex::new(core)),
+            metrics,
+        }
+    }
+
+    /// Runs `f` on the core under its lock (tests, and what the methods below do).
+    pub fn with_core<R>(&self, f: impl FnOnce(&mut IngestCore) -> R) -> R {
+        f(&mut self.core.lock())
+    }
+
+    /// The hot path: one datagram of a driver session, received at `rx_ms`. A datagram that
+    /// does not decode is counted (`malformed`) and dropped.
+    pub fn handle_datagram(&self, driver: DriverId, bytes: &[u8], rx_ms: u64) {
+        match decode_driver_datagram(bytes) {
+            Ok(fixes) => {
+                self.core
+                    .lock()
+                    .handle_fixes(driver, Transport::Quic, &fixes, None, rx_ms, None);
+            }
+            Err(e) => {
+                self.metrics.rejected(RejectReason::Malformed).inc();
+                debug!(driver_id = %driver, error = %e, len = bytes.len(), "malformed datagram dropped");
+            }
+        }
+    }
+
+    /// Fixes that came without a per-request answer (the control stream's `Fixes` frame).
+    pub fn submit(&self, driver: DriverId, transport: Transport, fixes: &[Fix], rx_ms: u64) {
+        self.core
+            .lock()
+            .handle_fixes(driver, transport, fixes, None, rx_ms, None);
+    }
+
+    /// Fixes of one HTTP request and the filter's verdict on each; `deliveries` are those the
+    /// request named (`None`: route like the driver's session, or by the fallback key).
+    pub fn submit_and_answer(
+        &self,
+        driver: DriverId,
+        transport: Transport,
+        fixes: &[Fix],
+        deliveries: Option<&[DeliveryId]>,
+        rx_ms: u64,
+    ) -> IngestResult {
+        let mut result = IngestResult::default();
+        self.core.lock().handle_fixes(
+            driver,
+            transport,
+            fixes,
+            deliveries,
+            rx_ms,
+            Some(&mut result),
+        );
+        result
+    }
+
+    pub fn session_started(&self, driver: DriverId, session_id: u64) {
+        self.core.lock().session_started(driver, session_id);
+    }
+
+    pub fn on_duty(&self, driver: DriverId, session_id: u64, deliveries: Vec<DeliveryId>) {
+        self.core.lock().on_duty(driver, session_id, deliveries);
+    }
+
+    pub fn session_ended(&self, driver: DriverId, session_id: u64) {
+        self.core.lock().session_ended(driver, session_id);
+    }
+
+    /// See [`IngestCore::reroute`].
+    pub fn reroute(&self, queue: &BatchQueue, departed: Option<(&str, &[String])>) {
+        self.core
+            .lock()
+            .reroute(queue, departed, nodekit::unix_ms());
+    }
+}
+
+/// The batcher shared by the ingest paths (which fill it) and the uplink (which drains it on
 /// failure and refills it on reconnect), plus the queue of batches to the hub.
 #[derive(Debug)]
 pub struct BatchQueue {
@@ -171,19 +327,24 @@ pub struct BatchQueue {
     metrics: Arc<EdgeMetrics>,
     /// Batches written to the hub link and not acknowledged yet (set by the uplink).
     unacked: AtomicU64,
+    /// Woken when the batcher starts waiting for a flush deadline (see [`spawn_flusher`]).
+    flush: Arc<Notify>,
 }
 
 impl BatchQueue {
+    /// `flush` is the flusher's wake-up ([`Flush::notify`]).
     pub fn new(
         batcher: Batcher,
         tx: mpsc::Sender<Vec<RoutedFix>>,
         metrics: Arc<EdgeMetrics>,
+        flush: Arc<Notify>,
     ) -> Self {
         Self {
             inner: Mutex::new((batcher, 0)),
             tx,
             metrics,
             unacked: AtomicU64::new(0),
+            flush,
         }
     }
 
@@ -205,13 +366,15 @@ impl BatchQueue {
     }
 
     /// Runs `f` on the batcher under the lock, queues the batch it returns (a full queue folds
-    /// it back into the batcher's newest-per-driver set) and reports newly shed fixes.
+    /// it back into the batcher's newest-per-driver set), reports newly shed fixes and wakes
+    /// the flusher when a flush deadline appeared.
     pub fn with<F>(&self, now_ms: u64, f: F)
     where
         F: FnOnce(&mut Batcher) -> Option<Vec<RoutedFix>>,
     {
         let mut guard = self.inner.lock();
         let (batcher, reported) = &mut *guard;
+        let had_deadline = batcher.next_deadline().is_some();
         if let Some(batch) = f(batcher) {
             if let Err(e) = self.tx.try_send(batch) {
                 let batch = match e {
@@ -224,6 +387,9 @@ impl BatchQueue {
         if shed > *reported {
             self.metrics.shed().inc_by(shed - *reported);
             *reported = shed;
+        }
+        if !had_deadline && batcher.next_deadline().is_some() {
+            self.flush.notify_one();
         }
     }
 
@@ -239,6 +405,9 @@ impl BatchQueue {
         if shed > *reported {
             self.metrics.shed().inc_by(shed - *reported);
             *reported = shed;
+        }
+        if batcher.next_deadline().is_some() {
+            self.flush.notify_one();
         }
         out
     }
@@ -260,190 +429,43 @@ impl BatchQueue {
     }
 }
 
-/// Creates the ingest queue: the sender for the ingest paths and the receiver for
-/// [`spawn_pipeline`].
-pub fn ingest_channel(
-    capacity: usize,
-    metrics: Arc<EdgeMetrics>,
-) -> (PipelineSender, mpsc::Receiver<IngestMsg>) {
-    let (tx, rx) = mpsc::channel(capacity);
-    (PipelineSender { tx, metrics }, rx)
-}
+/// The flusher's wake-up, shared by every [`BatchQueue`].
+pub type Flush = Notify;
 
-/// Polls every active hub queue for due batches.
-fn poll_all(routes: &Routes, now_ms: u64) {
-    for q in &routes.active {
-        q.with(now_ms, |b| b.poll(now_ms));
-    }
-}
-
-/// Runs filter -> routing -> per-hub batchers until `shutdown`; batches go to each hub's
-/// uplink through its [`BatchQueue`] in the current [`Routes`].
-pub fn spawn_pipeline(
-    cfg: FilterConfig,
-    clock: nodekit::Clock,
-    mut rx: mpsc::Receiver<IngestMsg>,
+/// Sends every batch whose oldest fix waited `flush_interval_ms`, and forgets idle drivers
+/// every minute, until `shutdown`. Sleeps while no batcher waits for a deadline.
+pub fn spawn_flusher(
+    ingest: Ingest,
+    flush: Arc<Flush>,
     mut routes_rx: watch::Receiver<Arc<Routes>>,
-    metrics: Arc<EdgeMetrics>,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    let mut filter = FixFilter::new(cfg);
     tokio::spawn(async move {
-        let mut buf = Vec::with_capacity(RECV_CHUNK);
         let mut evict = tokio::time::interval(EVICT_EVERY);
-        let mut routes = routes_rx.borrow_and_update().clone();
-        let mut duty = Duty::default();
+        evict.tick().await;
         loop {
-            let sleep_ms = routes
-                .active
-                .iter()
-                .filter_map(|q| q.next_deadline())
-                .min()
-                .map(|d| d.saturating_sub(nodekit::unix_ms()));
+            let routes = routes_rx.borrow_and_update().clone();
+            let now_ms = nodekit::unix_ms();
+            for q in &routes.active {
+                q.with(now_ms, |b| b.poll(now_ms));
+            }
+            let next = routes.active.iter().filter_map(|q| q.next_deadline()).min();
+            let sleep_ms = next.map(|d| d.saturating_sub(nodekit::unix_ms()));
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                n = rx.recv_many(&mut buf, RECV_CHUNK) => {
-                    if n == 0 {
-                        break;
-                    }
-                    // After the receive: a Reroute sent after a routes change sees the change.
-                    if routes_rx.has_changed().unwrap_or(false) {
-                        routes = routes_rx.borrow_and_update().clone();
-                    }
-                    let now_ms = nodekit::unix_ms();
-                    let filter_now_ms = clock.now_ms();
-                    for msg in buf.drain(..) {
-                        handle_msg(&mut filter, &mut duty, &routes, &metrics, msg, now_ms, filter_now_ms);
-                    }
-                    poll_all(&routes, now_ms);
-                }
-                r = routes_rx.changed() => {
-                    if r.is_err() {
-                        break;
-                    }
-                    routes = routes_rx.borrow_and_update().clone();
-                }
-                _ = tokio::time::sleep(Duration::from_millis(sleep_ms.unwrap_or(0))), if sleep_ms.is_some() => {
-                    poll_all(&routes, nodekit::unix_ms());
-                }
+                _ = flush.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(sleep_ms.unwrap_or(0))), if sleep_ms.is_some() => {}
+                r = routes_rx.changed() => if r.is_err() { break },
                 _ = evict.tick() => {
-                    let n = filter.evict_idle(clock.now_ms());
+                    let n = ingest.with_core(|c| c.evict_idle(nodekit::unix_ms()));
                     if n > 0 {
                         debug!(evicted = n, "forgot idle drivers");
                     }
                 }
             }
         }
-        info!("pipeline stopped");
+        info!("flusher stopped");
     })
-}
-
-/// The deliveries each connected driver declared, with the session that declared them.
-#[derive(Debug, Default)]
-struct Duty {
-    by_driver: HashMap<DriverId, (u64, Vec<DeliveryId>)>,
-}
-
-impl Duty {
-    fn deliveries(&self, driver: DriverId) -> &[DeliveryId] {
-        self.by_driver
-            .get(&driver)
-            .map_or(&[][..], |(_, d)| d.as_slice())
-    }
-}
-
-/// Hands `fix` to the hubs at `targets` (indices into `routes.placeable`), or to the orphan
-/// queue when no hub is placeable.
-fn route_to(routes: &Routes, targets: &[usize], fix: RoutedFix, now_ms: u64) {
-    if routes.placeable.is_empty() {
-        routes.orphans.with(now_ms, |b| b.push(fix, now_ms));
-        return;
-    }
-    for i in targets {
-        if let Some(hub) = routes.placeable.get(*i) {
-            hub.push(fix, now_ms);
-        }
-    }
-}
-
-fn handle_msg(
-    filter: &mut FixFilter,
-    duty: &mut Duty,
-    routes: &Routes,
-    metrics: &EdgeMetrics,
-    msg: IngestMsg,
-    now_ms: u64,
-    filter_now_ms: u64,
-) {
-    match msg {
-        IngestMsg::SessionStarted { driver } => filter.handle_session_start(driver),
-        IngestMsg::OnDuty {
-            driver,
-            session_id,
-            deliveries,
-        } => {
-            duty.by_driver.insert(driver, (session_id, deliveries));
-        }
-        IngestMsg::SessionEnded { driver, session_id } => {
-            if duty.by_driver.get(&driver).map(|(s, _)| *s) == Some(session_id) {
-                duty.by_driver.remove(&driver);
-            }
-        }
-        IngestMsg::Reroute { queue, departed } => {
-            let fixes = queue.take_with(|b| Some(b.take_all())).unwrap_or_default();
-            if fixes.is_empty() {
-                return;
-            }
-            metrics.reroutes().inc_by(fixes.len() as u64);
-            for fix in fixes {
-                let keys = placement_keys(fix.driver_id, duty.deliveries(fix.driver_id));
-                let targets = match &departed {
-                    Some((hub, old)) => reroute_targets(&keys, hub, old, &routes.placeable),
-                    None => owners_for(&keys, &routes.placeable),
-                };
-                route_to(routes, &targets, fix, now_ms);
-            }
-        }
-        IngestMsg::Fixes {
-            driver,
-            rx_ms,
-            fixes,
-            deliveries,
-            reply,
-        } => {
-            let keys = match &deliveries {
-                Some(d) => placement_keys(driver, d),
-                None => placement_keys(driver, duty.deliveries(driver)),
-            };
-            let targets = owners_for(&keys, &routes.placeable);
-            let mut result = reply.as_ref().map(|_| IngestResult::default());
-            for fix in fixes {
-                match filter.check(driver, &fix, filter_now_ms) {
-                    Ok(()) => {
-                        metrics.accepted().inc();
-                        if let Some(r) = result.as_mut() {
-                            r.accepted += 1;
-                        }
-                        let routed = RoutedFix {
-                            driver_id: driver,
-                            fix,
-                            edge_rx_ms: rx_ms,
-                        };
-                        route_to(routes, &targets, routed, now_ms);
-                    }
-                    Err(reason) => {
-                        metrics.rejected(reason).inc();
-                        if let Some(r) = result.as_mut() {
-                            *r.rejected.entry(reason.as_str().to_owned()).or_insert(0) += 1;
-                        }
-                    }
-                }
-            }
-            if let (Some(reply), Some(result)) = (reply, result) {
-                let _ = reply.send(result);
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -459,9 +481,17 @@ mod tests {
     };
 
     /// A hub queue whose link is "up", and the receiving end of its batches.
-    fn hub_queue(metrics: &Arc<EdgeMetrics>) -> (Arc<BatchQueue>, mpsc::Receiver<Vec<RoutedFix>>) {
+    fn hub_queue(
+        metrics: &Arc<EdgeMetrics>,
+        flush: &Arc<Flush>,
+    ) -> (Arc<BatchQueue>, mpsc::Receiver<Vec<RoutedFix>>) {
         let (tx, rx) = mpsc::channel(16);
-        let q = Arc::new(BatchQueue::new(Batcher::new(CFG), tx, metrics.clone()));
+        let q = Arc::new(BatchQueue::new(
+            Batcher::new(CFG),
+            tx,
+            metrics.clone(),
+            flush.clone(),
+        ));
         assert_eq!(q.take_with(|b| b.handle_hub_up()), None);
         (q, rx)
     }
@@ -480,42 +510,35 @@ mod tests {
     #[tokio::test]
     async fn fixes_wait_for_a_hub_then_go_to_their_owner_and_follow_on_duty() {
         let metrics = Arc::new(EdgeMetrics::unregistered());
+        let flush = Arc::new(Flush::new());
         let (orphan_tx, _orphan_rx) = mpsc::channel(1);
         let orphans = Arc::new(BatchQueue::new(
             Batcher::new(CFG),
             orphan_tx,
             metrics.clone(),
+            flush.clone(),
         ));
         let (routes_tx, routes_rx) = watch::channel(Arc::new(Routes::empty(orphans.clone())));
-        let (sender, rx) = ingest_channel(64, metrics.clone());
-        let shutdown = CancellationToken::new();
-        let task = spawn_pipeline(
+        let ingest = Ingest::new(IngestCore::new(
             FilterConfig::default(),
-            nodekit::ClockConfig::default().clock(),
-            rx,
-            routes_rx,
+            nodekit::Clock::real(),
+            routes_rx.clone(),
             metrics.clone(),
-            shutdown.clone(),
-        );
+        ));
+        let shutdown = CancellationToken::new();
+        let task = spawn_flusher(ingest.clone(), flush.clone(), routes_rx, shutdown.clone());
         // No hub yet: the fix waits among the orphans.
         let driver = DriverId(5);
         let first = fix_now(1);
-        let r = sender
-            .submit_and_wait(
-                driver,
-                Transport::Https,
-                vec![first],
-                None,
-                nodekit::unix_ms(),
-            )
-            .await;
+        let r =
+            ingest.submit_and_answer(driver, Transport::Https, &[first], None, nodekit::unix_ms());
         assert_eq!(r.accepted, 1);
         assert!(!orphans.is_empty());
 
         // Two hubs appear; the orphan goes to the owner of the fallback key (the driver id).
         let ids = ["hub-a", "hub-b"];
-        let (qa, mut rxa) = hub_queue(&metrics);
-        let (qb, mut rxb) = hub_queue(&metrics);
+        let (qa, mut rxa) = hub_queue(&metrics, &flush);
+        let (qb, mut rxb) = hub_queue(&metrics, &flush);
         let routes = Routes {
             placeable: vec![
                 HubRoute::new("hub-a", qa.clone(), metrics.routed("hub-a")),
@@ -525,7 +548,7 @@ mod tests {
             orphans: orphans.clone(),
         };
         routes_tx.send_replace(Arc::new(routes));
-        sender.reroute(orphans.clone(), None).await;
+        ingest.reroute(&orphans, None);
         let owner = cluster::placement::owner(DeliveryId(driver.0), &ids).expect("owner");
         let (mine, other) = if *owner == "hub-a" {
             (&mut rxa, &mut rxb)
@@ -536,7 +559,7 @@ mod tests {
         assert!(orphans.is_empty());
         assert_eq!(metrics.reroutes().get(), 1);
 
-        // On duty for one delivery of each hub: the next fix goes to both.
+        // On duty for one delivery of each hub: the next fix goes to both, flushed by time.
         let d_a = (0..)
             .map(DeliveryId)
             .find(|d| cluster::placement::owner(*d, &ids) == Some(&"hub-a"))
@@ -545,12 +568,48 @@ mod tests {
             .map(DeliveryId)
             .find(|d| cluster::placement::owner(*d, &ids) == Some(&"hub-b"))
             .expect("delivery of hub-b");
-        sender.on_duty(driver, 1, vec![d_a, d_b]).await;
+        ingest.session_started(driver, 1);
+        ingest.on_duty(driver, 1, vec![d_a, d_b]);
         let second = fix_now(2);
-        assert!(sender.submit(driver, Transport::Quic, vec![second], nodekit::unix_ms()));
+        ingest.handle_datagram(
+            driver,
+            &protocol::wire::encode_fix_datagram(&second),
+            nodekit::unix_ms(),
+        );
         assert_eq!(next_batch(mine).await[0].fix, second);
         assert_eq!(next_batch(other).await[0].fix, second);
+        assert_eq!(metrics.received(Transport::Quic).get(), 1);
+
+        // The session ends: its deliveries are forgotten, the driver's id places it again.
+        ingest.session_ended(driver, 1);
+        let third = fix_now(3);
+        ingest.submit(driver, Transport::Quic, &[third], nodekit::unix_ms());
+        assert_eq!(next_batch(mine).await[0].fix, third);
         shutdown.cancel();
-        task.await.expect("pipeline stops");
+        task.await.expect("flusher stops");
+    }
+
+    #[test]
+    fn a_malformed_datagram_is_counted_and_nothing_is_routed() {
+        let metrics = Arc::new(EdgeMetrics::unregistered());
+        let flush = Arc::new(Flush::new());
+        let (tx, _rx) = mpsc::channel(1);
+        let orphans = Arc::new(BatchQueue::new(
+            Batcher::new(CFG),
+            tx,
+            metrics.clone(),
+            flush,
+        ));
+        let (_routes_tx, routes_rx) = watch::channel(Arc::new(Routes::empty(orphans.clone())));
+        let ingest = Ingest::new(IngestCore::new(
+            FilterConfig::default(),
+            nodekit::Clock::real(),
+            routes_rx,
+            metrics.clone(),
+        ));
+        ingest.handle_datagram(DriverId(1), &[1, 1, 0xff], nodekit::unix_ms());
+        assert_eq!(metrics.rejected(RejectReason::Malformed).get(), 1);
+        assert!(orphans.is_empty());
+        assert_eq!(ingest.with_core(|c| c.tracked_drivers()), 0);
     }
 }

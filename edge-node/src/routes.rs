@@ -3,15 +3,16 @@
 //!
 //! The placement key is the delivery: a fix of a driver on duty for deliveries `d1..dn` goes
 //! to each distinct `owner(di, placeable hubs)`; a driver that declared none goes to
-//! `owner(driver id)` (a fallback key, see `docs/cluster.md`). The pipeline routes against a
-//! [`Routes`] snapshot it refreshes from a watch channel once per chunk of messages, so the
-//! hot path takes no lock for routing. The pure parts ([`placement_keys`], [`owners_for`],
+//! `owner(driver id)` (a fallback key, see `docs/cluster.md`). Ingest routes against a
+//! [`Routes`] snapshot it refreshes from a watch channel when it changed, and keeps each
+//! session's targets until the routes change, so the hot path computes no placement per fix.
+//! The pure parts ([`placement_keys`], [`owners_for`],
 //! [`reroute_targets`]) are plain functions tested without IO.
 
 use crate::batcher::{Batcher, BatcherConfig};
 use crate::config::{BatchConfig, ClusterLinkConfig, HubConfig};
 use crate::metrics::EdgeMetrics;
-use crate::pipeline::{BatchQueue, PipelineSender};
+use crate::pipeline::{BatchQueue, Flush, Ingest};
 use crate::uplink::{spawn_uplink, UplinkParams};
 use cluster::placement;
 use prometheus_client::metrics::counter::Counter;
@@ -74,7 +75,7 @@ pub fn reroute_targets<H: AsRef<str>>(
     owners_for(&moved, new)
 }
 
-/// One hub the pipeline can route to.
+/// One hub ingest can route to.
 #[derive(Debug, Clone)]
 pub struct HubRoute {
     /// Hub id (cluster node id; the link address without a cluster).
@@ -107,7 +108,7 @@ impl HubRoute {
     }
 }
 
-/// What the pipeline routes by: replaced as a whole when the hubs change, never mutated.
+/// What ingest routes by: replaced as a whole when the hubs change, never mutated.
 #[derive(Debug, Clone)]
 pub struct Routes {
     /// Hubs that may own deliveries (live, not draining, link up or retrying), sorted by id.
@@ -159,8 +160,10 @@ pub struct HubSetParams {
     pub endpoint: quinn::Endpoint,
     pub batch: BatchConfig,
     pub metrics: Arc<EdgeMetrics>,
-    /// To hand the fixes kept for a departed hub back to the pipeline for re-routing.
-    pub pipeline: PipelineSender,
+    /// To hand the fixes kept for a departed hub back to ingest for re-routing.
+    pub ingest: Ingest,
+    /// The flusher's wake-up, given to every hub's batch queue.
+    pub flush: Arc<Flush>,
 }
 
 struct Running {
@@ -178,7 +181,7 @@ struct Wanted {
     config: Option<HubConfig>,
 }
 
-/// Keeps one uplink per live hub and publishes the [`Routes`] the pipeline uses; stops every
+/// Keeps one uplink per live hub and publishes the [`Routes`] ingest uses; stops every
 /// uplink and closes the endpoint on `shutdown`. The first routes are published before this
 /// returns (with a static hub, fixes never wait for a hub set that has not looked yet).
 pub async fn spawn_hub_set(
@@ -289,7 +292,7 @@ struct HubSet {
 
 impl HubSet {
     /// Starts uplinks for new hubs, publishes the new routes, then stops the uplinks of hubs
-    /// that left and hands what they kept back to the pipeline.
+    /// that left and hands what they kept back to ingest.
     async fn apply(&mut self, wanted: Vec<Wanted>) {
         let old_routes = self.routes_tx.borrow().clone();
         let old_placeable = old_routes.placeable_ids();
@@ -353,16 +356,15 @@ impl HubSet {
         }
         // Fixes that arrived while no hub was placeable go to their owners now.
         if has_hubs && !orphans.is_empty() {
-            self.params.pipeline.reroute(orphans, None).await;
+            self.params.ingest.reroute(&orphans, None);
         }
         for (id, r) in stopping {
             let _ = r.task.await;
             self.params.metrics.uplinks_active().dec();
             info!(hub = %id, "hub left: re-routing what was kept for it");
             self.params
-                .pipeline
-                .reroute(r.route.queue, Some((id, old_placeable.clone())))
-                .await;
+                .ingest
+                .reroute(&r.route.queue, Some((&id, &old_placeable)));
         }
     }
 
@@ -372,6 +374,7 @@ impl HubSet {
             Batcher::new(BatcherConfig::from(&self.params.batch)),
             tx,
             self.params.metrics.clone(),
+            self.params.flush.clone(),
         ));
         let cancel = self.shutdown.child_token();
         let task = spawn_uplink(

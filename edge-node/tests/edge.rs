@@ -217,6 +217,48 @@ async fn https_fallback_delivers_fixes_and_reports_rejections_by_reason() {
 }
 
 #[tokio::test]
+async fn a_json_fix_with_negative_accuracy_is_rejected_with_its_own_reason() {
+    let setup = Setup::new("negative-accuracy");
+    let mut hub = TestHub::start(&setup, "127.0.0.1:0".parse().expect("addr"));
+    let edge = setup.start_edge(hub.addr).await;
+    let client = https_client(&setup);
+    let url = format!("https://127.0.0.1:{}{LOCATIONS}", edge.https_addr().port());
+    let good = track(2, 1);
+    let mut body: Vec<protocol::api::JsonFix> =
+        good.iter().map(protocol::api::JsonFix::from_fix).collect();
+    let mut impossible = body[1];
+    impossible.seq = 3;
+    impossible.accuracy = -4.0;
+    body.push(impossible);
+    let resp = client
+        .post(&url)
+        .bearer_auth(setup.driver_token(9))
+        .json(&body)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let result: IngestResult = resp.json().await.expect("json");
+    assert_eq!(result.accepted, 2);
+    assert_eq!(
+        result.rejected,
+        [("negative_accuracy".to_owned(), 1)].into_iter().collect()
+    );
+    for f in &good {
+        assert_eq!(hub.next_fix().await.fix, *f);
+    }
+    let m = edge.metrics();
+    assert_eq!(m.received(edge_node::Transport::Https).get(), 3);
+    assert_eq!(
+        m.rejected_json(edge_node::filter::JsonReject::NegativeAccuracy)
+            .get(),
+        1
+    );
+    edge.shutdown();
+    edge.join().await;
+}
+
+#[tokio::test]
 async fn http3_serves_the_same_location_api() {
     let setup = Setup::new("h3");
     let mut hub = TestHub::start(&setup, "127.0.0.1:0".parse().expect("addr"));

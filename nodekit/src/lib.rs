@@ -1,18 +1,21 @@
-//! What the node binaries share: HTTPS serving over rustls, the admin server, config, tracing, clocks.
+//! What the node binaries share: HTTPS serving over rustls, the admin server, config, tracing,
+//! clocks, and admission control of handshakes ([`handshake`]).
 
 mod admin;
 mod clock;
 mod config;
+pub mod handshake;
 mod layered;
 mod serve;
 
 pub use admin::admin_router;
 pub use clock::{Clock, ClockConfig};
 pub use config::{load_config, to_verifier, LoadedTls, TlsFiles, TokenKeyConfig};
+pub use handshake::{HandshakeGate, HandshakeGateConfig, HandshakeMetrics, ListenerGate};
 pub use layered::{
     is_secret_field, redacted_toml, ConfigLayers, ConfigLoadError, FieldError, REDACTED,
 };
-pub use serve::{serve_http, serve_https};
+pub use serve::{serve_http, serve_https, serve_https_gated};
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

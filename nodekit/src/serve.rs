@@ -1,5 +1,6 @@
 //! Serving an axum router over TLS (HTTPS, h2 + http/1.1, WebSocket upgrades) or plain HTTP.
 
+use crate::handshake::{Decision, ListenerGate};
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
@@ -22,7 +23,22 @@ pub async fn serve_https(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let acceptor = TlsAcceptor::from(tls);
-    serve_loop(listener, router, shutdown, Some(acceptor)).await
+    serve_loop(listener, router, shutdown, Some(acceptor), None).await
+}
+
+/// [`serve_https`] with admission control: each accepted TCP connection asks `gate` first;
+/// a refused one is closed at once, before any TLS work (counted in
+/// `handshakes_refused_total`), and an admitted one holds its slot until its TLS handshake
+/// is over.
+pub async fn serve_https_gated(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    router: Router,
+    shutdown: CancellationToken,
+    gate: Arc<ListenerGate>,
+) -> std::io::Result<()> {
+    let acceptor = TlsAcceptor::from(tls);
+    serve_loop(listener, router, shutdown, Some(acceptor), Some(gate)).await
 }
 
 /// Serves `router` over plain HTTP (admin endpoints, local development pages).
@@ -31,7 +47,7 @@ pub async fn serve_http(
     router: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    serve_loop(listener, router, shutdown, None).await
+    serve_loop(listener, router, shutdown, None, None).await
 }
 
 async fn serve_loop(
@@ -39,6 +55,7 @@ async fn serve_loop(
     router: Router,
     shutdown: CancellationToken,
     tls: Option<TlsAcceptor>,
+    gate: Option<Arc<ListenerGate>>,
 ) -> std::io::Result<()> {
     loop {
         let (tcp, peer) = tokio::select! {
@@ -53,6 +70,16 @@ async fn serve_loop(
                 }
             },
         };
+        // The TCP handshake validated the address: admit or refuse (dropping the stream
+        // closes it before TLS starts).
+        let permit = match gate.as_ref().map(|g| g.admit(true)) {
+            None => None,
+            Some(Decision::Admit(p)) => Some(p),
+            Some(Decision::Retry | Decision::Refuse(_)) => {
+                debug!(%peer, "handshake refused: too many in flight or too fast");
+                continue;
+            }
+        };
         let _ = tcp.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone());
         let tls = tls.clone();
@@ -62,9 +89,10 @@ async fn serve_loop(
             async move {
                 match tls {
                     Some(acceptor) => {
-                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
-                            .await
-                        {
+                        let handshake =
+                            tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                        drop(permit);
+                        match handshake {
                             Ok(Ok(stream)) => serve_connection(stream, service, shutdown).await,
                             Ok(Err(e)) => debug!(error = %e, "tls handshake failed"),
                             Err(_) => debug!("tls handshake timed out"),
