@@ -46,6 +46,8 @@ pub struct WsConnector {
     /// Source address to bind before connecting (spreads many connections over loopback
     /// addresses and their ephemeral ports); `None`: the system's choice.
     pub bind: Option<IpAddr>,
+    /// Name checked in the hub's certificate (and sent as SNI); `None`: the authority's host.
+    pub server_name: Option<String>,
     /// Buffers of the WebSocket layer (consumers receive small frames: small buffers).
     pub config: WebSocketConfig,
 }
@@ -55,6 +57,7 @@ impl WsConnector {
         Self {
             tls,
             bind: None,
+            server_name: None,
             config: WebSocketConfig::default()
                 .read_buffer_size(4096)
                 .write_buffer_size(0)
@@ -228,10 +231,13 @@ async fn connect(io: &ConsumerIo, authority: &str, url: &str) -> Result<Conn, Fa
                 .await
                 .map_err(|e| Failure::Network(format!("connecting to {authority}: {e}")))?;
             let _ = tcp.set_nodelay(true);
-            let host = authority
-                .rsplit_once(':')
-                .map_or(authority, |(h, _)| h)
-                .trim_matches(['[', ']']);
+            let host = match &c.server_name {
+                Some(n) => n.as_str(),
+                None => authority
+                    .rsplit_once(':')
+                    .map_or(authority, |(h, _)| h)
+                    .trim_matches(['[', ']']),
+            };
             let name = rustls::pki_types::ServerName::try_from(host.to_owned())
                 .map_err(|e| Failure::Network(format!("server name {host}: {e}")))?;
             let tls = tokio_rustls::TlsConnector::from(c.tls.clone())
