@@ -73,7 +73,12 @@ struct SimConsumer<'a> {
 }
 
 impl ConsumerApp for SimConsumer<'_> {
-    fn on_event(&mut self, _now: Instant, event: ConsumerEvent) -> ControlFlow<()> {
+    fn on_event(
+        &mut self,
+        _now: Instant,
+        event: ConsumerEvent,
+        _session: &mut ConsumerSession,
+    ) -> ControlFlow<()> {
         let stats = self.stats;
         match event {
             ConsumerEvent::Position(p) => {

@@ -56,6 +56,9 @@ pub struct ConsumerConfig {
     pub last_event_seq: u64,
     /// Seeds the jitter (give each consumer its own).
     pub seed: u64,
+    /// Stop on a refusal (401/403/404): right for an app; a load generator that lives
+    /// through failovers (where a hub may briefly not know a delivery) keeps retrying.
+    pub stop_on_refusal: bool,
 }
 
 impl ConsumerConfig {
@@ -75,6 +78,7 @@ impl ConsumerConfig {
             idle_timeout: None,
             last_event_seq: 0,
             seed: 0,
+            stop_on_refusal: true,
         }
     }
 }
@@ -433,7 +437,7 @@ impl ConsumerSession {
 
     fn fail(&mut self, now: Instant, failure: Failure) {
         let was_connected = matches!(self.state, State::Open { .. });
-        if failure.is_fatal() {
+        if failure.is_fatal() && self.config.stop_on_refusal {
             self.state = State::Stopped;
             self.events.push_back(ConsumerEvent::Stopped { failure });
             return;

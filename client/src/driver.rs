@@ -330,7 +330,7 @@ impl DriverSession {
 
     /// HTTPS: the answer to the last [`DriverAction::Upload`].
     pub fn handle_upload(&mut self, now: Instant, result: Result<(), Failure>) {
-        let Some((n, _)) = self.uploading.take() else {
+        let Some((n, deadline)) = self.uploading.take() else {
             return;
         };
         match result {
@@ -338,8 +338,9 @@ impl DriverSession {
                 let n = n.min(self.backlog.len());
                 self.backlog.drain(..n);
                 self.events.push_back(DriverEvent::FixesSent { count: n });
-                if let State::Connecting { since, .. } = self.state {
-                    self.connected(now, since);
+                if let State::Connecting { .. } = self.state {
+                    // The handshake of the fallback is the first upload that goes through.
+                    self.connected(now, deadline - self.config.handshake_timeout);
                 }
                 self.maybe_upload(now);
             }

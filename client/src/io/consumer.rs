@@ -16,8 +16,14 @@ use tokio_util::sync::CancellationToken;
 
 /// The app side of a running consumer.
 pub trait ConsumerApp {
-    /// Every event of the session; `Break` ends it (the delivery is done for this app).
-    fn on_event(&mut self, now: Instant, event: ConsumerEvent) -> ControlFlow<()>;
+    /// Every event of the session; `Break` ends it (the delivery is done for this app). The
+    /// session is there to adjust (e.g. [`ConsumerSession::set_next_authority`]).
+    fn on_event(
+        &mut self,
+        now: Instant,
+        event: ConsumerEvent,
+        session: &mut ConsumerSession,
+    ) -> ControlFlow<()>;
 }
 
 /// How a consumer reaches the hubs.
@@ -110,7 +116,7 @@ pub async fn run_consumer<A: ConsumerApp>(
         }
         let now = Instant::now();
         while let Some(e) = session.poll_event() {
-            if app.on_event(now, e).is_break() {
+            if app.on_event(now, e, session).is_break() {
                 break 'run;
             }
         }
