@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 rel=target/release
 # Build only what is missing or older than the sources (release builds are heavy).
 stale=0
-for bin in $rel/edge-node $rel/region-hub $rel/client-sim $rel/certs; do
+for bin in $rel/edge-node $rel/region-hub $rel/client-sim; do
     if [[ ! -x $bin ]] || [[ -n $(find edge-node region-hub client-sim client cluster protocol \
             nodekit certs roadnet -name '*.rs' -newer "$bin" -print -quit) ]]; then
         stale=1
@@ -18,4 +18,7 @@ done
 if [[ $stale == 1 && ${SCALE_NO_BUILD:-0} != 1 ]]; then
     cargo build --release -p edge-node -p region-hub -p client-sim -p certs
 fi
-exec python3 scripts/scale_test.py "$@"
+certs=$rel/certs
+[[ -x $certs ]] || certs=target/debug/certs
+[[ -x $certs ]] || { cargo build --release -p certs; certs=$rel/certs; }
+exec python3 scripts/scale_test.py --certs "$certs" "$@"

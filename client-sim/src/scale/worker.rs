@@ -260,8 +260,14 @@ fn setup(args: ScaleArgs, index: usize) -> anyhow::Result<Shared> {
     let mut quic = Vec::with_capacity(endpoints);
     for k in 0..endpoints {
         let bind = SocketAddr::new(sources[k % sources.len()], 0);
-        let mut ep = quinn::Endpoint::client(bind)
-            .with_context(|| format!("binding a driver UDP socket on {bind}"))?;
+        let runtime = quinn::default_runtime().context("no async runtime for quinn")?;
+        let mut ep = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            None,
+            udp_socket(bind)?,
+            runtime,
+        )
+        .with_context(|| format!("driver endpoint on {bind}"))?;
         ep.set_default_client_config(driver_cfg.clone());
         quic.push(ep);
     }
@@ -281,7 +287,7 @@ fn setup(args: ScaleArgs, index: usize) -> anyhow::Result<Shared> {
         t.datagram_receive_buffer_size(Some(64 * 1024));
         t.datagram_send_buffer_size(16 * 1024);
         let config = wtransport::ClientConfig::builder()
-            .with_bind_address(bind)
+            .with_bind_socket(udp_socket(bind)?)
             .with_custom_tls_and_transport(tls, t)
             .build();
         wt.push(Arc::new(
@@ -353,6 +359,27 @@ fn setup(args: ScaleArgs, index: usize) -> anyhow::Result<Shared> {
         event_gaps: AtomicU64::new(0),
         errors: AtomicU64::new(0),
     })
+}
+
+/// Socket buffers of the generator's UDP sockets: thousands of sessions share one socket, and
+/// the kernel's default (208 KiB) overflows during a ramp (counted in /proc/net/snmp
+/// `RcvbufErrors`), which turns into handshake retransmissions of a second or more.
+const UDP_BUFFER: usize = 4 << 20;
+
+fn udp_socket(bind: SocketAddr) -> anyhow::Result<std::net::UdpSocket> {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(bind),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )
+    .context("UDP socket")?;
+    // Best effort: the kernel caps them at net.core.{r,w}mem_max.
+    let _ = s.set_recv_buffer_size(UDP_BUFFER);
+    let _ = s.set_send_buffer_size(UDP_BUFFER);
+    s.bind(&bind.into())
+        .with_context(|| format!("binding a UDP socket on {bind}"))?;
+    s.set_nonblocking(true).context("non-blocking UDP socket")?;
+    Ok(s.into())
 }
 
 fn emit(line: &WorkerSnapshot) {
@@ -538,13 +565,29 @@ async fn delivery(
 ) -> anyhow::Result<()> {
     let from = plan.lock().at;
     let from = roadnet::LatLng::new(from.lat, from.lng);
-    let (pickup, dropoff) = s
-        .planner
-        .pick_stops(rng, from, s.args.min_leg_m, s.args.max_leg_m);
-    let wrong = s.args.wrong_turn_share > 0.0 && rng.random_bool(s.args.wrong_turn_share.min(1.0));
-    let timeline = s
-        .planner
-        .plan(rng, from, pickup, dropoff, nodekit::unix_s() as f64, wrong)?;
+    // Routing takes milliseconds of CPU (more with a wrong turn): off the runtime's threads,
+    // so that the QUIC endpoints' I/O tasks are never held up behind it.
+    let timeline = {
+        let s2 = s.clone();
+        let mut r = rand::rngs::SmallRng::from_rng(rng);
+        tokio::task::spawn_blocking(move || {
+            let (pickup, dropoff) =
+                s2.planner
+                    .pick_stops(&mut r, from, s2.args.min_leg_m, s2.args.max_leg_m);
+            let share = s2.args.wrong_turn_share.clamp(0.0, 1.0);
+            let wrong = share > 0.0 && r.random_bool(share);
+            s2.planner.plan(
+                &mut r,
+                from,
+                pickup,
+                dropoff,
+                nodekit::unix_s() as f64,
+                wrong,
+            )
+        })
+        .await
+        .context("routing task")??
+    };
     let body = CreateDelivery {
         delivery_id: None,
         pickup: roadnet_to_geo(timeline.pickup),
