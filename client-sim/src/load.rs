@@ -1179,8 +1179,8 @@ mod tests {
         assert_eq!(a.port(), 8443);
         assert!(target_addr("https=127.0.0.1:1", "quic").is_err());
         assert_eq!(
-            authority("wss://127.0.0.1:9443/api/v1/tracking/7/connect").as_deref(),
-            Some("127.0.0.1:9443")
+            redirect_authority("wss://127.0.0.1:9443/api/v1/tracking/7/connect"),
+            "127.0.0.1:9443"
         );
     }
 }

@@ -385,8 +385,8 @@ fn supervise(
                 .collect::<Vec<_>>()
                 .join(", ")
         ));
-        if !bar.is_hidden() {
-        } else {
+        if bar.is_hidden() {
+            // Not a terminal (a script's log): one line per sample instead of the bar.
             eprintln!(
                 "[scale {:>6.0}s] connected {:.4} · sessions {:?} · p99 {:.0} ms · {:?} · generator {:.2} cores",
                 sample.t_s,
