@@ -809,7 +809,7 @@ async fn check_history(s: &Shared, slot: usize, id: u64, token: &str, track: &Mu
                     }
                 }
                 Ok(r) if r.status().is_success() => {
-                    match r.json::<region_hub::api::HistoryPage>().await {
+                    match r.json::<region_hub::serve::api::HistoryPage>().await {
                         Ok(page) => {
                             stored.extend(page.breadcrumbs.iter().map(|c| c.ts_ms));
                             match page.next_after_ts {

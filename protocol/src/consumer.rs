@@ -44,13 +44,26 @@ pub struct StatusEvent {
 pub struct Eta {
     pub delivery_id: DeliveryId,
     pub seq: u64,
-    /// Seconds from `ts_ms` until arrival at the drop-off.
+    /// Seconds from `ts_ms` until arrival at the drop-off (sent as a whole number).
+    #[serde(serialize_with = "whole")]
     pub eta_s: f64,
+    /// Metres of route left (sent as a whole number).
+    #[serde(serialize_with = "whole")]
     pub remaining_m: f64,
     pub ts_ms: u64,
     /// Encoded polyline (precision 5) of the route, sent when it changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route_polyline: Option<String>,
+}
+
+/// Writes a non-negative quantity rounded to a whole number: a second or a metre is the
+/// precision a consumer shows, and `812` is shorter on the wire than `811.6421307845516`.
+fn whole<S: serde::Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+    if v.is_finite() {
+        s.serialize_i64(v.round() as i64)
+    } else {
+        s.serialize_i64(0)
+    }
 }
 
 /// Everything a consumer needs when it (re)connects.

@@ -288,7 +288,7 @@ pub enum HubToEdge {
     Welcome {
         hub_id: String,
     },
-    /// Every batch up to and including `batch_seq` was applied.
+    /// Every batch up to and including `batch_seq` was accepted (queued to be applied, in order).
     Ack {
         batch_seq: u64,
     },

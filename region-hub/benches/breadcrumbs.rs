@@ -5,8 +5,8 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use protocol::DeliveryId;
-use region_hub::history::Breadcrumb;
-use region_hub::store::Store;
+use region_hub::durable::history::Breadcrumb;
+use region_hub::durable::store::Store;
 use std::time::Duration;
 
 fn batch(deliveries: u64, size: u64, start_ts: u64) -> Vec<Breadcrumb> {

@@ -1,7 +1,7 @@
 //! The hub's typed configuration (TOML), with laptop-friendly defaults and `validate()`.
 
-pub use crate::anomaly::AnomalyConfig;
-pub use crate::geofence::GeofenceConfig;
+pub use crate::tracking::anomaly::AnomalyConfig;
+pub use crate::tracking::geofence::GeofenceConfig;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -47,6 +47,9 @@ pub struct HubConfig {
     /// Bound of each consumer's queue of reliable frames; a consumer that falls this far
     /// behind is disconnected (it resumes with `last_event_seq`).
     pub consumer_queue: usize,
+    /// Shards of the delivery state, each applying its deliveries' fixes on a worker of its
+    /// own (a hub uses at most this many cores for fixes); 0 = one per available core.
+    pub shards: usize,
     /// OpenStreetMap extract (PBF) drawn by the tracking page and the operator view; the
     /// city built into `roadnet` (central Helsinki) when absent.
     pub map_pbf: Option<PathBuf>,
@@ -76,7 +79,7 @@ pub struct HubConfig {
     pub cluster: Option<cluster::ClusterConfig>,
     /// Addresses published to the cluster and used in redirects (`[cluster_hub]`); only read
     /// when `cluster` is set.
-    pub cluster_hub: crate::replica::ClusterHubConfig,
+    pub cluster_hub: crate::replication::replica::ClusterHubConfig,
 }
 
 /// Breadcrumb storage: a writer separate from the status event log, fed by a bounded queue
@@ -225,6 +228,7 @@ impl Default for HubConfig {
             location_unavailable_after_s: 30,
             commit: CommitConfig::default(),
             consumer_queue: 256,
+            shards: 0,
             map_pbf: None,
             map: MapConfig::default(),
             clock: nodekit::ClockConfig::default(),
@@ -234,7 +238,7 @@ impl Default for HubConfig {
             proof: ProofConfig::default(),
             push: notify::NotifyConfig::default(),
             cluster: None,
-            cluster_hub: crate::replica::ClusterHubConfig::default(),
+            cluster_hub: crate::replication::replica::ClusterHubConfig::default(),
         }
     }
 }
@@ -266,6 +270,15 @@ pub enum ConfigError {
 
 impl HubConfig {
     /// Checks values that would otherwise fail later or behave absurdly.
+    /// Number of shards: `shards`, or one per available core when 0.
+    pub fn shard_count(&self) -> usize {
+        match self.shards {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+        .min(crate::tracking::shards::MAX_SHARDS)
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.hub_id.trim().is_empty() {
             return Err(ConfigError::EmptyHubId);
@@ -299,6 +312,13 @@ impl HubConfig {
             if v == 0 {
                 return Err(ConfigError::Zero { field });
             }
+        }
+        if self.shards > crate::tracking::shards::MAX_SHARDS {
+            return Err(ConfigError::Invalid(format!(
+                "shards is {}; at most {} (0 = one per core)",
+                self.shards,
+                crate::tracking::shards::MAX_SHARDS
+            )));
         }
         let mut tcp = vec![
             ("https_listen", self.https_listen),

@@ -1,13 +1,18 @@
-//! The hub's shared state and its operations, used by the HTTP API, the edge link and the
-//! consumer transports. One `parking_lot::Mutex` guards the sans-IO core and the fan-out
-//! registry; critical sections never await and never touch redb.
+//! The running hub's operations, used by the HTTP API, the edge link, the consumer transports
+//! and the cluster code. Delivery state lives in [`Shards`] (which alone takes its locks); the
+//! event log, the breadcrumb history and the cluster are reached through their handles. The
+//! fields are private: other modules go through the operations below.
 
-use crate::anomaly::Anomaly;
-use crate::core::{CoreError, Deliveries, LogEntry, SideRecord, StatusOutcome};
-use crate::fanout::{Fanout, Subscription};
-use crate::history::{Breadcrumb, BreadcrumbQueue};
+use crate::durable::history::{Breadcrumb, BreadcrumbQueue};
+use crate::durable::store::{self, CommitSink, EventLogHandle, Store, SubmitError};
 use crate::metrics::{ConsumerGauge, HubMetrics};
-use crate::store::{CommitSink, EventLogHandle, Store, SubmitError};
+use crate::replication::replica::HubCluster;
+use crate::tracking::anomaly::Anomaly;
+use crate::tracking::deliveries::{
+    CoreError, DeliveryRecord, LogEntry, RecoveredDelivery, SideRecord,
+};
+use crate::tracking::fanout::{Encoded, FrameKind, Subscription};
+use crate::tracking::shards::{FixEffects, Reserved, Routed, ShardBatch, Shards};
 use parking_lot::Mutex;
 use protocol::api::{ChangeStatus, CreateDelivery, DeliveryCreated, StatusChanged};
 use protocol::consumer::{ConsumerFrame, Snapshot, StatusEvent};
@@ -15,28 +20,22 @@ use protocol::status::DeliveryStatus;
 use protocol::token::{Subject, TokenError, TokenSigner, TokenVerifier};
 use protocol::wire::RoutedFix;
 use protocol::DeliveryId;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tracing::Instrument;
 
-/// State behind the lock.
-#[derive(Debug)]
-pub(crate) struct State {
-    pub core: Deliveries,
-    pub fanout: Fanout,
-}
-
 /// What the event-log writer and the request paths share.
 #[derive(Debug)]
-pub(crate) struct Shared {
-    pub state: Mutex<State>,
-    pub metrics: Arc<HubMetrics>,
+struct Shared {
+    shards: Shards,
+    metrics: Arc<HubMetrics>,
     /// Durable anomalies, for the operators' live stream.
-    pub anomalies: tokio::sync::broadcast::Sender<Anomaly>,
+    anomalies: tokio::sync::broadcast::Sender<Anomaly>,
     /// Push notification senders and the devices registered per delivery.
-    pub push: Push,
+    push: Push,
     /// Deliveries a replica fenced since the rebalancer last looked (it re-checks their
     /// ownership).
-    pub fenced: Mutex<Vec<DeliveryId>>,
+    fenced: Mutex<Vec<DeliveryId>>,
 }
 
 /// Push notifications at milestones.
@@ -86,25 +85,9 @@ impl Push {
     }
 }
 
-impl Shared {
-    pub(crate) fn publish_reliable(
-        &self,
-        st: &mut State,
-        delivery: DeliveryId,
-        frame: &ConsumerFrame,
-    ) {
-        let p = st.fanout.publish_reliable(delivery, frame);
-        for _ in 0..p.overflowed {
-            self.metrics.reject("overflow");
-        }
-    }
-}
-
 impl CommitSink for Shared {
     fn committed(&self, entries: &[LogEntry]) {
-        let mut st = self.state.lock();
         for entry in entries {
-            st.core.commit(entry);
             for side in &entry.side {
                 match side {
                     SideRecord::Anomaly(a) => {
@@ -125,32 +108,24 @@ impl CommitSink for Shared {
                     }
                 }
             }
+            let committed = self.shards.commit(entry);
+            for _ in 0..committed.overflowed {
+                self.metrics.reject("overflow");
+            }
             for ev in &entry.events {
                 tracing::debug!(delivery_id = %entry.delivery_id, seq = ev.event_seq, status = %ev.status, "status event committed");
                 if ev.status.is_milestone() {
-                    let eta_s = st
-                        .core
-                        .snapshot(entry.delivery_id, ev.ts_ms)
-                        .and_then(|s| s.eta)
-                        .map(|e| e.eta_s);
-                    self.push.fan_out(entry.delivery_id, ev.status, eta_s);
+                    self.push
+                        .fan_out(entry.delivery_id, ev.status, committed.eta_s);
                 }
                 self.metrics.status_event(&ev.source);
-                self.publish_reliable(
-                    &mut st,
-                    entry.delivery_id,
-                    &ConsumerFrame::Status(ev.clone()),
-                );
             }
         }
     }
 
     fn failed(&self, entries: &[LogEntry]) {
-        let mut st = self.state.lock();
         for entry in entries.iter().rev() {
-            if !entry.events.is_empty() {
-                st.core.abort(entry);
-            }
+            self.shards.abort(entry);
         }
     }
 
@@ -160,12 +135,8 @@ impl CommitSink for Shared {
         let mut ids: Vec<DeliveryId> = entries.iter().map(|e| e.delivery_id).collect();
         ids.sort_unstable();
         ids.dedup();
-        {
-            let mut st = self.state.lock();
-            for &id in &ids {
-                st.core.unload(id);
-                st.fanout.remove_delivery(id);
-            }
+        for &id in &ids {
+            self.shards.unload(id);
         }
         tracing::warn!(deliveries = ?ids, "refused by replication (fenced by a replica, or no replica); unloaded until taken over afresh");
         self.fenced.lock().extend(ids);
@@ -237,43 +208,169 @@ pub(crate) struct ConsumerGuard {
 
 impl Drop for ConsumerGuard {
     fn drop(&mut self) {
-        self.shared
-            .state
-            .lock()
-            .fanout
-            .unsubscribe(self.delivery, self.sub_id);
+        self.shared.shards.unsubscribe(self.delivery, self.sub_id);
     }
+}
+
+/// What a hub is assembled from besides its state (see `lib.rs`).
+pub(crate) struct HubParts {
+    pub clock: nodekit::Clock,
+    pub store: Store,
+    pub proof: crate::config::ProofConfig,
+    pub proofs_dir: PathBuf,
+    pub verifier: TokenVerifier,
+    pub signer: TokenSigner,
+    pub hub_id: String,
+    pub tracking_token_ttl_s: u64,
+}
+
+/// What the hub needs to run beyond its parts: the log, the breadcrumb queue, the endpoints'
+/// identities and the cluster (attached once they exist, see `lib.rs`).
+pub(crate) struct HubLinks {
+    pub log: EventLogHandle,
+    pub crumbs: BreadcrumbQueue,
+    pub webtransport_port: u16,
+    pub webtransport_cert_sha256: [u8; 32],
+    pub cluster: Option<Arc<HubCluster>>,
 }
 
 /// The running hub's operations.
 #[derive(Debug)]
 pub(crate) struct Hub {
     /// Time of fixes, status events and ETAs (scaled in simulations); tokens use the wall clock.
-    pub clock: nodekit::Clock,
-    pub shared: Arc<Shared>,
-    pub log: EventLogHandle,
-    pub store: Store,
+    clock: nodekit::Clock,
+    shared: Arc<Shared>,
+    log: EventLogHandle,
+    store: Store,
     /// Queue of the breadcrumb writer (every accepted fix).
-    pub crumbs: BreadcrumbQueue,
+    crumbs: BreadcrumbQueue,
     /// Photo proof limits, and the directory of the proof blobs.
-    pub proof: crate::config::ProofConfig,
-    pub proofs_dir: std::path::PathBuf,
-    pub verifier: TokenVerifier,
-    pub signer: TokenSigner,
-    pub hub_id: String,
-    pub tracking_token_ttl_s: u64,
+    proof: crate::config::ProofConfig,
+    proofs_dir: PathBuf,
+    verifier: TokenVerifier,
+    signer: TokenSigner,
+    hub_id: String,
+    tracking_token_ttl_s: u64,
     /// UDP port and certificate hash of the WebTransport endpoint, for browsers.
-    pub webtransport_port: u16,
-    pub webtransport_cert_sha256: [u8; 32],
+    webtransport_port: u16,
+    webtransport_cert_sha256: [u8; 32],
     /// Cluster membership, ownership and replication; `None` for a single hub.
-    pub cluster: Option<Arc<crate::replica::HubCluster>>,
+    cluster: Option<Arc<HubCluster>>,
     /// Cancelled when the hub starts draining (edges are told to go elsewhere).
-    pub draining: tokio_util::sync::CancellationToken,
+    draining: tokio_util::sync::CancellationToken,
+}
+
+/// The commit sink a hub's event log writer reports to, made before the hub itself (the
+/// writer's handle is one of the hub's links).
+#[derive(Clone)]
+pub(crate) struct HubState(Arc<Shared>);
+
+impl HubState {
+    pub fn new(shards: Shards, metrics: Arc<HubMetrics>, push: Push) -> Self {
+        Self(Arc::new(Shared {
+            shards,
+            metrics,
+            anomalies: tokio::sync::broadcast::channel(1024).0,
+            push,
+            fenced: Mutex::new(Vec::new()),
+        }))
+    }
+
+    /// The sink for the event log writer.
+    pub fn sink(&self) -> Arc<dyn CommitSink> {
+        self.0.clone()
+    }
+
+    /// Plans made or changed and the ETA counters since the last call; the learnt speed
+    /// table too when `speeds` (for the ETA saver).
+    pub fn take_eta_work(&self, speeds: bool) -> crate::durable::plans::EtaWork {
+        let (plans, stats) = self.0.shards.take_eta_work();
+        (plans, stats, speeds.then(|| self.0.shards.export_speeds()))
+    }
 }
 
 impl Hub {
+    pub fn new(parts: HubParts, state: HubState, links: HubLinks) -> Self {
+        let HubParts {
+            clock,
+            store,
+            proof,
+            proofs_dir,
+            verifier,
+            signer,
+            hub_id,
+            tracking_token_ttl_s,
+        } = parts;
+        Self {
+            clock,
+            shared: state.0,
+            log: links.log,
+            store,
+            crumbs: links.crumbs,
+            proof,
+            proofs_dir,
+            verifier,
+            signer,
+            hub_id,
+            tracking_token_ttl_s,
+            webtransport_port: links.webtransport_port,
+            webtransport_cert_sha256: links.webtransport_cert_sha256,
+            cluster: links.cluster,
+            draining: tokio_util::sync::CancellationToken::new(),
+        }
+    }
+
     pub fn metrics(&self) -> &HubMetrics {
         &self.shared.metrics
+    }
+
+    /// The hub's redb store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The hub's clock (fixes, events, ETAs).
+    pub fn clock(&self) -> &nodekit::Clock {
+        &self.clock
+    }
+
+    pub fn hub_id(&self) -> &str {
+        &self.hub_id
+    }
+
+    /// Photo proof limits.
+    pub fn proof_config(&self) -> &crate::config::ProofConfig {
+        &self.proof
+    }
+
+    /// Where proof images are stored.
+    pub fn proofs_dir(&self) -> &Path {
+        &self.proofs_dir
+    }
+
+    /// Cluster membership, ownership and replication; `None` for a single hub.
+    pub fn cluster(&self) -> Option<&Arc<HubCluster>> {
+        self.cluster.as_ref()
+    }
+
+    /// Cancelled when the hub starts draining.
+    pub fn draining(&self) -> &tokio_util::sync::CancellationToken {
+        &self.draining
+    }
+
+    /// UDP port and certificate hash of the WebTransport endpoint.
+    pub fn webtransport(&self) -> (u16, [u8; 32]) {
+        (self.webtransport_port, self.webtransport_cert_sha256)
+    }
+
+    /// Anomalies as they are committed (operators' live stream).
+    pub fn subscribe_anomalies(&self) -> tokio::sync::broadcast::Receiver<Anomaly> {
+        self.shared.anomalies.subscribe()
+    }
+
+    /// The push devices registered for `id`.
+    pub fn devices(&self, id: DeliveryId) -> Vec<notify::DeviceToken> {
+        self.shared.push.devices.lock().devices(id.0).to_vec()
     }
 
     /// Checks a token that may watch `delivery`.
@@ -322,23 +419,11 @@ impl Hub {
         self.signer.sign(sub, nodekit::unix_s(), ttl_s)
     }
 
-    /// Queues a reserved entry; call under the lock (queue order = log order). A refused
-    /// entry is aborted in the same critical section, so nothing can be reserved on top of it.
-    fn submit(
-        &self,
-        st: &mut State,
-        entry: &LogEntry,
-    ) -> Result<crate::store::AppendReceipt, SubmitError> {
-        self.log
-            .submit(entry.clone())
-            .inspect_err(|_| st.core.abort(entry))
-    }
-
-    /// Waits for the commit of an entry queued by [`Hub::submit`].
+    /// Waits for the commit of an entry queued through the log.
     async fn append(
         &self,
         entry: LogEntry,
-        queued: Result<crate::store::AppendReceipt, SubmitError>,
+        queued: Result<store::AppendReceipt, SubmitError>,
     ) -> Result<LogEntry, ApiFailure> {
         let rx = queued.map_err(|e| ApiFailure::Unavailable(e.to_string()))?;
         match rx.await {
@@ -346,7 +431,7 @@ impl Hub {
             Ok(Err(e))
                 if matches!(
                     *e,
-                    crate::store::StoreError::Fenced(_) | crate::store::StoreError::NoReplica(_)
+                    store::StoreError::Fenced(_) | store::StoreError::NoReplica(_)
                 ) =>
             {
                 Err(ApiFailure::Unavailable(e.to_string()))
@@ -366,12 +451,10 @@ impl Hub {
         req: &CreateDelivery,
     ) -> Result<DeliveryCreated, ApiFailure> {
         let now = self.clock.now_ms();
-        let (entry, queued) = {
-            let mut st = self.shared.state.lock();
-            let entry = st.core.create(now, req)?;
-            let queued = self.submit(&mut st, &entry);
-            (entry, queued)
-        };
+        let (entry, queued) = self
+            .shared
+            .shards
+            .create(now, req, |e| self.log.submit(e.clone()))?;
         let entry = self.append(entry, queued).await?;
         let id = entry.delivery_id;
         let last = entry.events.last();
@@ -394,13 +477,11 @@ impl Hub {
         side: Vec<SideRecord>,
     ) -> Result<(), ApiFailure> {
         let entry = LogEntry::side_only(id, side);
-        let queued = {
-            let st = self.shared.state.lock();
-            if st.core.snapshot(id, nodekit::unix_ms()).is_none() {
-                return Err(ApiFailure::NotFound(format!("delivery {id} not found")));
-            }
-            self.log.submit(entry.clone())
-        };
+        let queued = self
+            .shared
+            .shards
+            .submit_side(nodekit::unix_ms(), entry.clone(), |e| self.log.submit(e))
+            .ok_or_else(|| ApiFailure::NotFound(format!("delivery {id} not found")))?;
         self.append(entry, queued).await.map(|_| ())
     }
 
@@ -423,33 +504,30 @@ impl Hub {
         side: Vec<SideRecord>,
     ) -> Result<StatusChanged, ApiFailure> {
         let now = self.clock.now_ms();
-        let (entry, queued) = {
-            let mut st = self.shared.state.lock();
-            match st.core.change_status(now, id, req, source)? {
-                StatusOutcome::Replayed {
-                    event,
-                    committed: true,
-                } => {
-                    return Ok(StatusChanged {
-                        delivery_id: id,
-                        event_seq: event.event_seq,
-                        status: event.status,
-                        replayed: true,
-                    });
-                }
-                StatusOutcome::Replayed {
-                    committed: false, ..
-                } => {
-                    return Err(ApiFailure::Conflict(
-                        "a request with this idempotency key is still being stored; retry".into(),
-                    ));
-                }
-                StatusOutcome::Append(mut entry) => {
-                    entry.side = side;
-                    let queued = self.submit(&mut st, &entry);
-                    (entry, queued)
-                }
+        let reserved = self
+            .shared
+            .shards
+            .change_status(now, id, req, source, side, |e| self.log.submit(e.clone()))?;
+        let (entry, queued) = match reserved {
+            Reserved::Replayed {
+                event,
+                committed: true,
+            } => {
+                return Ok(StatusChanged {
+                    delivery_id: id,
+                    event_seq: event.event_seq,
+                    status: event.status,
+                    replayed: true,
+                });
             }
+            Reserved::Replayed {
+                committed: false, ..
+            } => {
+                return Err(ApiFailure::Conflict(
+                    "a request with this idempotency key is still being stored; retry".into(),
+                ));
+            }
+            Reserved::Appended(entry, queued) => (entry, queued),
         };
         let entry = self.append(entry, queued).await?;
         let ev = entry
@@ -464,74 +542,97 @@ impl Hub {
         })
     }
 
-    /// Applies a batch of fixes from an edge and pushes the results. Never waits on redb.
-    pub fn apply_fixes(&self, fixes: &[RoutedFix]) {
-        let now = self.clock.now_ms();
+    /// Number of shards fixes are applied in (one worker each).
+    pub fn shard_count(&self) -> usize {
+        self.shared.shards.count()
+    }
+
+    /// Splits a batch of fixes from an edge by shard (counted as received here).
+    pub fn route_fixes(&self, fixes: &[RoutedFix]) -> Routed {
+        let routed = self.shared.shards.route(fixes);
         let m = &self.shared.metrics;
-        let mut st = self.shared.state.lock();
-        for fix in fixes {
-            m.fixes_received.inc();
-            let out = st.core.handle_fix(now, fix);
-            if !out.matched {
-                m.fixes_unmatched.inc();
-            }
-            for u in out.updates {
-                self.crumbs.offer(Breadcrumb::from_position(&u.position));
-                st.fanout.publish_position(&u.position);
-                if let Some(eta) = u.eta {
-                    self.shared.publish_reliable(
-                        &mut st,
-                        eta.delivery_id,
-                        &ConsumerFrame::Eta(eta),
-                    );
-                }
-            }
-            // Geofence events and anomalies take the durable path without waiting for it: the
-            // writer publishes them after the commit.
-            let refused = out.status_changes.iter().position(|entry| {
-                self.log.submit(entry.clone()).inspect_err(|e| {
-                    tracing::warn!(delivery_id = %entry.delivery_id, error = %e, "geofence status change dropped");
-                }).is_err()
-            });
-            if let Some(i) = refused {
-                // Newest first, so each abort undoes the top reservation.
-                for entry in out.status_changes[i..].iter().rev() {
-                    st.core.abort(entry);
-                }
-            }
-            for a in out.anomalies {
-                let entry = LogEntry::side_only(a.delivery_id, vec![SideRecord::Anomaly(a)]);
-                if let Err(e) = self.log.submit(entry) {
-                    tracing::warn!(error = %e, "anomaly not stored");
-                }
-            }
+        m.fixes_received.inc_by(fixes.len() as u64);
+        m.fixes_unmatched.inc_by(routed.unmatched);
+        routed
+    }
+
+    /// Applies shard `k`'s part of a batch and pushes the results. Never waits on redb.
+    pub fn apply_fixes(&self, k: usize, batch: &ShardBatch) {
+        let now = self.clock.now_ms();
+        let mut effects = FixEffects::default();
+        self.shared.shards.apply_fixes(
+            k,
+            now,
+            batch,
+            |entry| self.log.submit(entry).map(|_| ()),
+            &mut effects,
+        );
+        for p in &effects.positions {
+            self.crumbs.offer(Breadcrumb::from_position(p));
+        }
+        let m = &self.shared.metrics;
+        for _ in 0..effects.overflowed {
+            m.reject("overflow");
+        }
+        for (id, e) in &effects.refused_status_changes {
+            tracing::warn!(delivery_id = %id, error = %e, "geofence status change dropped");
+        }
+        if effects.refused_anomalies > 0 {
+            tracing::warn!(
+                anomalies = effects.refused_anomalies,
+                "anomalies not stored: the event log queue is full"
+            );
         }
     }
 
     /// Periodic work: location-unavailable and countdown ETA frames, expiry of idle deliveries.
     pub fn tick(&self, now_ms: u64) {
-        let mut st = self.shared.state.lock();
-        for frame in st.core.tick(now_ms) {
-            let id = match &frame {
-                ConsumerFrame::LocationUnavailable { delivery_id, .. } => *delivery_id,
-                ConsumerFrame::Eta(e) => e.delivery_id,
-                _ => continue,
-            };
-            self.shared.publish_reliable(&mut st, id, &frame);
+        let (overflowed, expired) = self.shared.shards.tick(now_ms);
+        for _ in 0..overflowed {
+            self.shared.metrics.reject("overflow");
         }
-        for id in st.core.expire(now_ms) {
+        for id in expired {
             tracing::debug!(delivery_id = %id, "dropped idle delivery state");
-            st.fanout.remove_delivery(id);
         }
     }
 
     /// The REST view of a delivery.
     pub fn snapshot(&self, id: DeliveryId) -> Option<Snapshot> {
-        self.shared
-            .state
-            .lock()
-            .core
-            .snapshot(id, self.clock.now_ms())
+        self.shared.shards.snapshot(id, self.clock.now_ms())
+    }
+
+    /// Snapshots of the held deliveries (only the open ones unless `all`), by id.
+    pub fn snapshots(&self, all: bool) -> Vec<Snapshot> {
+        self.shared.shards.snapshots(nodekit::unix_ms(), all)
+    }
+
+    /// A held delivery's durable record and current status.
+    pub fn record(&self, id: DeliveryId) -> Option<(DeliveryRecord, DeliveryStatus)> {
+        self.shared.shards.record(id, nodekit::unix_ms())
+    }
+
+    /// Number of deliveries held in memory.
+    pub fn deliveries_held(&self) -> usize {
+        self.shared.shards.len()
+    }
+
+    /// Loads a delivery read from the log into the live state (replacing what was held);
+    /// consumers watching an older copy get the events it lacked.
+    pub fn restore(&self, rec: RecoveredDelivery) {
+        let p = self.shared.shards.restore(self.clock.now_ms(), rec);
+        for _ in 0..p.overflowed {
+            self.shared.metrics.reject("overflow");
+        }
+    }
+
+    /// Sends every consumer of `id` a `redirect` to the URL `url` gives for its transport.
+    pub fn redirect_consumers(&self, id: DeliveryId, url: impl Fn(&'static str) -> String) {
+        self.shared.shards.publish_redirect(id, url);
+    }
+
+    /// Deliveries a replica fenced since the last call.
+    pub fn take_fenced(&self) -> Vec<DeliveryId> {
+        std::mem::take(&mut *self.shared.fenced.lock())
     }
 
     /// Subscribes a consumer: snapshot and subscription are taken atomically, so every event
@@ -542,14 +643,11 @@ impl Hub {
         last_event_seq: Option<u64>,
         transport: &'static str,
     ) -> Result<ConsumerStart, ApiFailure> {
-        let (snapshot, subscription) = {
-            let mut st = self.shared.state.lock();
-            let snap = st
-                .core
-                .snapshot(id, self.clock.now_ms())
-                .ok_or_else(|| ApiFailure::NotFound(format!("delivery {id} not found")))?;
-            (snap, st.fanout.subscribe(id, transport))
-        };
+        let (snapshot, subscription) = self
+            .shared
+            .shards
+            .open(id, self.clock.now_ms(), transport)
+            .ok_or_else(|| ApiFailure::NotFound(format!("delivery {id} not found")))?;
         let guard = ConsumerGuard {
             shared: self.shared.clone(),
             delivery: id,
@@ -575,15 +673,6 @@ impl Hub {
     }
 }
 
-/// One frame a consumer session should send next.
-#[derive(Debug)]
-pub(crate) enum Outgoing {
-    /// Reliable JSON (status, ETA, ...): on the stream / as a text frame.
-    Reliable(String),
-    /// Position JSON: a datagram where possible.
-    Position(String),
-}
-
 /// Per-session cursor that keeps positions and events in order.
 #[derive(Debug)]
 pub(crate) struct ConsumerCursor {
@@ -600,43 +689,81 @@ impl ConsumerCursor {
     }
 
     /// The frames that open a session: snapshot, then missed events.
-    pub fn opening_frames(start: &ConsumerStart) -> Vec<String> {
-        let mut v = vec![ConsumerFrame::Snapshot(start.snapshot.clone()).to_json()];
+    pub fn opening_frames(start: &ConsumerStart) -> Vec<Encoded> {
+        let mut v = vec![Encoded::new(&ConsumerFrame::Snapshot(
+            start.snapshot.clone(),
+        ))];
         v.extend(
             start
                 .missed
                 .iter()
-                .map(|e| ConsumerFrame::Status(e.clone()).to_json()),
+                .map(|e| Encoded::new(&ConsumerFrame::Status(e.clone()))),
         );
         v
     }
 
-    /// Waits for the next frame; `None` when the hub cut the consumer off.
-    pub async fn next(&mut self, sub: &mut Subscription) -> Option<Outgoing> {
+    /// Whether a frame is news to this session (positions and events it has not sent yet).
+    fn admit(&mut self, frame: &Encoded) -> bool {
+        match frame.kind {
+            FrameKind::Status { event_seq } => {
+                if event_seq <= self.last_event_seq {
+                    return false;
+                }
+                self.last_event_seq = event_seq;
+                true
+            }
+            FrameKind::Position { seq } => {
+                if seq <= self.last_position_seq {
+                    return false;
+                }
+                self.last_position_seq = seq;
+                true
+            }
+            FrameKind::Redirect | FrameKind::Other => true,
+        }
+    }
+
+    /// Waits for the next frames and appends them to `out`: everything already waiting,
+    /// reliable frames first, so a session writes them in one go. Returns false when the
+    /// hub cut the consumer off (after whatever was queued before).
+    pub async fn next_batch(&mut self, sub: &mut Subscription, out: &mut Vec<Encoded>) -> bool {
         loop {
             tokio::select! {
                 biased;
                 frame = sub.reliable.recv() => {
-                    let frame = frame?;
-                    if let ConsumerFrame::Status(ev) = &frame {
-                        if ev.event_seq <= self.last_event_seq {
-                            continue;
-                        }
-                        self.last_event_seq = ev.event_seq;
+                    let Some(frame) = frame else { return false };
+                    if self.admit(&frame) {
+                        out.push(frame);
                     }
-                    return Some(Outgoing::Reliable(frame.to_json()));
                 }
                 changed = sub.position.changed() => {
-                    changed.ok()?;
+                    if changed.is_err() {
+                        return false;
+                    }
                     let pos = sub.position.borrow_and_update().clone();
-                    match pos {
-                        Some(p) if p.seq > self.last_position_seq => {
-                            self.last_position_seq = p.seq;
-                            return Some(Outgoing::Position(ConsumerFrame::Position(p).to_json()));
+                    if let Some(p) = pos {
+                        if self.admit(&p) {
+                            out.push(p);
                         }
-                        _ => continue,
                     }
                 }
+            }
+            // Take whatever else is already there without waiting.
+            while let Ok(frame) = sub.reliable.try_recv() {
+                if self.admit(&frame) {
+                    out.push(frame);
+                }
+            }
+            if sub.position.has_changed().unwrap_or(false) {
+                let pos = sub.position.borrow_and_update().clone();
+                if let Some(p) = pos {
+                    if self.admit(&p) {
+                        out.push(p);
+                    }
+                }
+            }
+            if !out.is_empty() {
+                return true;
             }
         }
     }

@@ -4,24 +4,20 @@
 //! [`spawn`] binds every listener (use port 0 in tests), recovers the event log and returns a
 //! [`HubHandle`]. The decision logic lives in the sans-IO [`core`] module; [`store`] owns redb.
 
-pub mod anomaly;
-pub mod api;
 pub mod config;
-pub mod core;
-pub mod eta;
-pub mod fanout;
-pub mod geofence;
-pub mod history;
-mod http;
+pub mod durable;
 mod hub;
-pub mod link;
+pub mod ingest;
 pub mod metrics;
-pub mod plans;
-pub mod proof;
-pub mod replica;
-pub mod store;
-pub mod web;
-pub mod wt;
+pub mod replication;
+pub mod serve;
+pub mod tracking;
+
+use durable::{history, plans, store};
+use ingest::link;
+use replication::replica;
+use serve::{http, web, wt};
+use tracking::deliveries;
 
 pub use config::{CommitConfig, ConfigError, HubConfig, MapConfig, WebTransportTls};
 pub use hub::{ApiFailure, AuthRefusal};
@@ -39,6 +35,9 @@ use tokio_util::sync::CancellationToken;
 
 /// How often the hub checks for silent drivers and idle deliveries.
 const TICK: Duration = Duration::from_secs(1);
+
+/// Batches of fixes each shard worker's queue holds before the edge links wait.
+const FIX_QUEUE_BATCHES: usize = 64;
 
 /// After shutdown, a task still running this long is named in the log.
 const SLOW_STOP: Duration = Duration::from_secs(3);
@@ -84,7 +83,7 @@ impl HubHandle {
     }
     /// SHA-256 of the WebTransport certificate (for `serverCertificateHashes`).
     pub fn webtransport_cert_hash(&self) -> [u8; 32] {
-        self.hub.webtransport_cert_sha256
+        self.hub.webtransport().1
     }
     /// Signs a token with the hub's key (tests, demo, `mint-token`).
     pub fn mint_token(&self, sub: Subject, ttl_s: u64) -> String {
@@ -96,11 +95,11 @@ impl HubHandle {
     }
     /// The hub's cluster node (membership, control plane, view), when `cluster` is set.
     pub fn cluster(&self) -> Option<&cluster::ClusterNode> {
-        self.hub.cluster.as_ref().map(|c| &c.node)
+        self.hub.cluster().map(|c| &c.node)
     }
     /// Replication, takeover and hand-off counters, when `cluster` is set.
     pub fn cluster_metrics(&self) -> Option<&replica::ClusterMetrics> {
-        self.hub.cluster.as_ref().map(|c| &c.metrics)
+        self.hub.cluster().map(|c| &c.metrics)
     }
     /// Drains the hub: `/readyz` turns 503, edges get `HubToEdge::Redirect` to a healthy peer,
     /// and in a cluster the hub marks itself draining, so every delivery moves to its next
@@ -119,8 +118,7 @@ impl HubHandle {
     ) -> Result<Vec<protocol::DeliveryId>, replica::ReplicaError> {
         let cluster = self
             .hub
-            .cluster
-            .as_ref()
+            .cluster()
             .ok_or_else(|| replica::ReplicaError::NoAddress("no cluster configured".into()))?;
         let to = cluster
             .node
@@ -133,7 +131,7 @@ impl HubHandle {
     }
     /// The hub's redb log (tests read replicated entries from it).
     pub fn store(&self) -> &store::Store {
-        &self.hub.store
+        self.hub.store()
     }
     /// Resolves once the hub is stopping (after [`HubHandle::shutdown`] or an admin
     /// `POST /drain` has finished draining).
@@ -173,15 +171,15 @@ impl HubHandle {
         if let Err(e) = self.writer.await {
             tracing::error!(error = %e, "event log writer panicked");
         }
-        self.hub.store.close().await;
+        self.hub.store().close().await;
     }
 }
 
 async fn drain(hub: &hub::Hub, ready: &AtomicBool, limit: Duration) -> bool {
     ready.store(false, Ordering::Relaxed);
-    hub.draining.cancel();
+    hub.draining().cancel();
     tracing::info!("draining");
-    match &hub.cluster {
+    match hub.cluster() {
         Some(c) => c.drain(limit).await,
         None => true,
     }
@@ -267,13 +265,30 @@ pub async fn spawn_with_notifier(
         ms = started.elapsed().as_millis() as u64,
         "road network loaded"
     );
-    let mut deliveries = core::Deliveries::new(core::CoreConfig {
+    let core_config = deliveries::CoreConfig {
         state_ttl_ms: config.state_ttl_s.saturating_mul(1000),
         location_unavailable_after_ms: config.location_unavailable_after_s.saturating_mul(1000),
         geofence: config.geofence.clone(),
         anomaly: config.anomaly.clone(),
-        ..core::CoreConfig::default()
-    });
+        ..deliveries::CoreConfig::default()
+    };
+    let mut speeds = roadnet::SpeedModel::new(core_config.eta.speed_model.clone());
+    let speed_rows = plans::load_speeds(&store)?;
+    if let Err(e) = speeds.import_historical(&speed_rows) {
+        tracing::warn!(error = %e, "ignoring the stored speed table");
+    }
+    let shards = tracking::shards::Shards::new(
+        config.shard_count(),
+        || {
+            let mut core = deliveries::Deliveries::new(core_config.clone());
+            let m = core.eta_model_mut();
+            m.set_graph(road.clone());
+            m.set_timer(plans::monotonic_s);
+            core
+        },
+        config.consumer_queue,
+        speeds,
+    );
     let notifier = match notifier {
         Some(n) => n,
         None => notify::Notifier::from_config(
@@ -298,44 +313,30 @@ pub async fn spawn_with_notifier(
     };
     let n = recovered.len();
     for d in recovered {
-        deliveries.restore(now, d);
+        shards.restore(now, d);
     }
-    deliveries.expire(now);
-    tracing::info!(path = %db_path.display(), recovered = n, live = deliveries.len(), "event log recovered");
-    {
-        let m = deliveries.eta_model_mut();
-        m.set_graph(road.clone());
-        m.set_timer(plans::monotonic_s);
-        let rows = plans::load_speeds(&store)?;
-        if let Err(e) = m.speeds_mut().import_historical(&rows) {
-            tracing::warn!(error = %e, "ignoring the stored speed table");
-        }
-        let saved = plans::load_plans(&store)?;
-        let n_plans = saved.len();
-        for (id, plan) in saved {
-            deliveries.restore_plan(id, plan);
-        }
-        tracing::info!(
-            speed_rows = rows.len(),
-            plans = n_plans,
-            "ETA state recovered"
-        );
+    let saved = plans::load_plans(&store)?;
+    let n_plans = saved.len();
+    for (id, plan) in saved {
+        shards.restore_plan(id, plan);
     }
+    shards.tick(now); // drops what expired while the hub was down
+    tracing::info!(path = %db_path.display(), recovered = n, live = shards.len(), shards = shards.count(), "event log recovered");
+    tracing::info!(
+        speed_rows = speed_rows.len(),
+        plans = n_plans,
+        "ETA state recovered"
+    );
 
-    let shared = Arc::new(hub::Shared {
-        state: parking_lot::Mutex::new(hub::State {
-            core: deliveries,
-            fanout: fanout::Fanout::new(config.consumer_queue),
-        }),
-        metrics: metrics.clone(),
-        anomalies: tokio::sync::broadcast::channel(1024).0,
-        push: hub::Push {
+    let state = hub::HubState::new(
+        shards,
+        metrics.clone(),
+        hub::Push {
             notifier,
             devices: Arc::new(parking_lot::Mutex::new(devices)),
             store: store.clone(),
         },
-        fenced: parking_lot::Mutex::new(Vec::new()),
-    });
+    );
     let shutdown = CancellationToken::new();
     let writer_shutdown = CancellationToken::new();
     // Cluster mode: every committed batch goes to the replica before callers hear of it.
@@ -347,7 +348,7 @@ pub async fn spawn_with_notifier(
             max_delay: Duration::from_millis(config.commit.max_delay_ms),
             queue: config.commit.queue,
         },
-        shared.clone(),
+        state.sink(),
         config
             .cluster
             .is_some()
@@ -459,24 +460,37 @@ pub async fn spawn_with_notifier(
         }
         None => None,
     };
-    let eta_saver = plans::spawn_eta_saver(shared.clone(), store.clone(), shutdown.clone());
-    let hub = Arc::new(hub::Hub {
-        clock,
-        shared,
-        log,
-        store,
-        crumbs,
-        proof: config.proof.clone(),
-        proofs_dir: config.data_dir.join("proofs"),
-        verifier,
-        signer,
-        hub_id: config.hub_id.clone(),
-        tracking_token_ttl_s: config.tracking_token_ttl_s,
-        webtransport_port: webtransport_addr.port(),
-        webtransport_cert_sha256: cert_hash,
-        cluster: cluster.clone(),
-        draining: CancellationToken::new(),
-    });
+    let eta_saver = plans::spawn_eta_saver(
+        {
+            let state = state.clone();
+            move |speeds| state.take_eta_work(speeds)
+        },
+        metrics.clone(),
+        store.clone(),
+        shutdown.clone(),
+    );
+    let hub = Arc::new(hub::Hub::new(
+        hub::HubParts {
+            clock,
+            store,
+            proof: config.proof.clone(),
+            proofs_dir: config.data_dir.join("proofs"),
+            verifier,
+            signer,
+            hub_id: config.hub_id.clone(),
+            tracking_token_ttl_s: config.tracking_token_ttl_s,
+        },
+        state,
+        hub::HubLinks {
+            log,
+            crumbs,
+            webtransport_port: webtransport_addr.port(),
+            webtransport_cert_sha256: cert_hash,
+            cluster: cluster.clone(),
+        },
+    ));
+    let (fix_queues, shard_workers) =
+        ingest::workers::spawn_workers(hub.clone(), FIX_QUEUE_BATCHES, shutdown.clone());
 
     let mut tasks = vec![
         ("breadcrumb writer", crumb_writer),
@@ -486,9 +500,15 @@ pub async fn spawn_with_notifier(
     if let Some(task) = crumb_replicator {
         tasks.push(("breadcrumb replicator", task));
     }
+    tasks.extend(shard_workers.into_iter().map(|t| ("shard worker", t)));
     tasks.push((
         "edge link",
-        tokio::spawn(link::run(link_endpoint, hub.clone(), shutdown.clone())),
+        tokio::spawn(link::run(
+            link_endpoint,
+            hub.clone(),
+            fix_queues,
+            shutdown.clone(),
+        )),
     ));
     tasks.push((
         "webtransport",
@@ -531,7 +551,7 @@ pub async fn spawn_with_notifier(
                 let (hub, ready, shutdown) = (hub.clone(), ready.clone(), shutdown.clone());
                 move || async move {
                     // Answers at once; the hub drains in the background, then stops.
-                    if !hub.draining.is_cancelled() {
+                    if !hub.draining().is_cancelled() {
                         tokio::spawn(async move {
                             let all = drain(&hub, &ready, drain_limit).await;
                             tracing::info!(handed_off = all, "drained; stopping");
@@ -561,7 +581,7 @@ pub async fn spawn_with_notifier(
                 every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tokio::select! {
-                        _ = every.tick() => hub.tick(hub.clock.now_ms()),
+                        _ = every.tick() => hub.tick(hub.clock().now_ms()),
                         _ = shutdown.cancelled() => break,
                     }
                 }

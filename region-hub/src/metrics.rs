@@ -37,6 +37,10 @@ pub struct HubMetrics {
     pub fixes_received: Counter,
     pub fixes_unmatched: Counter,
     pub positions_pushed: Family<TransportLabel, Counter>,
+    /// `positions_pushed{transport="websocket"}`, looked up once.
+    pushed_websocket: Counter,
+    /// `positions_pushed{transport="webtransport"}`, looked up once.
+    pushed_webtransport: Counter,
     pub consumers_active: Family<TransportLabel, Gauge>,
     pub status_events: Family<SourceLabel, Counter>,
     pub event_commit_seconds: Histogram,
@@ -69,10 +73,23 @@ pub struct HubMetrics {
 impl HubMetrics {
     /// Creates the metrics and registers them in `registry`.
     pub fn new(registry: &mut Registry) -> Self {
+        let positions_pushed: Family<TransportLabel, Counter> = Family::default();
+        let pushed_websocket = positions_pushed
+            .get_or_create(&TransportLabel {
+                transport: "websocket",
+            })
+            .clone();
+        let pushed_webtransport = positions_pushed
+            .get_or_create(&TransportLabel {
+                transport: "webtransport",
+            })
+            .clone();
         let m = Self {
             fixes_received: Counter::default(),
             fixes_unmatched: Counter::default(),
-            positions_pushed: Family::default(),
+            positions_pushed,
+            pushed_websocket,
+            pushed_webtransport,
             consumers_active: Family::default(),
             status_events: Family::default(),
             event_commit_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
@@ -218,9 +235,23 @@ impl HubMetrics {
 
     /// Counts one position pushed over `transport`.
     pub fn inc_pushed(&self, transport: &'static str) {
-        self.positions_pushed
-            .get_or_create(&TransportLabel { transport })
-            .inc();
+        self.add_pushed(transport, 1);
+    }
+
+    /// Counts `n` positions pushed over `transport` (the per-push path: no label lookup for
+    /// the two consumer transports).
+    pub fn add_pushed(&self, transport: &'static str, n: u64) {
+        if n == 0 {
+            return;
+        }
+        match transport {
+            "websocket" => self.pushed_websocket.inc_by(n),
+            "webtransport" => self.pushed_webtransport.inc_by(n),
+            _ => self
+                .positions_pushed
+                .get_or_create(&TransportLabel { transport })
+                .inc_by(n),
+        };
     }
 
     /// Reads the pushed-positions counter of `transport`.

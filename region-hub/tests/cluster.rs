@@ -327,7 +327,7 @@ async fn replicas_fence_writes_from_a_hub_that_does_not_serve_the_delivery() {
         source: "api".into(),
         metadata: serde_json::Value::Null,
     };
-    let entry = |events| region_hub::replica::ReplicaEntry {
+    let entry = |events| region_hub::replication::replica::ReplicaEntry {
         delivery_id: id,
         record: None,
         events,
@@ -714,7 +714,7 @@ async fn only_hubs_may_open_the_replica_link() {
         edge.chain,
         edge.key,
         edge.roots,
-        &[region_hub::replica::ALPN_REPLICA],
+        &[region_hub::replication::replica::ALPN_REPLICA],
         certs::TlsFor::Quic,
     )
     .expect("client tls");
@@ -901,7 +901,7 @@ async fn breadcrumbs_are_copied_to_the_successor_and_the_history_survives_the_ow
         async move { matches!(r.await, Ok(r) if r.status() == 200) }
     })
     .await;
-    let page: region_hub::api::HistoryPage = http
+    let page: region_hub::serve::api::HistoryPage = http
         .get(&history_url)
         .bearer_auth(&token)
         .send()

@@ -12,7 +12,7 @@ use protocol::status::DeliveryStatus::{self, *};
 use protocol::token::Subject;
 use protocol::wire::{Fix, RoutedFix};
 use protocol::DriverId;
-use region_hub::api::{AnomalyFrame, AnomalyList, HistoryPage, ProofAccepted};
+use region_hub::serve::api::{AnomalyFrame, AnomalyList, HistoryPage, ProofAccepted};
 use region_hub::{HubConfig, HubHandle};
 use std::sync::Arc;
 use std::time::Duration;

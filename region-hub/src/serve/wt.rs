@@ -1,7 +1,8 @@
 //! WebTransport endpoint for consumers: `/api/v1/tracking/{id}/wt?token=..&last_event_seq=N`;
 //! reliable frames as newline-delimited JSON on one uni stream, positions as datagrams.
 
-use crate::hub::{ConsumerCursor, Hub, Outgoing};
+use crate::hub::{ConsumerCursor, Hub};
+use crate::tracking::fanout::FrameKind;
 use protocol::DeliveryId;
 use std::sync::Arc;
 use std::time::Duration;
@@ -130,12 +131,12 @@ async fn session(incoming: IncomingSession, hub: Arc<Hub>, shutdown: Cancellatio
         }
         None => None,
     };
-    if let Some(owner) = hub.cluster.as_ref().and_then(|c| c.other_owner(id)) {
-        let url = crate::replica::consumer_redirect_url(&owner, id, true);
+    if let Some(owner) = hub.cluster().and_then(|c| c.other_owner(id)) {
+        let url = crate::replication::replica::consumer_redirect_url(&owner, id, true);
         redirect(request, url).await;
         return;
     }
-    if !crate::replica::ensure_loaded(&hub, id).await {
+    if !crate::replication::replica::ensure_loaded(&hub, id).await {
         // Joining the cluster: not yet able to serve it from the newest copy; retry.
         hub.metrics().reject("joining");
         request.too_many_requests().await;
@@ -170,75 +171,64 @@ async fn session(incoming: IncomingSession, hub: Arc<Hub>, shutdown: Cancellatio
         }
     };
     let mut cursor = ConsumerCursor::new(&start);
+    for frame in ConsumerCursor::opening_frames(&start) {
+        if stream.write_all(frame.line()).await.is_err() {
+            return;
+        }
+    }
     let crate::hub::ConsumerStart {
         subscription: mut sub,
         guard: _guard,
         ..
-    } = {
-        let opening = ConsumerCursor::opening_frames(&start);
-        for line in opening {
-            if stream
-                .write_all(format!("{line}\n").as_bytes())
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
-        start
-    };
+    } = start;
     debug!("webtransport consumer connected");
-    loop {
-        let out = tokio::select! {
-            o = cursor.next(&mut sub) => o,
+    let mut frames = Vec::new();
+    'session: loop {
+        let open = tokio::select! {
+            open = cursor.next_batch(&mut sub, &mut frames) => open,
             _ = conn.closed() => break,
             _ = shutdown.cancelled() => break,
         };
-        match out {
-            Some(Outgoing::Reliable(json)) => {
-                if stream
-                    .write_all(format!("{json}\n").as_bytes())
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-                // The delivery moved to another hub: the consumer reconnects there.
-                if json.starts_with(r#"{"type":"redirect""#) {
-                    break;
-                }
-            }
-            Some(Outgoing::Position(json)) => {
-                let fits = conn.max_datagram_size().is_some_and(|m| json.len() <= m);
-                let sent = if fits {
-                    match conn.send_datagram(json.as_bytes()) {
-                        Ok(()) => true,
-                        Err(SendDatagramError::TooLarge | SendDatagramError::UnsupportedByPeer) => {
-                            false
-                        }
-                        Err(SendDatagramError::NotConnected) => break,
+        let mut positions = 0;
+        for frame in frames.drain(..) {
+            match frame.kind {
+                FrameKind::Position { .. } => {
+                    // A datagram where it fits; the stream otherwise (never dropped for size).
+                    let json = frame.json();
+                    let fits = conn.max_datagram_size().is_some_and(|m| json.len() <= m);
+                    let sent = fits
+                        && match conn.send_datagram(&json) {
+                            Ok(()) => true,
+                            Err(
+                                SendDatagramError::TooLarge | SendDatagramError::UnsupportedByPeer,
+                            ) => false,
+                            Err(SendDatagramError::NotConnected) => break 'session,
+                        };
+                    if !sent && stream.write_all(frame.line()).await.is_err() {
+                        break 'session;
                     }
-                } else {
-                    false
-                };
-                if !sent
-                    && stream
-                        .write_all(format!("{json}\n").as_bytes())
-                        .await
-                        .is_err()
-                {
-                    break;
+                    positions += 1;
                 }
-                hub.metrics().inc_pushed(TRANSPORT);
+                kind => {
+                    if stream.write_all(frame.line()).await.is_err() {
+                        break 'session;
+                    }
+                    // The delivery moved to another hub: the consumer reconnects there.
+                    if kind == FrameKind::Redirect {
+                        hub.metrics().add_pushed(TRANSPORT, positions);
+                        break 'session;
+                    }
+                }
             }
-            None => {
-                debug!("consumer cut off by the hub");
-                conn.close(
-                    wtransport::VarInt::from_u32(1),
-                    b"cut off: resume with last_event_seq",
-                );
-                break;
-            }
+        }
+        hub.metrics().add_pushed(TRANSPORT, positions);
+        if !open {
+            debug!("consumer cut off by the hub");
+            conn.close(
+                wtransport::VarInt::from_u32(1),
+                b"cut off: resume with last_event_seq",
+            );
+            break;
         }
     }
     let _ = stream.finish().await;

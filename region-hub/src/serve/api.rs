@@ -2,12 +2,12 @@
 //! anomalies (list and live WebSocket stream, operator token), and photo proof of delivery
 //! (upload by the assigned driver, download by the consumer or an operator).
 
-use crate::anomaly::Anomaly;
-use crate::core::SideRecord;
-use crate::history::Breadcrumb;
-use crate::http::{error, token};
+use crate::durable::history::Breadcrumb;
+use crate::durable::proof::{check_image, store_blob, ProofRecord};
 use crate::hub::{ApiFailure, AuthRefusal, Hub};
-use crate::proof::{check_image, store_blob, ProofRecord};
+use crate::serve::http::{error, token};
+use crate::tracking::anomaly::Anomaly;
+use crate::tracking::deliveries::SideRecord;
 use axum::extract::multipart::MultipartRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -44,7 +44,7 @@ struct ApiState {
 
 /// The routes, merged into the hub's router.
 pub(crate) fn router(hub: Arc<Hub>, shutdown: CancellationToken) -> Router {
-    let body_limit = hub.proof.max_bytes.saturating_add(MULTIPART_SLACK);
+    let body_limit = hub.proof_config().max_bytes.saturating_add(MULTIPART_SLACK);
     Router::new()
         .route("/api/v1/tracking/{id}/history", get(history))
         .route(
@@ -75,7 +75,7 @@ impl IntoResponse for Refusal {
 
 /// Runs a blocking store read off the async threads.
 async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
+    f: impl FnOnce() -> Result<T, crate::durable::store::StoreError> + Send + 'static,
 ) -> Result<T, ApiFailure> {
     match tokio::task::spawn_blocking(f).await {
         Ok(Ok(v)) => Ok(v),
@@ -130,7 +130,7 @@ async fn history(
         ),
         (Err(r), _) | (_, Err(r)) => return r.into_response(),
     };
-    let store = app.hub.store.clone();
+    let store = app.hub.store().clone();
     let read = blocking(move || {
         let Some(_) = store.delivery(id)? else {
             return Ok(None);
@@ -189,7 +189,7 @@ async fn list_anomalies(
         ),
         (Err(r), _) | (_, Err(r)) => return r.into_response(),
     };
-    let store = app.hub.store.clone();
+    let store = app.hub.store().clone();
     match blocking(move || store.anomalies(delivery, limit)).await {
         Ok(anomalies) => Json(AnomalyList { anomalies }).into_response(),
         Err(r) => r.into_response(),
@@ -220,7 +220,7 @@ async fn anomaly_stream(
         Ok(ws) => ws,
         Err(e) => return e.into_response(),
     };
-    let rx = app.hub.shared.anomalies.subscribe();
+    let rx = app.hub.subscribe_anomalies();
     let span = tracing::info_span!("anomaly_stream");
     ws.on_upgrade(move |socket| run_anomaly_stream(socket, rx, app.shutdown).instrument(span))
 }
@@ -369,15 +369,7 @@ async fn upload_proof(
         Ok(d) => d,
         Err(r) => return r.into_response(),
     };
-    let (record, status) = {
-        let st = hub.shared.state.lock();
-        let now = nodekit::unix_ms();
-        (
-            st.core.record(id).cloned(),
-            st.core.snapshot(id, now).map(|s| s.status),
-        )
-    };
-    let (Some(record), Some(status)) = (record, status) else {
+    let Some((record, status)) = hub.record(id) else {
         return ApiFailure::NotFound(format!("delivery {id} not found")).into_response();
     };
     if record.driver_id != Some(driver) {
@@ -390,7 +382,7 @@ async fn upload_proof(
         Ok(f) => f,
         Err(e) => return bad(e.body_text()).into_response(),
     };
-    let upload = match read_upload(form, hub.proof.max_bytes).await {
+    let upload = match read_upload(form, hub.proof_config().max_bytes).await {
         Ok(u) => u,
         Err(r) => return r.into_response(),
     };
@@ -404,12 +396,12 @@ async fn upload_proof(
             )
         }
     };
-    let sha = crate::proof::sha256_hex(&upload.image);
+    let sha = crate::durable::proof::sha256_hex(&upload.image);
     let replay_key = format!("proof-{sha}");
     if status.check_transition(DeliveryStatus::Delivered).is_err() {
         // Not deliverable any more; a retry of an accepted upload still replays below.
         let known = hub
-            .store
+            .store()
             .proof(id)
             .ok()
             .flatten()
@@ -421,7 +413,7 @@ async fn upload_proof(
             .into_response();
         }
     }
-    let dir = hub.proofs_dir.clone();
+    let dir = hub.proofs_dir().to_path_buf();
     let bytes = upload.image;
     let len = bytes.len() as u64;
     match tokio::task::spawn_blocking(move || store_blob(&dir, &bytes, image_type)).await {
@@ -430,7 +422,7 @@ async fn upload_proof(
         Err(e) => return internal(e),
     }
     let distance_m = (haversine_m(upload.gps, record.dropoff) * 10.0).round() / 10.0;
-    let far_from_dropoff = distance_m > hub.proof.far_from_dropoff_m;
+    let far_from_dropoff = distance_m > hub.proof_config().far_from_dropoff_m;
     let proof_url = format!("/api/v1/tracking/{id}/proof");
     let proof = ProofRecord {
         delivery_id: id,
@@ -515,8 +507,7 @@ async fn register_device(
     let platform = device.platform;
     {
         // Check against the registry first (the durable write is only for new devices).
-        let devices = app.hub.shared.push.devices.lock();
-        let known = devices.devices(id.0);
+        let known = app.hub.devices(id);
         if known.contains(&device) {
             return Json(DeviceRegistered {
                 delivery_id: id,
@@ -561,7 +552,7 @@ async fn get_proof(
     if let Err(r) = app.hub.check_tracking(token(&headers, &query), id) {
         return r.into_response();
     }
-    let store = app.hub.store.clone();
+    let store = app.hub.store().clone();
     let record = match blocking(move || store.proof(id)).await {
         Ok(Some(r)) => r,
         Ok(None) => {
@@ -570,7 +561,7 @@ async fn get_proof(
         }
         Err(r) => return r.into_response(),
     };
-    let path = app.hub.proofs_dir.join(record.file_name());
+    let path = app.hub.proofs_dir().join(record.file_name());
     match tokio::fs::read(&path).await {
         Ok(bytes) => (
             [

@@ -1,7 +1,8 @@
 //! The hub's HTTPS API: the order-service stand-in, the consumer WebSocket and REST status,
 //! and the WebTransport certificate info for browsers.
 
-use crate::hub::{ApiFailure, AuthRefusal, ConsumerCursor, Hub, Outgoing};
+use crate::hub::{ApiFailure, AuthRefusal, ConsumerCursor, Hub};
+use crate::tracking::fanout::{Encoded, FrameKind};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -10,7 +11,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use protocol::api::{ApiError, ChangeStatus, CreateDelivery};
 use protocol::DeliveryId;
 use std::collections::HashMap;
@@ -42,9 +43,9 @@ pub(crate) fn router(hub: Arc<Hub>, shutdown: CancellationToken) -> Router {
             hub: hub.clone(),
             shutdown: shutdown.clone(),
         })
-        .merge(crate::api::router(hub.clone(), shutdown));
+        .merge(crate::serve::api::router(hub.clone(), shutdown));
     // A single hub owns everything: no placement layer at all.
-    if hub.cluster.is_some() {
+    if hub.cluster().is_some() {
         router.layer(axum::middleware::from_fn_with_state(hub, placement))
     } else {
         router
@@ -69,14 +70,13 @@ async fn placement(
     next: axum::middleware::Next,
 ) -> Response {
     let owner = hub
-        .cluster
-        .as_ref()
+        .cluster()
         .zip(delivery_in_path(req.uri().path()))
         .and_then(|(c, id)| c.other_owner(id));
     let upgrade = req.headers().contains_key(header::UPGRADE);
     if owner.is_none() {
         if let Some(id) = delivery_in_path(req.uri().path()) {
-            if !crate::replica::ensure_loaded(&hub, id).await {
+            if !crate::replication::replica::ensure_loaded(&hub, id).await {
                 let mut r = error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "joining",
@@ -199,7 +199,7 @@ async fn create_delivery(
         Ok(r) => r,
         Err(r) => return r.into_response(),
     };
-    if let Some(c) = &app.hub.cluster {
+    if let Some(c) = app.hub.cluster() {
         match req.delivery_id {
             // The caller chose the id: its owner creates it.
             Some(id) => {
@@ -315,8 +315,8 @@ async fn connect(
         Err(e) => return e.into_response(),
     };
     // Browsers' WebSocket does not follow HTTP redirects: the redirect goes in-band.
-    if let Some(owner) = app.hub.cluster.as_ref().and_then(|c| c.other_owner(id)) {
-        let url = crate::replica::consumer_redirect_url(&owner, id, false);
+    if let Some(owner) = app.hub.cluster().and_then(|c| c.other_owner(id)) {
+        let url = crate::replication::replica::consumer_redirect_url(&owner, id, false);
         return ws.on_upgrade(move |mut socket| async move {
             let frame = protocol::consumer::ConsumerFrame::Redirect { url }.to_json();
             let _ = socket.send(Message::Text(frame.into())).await;
@@ -331,13 +331,23 @@ async fn connect(
     ws.on_upgrade(move |socket| run_socket(socket, app, start).instrument(span))
 }
 
-async fn run_socket(socket: WebSocket, app: AppState, start: crate::hub::ConsumerStart) {
-    let (mut tx, mut rx) = socket.split();
+/// A frame as a WebSocket text message (the JSON is valid UTF-8 by construction).
+fn text(frame: &Encoded) -> Option<Message> {
+    axum::extract::ws::Utf8Bytes::try_from(frame.json())
+        .ok()
+        .map(Message::Text)
+}
+
+async fn run_socket(mut socket: WebSocket, app: AppState, start: crate::hub::ConsumerStart) {
     let mut cursor = ConsumerCursor::new(&start);
-    for line in ConsumerCursor::opening_frames(&start) {
-        if tx.send(Message::Text(line.into())).await.is_err() {
+    for frame in ConsumerCursor::opening_frames(&start) {
+        let Some(msg) = text(&frame) else { continue };
+        if socket.feed(msg).await.is_err() {
             return;
         }
+    }
+    if socket.flush().await.is_err() {
+        return;
     }
     let crate::hub::ConsumerStart {
         subscription: mut sub,
@@ -345,47 +355,60 @@ async fn run_socket(socket: WebSocket, app: AppState, start: crate::hub::Consume
         ..
     } = start;
     debug!("websocket consumer connected");
+    let mut frames = Vec::new();
     loop {
-        let out = tokio::select! {
-            o = cursor.next(&mut sub) => o,
-            msg = rx.next() => match msg {
+        // What the consumer sends is read only to notice a close; frames waiting for it are
+        // written together and flushed once.
+        let open = tokio::select! {
+            open = cursor.next_batch(&mut sub, &mut frames) => open,
+            msg = socket.recv() => match msg {
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
                 Some(Ok(_)) => continue,
             },
             _ = app.shutdown.cancelled() => break,
         };
-        let (json, is_position) = match out {
-            Some(Outgoing::Reliable(j)) => (j, false),
-            Some(Outgoing::Position(j)) => (j, true),
-            None => {
-                debug!("consumer cut off by the hub");
-                let _ = tx
-                    .send(Message::Close(Some(axum::extract::ws::CloseFrame {
-                        code: 1013,
-                        reason: "cut off: resume with last_event_seq".into(),
-                    })))
-                    .await;
+        let mut redirect = false;
+        let mut positions = 0;
+        for frame in frames.drain(..) {
+            match frame.kind {
+                FrameKind::Redirect => redirect = true,
+                FrameKind::Position { .. } => positions += 1,
+                _ => {}
+            }
+            let Some(msg) = text(&frame) else { continue };
+            if socket.feed(msg).await.is_err() {
                 return;
             }
-        };
-        let redirect = !is_position && json.starts_with(r#"{"type":"redirect""#);
-        if tx.send(Message::Text(json.into())).await.is_err() {
-            break;
+            if redirect {
+                break;
+            }
         }
+        if socket.flush().await.is_err() {
+            return;
+        }
+        app.hub.metrics().add_pushed(WEBSOCKET, positions);
         if redirect {
             break;
         }
-        if is_position {
-            app.hub.metrics().inc_pushed(WEBSOCKET);
+        if !open {
+            debug!("consumer cut off by the hub");
+            let _ = socket
+                .send(Message::Close(Some(axum::extract::ws::CloseFrame {
+                    code: 1013,
+                    reason: "cut off: resume with last_event_seq".into(),
+                })))
+                .await;
+            return;
         }
     }
-    let _ = tx.close().await;
+    let _ = socket.close().await;
 }
 
 async fn webtransport_info(State(app): State<AppState>) -> Response {
+    let (port, cert_sha256) = app.hub.webtransport();
     Json(serde_json::json!({
-        "port": app.hub.webtransport_port,
-        "cert_sha256_b64": certs::sha256_base64(&app.hub.webtransport_cert_sha256),
+        "port": port,
+        "cert_sha256_b64": certs::sha256_base64(&cert_sha256),
     }))
     .into_response()
 }

@@ -2,8 +2,8 @@
 //! queue that sheds positions rather than throttle ingest), read back page by page for the
 //! history endpoint, and purged by whole days after the retention period.
 
+use crate::durable::store::{Store, StoreError};
 use crate::metrics::HubMetrics;
-use crate::store::{Store, StoreError};
 use protocol::consumer::Position;
 use protocol::DeliveryId;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
@@ -233,7 +233,7 @@ pub struct BreadcrumbWriterConfig {
 /// Starts the breadcrumb writer: gathers breadcrumbs for `flush_interval` (or until
 /// `max_batch`), commits them in one transaction, repeats; on shutdown commits what is queued.
 /// Each committed batch is offered to `replicate` (cluster mode: copied to the successors by
-/// [`crate::replica::spawn_breadcrumb_replicator`]); a full queue sheds the copy, counted in
+/// [`crate::replication::replica::spawn_breadcrumb_replicator`]); a full queue sheds the copy, counted in
 /// `hub_breadcrumbs_unreplicated_total`.
 pub fn spawn_breadcrumb_writer(
     store: Store,

@@ -5,9 +5,9 @@
 //! crash is simply made again at the next fix); the speed table is rewritten every
 //! `SPEEDS_EVERY` and at shutdown, and loaded at start.
 
-use crate::eta::StoredPlan;
-use crate::hub::Shared;
-use crate::store::{Store, StoreError};
+use crate::durable::store::{Store, StoreError};
+use crate::metrics::HubMetrics;
+use crate::tracking::eta::StoredPlan;
 use protocol::DeliveryId;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use roadnet::speed::SpeedRow;
@@ -100,10 +100,20 @@ pub(crate) fn monotonic_s() -> f64 {
     START.get_or_init(Instant::now).elapsed().as_secs_f64()
 }
 
+/// What the ETA saver takes from the hub each time: plans made or changed, the ETA's counters,
+/// and the learnt speed table when asked for it.
+pub(crate) type EtaWork = (
+    Vec<(DeliveryId, StoredPlan)>,
+    crate::tracking::eta::EtaStats,
+    Option<Vec<SpeedRow>>,
+);
+
 /// Saves new plans every second and the speed table every [`SPEEDS_EVERY`] (and both at
-/// shutdown); also moves the ETA's counters into the metrics.
+/// shutdown), taking them with `take(speeds_due)`; also moves the ETA's counters into the
+/// metrics.
 pub(crate) fn spawn_eta_saver(
-    shared: Arc<Shared>,
+    take: impl Fn(bool) -> EtaWork + Send + 'static,
+    metrics: Arc<HubMetrics>,
     store: Store,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
@@ -117,13 +127,7 @@ pub(crate) fn spawn_eta_saver(
                 _ = shutdown.cancelled() => true,
             };
             let speeds_due = stop || last_speeds.elapsed() >= SPEEDS_EVERY;
-            let (plans, stats, rows) = {
-                let mut st = shared.state.lock();
-                let m = st.core.eta_model_mut();
-                let rows = speeds_due.then(|| m.speeds().export_historical());
-                (m.take_dirty_plans(), m.take_stats(), rows)
-            };
-            let metrics = &shared.metrics;
+            let (plans, stats, rows) = take(speeds_due);
             metrics.routes_planned.inc_by(stats.plans);
             metrics.reroutes.inc_by(stats.reroutes);
             metrics.route_failures.inc_by(stats.route_failures);

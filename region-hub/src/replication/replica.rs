@@ -4,12 +4,12 @@
 //! ALPN `trackline-replica/1`), takes over the deliveries of a hub that left and hands off
 //! those that moved away. See `docs/cluster.md`, *Hubs: ownership, replication, takeover*.
 
-use crate::core::{DeliveryRecord, LogEntry, SideRecord};
-use crate::history::Breadcrumb;
+use crate::durable::history::Breadcrumb;
+use crate::durable::proof::ProofRecord;
+use crate::durable::store::Refusal;
 use crate::hub::Hub;
 use crate::metrics::HubMetrics;
-use crate::proof::ProofRecord;
-use crate::store::Refusal;
+use crate::tracking::deliveries::{DeliveryRecord, LogEntry, SideRecord};
 use cluster::{ClusterNode, HubInfo};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
@@ -786,8 +786,8 @@ fn spawn_peer_copier(
 #[derive(Default)]
 pub(crate) struct ReplicaSlot(pub OnceLock<Arc<HubCluster>>);
 
-impl crate::store::Replicate for ReplicaSlot {
-    fn replicate<'a>(&'a self, entries: &'a [LogEntry]) -> crate::store::Refused<'a> {
+impl crate::durable::store::Replicate for ReplicaSlot {
+    fn replicate<'a>(&'a self, entries: &'a [LogEntry]) -> crate::durable::store::Refused<'a> {
         Box::pin(async move {
             match self.0.get() {
                 Some(c) => c.replicate(entries).await,
@@ -844,10 +844,7 @@ async fn store_frame(hub: &Arc<Hub>, bytes: &[u8]) -> ReplicaFrame {
                 crumbs.extend(handoff_breadcrumbs(hub, id).await);
             }
             debug!(%from, breadcrumbs = crumbs.len(), "sent breadcrumbs for a takeover");
-            let me = hub
-                .cluster
-                .as_ref()
-                .map_or_else(String::new, |c| c.me.clone());
+            let me = hub.cluster().map_or_else(String::new, |c| c.me.clone());
             return ReplicaFrame::Breadcrumbs { from: me, crumbs };
         }
         Ok(Some(ReplicaFrame::Fetch { from, ids })) => {
@@ -873,7 +870,7 @@ async fn store_frame(hub: &Arc<Hub>, bytes: &[u8]) -> ReplicaFrame {
     // Fencing (live replication only): a delivery this hub serves as its owner is not
     // written by another hub; the sender's view is stale (or ours is) and its write fails.
     let mut fenced: Vec<DeliveryId> = Vec::new();
-    let entries: Vec<ReplicaEntry> = match hub.cluster.as_ref() {
+    let entries: Vec<ReplicaEntry> = match hub.cluster() {
         Some(cluster) if live => entries
             .into_iter()
             .filter(|e| {
@@ -887,7 +884,7 @@ async fn store_frame(hub: &Arc<Hub>, bytes: &[u8]) -> ReplicaFrame {
             .collect(),
         _ => entries,
     };
-    let store = hub.store.clone();
+    let store = hub.store().clone();
     let stored = {
         let entries = entries.clone();
         tokio::task::spawn_blocking(move || store.apply_replica_checked(&entries, live)).await
@@ -899,7 +896,7 @@ async fn store_frame(hub: &Arc<Hub>, bytes: &[u8]) -> ReplicaFrame {
     };
     if !conflicts.is_empty() {
         warn!(%from, deliveries = ?conflicts, live, "copy holds other events under seqs we hold");
-        if let Some(c) = hub.cluster.as_ref() {
+        if let Some(c) = hub.cluster() {
             c.metrics.conflicts.inc_by(conflicts.len() as u64);
         }
         if live {
@@ -912,12 +909,12 @@ async fn store_frame(hub: &Arc<Hub>, bytes: &[u8]) -> ReplicaFrame {
         .collect();
     let n = entries.len() as u64;
     debug!(%from, entries = n, "stored replica entries");
-    if let Some(c) = hub.cluster.as_ref() {
+    if let Some(c) = hub.cluster() {
         c.metrics.received.inc_by(n);
     }
     // A delivery we own but do not serve yet is loaded (a hand-off); one we serve is reloaded
     // only when the copy is newer than what we serve (we took over a stale copy).
-    if let Some(cluster) = hub.cluster.as_ref() {
+    if let Some(cluster) = hub.cluster() {
         let reload = |e: &ReplicaEntry| {
             let newest = e.events.last().map_or(0, |ev| ev.event_seq);
             match hub.snapshot(e.delivery_id) {
@@ -955,7 +952,7 @@ async fn keep_peer_breadcrumbs(hub: &Arc<Hub>, crumbs: Vec<Breadcrumb>) -> Resul
         return Ok(0);
     }
     let stored = crumbs.len() as u64;
-    let store = hub.store.clone();
+    let store = hub.store().clone();
     match tokio::task::spawn_blocking(move || store.append_breadcrumbs(&crumbs)).await {
         Ok(Ok(())) => {
             hub.metrics().breadcrumbs_received.inc_by(stored);
@@ -999,7 +996,7 @@ async fn copy_breadcrumbs(
 /// A delivery's newest breadcrumbs (at most [`MAX_CRUMBS_PER_HANDOFF`]), sent after its log
 /// in a hand-off or a successor copy.
 async fn handoff_breadcrumbs(hub: &Arc<Hub>, id: DeliveryId) -> Vec<Breadcrumb> {
-    let store = hub.store.clone();
+    let store = hub.store().clone();
     let read =
         tokio::task::spawn_blocking(move || store.latest_breadcrumbs(id, MAX_CRUMBS_PER_HANDOFF))
             .await;
@@ -1018,30 +1015,10 @@ async fn handoff_breadcrumbs(hub: &Arc<Hub>, id: DeliveryId) -> Vec<Breadcrumb> 
 
 /// Reads `id` from the local log into the live core (replacing what it held).
 async fn load_into_core(hub: &Arc<Hub>, id: DeliveryId) -> bool {
-    let store = hub.store.clone();
+    let store = hub.store().clone();
     match tokio::task::spawn_blocking(move || store.load_delivery(id)).await {
         Ok(Ok(Some(rec))) => {
-            let now = hub.clock.now_ms();
-            let mut st = hub.shared.state.lock();
-            // Consumers already watching a stale copy get the events it lacked.
-            let had = st.core.committed_seq(id);
-            let newer: Vec<StatusEvent> = match had {
-                Some(seq) => rec
-                    .events
-                    .iter()
-                    .filter(|e| e.event_seq > seq)
-                    .cloned()
-                    .collect(),
-                None => Vec::new(),
-            };
-            st.core.restore(now, rec);
-            for ev in newer {
-                hub.shared.publish_reliable(
-                    &mut st,
-                    id,
-                    &protocol::consumer::ConsumerFrame::Status(ev),
-                );
-            }
+            hub.restore(rec);
             true
         }
         Ok(Ok(None)) => false,
@@ -1058,7 +1035,7 @@ async fn load_into_core(hub: &Arc<Hub>, id: DeliveryId) -> bool {
 
 /// A delivery's whole durable state, as a hand-off entry.
 async fn full_log(hub: &Arc<Hub>, id: DeliveryId) -> Option<ReplicaEntry> {
-    let store = hub.store.clone();
+    let store = hub.store().clone();
     let read = tokio::task::spawn_blocking(move || {
         let rec = store.load_delivery(id)?;
         let proof = store.proof(id)?;
@@ -1068,7 +1045,7 @@ async fn full_log(hub: &Arc<Hub>, id: DeliveryId) -> Option<ReplicaEntry> {
             .filter(|(d, _)| *d == id)
             .map(|(_, t)| t)
             .collect::<Vec<_>>();
-        Ok::<_, crate::store::StoreError>(rec.map(|r| ReplicaEntry {
+        Ok::<_, crate::durable::store::StoreError>(rec.map(|r| ReplicaEntry {
             delivery_id: id,
             record: Some(r.record),
             events: r.events,
@@ -1141,11 +1118,11 @@ pub(crate) async fn run_rebalancer(
             }
             _ = every.tick() => {}
         }
-        let load = hub.shared.state.lock().core.len() as u64;
+        let load = hub.deliveries_held() as u64;
         cluster.node.control.set_load(load).await;
         // Deliveries a replica fenced were unloaded: ours again at this pass (if the view
         // says so) means a fresh takeover, which merges the other hub's newer copy.
-        let fenced: Vec<DeliveryId> = std::mem::take(&mut *hub.shared.fenced.lock());
+        let fenced: Vec<DeliveryId> = hub.take_fenced();
         if !fenced.is_empty() {
             for id in &fenced {
                 owned.remove(id);
@@ -1163,7 +1140,7 @@ pub(crate) async fn run_rebalancer(
             .live_hubs()
             .iter()
             .any(|h| h.id == cluster.me && h.draining);
-        let store = hub.store.clone();
+        let store = hub.store().clone();
         let ids = match tokio::task::spawn_blocking(move || store.delivery_ids()).await {
             Ok(Ok(ids)) => ids,
             Ok(Err(e)) => {
@@ -1224,9 +1201,12 @@ pub(crate) async fn run_rebalancer(
                     if moving {
                         outstanding -= 1;
                         info!(delivery_id = %id, to = %owner.id, "handed a delivery to its new owner");
-                        let mut st = hub.shared.state.lock();
-                        st.fanout.publish_redirect(id, |transport| {
-                            consumer_redirect_url(&owner, id, transport == crate::wt::TRANSPORT)
+                        hub.redirect_consumers(id, |transport| {
+                            consumer_redirect_url(
+                                &owner,
+                                id,
+                                transport == crate::serve::wt::TRANSPORT,
+                            )
                         });
                     }
                 }
@@ -1242,7 +1222,7 @@ pub(crate) async fn run_rebalancer(
             cluster
                 .claimed
                 .store(true, std::sync::atomic::Ordering::Release);
-            if !hub.draining.is_cancelled() {
+            if !hub.draining().is_cancelled() {
                 ready.store(true, std::sync::atomic::Ordering::Relaxed);
                 info!(
                     owned = owned.len(),
@@ -1276,7 +1256,7 @@ async fn take_over(
     for (peer, fetched) in futures::future::join_all(fetches).await {
         match fetched {
             Ok(entries) if !entries.is_empty() => {
-                let store = hub.store.clone();
+                let store = hub.store().clone();
                 let n = entries.len();
                 match tokio::task::spawn_blocking(move || {
                     store.apply_replica_checked(&entries, false)
@@ -1344,7 +1324,7 @@ async fn fetch_history(
 /// started and not claimed its deliveries yet; the request should be answered with 503
 /// (retry) rather than from a possibly stale local copy.
 pub(crate) async fn ensure_loaded(hub: &Arc<Hub>, id: DeliveryId) -> bool {
-    let Some(cluster) = hub.cluster.as_ref() else {
+    let Some(cluster) = hub.cluster() else {
         return true;
     };
     if hub.snapshot(id).is_some() || !cluster.is_mine(id) {

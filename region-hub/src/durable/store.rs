@@ -1,10 +1,10 @@
 //! The durable event log in redb: status events, delivery records, idempotency keys, and the
 //! group-commit writer that appends them.
 
-use crate::anomaly::{Anomaly, AnomalyKind};
-use crate::core::{DeliveryRecord, LogEntry, RecoveredDelivery, SideRecord};
+use crate::durable::proof::ProofRecord;
 use crate::metrics::HubMetrics;
-use crate::proof::ProofRecord;
+use crate::tracking::anomaly::{Anomaly, AnomalyKind};
+use crate::tracking::deliveries::{DeliveryRecord, LogEntry, RecoveredDelivery, SideRecord};
 use protocol::consumer::StatusEvent;
 use protocol::DeliveryId;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -263,7 +263,7 @@ impl Store {
     /// idempotency key already stored is kept, so a stale copy never overwrites newer state.
     pub fn apply_replica(
         &self,
-        entries: &[crate::replica::ReplicaEntry],
+        entries: &[crate::replication::replica::ReplicaEntry],
     ) -> Result<(), StoreError> {
         self.apply_replica_checked(entries, false).map(|_| ())
     }
@@ -275,7 +275,7 @@ impl Store {
     /// they are stored monotonically as usual and still returned, to be counted.
     pub fn apply_replica_checked(
         &self,
-        entries: &[crate::replica::ReplicaEntry],
+        entries: &[crate::replication::replica::ReplicaEntry],
         strict: bool,
     ) -> Result<Vec<DeliveryId>, StoreError> {
         let mut conflicts = Vec::new();
@@ -590,7 +590,7 @@ pub struct WriterConfig {
 }
 
 /// Copies entries to another hub before they are committed here, published and
-/// acknowledged (cluster mode, [`crate::replica`]). What could not be replicated is counted
+/// acknowledged (cluster mode, [`crate::replication::replica`]). What could not be replicated is counted
 /// and committed anyway; what the replica fenced is not committed.
 pub trait Replicate: Send + Sync + 'static {
     /// Returns once the entries are durable on the replica, or replication was given up;
@@ -917,7 +917,7 @@ mod tests {
 
     #[test]
     fn replicated_entries_merge_monotonically_and_keep_their_idempotency_keys() {
-        use crate::replica::ReplicaEntry;
+        use crate::replication::replica::ReplicaEntry;
         let path = temp_db("replica");
         let s = Store::open(&path).expect("open");
         let copy = |e: &LogEntry, keys: &[(&str, u64)]| ReplicaEntry {

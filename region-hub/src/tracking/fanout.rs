@@ -1,21 +1,78 @@
 //! Per-delivery consumer registry: newest-wins position slots and bounded reliable queues.
 //!
-//! Publishing never awaits. A position replaces whatever the subscriber has not yet sent
-//! (`watch`), so a slow consumer skips positions but never sees them out of order. Reliable
-//! frames (status, ETA, location-unavailable, redirect) go into a bounded queue; a consumer
-//! whose queue is full is cut off and resumes later with `last_event_seq`.
+//! Publishing never awaits, and encodes each frame once for all of its subscribers (the bytes
+//! are shared). A position replaces whatever the subscriber has not yet sent (`watch`), so a
+//! slow consumer skips positions but never sees them out of order. Reliable frames (status,
+//! ETA, location-unavailable, redirect) go into a bounded queue; a consumer whose queue is full
+//! is cut off and resumes later with `last_event_seq`.
 
+use bytes::Bytes;
 use protocol::consumer::{ConsumerFrame, Position};
 use protocol::DeliveryId;
 use std::collections::HashMap;
 use tokio::sync::{mpsc, watch};
 
+/// What a consumer session needs to know about a frame without parsing it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameKind {
+    /// A position; `seq` orders a delivery's positions.
+    Position { seq: u64 },
+    /// A status event; sessions skip events they already sent.
+    Status { event_seq: u64 },
+    /// The delivery moved to another hub: the session ends after sending it.
+    Redirect,
+    /// Anything else (snapshot, ETA, location unavailable).
+    Other,
+}
+
+/// A frame encoded once: its JSON followed by a newline (the WebTransport stream's framing;
+/// [`Encoded::json`] is the same bytes without it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Encoded {
+    pub kind: FrameKind,
+    line: Bytes,
+}
+
+impl Encoded {
+    /// Encodes `frame`.
+    pub fn new(frame: &ConsumerFrame) -> Self {
+        let kind = match frame {
+            ConsumerFrame::Position(p) => FrameKind::Position { seq: p.seq },
+            ConsumerFrame::Status(e) => FrameKind::Status {
+                event_seq: e.event_seq,
+            },
+            ConsumerFrame::Redirect { .. } => FrameKind::Redirect,
+            _ => FrameKind::Other,
+        };
+        let mut line = Vec::with_capacity(192);
+        if serde_json::to_writer(&mut line, frame).is_err() {
+            line.clear();
+            line.extend_from_slice(br#"{"type":"error","code":500,"message":"encode"}"#);
+        }
+        line.push(b'\n');
+        Self {
+            kind,
+            line: Bytes::from(line),
+        }
+    }
+
+    /// The JSON and its newline.
+    pub fn line(&self) -> &Bytes {
+        &self.line
+    }
+
+    /// The JSON alone.
+    pub fn json(&self) -> Bytes {
+        self.line.slice(..self.line.len().saturating_sub(1))
+    }
+}
+
 struct Subscriber {
     id: u64,
     /// The consumer's transport: a redirect must name the same one at the new hub.
     transport: &'static str,
-    position: watch::Sender<Option<Position>>,
-    reliable: mpsc::Sender<ConsumerFrame>,
+    position: watch::Sender<Option<Encoded>>,
+    reliable: mpsc::Sender<Encoded>,
 }
 
 /// What a consumer session reads from.
@@ -24,10 +81,10 @@ pub struct Subscription {
     pub delivery_id: DeliveryId,
     pub id: u64,
     /// Newest position not yet seen (`changed()` wakes on a new one).
-    pub position: watch::Receiver<Option<Position>>,
+    pub position: watch::Receiver<Option<Encoded>>,
     /// Reliable frames in order; `None` means the hub cut this consumer off (overflow or
     /// the delivery's state was dropped).
-    pub reliable: mpsc::Receiver<ConsumerFrame>,
+    pub reliable: mpsc::Receiver<Encoded>,
 }
 
 /// Result of publishing one frame.
@@ -106,12 +163,14 @@ impl Fanout {
         self.subs.get(&delivery).map_or(0, Vec::len)
     }
 
-    /// Replaces every subscriber's pending position with `pos`.
+    /// Replaces every subscriber's pending position with `pos` (encoded once, only when
+    /// someone is subscribed).
     pub fn publish_position(&mut self, pos: &Position) -> usize {
         let Some(v) = self.subs.get_mut(&pos.delivery_id) else {
             return 0;
         };
-        v.retain(|s| s.position.send(Some(pos.clone())).is_ok());
+        let frame = Encoded::new(&ConsumerFrame::Position(pos.clone()));
+        v.retain(|s| s.position.send(Some(frame.clone())).is_ok());
         let n = v.len();
         if n == 0 {
             self.subs.remove(&pos.delivery_id);
@@ -121,7 +180,11 @@ impl Fanout {
 
     /// Queues a reliable frame for every subscriber of `delivery`, cutting off full ones.
     pub fn publish_reliable(&mut self, delivery: DeliveryId, frame: &ConsumerFrame) -> Published {
-        self.publish_each(delivery, |_| frame.clone())
+        if !self.subs.contains_key(&delivery) {
+            return Published::default();
+        }
+        let encoded = Encoded::new(frame);
+        self.publish_each(delivery, |_| encoded.clone())
     }
 
     /// Queues a `redirect` for every subscriber of `delivery`, each to the URL `url` gives
@@ -131,15 +194,17 @@ impl Fanout {
         delivery: DeliveryId,
         url: impl Fn(&'static str) -> String,
     ) -> Published {
-        self.publish_each(delivery, |transport| ConsumerFrame::Redirect {
-            url: url(transport),
+        self.publish_each(delivery, |transport| {
+            Encoded::new(&ConsumerFrame::Redirect {
+                url: url(transport),
+            })
         })
     }
 
     fn publish_each(
         &mut self,
         delivery: DeliveryId,
-        frame: impl Fn(&'static str) -> ConsumerFrame,
+        frame: impl Fn(&'static str) -> Encoded,
     ) -> Published {
         let mut out = Published::default();
         let Some(v) = self.subs.get_mut(&delivery) else {
@@ -189,8 +254,8 @@ mod tests {
         }
         s.position.changed().await.expect("changed");
         assert_eq!(
-            s.position.borrow_and_update().as_ref().map(|p| p.seq),
-            Some(100)
+            s.position.borrow_and_update().as_ref().map(|p| p.kind),
+            Some(FrameKind::Position { seq: 100 })
         );
         assert!(!s.position.has_changed().expect("open"));
     }
@@ -225,6 +290,15 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_is_encoded_once_with_a_newline_for_the_stream() {
+        let e = Encoded::new(&ConsumerFrame::Position(pos(7)));
+        assert_eq!(e.kind, FrameKind::Position { seq: 7 });
+        assert!(e.line().ends_with(b"}\n"));
+        let back = ConsumerFrame::from_json(std::str::from_utf8(&e.json()).expect("utf-8"));
+        assert_eq!(back.expect("parses"), ConsumerFrame::Position(pos(7)));
+    }
+
+    #[test]
     fn dropped_subscriptions_are_pruned_on_publish() {
         let mut f = Fanout::new(2);
         let s = f.subscribe(DeliveryId(1), "websocket");
@@ -242,9 +316,13 @@ mod tests {
         let mut wt = f.subscribe(DeliveryId(1), "webtransport");
         let out = f.publish_redirect(DeliveryId(1), |t| format!("{t}://next"));
         assert_eq!(out.delivered, 2);
-        let url = |frame: Option<ConsumerFrame>| match frame {
-            Some(ConsumerFrame::Redirect { url }) => url,
-            other => panic!("expected a redirect, got {other:?}"),
+        let url = |frame: Option<Encoded>| {
+            let frame = frame.expect("a frame");
+            assert_eq!(frame.kind, FrameKind::Redirect);
+            match ConsumerFrame::from_json(std::str::from_utf8(&frame.json()).expect("utf-8")) {
+                Ok(ConsumerFrame::Redirect { url }) => url,
+                other => panic!("expected a redirect, got {other:?}"),
+            }
         };
         assert_eq!(url(ws.reliable.recv().await), "websocket://next");
         assert_eq!(url(wt.reliable.recv().await), "webtransport://next");

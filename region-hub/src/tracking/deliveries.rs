@@ -5,16 +5,17 @@
 //! durable log and then calls [`Deliveries::commit`] (or [`Deliveries::abort`] on failure). Only
 //! committed events are visible in snapshots and pushed to consumers.
 
-use crate::anomaly::{Anomaly, AnomalyConfig, AnomalyDetector, AnomalyInput, Target};
-use crate::eta::{EtaConfig, EtaInput, EtaModel, EtaTracker, StoredPlan};
-use crate::geofence::{Geofence, GeofenceConfig, ZoneEvent};
-use crate::proof::ProofRecord;
+use crate::durable::proof::ProofRecord;
+use crate::tracking::anomaly::{Anomaly, AnomalyConfig, AnomalyDetector, AnomalyInput, Target};
+use crate::tracking::eta::{EtaConfig, EtaInput, EtaModel, EtaTracker, StoredPlan};
+use crate::tracking::geofence::{Geofence, GeofenceConfig, ZoneEvent};
 use protocol::api::{ChangeStatus, CreateDelivery};
 use protocol::consumer::{ConsumerFrame, Eta, Position, Snapshot, StatusEvent};
 use protocol::geo::LatLng;
 use protocol::status::DeliveryStatus;
 use protocol::wire::RoutedFix;
 use protocol::{DeliveryId, DriverId};
+use roadnet::SpeedModel;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
 
@@ -199,20 +200,37 @@ pub struct Deliveries {
     next_id: u64,
     /// Source of `DeliveryState::generation`.
     next_generation: u64,
-    /// Road graph and speed model shared by every delivery's ETA.
+    /// Road graph and learning shared by every delivery's ETA.
     eta: EtaModel,
+    /// Drivers that gained (`true`) or lost (`false`) their last active delivery here, in
+    /// order, since [`Deliveries::drain_routing_changes`] (a hub in shards routes fixes by it).
+    routing: Vec<(DriverId, bool)>,
 }
 
 impl Deliveries {
     pub fn new(config: CoreConfig) -> Self {
         Self {
-            eta: EtaModel::new(None, &config.eta),
+            eta: EtaModel::new(None),
             config,
             by_id: HashMap::new(),
             by_driver: HashMap::new(),
             next_id: 1,
             next_generation: 1,
+            routing: Vec::new(),
         }
+    }
+
+    /// Hands `f` each driver that gained (`true`) or lost (`false`) its last active delivery
+    /// here since the last call, in order.
+    pub fn drain_routing_changes(&mut self, mut f: impl FnMut(DriverId, bool)) {
+        for (d, present) in self.routing.drain(..) {
+            f(d, present);
+        }
+    }
+
+    /// Whether `id` is held (durable or still being created).
+    pub fn contains(&self, id: DeliveryId) -> bool {
+        self.by_id.contains_key(&id)
     }
 
     /// The ETA's shared road graph and speed model.
@@ -529,9 +547,20 @@ impl Deliveries {
         self.index(id, new_active);
     }
 
-    /// Applies a fix to every active delivery of its driver.
-    pub fn handle_fix(&mut self, now_ms: u64, fix: &RoutedFix) -> FixOutcome {
-        self.eta.observe_fix(&self.config.eta, &fix.fix);
+    /// Applies a fix to every active delivery of its driver held here, reading expected speeds
+    /// from `speeds`. With `learn`, the fix also teaches the speed model (whether or not it
+    /// matches a delivery; a hub in shards has one shard learn from each fix): the samples wait
+    /// in [`EtaModel::take_samples`].
+    pub fn handle_fix(
+        &mut self,
+        now_ms: u64,
+        fix: &RoutedFix,
+        speeds: &SpeedModel,
+        learn: bool,
+    ) -> FixOutcome {
+        if learn {
+            self.eta.observe_fix(&self.config.eta, &fix.fix);
+        }
         let Some(ids) = self.by_driver.get(&fix.driver_id) else {
             return FixOutcome::default();
         };
@@ -570,6 +599,7 @@ impl Deliveries {
             let eta = st.eta.handle_fix(
                 &self.config.eta,
                 &mut self.eta,
+                speeds,
                 now_ms,
                 &EtaInput {
                     delivery_id: id,
@@ -670,7 +700,7 @@ impl Deliveries {
             pickup: st.record.pickup,
             dropoff: st.record.dropoff,
             position: st.position.clone(),
-            eta: st.eta.current().cloned(),
+            eta: st.eta.current(),
             position_age_s: st
                 .position
                 .as_ref()
@@ -739,7 +769,11 @@ impl Deliveries {
 
     fn index(&mut self, id: DeliveryId, driver: Option<DriverId>) {
         if let Some(d) = driver {
-            self.by_driver.entry(d).or_default().insert(id);
+            let set = self.by_driver.entry(d).or_default();
+            if set.is_empty() {
+                self.routing.push((d, true));
+            }
+            set.insert(id);
         }
     }
 
@@ -749,6 +783,7 @@ impl Deliveries {
                 set.remove(&id);
                 if set.is_empty() {
                     self.by_driver.remove(&d);
+                    self.routing.push((d, false));
                 }
             }
         }
@@ -818,6 +853,10 @@ mod tests {
             StatusOutcome::Append(e) => e,
             other => panic!("expected append, got {other:?}"),
         }
+    }
+
+    fn handle(c: &mut Deliveries, now_ms: u64, fix: &RoutedFix) -> FixOutcome {
+        c.handle_fix(now_ms, fix, &SpeedModel::default(), true)
     }
 
     fn fix(driver: u64, ts_ms: u64, at: LatLng) -> RoutedFix {
@@ -938,12 +977,12 @@ mod tests {
         let mut c = core();
         let id = create(&mut c, Some(5));
         let _other = create(&mut c, Some(6));
-        let out = c.handle_fix(T0 + 1000, &fix(5, T0 + 1000, PICKUP));
+        let out = handle(&mut c, T0 + 1000, &fix(5, T0 + 1000, PICKUP));
         assert!(out.matched);
         assert_eq!(out.updates.len(), 1);
         assert_eq!(out.updates[0].position.delivery_id, id);
         assert_eq!(out.updates[0].position.seq, 1);
-        assert!(!c.handle_fix(T0, &fix(77, T0, PICKUP)).matched);
+        assert!(!handle(&mut c, T0, &fix(77, T0, PICKUP)).matched);
         for s in [PickedUp, Delivered] {
             let e = append(
                 c.change_status(T0, id, &change(s, None), "api")
@@ -951,7 +990,7 @@ mod tests {
             );
             c.commit(&e);
         }
-        assert!(!c.handle_fix(T0 + 2000, &fix(5, T0 + 2000, PICKUP)).matched);
+        assert!(!handle(&mut c, T0 + 2000, &fix(5, T0 + 2000, PICKUP)).matched);
     }
 
     #[test]
@@ -959,10 +998,10 @@ mod tests {
         let mut c = core();
         let id = create(&mut c, Some(5));
         assert_eq!(
-            c.handle_fix(T0, &fix(5, T0 + 2000, PICKUP)).updates.len(),
+            handle(&mut c, T0, &fix(5, T0 + 2000, PICKUP)).updates.len(),
             1
         );
-        let out = c.handle_fix(T0, &fix(5, T0 + 1000, DROPOFF));
+        let out = handle(&mut c, T0, &fix(5, T0 + 1000, DROPOFF));
         assert!(out.matched && out.updates.is_empty());
         assert_eq!(
             c.snapshot(id, T0 + 2000)
@@ -976,7 +1015,7 @@ mod tests {
     fn eta_counts_the_pickup_leg_before_pickup_and_is_smoothed() {
         let mut c = core();
         let id = create(&mut c, Some(5));
-        let out = c.handle_fix(T0, &fix(5, T0, PICKUP));
+        let out = handle(&mut c, T0, &fix(5, T0, PICKUP));
         let eta = out.updates[0].eta.clone().expect("first eta is pushed");
         let leg = haversine_m(PICKUP, DROPOFF);
         assert!((eta.remaining_m - leg).abs() < 1.0, "{eta:?}");
@@ -987,7 +1026,7 @@ mod tests {
         );
         c.commit(&e);
         // Jump to the drop-off one second later: raw ETA 0, smoothed keeps 70% of the carry.
-        let out = c.handle_fix(T0 + 1000, &fix(5, T0 + 1000, DROPOFF));
+        let out = handle(&mut c, T0 + 1000, &fix(5, T0 + 1000, DROPOFF));
         assert!(
             out.updates[0].eta.is_none(),
             "throttled to one push per 2 s"
@@ -1001,7 +1040,8 @@ mod tests {
             0.7 * carried
         );
         assert_eq!(snap.seq, 2);
-        let out = c.handle_fix(
+        let out = handle(
+            &mut c,
             T0 + 3000,
             &fix(5, T0 + 3000, destination(DROPOFF, 0.0, 1.0)),
         );
@@ -1021,7 +1061,7 @@ mod tests {
         let mut reserved = Vec::new();
         for (i, m) in [20.0, 10.0, 120.0, 150.0, 300.0].iter().enumerate() {
             let ts = T0 + 1_000 * (i as u64 + 1);
-            let out = c.handle_fix(ts, &fix(5, ts, destination(PICKUP, 200.0, *m)));
+            let out = handle(&mut c, ts, &fix(5, ts, destination(PICKUP, 200.0, *m)));
             reserved.extend(out.status_changes);
         }
         assert_eq!(
@@ -1048,7 +1088,7 @@ mod tests {
             c.tick(T0 + 60_000).is_empty(),
             "no position yet, nothing to report"
         );
-        c.handle_fix(T0, &fix(5, T0, PICKUP));
+        handle(&mut c, T0, &fix(5, T0, PICKUP));
         let unavailable = |frames: &[ConsumerFrame]| {
             frames
                 .iter()
@@ -1058,7 +1098,7 @@ mod tests {
         assert!(c.tick(T0 + 30_000).is_empty());
         assert_eq!(unavailable(&c.tick(T0 + 30_001)), 1);
         assert_eq!(unavailable(&c.tick(T0 + 40_000)), 0);
-        c.handle_fix(T0 + 41_000, &fix(5, T0 + 41_000, PICKUP));
+        handle(&mut c, T0 + 41_000, &fix(5, T0 + 41_000, PICKUP));
         assert!(c.tick(T0 + 50_000).is_empty());
         assert_eq!(unavailable(&c.tick(T0 + 71_001)), 1);
     }
@@ -1067,7 +1107,7 @@ mod tests {
     fn eta_keeps_counting_down_while_the_location_is_unavailable() {
         let mut c = core();
         let id = create(&mut c, Some(5));
-        let first = c.handle_fix(T0, &fix(5, T0, PICKUP)).updates[0]
+        let first = handle(&mut c, T0, &fix(5, T0, PICKUP)).updates[0]
             .eta
             .clone()
             .expect("eta");
@@ -1102,14 +1142,11 @@ mod tests {
     fn drops_state_two_hours_after_the_last_update() {
         let mut c = core();
         let id = create(&mut c, Some(5));
-        c.handle_fix(T0 + 1_000, &fix(5, T0 + 1_000, PICKUP));
+        handle(&mut c, T0 + 1_000, &fix(5, T0 + 1_000, PICKUP));
         assert!(c.expire(T0 + 7_200_000).is_empty());
         assert_eq!(c.expire(T0 + 7_201_000), vec![id]);
         assert!(c.snapshot(id, T0).is_none());
-        assert!(
-            !c.handle_fix(T0 + 7_202_000, &fix(5, T0 + 7_202_000, PICKUP))
-                .matched
-        );
+        assert!(!handle(&mut c, T0 + 7_202_000, &fix(5, T0 + 7_202_000, PICKUP)).matched);
     }
 
     #[test]
@@ -1142,7 +1179,7 @@ mod tests {
             c.change_status(T0, id, &change(EnRoute, Some("k")), "api"),
             Ok(StatusOutcome::Replayed { .. })
         ));
-        assert!(c.handle_fix(T0 + 11, &fix(9, T0 + 11, PICKUP)).matched);
+        assert!(handle(&mut c, T0 + 11, &fix(9, T0 + 11, PICKUP)).matched);
         let e = c
             .create(
                 T0,

@@ -1,7 +1,8 @@
 //! The QUIC endpoint edges connect to (mutual TLS, ALPN `trackline-hub/1`): Hello/Welcome,
-//! then batches of fixes, each acknowledged after it was applied.
+//! then batches of fixes, each acknowledged once queued for the shard workers that apply it.
 
 use crate::hub::Hub;
+use crate::ingest::workers::FixQueues;
 use protocol::framing::{frame_bytes, FrameDecoder, MAX_HUB_FRAME};
 use protocol::wire::{CloseCode, EdgeToHub, HubToEdge};
 use std::sync::Arc;
@@ -18,7 +19,10 @@ pub fn server_config(tls: &nodekit::LoadedTls) -> Result<quinn::ServerConfig, ce
         tls.chain.clone(),
         tls.key.clone_key(),
         tls.roots.clone(),
-        &[protocol::ALPN_HUB, crate::replica::ALPN_REPLICA],
+        &[
+            protocol::ALPN_HUB,
+            crate::replication::replica::ALPN_REPLICA,
+        ],
         certs::TlsFor::Quic,
     )?;
     let mut config = certs::quinn_server_config(rustls)?;
@@ -29,14 +33,21 @@ pub fn server_config(tls: &nodekit::LoadedTls) -> Result<quinn::ServerConfig, ce
 }
 
 /// Accepts edge connections until `shutdown`.
-pub(crate) async fn run(endpoint: quinn::Endpoint, hub: Arc<Hub>, shutdown: CancellationToken) {
+pub(crate) async fn run(
+    endpoint: quinn::Endpoint,
+    hub: Arc<Hub>,
+    queues: FixQueues,
+    shutdown: CancellationToken,
+) {
     loop {
         let incoming = tokio::select! {
             i = endpoint.accept() => match i { Some(i) => i, None => break },
             _ = shutdown.cancelled() => break,
         };
         let span = tracing::info_span!("edge_link", remote = %incoming.remote_address(), edge_id = tracing::field::Empty);
-        tokio::spawn(handle(incoming, hub.clone(), shutdown.clone()).instrument(span));
+        tokio::spawn(
+            handle(incoming, hub.clone(), queues.clone(), shutdown.clone()).instrument(span),
+        );
     }
     endpoint.close(
         quinn::VarInt::from_u32(CloseCode::ShuttingDown as u32),
@@ -63,7 +74,12 @@ enum LinkError {
     NoHello,
 }
 
-async fn handle(incoming: quinn::Incoming, hub: Arc<Hub>, shutdown: CancellationToken) {
+async fn handle(
+    incoming: quinn::Incoming,
+    hub: Arc<Hub>,
+    queues: FixQueues,
+    shutdown: CancellationToken,
+) {
     let conn = match incoming.await {
         Ok(c) => c,
         Err(e) => {
@@ -75,10 +91,10 @@ async fn handle(incoming: quinn::Incoming, hub: Arc<Hub>, shutdown: Cancellation
         .handshake_data()
         .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|h| h.protocol);
-    if alpn.as_deref() == Some(crate::replica::ALPN_REPLICA) {
+    if alpn.as_deref() == Some(crate::replication::replica::ALPN_REPLICA) {
         // A peer hub replicating to us; only hubs of a cluster may.
-        if hub.cluster.is_some() && crate::replica::peer_is_hub(&conn) {
-            crate::replica::spawn_serve(conn, hub);
+        if hub.cluster().is_some() && crate::replication::replica::peer_is_hub(&conn) {
+            crate::replication::replica::spawn_serve(conn, hub);
         } else {
             conn.close(
                 quinn::VarInt::from_u32(CloseCode::ProtocolViolation as u32),
@@ -90,7 +106,7 @@ async fn handle(incoming: quinn::Incoming, hub: Arc<Hub>, shutdown: Cancellation
     let gauge = hub.metrics().edge_links_active.clone();
     gauge.inc();
     let result = tokio::select! {
-        r = serve(&conn, &hub) => r,
+        r = serve(&conn, &hub, &queues) => r,
         _ = shutdown.cancelled() => Ok(()),
     };
     gauge.dec();
@@ -114,7 +130,7 @@ async fn handle(incoming: quinn::Incoming, hub: Arc<Hub>, shutdown: Cancellation
     }
 }
 
-async fn serve(conn: &quinn::Connection, hub: &Hub) -> Result<(), LinkError> {
+async fn serve(conn: &quinn::Connection, hub: &Hub, queues: &FixQueues) -> Result<(), LinkError> {
     let (mut send, mut recv) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi())
         .await
         .map_err(|_| LinkError::HelloTimeout)??;
@@ -140,7 +156,7 @@ async fn serve(conn: &quinn::Connection, hub: &Hub) -> Result<(), LinkError> {
     info!("edge connected");
     let mut redirected = false;
     send.write_all(&frame_bytes(&HubToEdge::Welcome {
-        hub_id: hub.hub_id.clone(),
+        hub_id: hub.hub_id().to_owned(),
     }))
     .await?;
     loop {
@@ -148,7 +164,9 @@ async fn serve(conn: &quinn::Connection, hub: &Hub) -> Result<(), LinkError> {
         while let Some(frame) = decoder.next_frame::<EdgeToHub>()? {
             match frame {
                 EdgeToHub::Batch { batch_seq, fixes } => {
-                    hub.apply_fixes(&fixes);
+                    if !queues.dispatch(hub, &fixes).await {
+                        return Ok(()); // the hub is stopping
+                    }
                     acked = Some(batch_seq);
                 }
                 EdgeToHub::Hello { .. } => return Err(LinkError::NoHello),
@@ -161,12 +179,12 @@ async fn serve(conn: &quinn::Connection, hub: &Hub) -> Result<(), LinkError> {
         }
         let read = tokio::select! {
             r = recv.read(&mut buf) => r?,
-            _ = hub.draining.cancelled(), if !redirected => {
+            _ = hub.draining().cancelled(), if !redirected => {
                 redirected = true;
                 let key = edge_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
                     (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
                 });
-                if let Some(peer) = hub.cluster.as_ref().and_then(|c| c.peer_for(key)) {
+                if let Some(peer) = hub.cluster().and_then(|c| c.peer_for(key)) {
                     info!(to = %peer.link_addr, "hub draining: redirecting the edge");
                     send.write_all(&frame_bytes(&HubToEdge::Redirect {
                         addr: peer.link_addr,

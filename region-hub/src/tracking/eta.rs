@@ -13,7 +13,9 @@ use protocol::geo::{haversine_m, LatLng};
 use protocol::status::DeliveryStatus;
 use protocol::wire::Fix;
 use protocol::DeliveryId;
-use roadnet::{hour_of_week, EtaEngine, RoadError, RoadGraph, Route, SpeedModel};
+use roadnet::{
+    cell_of, hour_of_week, EtaEngine, RoadError, RoadGraph, Route, SpeedModel, SpeedSample,
+};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -87,25 +89,29 @@ pub struct EtaStats {
     pub route_failures: u64,
 }
 
-/// Shared state of the ETA: one road graph and one speed model for the whole hub.
+/// What the ETA of a group of deliveries shares: the road graph, and what it learnt about speeds
+/// since the owner last collected it. The speed model itself is not here: it is shared by every
+/// group (shard) of the hub, passed in read-only while fixes are handled, and the samples taken
+/// here are applied to it afterwards ([`EtaModel::take_samples`], [`SpeedModel::apply`]).
 #[derive(Debug, Default)]
 pub struct EtaModel {
     graph: Option<Arc<RoadGraph>>,
-    speeds: SpeedModel,
+    /// Speed observations not yet applied to the shared model.
+    samples: Vec<SpeedSample>,
+    /// The last position resolved to an H3 cell (a fix teaches both tables from one position).
+    last_cell: Option<(LatLng, u64)>,
     /// Plans made or changed since the last [`EtaModel::take_dirty_plans`].
     dirty_plans: Vec<(DeliveryId, StoredPlan)>,
     stats: EtaStats,
-    observed: u64,
     /// Measures elapsed seconds around routing (a monotonic timer from the IO layer).
     timer: Option<fn() -> f64>,
 }
 
 impl EtaModel {
-    /// A model on `graph` with an empty speed table.
-    pub fn new(graph: Option<Arc<RoadGraph>>, config: &EtaConfig) -> Self {
+    /// A model on `graph`.
+    pub fn new(graph: Option<Arc<RoadGraph>>) -> Self {
         Self {
             graph,
-            speeds: SpeedModel::new(config.speed_model.clone()),
             ..Self::default()
         }
     }
@@ -125,31 +131,38 @@ impl EtaModel {
         self.timer = Some(timer);
     }
 
-    /// The speed model.
-    pub fn speeds(&self) -> &SpeedModel {
-        &self.speeds
-    }
-
-    /// The speed model, to import a saved historical table.
-    pub fn speeds_mut(&mut self) -> &mut SpeedModel {
-        &mut self.speeds
-    }
-
-    /// Teaches the historical table the speed of an accepted fix (every driver's, matched to
-    /// a delivery or not). Fixes slower than `min_learn_speed_mps` are skipped.
+    /// Samples for the historical table: the speed of an accepted fix (every driver's, matched
+    /// to a delivery or not). Fixes slower than `min_learn_speed_mps` are skipped.
     pub fn observe_fix(&mut self, config: &EtaConfig, fix: &Fix) {
-        let speed = fix.speed_mps();
-        if speed < config.min_learn_speed_mps {
+        let speed_mps = fix.speed_mps();
+        if speed_mps < config.min_learn_speed_mps {
             return;
         }
         let now_s = fix.ts_ms as f64 / 1000.0;
-        let hour = hour_of_week(now_s, config.speed_model.utc_offset_s);
-        let p = fix.position();
-        self.speeds
-            .observe_at(roadnet::LatLng::new(p.lat, p.lng), hour, speed);
-        self.observed += 1;
-        if self.observed.is_multiple_of(50_000) {
-            self.speeds.prune_live(now_s);
+        let hour_of_week = hour_of_week(now_s, config.speed_model.utc_offset_s);
+        if let Some(cell) = self.cell(fix.position()) {
+            self.samples.push(SpeedSample::Historical {
+                cell,
+                hour_of_week,
+                speed_mps,
+            });
+        }
+    }
+
+    /// Speed samples taken since the last call, to apply to the shared [`SpeedModel`].
+    pub fn take_samples(&mut self) -> Vec<SpeedSample> {
+        std::mem::take(&mut self.samples)
+    }
+
+    /// The H3 cell of `pos` (cached for the last position asked).
+    fn cell(&mut self, pos: LatLng) -> Option<u64> {
+        match self.last_cell {
+            Some((p, c)) if p == pos => Some(c),
+            _ => {
+                let c = cell_of(roadnet::LatLng::new(pos.lat, pos.lng))?;
+                self.last_cell = Some((pos, c));
+                Some(c)
+            }
         }
     }
 
@@ -305,8 +318,10 @@ pub struct EtaTracker {
 
 impl EtaTracker {
     /// The latest estimate (in snapshots), with the current route's polyline.
-    pub fn current(&self) -> Option<&Eta> {
-        self.current.as_ref()
+    pub fn current(&self) -> Option<Eta> {
+        let mut eta = self.current.clone()?;
+        eta.route_polyline = self.planned.as_ref().map(|p| p.polyline.clone());
+        Some(eta)
     }
 
     /// The plan being followed, if any.
@@ -340,6 +355,7 @@ impl EtaTracker {
         &mut self,
         config: &EtaConfig,
         model: &mut EtaModel,
+        speeds: &SpeedModel,
         now_ms: u64,
         input: &EtaInput,
     ) -> Option<Eta> {
@@ -351,26 +367,30 @@ impl EtaTracker {
         }
         let (eta_s, remaining_m) = match self.planned.as_mut() {
             Some(p) => {
-                let mut u = p.engine.handle_fix(now_s, here, &model.speeds);
+                let mut u = p.engine.handle_fix(now_s, here, speeds);
                 if u.deviated {
                     let pickup_ahead = self.pickup.as_ref().is_some_and(|w| !w.passed);
                     let pickup =
                         (before_pickup(input.status) && pickup_ahead).then_some(input.pickup);
                     if self.replan(config, model, input, pickup, true) {
                         if let Some(p) = self.planned.as_mut() {
-                            u = p.engine.handle_fix(now_s, here, &model.speeds);
+                            u = p.engine.handle_fix(now_s, here, speeds);
                         }
                     }
                 }
                 if let (Some(i), Some(p)) = (u.segment_index, self.planned.as_ref()) {
                     if !u.deviated && input.speed_mps >= config.min_learn_speed_mps {
-                        if let Some(seg) = p.engine.route().segments.get(i) {
-                            model.speeds.observe_live(
-                                here,
+                        let free_speed_mps =
+                            p.engine.route().segments.get(i).map(|s| s.free_speed_mps);
+                        if let (Some(class_default_mps), Some(cell)) =
+                            (free_speed_mps, model.cell(here))
+                        {
+                            model.samples.push(SpeedSample::Live {
+                                cell,
                                 now_s,
-                                input.speed_mps,
-                                seg.free_speed_mps,
-                            );
+                                speed_mps: input.speed_mps,
+                                class_default_mps,
+                            });
                         }
                     }
                 }
@@ -390,14 +410,14 @@ impl EtaTracker {
             .planned
             .as_ref()
             .is_some_and(|p| p.version != self.sent_version);
-        let polyline = self.planned.as_ref().map(|p| p.polyline.clone());
+        // Kept without the polyline (`current` adds it): copying it at every fix is waste.
         let eta = Eta {
             delivery_id: input.delivery_id,
             seq: self.seq,
             eta_s,
             remaining_m,
             ts_ms: input.fix_ts_ms,
-            route_polyline: polyline,
+            route_polyline: None,
         };
         self.current = Some(eta.clone());
         if !(self.due(config, now_ms) || route_changed) {
@@ -407,8 +427,7 @@ impl EtaTracker {
         let mut pushed = eta;
         if route_changed {
             self.sent_version = self.planned.as_ref().map_or(0, |p| p.version);
-        } else {
-            pushed.route_polyline = None;
+            pushed.route_polyline = self.planned.as_ref().map(|p| p.polyline.clone());
         }
         Some(pushed)
     }
@@ -554,7 +573,7 @@ mod tests {
 
     fn helsinki() -> EtaModel {
         let g = RoadGraph::default_city().expect("embedded city loads");
-        EtaModel::new(Some(Arc::new(g)), &EtaConfig::default())
+        EtaModel::new(Some(Arc::new(g)))
     }
 
     #[test]
@@ -564,7 +583,9 @@ mod tests {
         let mut t = EtaTracker::default();
         let mut i = input(PICKUP, T0);
         i.status = DeliveryStatus::EnRoute;
-        let first = t.handle_fix(&c, &mut m, T0, &i).expect("first is pushed");
+        let first = t
+            .handle_fix(&c, &mut m, &SpeedModel::default(), T0, &i)
+            .expect("first is pushed");
         assert!(t.handle_silence(&c, T0 + 1_000).is_none(), "throttled");
         let a = t.handle_silence(&c, T0 + 40_000).expect("due");
         let b = t.handle_silence(&c, T0 + 42_000).expect("due");
@@ -572,7 +593,7 @@ mod tests {
         assert!((a.eta_s - b.eta_s - 2.0).abs() < 1e-6, "{b:?}");
         assert!(b.seq > a.seq && a.seq > first.seq);
         assert_eq!(b.ts_ms, T0 + 42_000);
-        assert_eq!(t.current(), Some(&first));
+        assert_eq!(t.current(), Some(first.clone()));
     }
 
     #[test]
@@ -581,7 +602,7 @@ mod tests {
         let mut m = helsinki();
         let mut t = EtaTracker::default();
         let first = t
-            .handle_fix(&c, &mut m, T0, &input(START, T0))
+            .handle_fix(&c, &mut m, &SpeedModel::default(), T0, &input(START, T0))
             .expect("first is pushed");
         let poly = first
             .route_polyline
@@ -608,6 +629,7 @@ mod tests {
             .handle_fix(
                 &c,
                 &mut m,
+                &SpeedModel::default(),
                 T0 + 3_000,
                 &input(LatLng::new(p2.lat, p2.lng), T0 + 3_000),
             )
@@ -622,7 +644,7 @@ mod tests {
         let c = EtaConfig::default();
         let mut m = helsinki();
         let mut t = EtaTracker::default();
-        t.handle_fix(&c, &mut m, T0, &input(START, T0))
+        t.handle_fix(&c, &mut m, &SpeedModel::default(), T0, &input(START, T0))
             .expect("first");
         let before = t.plan().expect("plan").route;
         // 300 ms later (throttled for a normal fix), the driver is at the road node farthest
@@ -643,7 +665,13 @@ mod tests {
         );
         let off = LatLng::new(far.lat, far.lng);
         let eta = t
-            .handle_fix(&c, &mut m, T0 + 300, &input(off, T0 + 300))
+            .handle_fix(
+                &c,
+                &mut m,
+                &SpeedModel::default(),
+                T0 + 300,
+                &input(off, T0 + 300),
+            )
             .expect("a re-route is pushed even when throttled");
         let poly = eta.route_polyline.expect("with the new route");
         let pts = roadnet::polyline::decode(&poly).expect("polyline");
@@ -720,7 +748,9 @@ mod tests {
         let parked = Fix::from_units(2, T0, PICKUP.lat, PICKUP.lng, 0.0, 0.2, 5.0);
         m.observe_fix(&c, &moving);
         m.observe_fix(&c, &parked);
-        let rows = m.speeds().export_historical();
+        let mut speeds = SpeedModel::default();
+        speeds.apply(&m.take_samples());
+        let rows = speeds.export_historical();
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].3, 1);
         assert!((rows[0].2 - 7.0).abs() < 0.01);

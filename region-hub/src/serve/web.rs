@@ -6,8 +6,8 @@
 //! `GET /api/v1/ops/deliveries/{id}/history` (operator token, as `?token=` or bearer). The
 //! operator's replay reads the breadcrumbs and status events the hub stores in redb.
 
-use crate::http::token;
 use crate::hub::{ApiFailure, Hub};
+use crate::serve::http::token;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -27,37 +27,37 @@ const FILES: &[(&str, &str, &str)] = &[
     (
         "track.html",
         "text/html; charset=utf-8",
-        include_str!("../web/track.html"),
+        include_str!("../../web/track.html"),
     ),
     (
         "track.js",
         "text/javascript; charset=utf-8",
-        include_str!("../web/track.js"),
+        include_str!("../../web/track.js"),
     ),
     (
         "ops.html",
         "text/html; charset=utf-8",
-        include_str!("../web/ops.html"),
+        include_str!("../../web/ops.html"),
     ),
     (
         "ops.js",
         "text/javascript; charset=utf-8",
-        include_str!("../web/ops.js"),
+        include_str!("../../web/ops.js"),
     ),
     (
         "map.js",
         "text/javascript; charset=utf-8",
-        include_str!("../web/map.js"),
+        include_str!("../../web/map.js"),
     ),
     (
         "transport.js",
         "text/javascript; charset=utf-8",
-        include_str!("../web/transport.js"),
+        include_str!("../../web/transport.js"),
     ),
     (
         "style.css",
         "text/css; charset=utf-8",
-        include_str!("../web/style.css"),
+        include_str!("../../web/style.css"),
     ),
 ];
 
@@ -247,21 +247,6 @@ pub fn map_json(graph: &RoadGraph) -> MapJson {
     }
 }
 
-/// Snapshots of the held deliveries (only the open ones unless `all`), by id.
-fn snapshots(hub: &Hub, all: bool) -> Vec<Snapshot> {
-    let now = nodekit::unix_ms();
-    let st = hub.shared.state.lock();
-    let mut v: Vec<Snapshot> = st
-        .core
-        .ids()
-        .filter_map(|id| st.core.snapshot(id, now))
-        .filter(|s| all || !s.status.is_terminal())
-        .collect();
-    drop(st);
-    v.sort_by_key(|s| s.delivery_id);
-    v
-}
-
 /// What the operator view polls.
 #[derive(Debug, Serialize)]
 struct OpsView {
@@ -288,11 +273,13 @@ async fn ops_deliveries(
         server_time_ms: nodekit::unix_ms(),
         fixes_received_total: m.fixes_received.get(),
         fixes_unmatched_total: m.fixes_unmatched.get(),
-        positions_pushed_total: m.pushed_total(crate::http::WEBSOCKET)
-            + m.pushed_total(crate::wt::TRANSPORT),
-        consumers_websocket: m.consumers(crate::http::WEBSOCKET),
-        consumers_webtransport: m.consumers(crate::wt::TRANSPORT),
-        deliveries: snapshots(&web.hub, query.get("all").is_some_and(|v| v == "1")),
+        positions_pushed_total: m.pushed_total(crate::serve::http::WEBSOCKET)
+            + m.pushed_total(crate::serve::wt::TRANSPORT),
+        consumers_websocket: m.consumers(crate::serve::http::WEBSOCKET),
+        consumers_webtransport: m.consumers(crate::serve::wt::TRANSPORT),
+        deliveries: web
+            .hub
+            .snapshots(query.get("all").is_some_and(|v| v == "1")),
     };
     Json(view).into_response()
 }
@@ -320,7 +307,7 @@ async fn ops_history(
     let Some(snapshot) = web.hub.snapshot(id) else {
         return ApiFailure::NotFound(format!("delivery {id} not found")).into_response();
     };
-    let store = web.hub.store.clone();
+    let store = web.hub.store().clone();
     let read = tokio::task::spawn_blocking(move || {
         let events = store.events_after(id, 0)?;
         let mut trail = Vec::new();
@@ -331,7 +318,7 @@ async fn ops_history(
             after_ts = last.ts_ms;
             trail.extend(page.iter().map(|c| (c.lat, c.lng, c.heading_deg, c.ts_ms)));
         }
-        Ok::<_, crate::store::StoreError>((events, trail))
+        Ok::<_, crate::durable::store::StoreError>((events, trail))
     })
     .await;
     match read {
