@@ -953,7 +953,6 @@ impl DriverApp for LoadDriver<'_> {
 /// A driver for one delivery (the client library's session): QUIC to an edge (or the HTTPS
 /// fallback), on duty for the delivery, a fix per interval along its road trip; it moves to
 /// the next edge when its edge fails and to the named edge on `Redirect`.
-#[allow(clippy::too_many_arguments)]
 async fn run_driver(
     s: Arc<Shared>,
     slot: usize,

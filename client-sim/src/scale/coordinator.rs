@@ -230,7 +230,6 @@ fn ratio(held: &BTreeMap<String, Held>) -> f64 {
     }
 }
 
-#[allow(clippy::too_many_lines)]
 fn supervise(
     args: &ScaleArgs,
     workers: usize,
