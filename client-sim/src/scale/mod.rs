@@ -120,7 +120,10 @@ impl ScaleArgs {
             return self.workers;
         }
         let tcp = self.deliveries as f64 * (self.ws_share + self.https_share);
-        ((tcp / 9000.0).ceil() as usize).max(1)
+        let by_fds = (tcp / 9000.0).ceil() as usize;
+        // And at most ~25,000 deliveries (50,000 sessions) per worker.
+        let by_sessions = (self.deliveries as f64 / 25_000.0).ceil() as usize;
+        by_fds.max(by_sessions).max(1)
     }
 
     pub fn check(&self) -> anyhow::Result<()> {
@@ -174,10 +177,11 @@ pub fn main(args: ScaleArgs) -> anyhow::Result<i32> {
     args.check()?;
     match args.worker_index {
         Some(i) => {
-            // One thread per worker process: no cross-thread wake-ups (a profile of the
-            // multi-threaded runtime spent ~18 % of the worker's CPU in context switches);
-            // the coordinator runs more workers to use more cores.
-            let rt = tokio::runtime::Builder::new_current_thread()
+            // Two threads per worker: on a machine shared with the nodes (and with anything
+            // else), the scheduler shares CPU per thread, and a one-thread worker starved of
+            // it stops draining its UDP sockets (measured: 8 MiB queues, drops, at 20,000).
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
                 .enable_all()
                 .build()
                 .context("starting the tokio runtime")?;
