@@ -17,6 +17,17 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
 fi
+# Monitoring checks (scripts/test.sh): promtool comes with Debian's prometheus package. Installed
+# without recommends (no node exporter); on a machine running systemd its postinst also enables
+# and starts a Prometheus server on :9090 (`systemctl disable --now prometheus` if unwanted).
+if ! command -v promtool >/dev/null; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: please install: prometheus (for promtool)" >&2
+    exit 1
+  fi
+  [ ${#need[@]} -gt 0 ] || apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus
+fi
 if ! python3 -c "import selenium, pytest" 2>/dev/null; then
   python3 -m pip install --quiet selenium pytest 2>/dev/null ||
     python3 -m pip install --quiet --break-system-packages selenium pytest

@@ -20,6 +20,20 @@ cargo clippy --workspace --all-targets --release -- -D warnings
 stage "unit and integration tests"
 cargo test --workspace --release
 
+stage "monitoring: alert rules, their tests, dashboard and rules against running nodes"
+# The checker starts a hub and an edge from the release binaries the tests above built
+# (loopback ports 27600-27613) and fails if the rules or the dashboard name a metric they do
+# not export (docs/operations.md, "Monitoring").
+for bin in certs region-hub edge-node client-sim; do
+  [ -x "target/release/$bin" ] ||
+    cargo build --release -q -p certs -p region-hub -p edge-node -p client-sim
+done
+promtool check rules deploy/monitoring/prometheus/trackline-alerts.yml
+promtool check config deploy/monitoring/prometheus/prometheus.yml
+promtool test rules deploy/monitoring/prometheus/trackline-alerts.test.yml
+python3 -m unittest discover -s scripts -p test_check_monitoring.py
+python3 scripts/check_monitoring.py
+
 stage "terraform structure check"
 bash scripts/check-terraform.sh
 

@@ -6,6 +6,12 @@ use std::net::SocketAddr;
 
 pub use crate::filter::FilterConfig;
 
+/// Where the edge's config comes from, later layers winning: the TOML file (`--config` or
+/// `EDGE_CONFIG`), then `TRACKLINE_EDGE_<FIELD>` variables with `__` between nesting levels
+/// (`TRACKLINE_EDGE_BATCH__FLUSH_INTERVAL_MS=5`), then `--set key=value`
+/// (`--set batch.flush_interval_ms=5`).
+pub const CONFIG_LAYERS: nodekit::ConfigLayers = nodekit::ConfigLayers::new("TRACKLINE_EDGE_", &[]);
+
 /// Everything an edge node needs to run. Every field has a laptop-friendly default.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -407,6 +413,73 @@ redirect_to = "edge-hel-2.example:4433"
         let printed = toml::to_string_pretty(&c).expect("print");
         assert_eq!(toml::from_str::<EdgeConfig>(&printed).expect("reparse"), c);
         assert_eq!(c.cluster.expect("cluster").seeds.len(), 2);
+    }
+
+    /// Every leaf of `value` with its dotted path (arrays are leaves).
+    fn leaves(
+        value: &toml::Value,
+        path: &mut Vec<String>,
+        out: &mut Vec<(Vec<String>, toml::Value)>,
+    ) {
+        match value {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    path.push(k.clone());
+                    leaves(v, path, out);
+                    path.pop();
+                }
+            }
+            leaf => out.push((path.clone(), leaf.clone())),
+        }
+    }
+
+    /// Another value of the same type, or `None` for strings and arrays.
+    fn changed(v: &toml::Value) -> Option<toml::Value> {
+        match v {
+            toml::Value::Integer(i) => Some(toml::Value::Integer(i + 1)),
+            toml::Value::Float(f) => Some(toml::Value::Float(f + 0.5)),
+            toml::Value::Boolean(b) => Some(toml::Value::Boolean(!b)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn every_number_and_flag_can_be_overridden_from_env_and_set() {
+        let mut full = EdgeConfig {
+            cluster: Some(cluster::ClusterConfig::default()),
+            ..with_key()
+        };
+        full.clock.epoch_ms = Some(1_764_000_000_000);
+        let tree = toml::Value::try_from(&full).expect("serialize");
+        let mut all = Vec::new();
+        leaves(&tree, &mut Vec::new(), &mut all);
+        let base = toml::to_string(&full).expect("print");
+        let file = std::env::temp_dir().join(format!("edge-layers-{}.toml", std::process::id()));
+        std::fs::write(&file, base).expect("write");
+        let mut checked = 0;
+        for (path, value) in &all {
+            let Some(new) = changed(value) else { continue };
+            let var = format!("TRACKLINE_EDGE_{}", path.join("__").to_uppercase());
+            let from_env: EdgeConfig = CONFIG_LAYERS
+                .load(
+                    Some(&file),
+                    [(var.clone().into(), new.to_string().into())],
+                    &[],
+                )
+                .unwrap_or_else(|e| panic!("{var}: {e}"));
+            let arg = format!("{}={new}", path.join("."));
+            let from_set: EdgeConfig = CONFIG_LAYERS
+                .load(Some(&file), std::iter::empty(), std::slice::from_ref(&arg))
+                .unwrap_or_else(|e| panic!("{arg}: {e}"));
+            for (layer, got) in [(&var, from_env), (&arg, from_set)] {
+                let tree = toml::Value::try_from(&got).expect("serialize");
+                let at = path.iter().try_fold(&tree, |v, k| v.get(k)).expect("path");
+                assert_eq!(at, &new, "{layer} did not reach {}", path.join("."));
+            }
+            checked += 1;
+        }
+        let _ = std::fs::remove_file(&file);
+        assert!(checked >= 25, "only {checked} fields checked");
     }
 
     #[test]

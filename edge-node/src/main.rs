@@ -7,14 +7,28 @@ use std::path::PathBuf;
 
 /// Trackline edge node: driver sessions in, filtered batches out to the region hub.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(
+    version,
+    about,
+    after_help = "Config layers, later wins: the --config file, then TRACKLINE_EDGE_<FIELD> \
+                  variables (`__` between nesting levels: TRACKLINE_EDGE_BATCH__FLUSH_INTERVAL_MS=5), \
+                  then --set. Values are TOML; anything else is a plain string."
+)]
 struct Cli {
     /// TOML config file; the defaults are used without one.
     #[arg(long, env = "EDGE_CONFIG")]
     config: Option<PathBuf>,
-    /// Load and validate the config, print it, and exit.
+    /// Set one config field over the file and the environment, e.g.
+    /// `--set batch.flush_interval_ms=5` (repeatable; the last one of a key wins).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Validate the config (and read the TLS files it names) and exit.
     #[arg(long)]
     check_config: bool,
+    /// Print the effective config (file, environment and --set merged) as TOML, secret
+    /// values redacted, and exit; with --check-config, after validating it.
+    #[arg(long)]
+    print_config: bool,
 }
 
 #[tokio::main]
@@ -22,14 +36,26 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     nodekit::init_tracing("info,edge_node=info");
     certs::install_default_crypto_provider();
-    let config: EdgeConfig = nodekit::load_config(cli.config.as_deref())?;
+    let config: EdgeConfig =
+        edge_node::config::CONFIG_LAYERS.load_from_process(cli.config.as_deref(), &cli.set)?;
+    if cli.print_config && !cli.check_config {
+        print!(
+            "{}",
+            nodekit::redacted_toml(&config).context("printing config")?
+        );
+        return Ok(());
+    }
     config.validate()?;
     if cli.check_config {
         config.tls.load().context("loading TLS files")?;
-        print!(
-            "{}",
-            toml::to_string_pretty(&config).context("printing config")?
-        );
+        if cli.print_config {
+            print!(
+                "{}",
+                nodekit::redacted_toml(&config).context("printing config")?
+            );
+        } else {
+            println!("config ok");
+        }
         return Ok(());
     }
     let edge = edge_node::spawn(config).await?;

@@ -6,20 +6,20 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// Reads a TOML config file, or returns the defaults when no file is given. Unknown keys are
-/// an error (a typo should not silently fall back to a default).
+/// an error (a typo should not silently fall back to a default). The binaries layer the
+/// environment and `--set` on top with [`crate::ConfigLayers`]; this is the file alone.
 pub fn load_config<T: serde::de::DeserializeOwned + Default>(
     path: Option<&Path>,
 ) -> anyhow::Result<T> {
     let Some(path) = path else {
         return Ok(T::default());
     };
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading config {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))
+    Ok(crate::ConfigLayers::new("", &[]).load(Some(path), std::iter::empty(), &[])?)
 }
 
 /// The PEM files a node's TLS needs: its certificate chain and key, and the cluster CA.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TlsFiles {
     /// Certificate chain (PEM), leaf first.
     pub cert: PathBuf,
@@ -76,6 +76,7 @@ impl TlsFiles {
 
 /// One public key that token signatures are checked against.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TokenKeyConfig {
     /// Key id carried in the token (`kid`).
     pub kid: u32,
@@ -92,4 +93,21 @@ pub fn to_verifier(keys: &[TokenKeyConfig]) -> anyhow::Result<protocol::token::T
         v.add_key(k.kid, key);
     }
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_files_and_token_keys_refuse_unknown_keys() {
+        let tls = "cert = \"a.pem\"\nkey = \"a.key\"\nca = \"ca.pem\"\n";
+        toml::from_str::<TlsFiles>(tls).expect("the three files");
+        let err = toml::from_str::<TlsFiles>(&format!("{tls}chain = \"b.pem\"\n"))
+            .expect_err("unknown key");
+        assert!(err.to_string().contains("chain"), "{err}");
+        let err = toml::from_str::<TokenKeyConfig>("kid = 1\npublic_key = \"x\"\nkey_id = 2\n")
+            .expect_err("unknown key");
+        assert!(err.to_string().contains("key_id"), "{err}");
+    }
 }

@@ -3,11 +3,15 @@
 mod admin;
 mod clock;
 mod config;
+mod layered;
 mod serve;
 
 pub use admin::admin_router;
 pub use clock::{Clock, ClockConfig};
 pub use config::{load_config, to_verifier, LoadedTls, TlsFiles, TokenKeyConfig};
+pub use layered::{
+    is_secret_field, redacted_toml, ConfigLayers, ConfigLoadError, FieldError, REDACTED,
+};
 pub use serve::{serve_http, serve_https};
 
 use std::time::{SystemTime, UNIX_EPOCH};

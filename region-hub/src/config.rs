@@ -6,6 +6,13 @@ use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+/// Where the hub's config comes from, later layers winning: the TOML file (`--config` or
+/// `TRACKLINE_HUB_CONFIG`), then `TRACKLINE_HUB_<FIELD>` variables with `__` between nesting
+/// levels (`TRACKLINE_HUB_CLUSTER_HUB__MIN_COPIES=1`), then `--set key=value`
+/// (`--set cluster_hub.min_copies=1`). `TRACKLINE_HUB_CONFIG` is the file's path, not a field.
+pub const CONFIG_LAYERS: nodekit::ConfigLayers =
+    nodekit::ConfigLayers::new("TRACKLINE_HUB_", &["TRACKLINE_HUB_CONFIG"]);
+
 /// Everything a region hub needs to start.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -50,6 +57,8 @@ pub struct HubConfig {
     /// Shards of the delivery state, each applying its deliveries' fixes on a worker of its
     /// own (a hub uses at most this many cores for fixes); 0 = one per available core.
     pub shards: usize,
+    /// redb page cache of the hub's store (event log, breadcrumbs, plans), MiB.
+    pub store_cache_mib: u64,
     /// OpenStreetMap extract (PBF) drawn by the tracking page and the operator view; the
     /// city built into `roadnet` (central Helsinki) when absent.
     pub map_pbf: Option<PathBuf>,
@@ -79,7 +88,7 @@ pub struct HubConfig {
     pub cluster: Option<cluster::ClusterConfig>,
     /// Addresses published to the cluster and used in redirects (`[cluster_hub]`); only read
     /// when `cluster` is set.
-    pub cluster_hub: crate::replication::replica::ClusterHubConfig,
+    pub cluster_hub: ClusterHubConfig,
 }
 
 /// Breadcrumb storage: a writer separate from the status event log, fed by a bounded queue
@@ -229,6 +238,7 @@ impl Default for HubConfig {
             commit: CommitConfig::default(),
             consumer_queue: 256,
             shards: 0,
+            store_cache_mib: 64,
             map_pbf: None,
             map: MapConfig::default(),
             clock: nodekit::ClockConfig::default(),
@@ -238,7 +248,7 @@ impl Default for HubConfig {
             proof: ProofConfig::default(),
             push: notify::NotifyConfig::default(),
             cluster: None,
-            cluster_hub: crate::replication::replica::ClusterHubConfig::default(),
+            cluster_hub: ClusterHubConfig::default(),
         }
     }
 }
@@ -296,6 +306,7 @@ impl HubConfig {
             ),
             ("commit.queue", self.commit.queue as u64),
             ("consumer_queue", self.consumer_queue as u64),
+            ("store_cache_mib", self.store_cache_mib),
             (
                 "history.retention_days",
                 u64::from(self.history.retention_days),
@@ -483,8 +494,163 @@ mod tests {
         assert!(matches!(bad.validate(), Err(ConfigError::Map(_))));
     }
 
+    /// Every leaf of `value` with its dotted path (arrays are leaves).
+    fn leaves(
+        value: &toml::Value,
+        path: &mut Vec<String>,
+        out: &mut Vec<(Vec<String>, toml::Value)>,
+    ) {
+        match value {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    path.push(k.clone());
+                    leaves(v, path, out);
+                    path.pop();
+                }
+            }
+            leaf => out.push((path.clone(), leaf.clone())),
+        }
+    }
+
+    /// Another value of the same type, or `None` for strings and arrays.
+    fn changed(v: &toml::Value) -> Option<toml::Value> {
+        match v {
+            toml::Value::Integer(i) => Some(toml::Value::Integer(i + 1)),
+            toml::Value::Float(f) => Some(toml::Value::Float(f + 0.5)),
+            toml::Value::Boolean(b) => Some(toml::Value::Boolean(!b)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn every_number_and_flag_can_be_overridden_from_env_and_set() {
+        let mut full = HubConfig {
+            http_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9080))),
+            webtransport_tls: Some(WebTransportTls {
+                cert: "wt.pem".into(),
+                key: "wt.key".into(),
+            }),
+            cluster: Some(cluster::ClusterConfig::default()),
+            push: notify::NotifyConfig {
+                apns: Some(notify::ApnsConfig::default()),
+                fcm: Some(notify::FcmConfig::default()),
+            },
+            ..HubConfig::default()
+        };
+        full.clock.epoch_ms = Some(1_764_000_000_000);
+        let tree = toml::Value::try_from(&full).expect("serialize");
+        let mut all = Vec::new();
+        leaves(&tree, &mut Vec::new(), &mut all);
+        let base = toml::to_string(&full).expect("print");
+        let file = std::env::temp_dir().join(format!("hub-layers-{}.toml", std::process::id()));
+        std::fs::write(&file, base).expect("write");
+        let mut checked = 0;
+        for (path, value) in &all {
+            let Some(new) = changed(value) else { continue };
+            let var = format!("TRACKLINE_HUB_{}", path.join("__").to_uppercase());
+            let from_env: HubConfig = CONFIG_LAYERS
+                .load(
+                    Some(&file),
+                    [(var.clone().into(), new.to_string().into())],
+                    &[],
+                )
+                .unwrap_or_else(|e| panic!("{var}: {e}"));
+            let arg = format!("{}={new}", path.join("."));
+            let from_set: HubConfig = CONFIG_LAYERS
+                .load(Some(&file), std::iter::empty(), std::slice::from_ref(&arg))
+                .unwrap_or_else(|e| panic!("{arg}: {e}"));
+            for (layer, got) in [(&var, from_env), (&arg, from_set)] {
+                let tree = toml::Value::try_from(&got).expect("serialize");
+                let at = path.iter().try_fold(&tree, |v, k| v.get(k)).expect("path");
+                assert_eq!(at, &new, "{layer} did not reach {}", path.join("."));
+            }
+            checked += 1;
+        }
+        let _ = std::fs::remove_file(&file);
+        assert!(checked >= 45, "only {checked} fields checked");
+    }
+
     #[test]
     fn rejects_unknown_keys() {
         assert!(toml::from_str::<HubConfig>("hub_idd = \"x\"").is_err());
+    }
+}
+
+/// Hub settings that only matter in a cluster (`[cluster_hub]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterHubConfig {
+    /// `host:port` published as `hub.addr_link` (edges and peer hubs connect to it); default:
+    /// the bound link address (set it when binding a wildcard address).
+    pub advertise_link: Option<String>,
+    /// `host:port` published as `hub.addr_wt` (WebTransport redirects); default: bound address.
+    pub advertise_webtransport: Option<String>,
+    /// `host:port` published as `hub.addr_https` (API and WebSocket redirects); default: bound
+    /// address.
+    pub advertise_https: Option<String>,
+    /// How long the owner waits for the successor's acknowledgement of a batch, in
+    /// milliseconds; past it the batch is acknowledged unreplicated (and counted).
+    pub replica_ack_timeout_ms: u64,
+    /// DNS name checked in a peer hub's certificate on the replica link; default: the host
+    /// part of its `hub.addr_link`.
+    pub replica_server_name: Option<String>,
+    /// How often the hub publishes its load and re-checks ownership, in milliseconds.
+    pub rebalance_interval_ms: u64,
+    /// Longest a drain (`POST /drain`, SIGTERM) waits for every delivery to be handed off
+    /// before the hub stops anyway, in seconds.
+    pub drain_timeout_s: u64,
+    /// After start, the hub waits this long (milliseconds) for the cluster view to fill
+    /// before it claims deliveries from its log; until then it serves only what it creates
+    /// or is handed. A few foca probe periods (`lan`: 1 s each).
+    pub join_grace_ms: u64,
+    /// Copies of a status change that must be durable before it is acknowledged: 2 (default;
+    /// the owner's and its successor's, so an acknowledged event survives the loss of any one
+    /// hub; with no successor reachable changes are refused with 503 until membership picks
+    /// another) or 1 (acknowledge on the owner's copy alone when the successor is
+    /// unreachable, counted in `hub_events_unreplicated_total`: available, not durable).
+    pub min_copies: u8,
+}
+
+impl Default for ClusterHubConfig {
+    fn default() -> Self {
+        Self {
+            advertise_link: None,
+            advertise_webtransport: None,
+            advertise_https: None,
+            replica_ack_timeout_ms: 2_000,
+            replica_server_name: None,
+            rebalance_interval_ms: 1_000,
+            drain_timeout_s: 30,
+            join_grace_ms: 3_000,
+            min_copies: 2,
+        }
+    }
+}
+
+impl ClusterHubConfig {
+    /// Checks the values.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (field, v) in [
+            (
+                "cluster_hub.replica_ack_timeout_ms",
+                self.replica_ack_timeout_ms,
+            ),
+            (
+                "cluster_hub.rebalance_interval_ms",
+                self.rebalance_interval_ms,
+            ),
+            ("cluster_hub.drain_timeout_s", self.drain_timeout_s),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Zero { field });
+            }
+        }
+        if !(1..=2).contains(&self.min_copies) {
+            return Err(ConfigError::Invalid(format!(
+                "cluster_hub.min_copies is {}; it must be 1 or 2",
+                self.min_copies
+            )));
+        }
+        Ok(())
     }
 }

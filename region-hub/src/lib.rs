@@ -114,7 +114,7 @@ impl HubHandle {
     pub async fn replicate_to(
         &self,
         hub_id: &str,
-        entries: &[replica::ReplicaEntry],
+        entries: &[durable::copies::ReplicaEntry],
     ) -> Result<Vec<protocol::DeliveryId>, replica::ReplicaError> {
         let cluster = self
             .hub
@@ -245,7 +245,10 @@ pub async fn spawn_with_notifier(
     let metrics = Arc::new(HubMetrics::new(&mut registry));
 
     let db_path = config.db_path();
-    let store = store::Store::open(&db_path)?;
+    let store = store::Store::open_with_cache(
+        &db_path,
+        usize::try_from(config.store_cache_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX),
+    )?;
     store.ensure_history_tables()?;
     plans::ensure_tables(&store)?;
     let clock = config.clock.clock();

@@ -1,4 +1,5 @@
-//! `region-hub`: run a region hub, check its config, make a token signing key, mint tokens.
+//! `region-hub`: run a region hub, check or print its config, make a token signing key, mint
+//! tokens.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -9,14 +10,29 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Debug, Parser)]
-#[command(name = "region-hub", version, about = "Trackline region hub")]
+#[command(
+    name = "region-hub",
+    version,
+    about = "Trackline region hub",
+    after_help = "Config layers, later wins: the --config file, then TRACKLINE_HUB_<FIELD> \
+                  variables (`__` between nesting levels: TRACKLINE_HUB_CLUSTER_HUB__MIN_COPIES=1), \
+                  then --set. Values are TOML; anything else is a plain string."
+)]
 struct Cli {
     /// Config file (TOML); defaults apply when omitted.
     #[arg(long, env = "TRACKLINE_HUB_CONFIG", global = true)]
     config: Option<PathBuf>,
-    /// Validate the config and exit.
+    /// Set one config field over the file and the environment, e.g.
+    /// `--set cluster_hub.min_copies=1` (repeatable; the last one of a key wins).
+    #[arg(long = "set", value_name = "KEY=VALUE", global = true)]
+    set: Vec<String>,
+    /// Validate the config (and read the TLS files it names) and exit.
     #[arg(long)]
     check_config: bool,
+    /// Print the effective config (file, environment and --set merged) as TOML, secret
+    /// values redacted, and exit; with --check-config, after validating it.
+    #[arg(long)]
+    print_config: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -52,7 +68,15 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     nodekit::init_tracing("info");
     certs::install_default_crypto_provider();
-    let config: HubConfig = nodekit::load_config(cli.config.as_deref())?;
+    let config: HubConfig =
+        region_hub::config::CONFIG_LAYERS.load_from_process(cli.config.as_deref(), &cli.set)?;
+    if cli.print_config && !cli.check_config {
+        print!(
+            "{}",
+            nodekit::redacted_toml(&config).context("printing config")?
+        );
+        return Ok(());
+    }
     config.validate().context("invalid config")?;
     match cli.command {
         Some(Command::Keygen { out, force }) => {
@@ -102,7 +126,14 @@ async fn main() -> anyhow::Result<()> {
             certs::TlsMaterial::load(&t.cert, &t.key, None)
                 .context("checking webtransport_tls files")?;
         }
-        println!("config ok");
+        if cli.print_config {
+            print!(
+                "{}",
+                nodekit::redacted_toml(&config).context("printing config")?
+            );
+        } else {
+            println!("config ok");
+        }
         return Ok(());
     }
     let hub = region_hub::spawn(config).await?;

@@ -327,7 +327,7 @@ async fn replicas_fence_writes_from_a_hub_that_does_not_serve_the_delivery() {
         source: "api".into(),
         metadata: serde_json::Value::Null,
     };
-    let entry = |events| region_hub::replication::replica::ReplicaEntry {
+    let entry = |events| region_hub::durable::copies::ReplicaEntry {
         delivery_id: id,
         record: None,
         events,
@@ -874,7 +874,12 @@ async fn breadcrumbs_are_copied_to_the_successor_and_the_history_survives_the_ow
         owner_crumbs(),
         "the copy is the owner's breadcrumbs, field for field"
     );
-    assert!(t.hub(owner).metrics().breadcrumbs_replicated.get() >= sent);
+    // The owner counts a copy once the successor's ack is back, a moment after the store.
+    wait_until("the owner to count every breadcrumb replicated", || {
+        let n = t.hub(owner).metrics().breadcrumbs_replicated.get();
+        async move { n >= sent }
+    })
+    .await;
     assert_eq!(t.hub(owner).metrics().breadcrumbs_unreplicated.get(), 0);
     assert!(t.hub(succ).metrics().breadcrumbs_received.get() >= sent);
     // The third hub is neither owner nor successor: it got nothing.

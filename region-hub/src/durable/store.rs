@@ -1,10 +1,10 @@
 //! The durable event log in redb: status events, delivery records, idempotency keys, and the
 //! group-commit writer that appends them.
 
-use crate::durable::proof::ProofRecord;
 use crate::metrics::HubMetrics;
 use crate::tracking::anomaly::{Anomaly, AnomalyKind};
 use crate::tracking::deliveries::{DeliveryRecord, LogEntry, RecoveredDelivery, SideRecord};
+use crate::tracking::proof::ProofRecord;
 use protocol::consumer::StatusEvent;
 use protocol::DeliveryId;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -71,26 +71,41 @@ impl StoreError {
     }
 }
 
-/// The hub's redb database. Clones share it; [`Store::close`] releases the file even while
-/// stray clones (e.g. in lingering connection tasks) are still alive.
+/// The hub's redb database, and beside it the breadcrumb history's (`durable::history`).
+/// Clones share them; [`Store::close`] releases the files even while stray clones (e.g. in
+/// lingering connection tasks) are still alive.
 #[derive(Clone, Debug)]
 pub struct Store {
     db: Arc<parking_lot::Mutex<Option<Arc<Database>>>>,
+    history: Arc<crate::durable::history::History>,
 }
 
+/// Page cache of a store opened with [`Store::open`].
+pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+
 impl Store {
-    /// Opens (or creates) the database at `path` and makes sure every table exists.
+    /// Opens (or creates) the database at `path` with a [`DEFAULT_CACHE_BYTES`] page cache and
+    /// makes sure every table exists.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with_cache(path, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`Store::open`] with a page cache of `cache_bytes` (redb's own default is 1 GiB, which
+    /// a hub writing breadcrumbs all day fills: memory that grows with time, not with load).
+    pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
                 path: path.to_path_buf(),
                 source: redb::Error::Io(e),
             })?;
         }
-        let db = Database::create(path).map_err(|e| StoreError::Open {
-            path: path.to_path_buf(),
-            source: e.into(),
-        })?;
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(path)
+            .map_err(|e| StoreError::Open {
+                path: path.to_path_buf(),
+                source: e.into(),
+            })?;
         let tx = db.begin_write().map_err(StoreError::db)?;
         tx.open_table(EVENTS).map_err(StoreError::db)?;
         tx.open_table(DELIVERIES).map_err(StoreError::db)?;
@@ -99,8 +114,10 @@ impl Store {
         tx.open_table(PROOFS).map_err(StoreError::db)?;
         tx.open_table(DEVICES).map_err(StoreError::db)?;
         tx.commit().map_err(StoreError::db)?;
+        let history = crate::durable::history::History::open(&path.with_extension("history.redb"))?;
         Ok(Self {
             db: Arc::new(parking_lot::Mutex::new(Some(Arc::new(db)))),
+            history: Arc::new(history),
         })
     }
 
@@ -108,12 +125,25 @@ impl Store {
         self.db.lock().clone().ok_or(StoreError::Closed)
     }
 
+    pub(crate) fn history(&self) -> Result<&crate::durable::history::History, StoreError> {
+        if self.db.lock().is_none() {
+            return Err(StoreError::Closed);
+        }
+        Ok(&self.history)
+    }
+
     /// Closes the database file; later calls on any clone fail with [`StoreError::Closed`].
     /// Waits for operations already running on other threads to finish.
     pub async fn close(&self) {
-        let Some(mut db) = self.db.lock().take() else {
+        let Some(db) = self.db.lock().take() else {
             return;
         };
+        for db in std::iter::once(db).chain(self.history.close()) {
+            Self::release(db).await;
+        }
+    }
+
+    async fn release(mut db: Arc<Database>) {
         loop {
             match Arc::try_unwrap(db) {
                 Ok(db) => {
@@ -263,7 +293,7 @@ impl Store {
     /// idempotency key already stored is kept, so a stale copy never overwrites newer state.
     pub fn apply_replica(
         &self,
-        entries: &[crate::replication::replica::ReplicaEntry],
+        entries: &[crate::durable::copies::ReplicaEntry],
     ) -> Result<(), StoreError> {
         self.apply_replica_checked(entries, false).map(|_| ())
     }
@@ -275,7 +305,7 @@ impl Store {
     /// they are stored monotonically as usual and still returned, to be counted.
     pub fn apply_replica_checked(
         &self,
-        entries: &[crate::replication::replica::ReplicaEntry],
+        entries: &[crate::durable::copies::ReplicaEntry],
         strict: bool,
     ) -> Result<Vec<DeliveryId>, StoreError> {
         let mut conflicts = Vec::new();
@@ -590,7 +620,7 @@ pub struct WriterConfig {
 }
 
 /// Copies entries to another hub before they are committed here, published and
-/// acknowledged (cluster mode, [`crate::replication::replica`]). What could not be replicated is counted
+/// acknowledged (cluster mode, `replication::replica`). What could not be replicated is counted
 /// and committed anyway; what the replica fenced is not committed.
 pub trait Replicate: Send + Sync + 'static {
     /// Returns once the entries are durable on the replica, or replication was given up;
@@ -917,7 +947,7 @@ mod tests {
 
     #[test]
     fn replicated_entries_merge_monotonically_and_keep_their_idempotency_keys() {
-        use crate::replication::replica::ReplicaEntry;
+        use crate::durable::copies::ReplicaEntry;
         let path = temp_db("replica");
         let s = Store::open(&path).expect("open");
         let copy = |e: &LogEntry, keys: &[(&str, u64)]| ReplicaEntry {

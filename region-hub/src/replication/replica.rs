@@ -4,16 +4,16 @@
 //! ALPN `trackline-replica/1`), takes over the deliveries of a hub that left and hands off
 //! those that moved away. See `docs/cluster.md`, *Hubs: ownership, replication, takeover*.
 
+use crate::config::ClusterHubConfig;
+use crate::durable::copies::ReplicaEntry;
 use crate::durable::history::Breadcrumb;
-use crate::durable::proof::ProofRecord;
 use crate::durable::store::Refusal;
 use crate::hub::Hub;
 use crate::metrics::HubMetrics;
-use crate::tracking::deliveries::{DeliveryRecord, LogEntry, SideRecord};
+use crate::tracking::deliveries::LogEntry;
 use cluster::{ClusterNode, HubInfo};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
-use protocol::consumer::StatusEvent;
 use protocol::framing::{frame_bytes, FrameDecoder};
 use protocol::DeliveryId;
 use serde::{Deserialize, Serialize};
@@ -29,133 +29,6 @@ pub const ALPN_REPLICA: &[u8] = b"trackline-replica/1";
 
 /// Largest replication frame (a hand-off carries a delivery's whole log).
 const MAX_REPLICA_FRAME: usize = 16 * 1024 * 1024;
-
-/// Hub settings that only matter in a cluster (`[cluster_hub]`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ClusterHubConfig {
-    /// `host:port` published as `hub.addr_link` (edges and peer hubs connect to it); default:
-    /// the bound link address (set it when binding a wildcard address).
-    pub advertise_link: Option<String>,
-    /// `host:port` published as `hub.addr_wt` (WebTransport redirects); default: bound address.
-    pub advertise_webtransport: Option<String>,
-    /// `host:port` published as `hub.addr_https` (API and WebSocket redirects); default: bound
-    /// address.
-    pub advertise_https: Option<String>,
-    /// How long the owner waits for the successor's acknowledgement of a batch, in
-    /// milliseconds; past it the batch is acknowledged unreplicated (and counted).
-    pub replica_ack_timeout_ms: u64,
-    /// DNS name checked in a peer hub's certificate on the replica link; default: the host
-    /// part of its `hub.addr_link`.
-    pub replica_server_name: Option<String>,
-    /// How often the hub publishes its load and re-checks ownership, in milliseconds.
-    pub rebalance_interval_ms: u64,
-    /// Longest a drain (`POST /drain`, SIGTERM) waits for every delivery to be handed off
-    /// before the hub stops anyway, in seconds.
-    pub drain_timeout_s: u64,
-    /// After start, the hub waits this long (milliseconds) for the cluster view to fill
-    /// before it claims deliveries from its log; until then it serves only what it creates
-    /// or is handed. A few foca probe periods (`lan`: 1 s each).
-    pub join_grace_ms: u64,
-    /// Copies of a status change that must be durable before it is acknowledged: 2 (default;
-    /// the owner's and its successor's, so an acknowledged event survives the loss of any one
-    /// hub; with no successor reachable changes are refused with 503 until membership picks
-    /// another) or 1 (acknowledge on the owner's copy alone when the successor is
-    /// unreachable, counted in `hub_events_unreplicated_total`: available, not durable).
-    pub min_copies: u8,
-}
-
-impl Default for ClusterHubConfig {
-    fn default() -> Self {
-        Self {
-            advertise_link: None,
-            advertise_webtransport: None,
-            advertise_https: None,
-            replica_ack_timeout_ms: 2_000,
-            replica_server_name: None,
-            rebalance_interval_ms: 1_000,
-            drain_timeout_s: 30,
-            join_grace_ms: 3_000,
-            min_copies: 2,
-        }
-    }
-}
-
-impl ClusterHubConfig {
-    /// Checks the values.
-    pub fn validate(&self) -> Result<(), crate::ConfigError> {
-        for (field, v) in [
-            (
-                "cluster_hub.replica_ack_timeout_ms",
-                self.replica_ack_timeout_ms,
-            ),
-            (
-                "cluster_hub.rebalance_interval_ms",
-                self.rebalance_interval_ms,
-            ),
-            ("cluster_hub.drain_timeout_s", self.drain_timeout_s),
-        ] {
-            if v == 0 {
-                return Err(crate::ConfigError::Zero { field });
-            }
-        }
-        if !(1..=2).contains(&self.min_copies) {
-            return Err(crate::ConfigError::Invalid(format!(
-                "cluster_hub.min_copies is {}; it must be 1 or 2",
-                self.min_copies
-            )));
-        }
-        Ok(())
-    }
-}
-
-/// What travels to a replica: one log entry, or a delivery's whole durable state (hand-off).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ReplicaEntry {
-    pub delivery_id: DeliveryId,
-    pub record: Option<DeliveryRecord>,
-    pub events: Vec<StatusEvent>,
-    /// Idempotency keys and the seq each produced (they replicate, so a retried request is
-    /// replayed by the next owner instead of applied twice).
-    pub idempotency: Vec<(String, u64)>,
-    pub proofs: Vec<ProofRecord>,
-    pub devices: Vec<notify::DeviceToken>,
-}
-
-impl From<&LogEntry> for ReplicaEntry {
-    fn from(e: &LogEntry) -> Self {
-        let mut proofs = Vec::new();
-        let mut devices = Vec::new();
-        for side in &e.side {
-            match side {
-                SideRecord::Proof(p) => proofs.push(p.clone()),
-                SideRecord::Device(d) => devices.push(d.clone()),
-                // Anomalies are operator hints, not replicated (docs/cluster.md).
-                SideRecord::Anomaly(_) => {}
-            }
-        }
-        ReplicaEntry {
-            delivery_id: e.delivery_id,
-            record: e.record.clone(),
-            events: e.events.clone(),
-            idempotency: match (&e.idempotency_key, e.events.last()) {
-                (Some(k), Some(ev)) => vec![(k.clone(), ev.event_seq)],
-                _ => Vec::new(),
-            },
-            proofs,
-            devices,
-        }
-    }
-}
-
-impl ReplicaEntry {
-    fn is_empty(&self) -> bool {
-        self.record.is_none()
-            && self.events.is_empty()
-            && self.proofs.is_empty()
-            && self.devices.is_empty()
-    }
-}
 
 /// Frames of the replica link: one request and one answer per bidirectional stream.
 #[derive(Debug, Serialize, Deserialize)]
@@ -1205,7 +1078,7 @@ pub(crate) async fn run_rebalancer(
                             consumer_redirect_url(
                                 &owner,
                                 id,
-                                transport == crate::serve::wt::TRANSPORT,
+                                transport == crate::tracking::fanout::WEBTRANSPORT,
                             )
                         });
                     }
@@ -1371,6 +1244,8 @@ pub(crate) fn spawn_serve(conn: quinn::Connection, hub: Arc<Hub>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tracking::deliveries::SideRecord;
+    use protocol::consumer::StatusEvent;
 
     #[test]
     fn a_hub_config_with_a_cluster_section_parses_and_validates() {

@@ -2,12 +2,13 @@
 //! anomalies (list and live WebSocket stream, operator token), and photo proof of delivery
 //! (upload by the assigned driver, download by the consumer or an operator).
 
+use crate::durable::blobs::store_blob;
 use crate::durable::history::Breadcrumb;
-use crate::durable::proof::{check_image, store_blob, ProofRecord};
 use crate::hub::{ApiFailure, AuthRefusal, Hub};
-use crate::serve::http::{error, token};
+use crate::serve::respond::{error, token};
 use crate::tracking::anomaly::Anomaly;
 use crate::tracking::deliveries::SideRecord;
+use crate::tracking::proof::{check_image, ProofRecord};
 use axum::extract::multipart::MultipartRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -396,7 +397,7 @@ async fn upload_proof(
             )
         }
     };
-    let sha = crate::durable::proof::sha256_hex(&upload.image);
+    let sha = crate::tracking::proof::sha256_hex(&upload.image);
     let replay_key = format!("proof-{sha}");
     if status.check_transition(DeliveryStatus::Delivered).is_err() {
         // Not deliverable any more; a retry of an accepted upload still replays below.

@@ -2,6 +2,7 @@
 //! and the WebTransport certificate info for browsers.
 
 use crate::hub::{ApiFailure, AuthRefusal, ConsumerCursor, Hub};
+use crate::serve::respond::{error, token};
 use crate::tracking::fanout::{Encoded, FrameKind};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -12,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::SinkExt;
-use protocol::api::{ApiError, ChangeStatus, CreateDelivery};
+use protocol::api::{ChangeStatus, CreateDelivery};
 use protocol::DeliveryId;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, Instrument};
 
 /// Label used in metrics.
-pub const WEBSOCKET: &str = "websocket";
+pub const WEBSOCKET: &str = crate::tracking::fanout::WEBSOCKET;
 
 /// Read buffer, write batching threshold and largest inbound message of a consumer WebSocket.
 const CONSUMER_WS_BUFFER: usize = 4096;
@@ -118,59 +119,6 @@ fn redirect_to(location: &str) -> Response {
             "the owning hub has no usable address",
         ),
     }
-}
-
-pub(crate) fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
-    (
-        status,
-        Json(ApiError {
-            error: code.to_owned(),
-            message: message.into(),
-        }),
-    )
-        .into_response()
-}
-
-impl IntoResponse for ApiFailure {
-    fn into_response(self) -> Response {
-        let (status, code) = match &self {
-            ApiFailure::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            ApiFailure::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            ApiFailure::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-            ApiFailure::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            ApiFailure::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-        };
-        error(status, code, self.to_string())
-    }
-}
-
-impl IntoResponse for AuthRefusal {
-    fn into_response(self) -> Response {
-        match &self {
-            AuthRefusal::Missing => {
-                let mut r = error(StatusCode::UNAUTHORIZED, "unauthorized", self.to_string());
-                r.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    header::HeaderValue::from_static("Bearer"),
-                );
-                r
-            }
-            AuthRefusal::Invalid(_) => error(StatusCode::FORBIDDEN, "forbidden", self.to_string()),
-        }
-    }
-}
-
-/// Token from `Authorization: Bearer ...`, else from `?token=`.
-pub(crate) fn token<'a>(
-    headers: &'a HeaderMap,
-    query: &'a HashMap<String, String>,
-) -> Option<&'a str> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .or_else(|| query.get("token").map(String::as_str))
 }
 
 /// A request body that did not parse, with axum's status (400, 415 or 422).

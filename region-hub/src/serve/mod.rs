@@ -2,5 +2,6 @@
 
 pub mod api;
 pub(crate) mod http;
+pub(crate) mod respond;
 pub mod web;
 pub mod wt;

@@ -7,7 +7,7 @@
 //! operator's replay reads the breadcrumbs and status events the hub stores in redb.
 
 use crate::hub::{ApiFailure, Hub};
-use crate::serve::http::token;
+use crate::serve::respond::token;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};

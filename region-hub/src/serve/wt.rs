@@ -14,14 +14,36 @@ use wtransport::error::SendDatagramError;
 use wtransport::{Endpoint, Identity, ServerConfig};
 
 /// Label used in metrics.
-pub const TRANSPORT: &str = "webtransport";
+pub const TRANSPORT: &str = crate::tracking::fanout::WEBTRANSPORT;
+
+/// How long a consumer session may be silent both ways before a keep-alive is sent. Positions
+/// (every fix) and countdown ETAs (every 2 s while a driver is silent) keep a session busy, so
+/// keep-alives are for idle ones only; the idle timeout is quinn's (30 s).
+const KEEP_ALIVE: Duration = Duration::from_secs(10);
+
+/// QUIC transport settings for consumer sessions, which carry a few hundred bytes every few
+/// seconds: no path MTU probing (positions are ~150-byte datagrams, far under the 1,200-byte
+/// minimum), small receive windows (consumers send nothing but control frames), and few
+/// streams (the WebTransport session's request, control and QPACK streams, and ours).
+pub fn transport_config() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(KEEP_ALIVE))
+        .mtu_discovery_config(None)
+        .max_concurrent_bidi_streams(quinn::VarInt::from_u32(4))
+        .max_concurrent_uni_streams(quinn::VarInt::from_u32(8))
+        .stream_receive_window(quinn::VarInt::from_u32(64 * 1024))
+        .receive_window(quinn::VarInt::from_u32(256 * 1024))
+        .send_window(256 * 1024)
+        .datagram_receive_buffer_size(Some(16 * 1024))
+        .datagram_send_buffer_size(64 * 1024);
+    t
+}
 
 /// Binds the WebTransport endpoint.
 pub fn bind(addr: std::net::SocketAddr, identity: Identity) -> std::io::Result<Endpoint<Server>> {
     let config = ServerConfig::builder()
         .with_bind_address(addr)
-        .with_identity(identity)
-        .keep_alive_interval(Some(Duration::from_secs(3)))
+        .with_custom_transport(identity, transport_config())
         .build();
     Endpoint::server(config)
 }

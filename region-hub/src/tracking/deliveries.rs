@@ -5,10 +5,10 @@
 //! durable log and then calls [`Deliveries::commit`] (or [`Deliveries::abort`] on failure). Only
 //! committed events are visible in snapshots and pushed to consumers.
 
-use crate::durable::proof::ProofRecord;
 use crate::tracking::anomaly::{Anomaly, AnomalyConfig, AnomalyDetector, AnomalyInput, Target};
 use crate::tracking::eta::{EtaConfig, EtaInput, EtaModel, EtaTracker, StoredPlan};
 use crate::tracking::geofence::{Geofence, GeofenceConfig, ZoneEvent};
+use crate::tracking::proof::ProofRecord;
 use protocol::api::{ChangeStatus, CreateDelivery};
 use protocol::consumer::{ConsumerFrame, Eta, Position, Snapshot, StatusEvent};
 use protocol::geo::LatLng;

@@ -12,6 +12,11 @@ use protocol::DeliveryId;
 use std::collections::HashMap;
 use tokio::sync::{mpsc, watch};
 
+/// The `transport` of a consumer on WebSocket (metrics label, redirects keep it).
+pub const WEBSOCKET: &str = "websocket";
+/// The `transport` of a consumer on WebTransport.
+pub const WEBTRANSPORT: &str = "webtransport";
+
 /// What a consumer session needs to know about a frame without parsing it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FrameKind {

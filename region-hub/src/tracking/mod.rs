@@ -6,4 +6,5 @@ pub mod deliveries;
 pub mod eta;
 pub mod fanout;
 pub mod geofence;
+pub mod proof;
 pub(crate) mod shards;
