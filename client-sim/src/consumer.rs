@@ -1,22 +1,19 @@
-//! Simulated consumers: a WebTransport or WebSocket session that checks order and measures latency.
+//! Simulated consumers: the client library's consumer session (WebTransport or WebSocket)
+//! with a checker of order and latency on top.
 
 use crate::quality::QualityBook;
 use crate::stats::SimStats;
-use anyhow::{bail, Context};
-use futures::StreamExt;
-use protocol::consumer::ConsumerFrame;
+use anyhow::Context;
+use protocol::DeliveryId;
 use std::net::SocketAddr;
+use std::ops::ControlFlow;
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::io::AsyncBufReadExt;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+use trackline_client::io::{run_consumer as drive, ConsumerApp, ConsumerIo, WsConnector};
+use trackline_client::{ConsumerConfig, ConsumerEvent, ConsumerSession};
 
-/// How a consumer reaches the hub.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ConsumerTransport {
-    WebTransport,
-    WebSocket,
-}
+pub use trackline_client::ConsumerTransport;
 
 /// One simulated consumer.
 #[derive(Clone, Debug)]
@@ -39,19 +36,52 @@ pub struct HubTarget {
     pub tls: Arc<rustls::ClientConfig>,
 }
 
-/// What one consumer has seen so far; survives reconnects.
-#[derive(Debug)]
-struct Seen {
-    last_event_seq: u64,
-    last_position_seq: u64,
-    book: Arc<QualityBook>,
-    clock: nodekit::Clock,
+/// The transports consumers share: one WebTransport endpoint (pinning the hub's certificate
+/// hash, as browsers do) and the WebSocket connector.
+#[derive(Clone, Debug)]
+pub struct ConsumerIos {
+    pub webtransport: ConsumerIo,
+    pub websocket: ConsumerIo,
 }
 
-impl Seen {
-    fn handle(&mut self, spec: &ConsumerSpec, stats: &SimStats, frame: ConsumerFrame) {
-        match frame {
-            ConsumerFrame::Position(p) => {
+impl HubTarget {
+    /// Builds the consumers' transports (call inside the tokio runtime).
+    pub fn consumer_ios(&self) -> anyhow::Result<ConsumerIos> {
+        use wtransport::tls::Sha256Digest;
+        let config = wtransport::ClientConfig::builder()
+            .with_bind_default()
+            .with_server_certificate_hashes([Sha256Digest::new(self.webtransport_cert_sha256)])
+            .keep_alive_interval(Some(Duration::from_secs(5)))
+            .build();
+        let wt = wtransport::Endpoint::client(config).context("WebTransport client endpoint")?;
+        let mut ws = WsConnector::new(self.tls.clone());
+        ws.server_name = Some(self.server_name.clone());
+        Ok(ConsumerIos {
+            webtransport: ConsumerIo::WebTransport(Arc::new(wt)),
+            websocket: ConsumerIo::WebSocket(ws),
+        })
+    }
+}
+
+/// Checks what one consumer receives; survives reconnects.
+struct SimConsumer<'a> {
+    spec: &'a ConsumerSpec,
+    stats: &'a SimStats,
+    book: &'a QualityBook,
+    clock: nodekit::Clock,
+    last_position_seq: u64,
+}
+
+impl ConsumerApp for SimConsumer<'_> {
+    fn on_event(
+        &mut self,
+        _now: Instant,
+        event: ConsumerEvent,
+        _session: &mut ConsumerSession,
+    ) -> ControlFlow<()> {
+        let stats = self.stats;
+        match event {
+            ConsumerEvent::Position(p) => {
                 SimStats::add(&stats.positions_received, 1);
                 // Fix timestamps are simulated time: scale the age back to real time.
                 let age_sim_ms = (self.clock.now_ms_f64() - p.ts_ms as f64).max(0.0);
@@ -62,27 +92,39 @@ impl Seen {
                     self.last_position_seq = p.seq;
                 }
             }
-            ConsumerFrame::Status(e) => {
-                stats.event_seen(spec.index, spec.delivery_id, e.event_seq);
-                self.last_event_seq = self.last_event_seq.max(e.event_seq);
+            ConsumerEvent::Status { event, .. } => {
+                stats.event_seen(self.spec.index, self.spec.delivery_id, event.event_seq)
             }
-            ConsumerFrame::Snapshot(s) => {
-                if let Some(p) = s.position {
+            ConsumerEvent::Snapshot { snapshot, .. } => {
+                if let Some(p) = snapshot.position {
                     self.last_position_seq = self.last_position_seq.max(p.seq);
                 }
-                if let Some(e) = &s.eta {
+                if let Some(e) = &snapshot.eta {
                     self.book.eta_received(e, self.clock.now_s_f64(), true);
                 }
             }
-            ConsumerFrame::Eta(e) => {
+            ConsumerEvent::Eta(e) => {
                 SimStats::add(&stats.etas_received, 1);
                 self.book.eta_received(&e, self.clock.now_s_f64(), false);
             }
-            ConsumerFrame::Error { code, message } => {
-                stats.error(format!("hub refused consumer: {code} {message}"))
+            ConsumerEvent::Failed { failure, .. } => {
+                stats.error(format!(
+                    "consumer {}: {failure}",
+                    self.spec.transport.as_str()
+                ));
+                SimStats::add(&stats.consumer_reconnects, 1);
             }
-            ConsumerFrame::LocationUnavailable { .. } | ConsumerFrame::Redirect { .. } => {}
+            ConsumerEvent::Stopped { failure } => {
+                stats.error(format!("hub refused consumer: {failure}"))
+            }
+            ConsumerEvent::Skipped { detail } => {
+                stats.error(format!("unparsable consumer frame: {detail}"))
+            }
+            ConsumerEvent::Connected { .. }
+            | ConsumerEvent::LocationUnavailable { .. }
+            | ConsumerEvent::Redirected { .. } => {}
         }
+        ControlFlow::Continue(())
     }
 }
 
@@ -90,150 +132,33 @@ impl Seen {
 pub async fn run_consumer(
     spec: ConsumerSpec,
     hub: HubTarget,
+    ios: ConsumerIos,
     stats: Arc<SimStats>,
     book: Arc<QualityBook>,
     clock: nodekit::Clock,
     stop: CancellationToken,
 ) {
     stats.consumer_watches(spec.index, spec.delivery_id);
-    let mut seen = Seen {
-        last_event_seq: 0,
-        last_position_seq: 0,
-        book,
-        clock,
+    let (authority, io) = match spec.transport {
+        ConsumerTransport::WebTransport => (hub.webtransport_addr.to_string(), &ios.webtransport),
+        ConsumerTransport::WebSocket => (hub.https_addr.to_string(), &ios.websocket),
     };
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let r = match spec.transport {
-            ConsumerTransport::WebSocket => run_ws(&spec, &hub, &stats, &stop, &mut seen).await,
-            ConsumerTransport::WebTransport => run_wt(&spec, &hub, &stats, &stop, &mut seen).await,
-        };
-        if stop.is_cancelled() {
-            return;
-        }
-        if let Err(e) = r {
-            stats.error(format!("consumer {:?}: {e:#}", spec.transport));
-        }
-        SimStats::add(&stats.consumer_reconnects, 1);
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(2));
-    }
-}
-
-fn parse(stats: &SimStats, text: &str) -> Option<ConsumerFrame> {
-    match ConsumerFrame::from_json(text) {
-        Ok(f) => Some(f),
-        Err(e) => {
-            stats.error(format!("unparsable consumer frame: {e}"));
-            None
-        }
-    }
-}
-
-async fn run_ws(
-    spec: &ConsumerSpec,
-    hub: &HubTarget,
-    stats: &SimStats,
-    stop: &CancellationToken,
-    seen: &mut Seen,
-) -> anyhow::Result<()> {
-    let url = format!(
-        "wss://{}:{}/api/v1/tracking/{}/connect?token={}&last_event_seq={}",
-        hub.server_name,
-        hub.https_addr.port(),
-        spec.delivery_id,
-        spec.token,
-        seen.last_event_seq
+    let mut config = ConsumerConfig::new(
+        DeliveryId(spec.delivery_id),
+        spec.token.clone(),
+        spec.transport,
+        vec![authority],
     );
-    let tcp = tokio::net::TcpStream::connect(hub.https_addr)
-        .await
-        .context("connecting to the hub")?;
-    let _ = tcp.set_nodelay(true);
-    let connector = tokio_rustls::TlsConnector::from(hub.tls.clone());
-    let name = rustls::pki_types::ServerName::try_from(hub.server_name.clone())
-        .context("hub server name")?;
-    let tls = connector
-        .connect(name, tcp)
-        .await
-        .context("TLS handshake with the hub")?;
-    let (mut ws, _) = tokio_tungstenite::client_async(url, tls)
-        .await
-        .context("WebSocket handshake")?;
-    loop {
-        let msg = tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
-            m = ws.next() => m,
-        };
-        match msg {
-            None => bail!("hub closed the WebSocket"),
-            Some(Err(e)) => bail!("WebSocket error: {e}"),
-            Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => {
-                if let Some(f) = parse(stats, t.as_str()) {
-                    seen.handle(spec, stats, f);
-                }
-            }
-            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(c))) => {
-                bail!("hub closed the WebSocket: {c:?}")
-            }
-            Some(Ok(_)) => {}
-        }
-    }
-}
-
-async fn run_wt(
-    spec: &ConsumerSpec,
-    hub: &HubTarget,
-    stats: &SimStats,
-    stop: &CancellationToken,
-    seen: &mut Seen,
-) -> anyhow::Result<()> {
-    use wtransport::tls::Sha256Digest;
-    let config = wtransport::ClientConfig::builder()
-        .with_bind_default()
-        .with_server_certificate_hashes([Sha256Digest::new(hub.webtransport_cert_sha256)])
-        .keep_alive_interval(Some(Duration::from_secs(5)))
-        .build();
-    let endpoint = wtransport::Endpoint::client(config).context("WebTransport client endpoint")?;
-    let url = format!(
-        "https://{}:{}/api/v1/tracking/{}/wt?token={}&last_event_seq={}",
-        hub.webtransport_addr.ip(),
-        hub.webtransport_addr.port(),
-        spec.delivery_id,
-        spec.token,
-        seen.last_event_seq
-    );
-    let conn = endpoint
-        .connect(url)
-        .await
-        .context("WebTransport session")?;
-    let stream = conn
-        .accept_uni()
-        .await
-        .context("waiting for the event stream")?;
-    let mut lines = tokio::io::BufReader::new(stream).lines();
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
-            line = lines.next_line() => match line {
-                Ok(Some(l)) => {
-                    if let Some(f) = parse(stats, &l) {
-                        seen.handle(spec, stats, f);
-                    }
-                }
-                Ok(None) => bail!("hub closed the event stream"),
-                Err(e) => bail!("event stream: {e}"),
-            },
-            dg = conn.receive_datagram() => match dg {
-                Ok(d) => {
-                    if let Some(f) = std::str::from_utf8(&d.payload()).ok().and_then(|t| parse(stats, t)) {
-                        seen.handle(spec, stats, f);
-                    }
-                }
-                Err(e) => bail!("WebTransport connection: {e}"),
-            },
-        }
-    }
+    config.seed = spec.index as u64;
+    config.backoff.initial = Duration::from_millis(200);
+    config.backoff.max = Duration::from_secs(2);
+    let mut session = ConsumerSession::new(config, Instant::now());
+    let mut app = SimConsumer {
+        spec: &spec,
+        stats: &stats,
+        book: &book,
+        clock,
+        last_position_seq: 0,
+    };
+    drive(&mut session, io, &mut app, &stop).await;
 }

@@ -202,7 +202,7 @@ pub fn targets(env: &DemoEnv, a: NodeAddrs, clock: nodekit::Clock) -> anyhow::Re
     Ok(Targets {
         edge: EdgeTarget {
             quic_addr: edge_quic,
-            https_url: format!("https://localhost:{}", edge_https.port()),
+            https_authority: format!("localhost:{}", edge_https.port()),
             server_name: "localhost".into(),
             http: http.clone(),
         },

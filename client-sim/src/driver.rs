@@ -1,28 +1,21 @@
-//! Simulated drivers: a QUIC session sending fixes as datagrams, or the HTTPS fallback, each
-//! fix the trip's true position at the simulated time plus GPS noise.
+//! Simulated drivers: the client library's driver session (QUIC datagrams, or the HTTPS
+//! fallback), each fix the trip's true position at the simulated time plus GPS noise.
 
 use crate::quality::QualityBook;
 use crate::stats::SimStats;
 use crate::truth::Timeline;
-use anyhow::{bail, Context};
 use nodekit::Clock;
-use protocol::api::JsonFix;
-use protocol::framing::{frame_bytes, FrameDecoder, MAX_DRIVER_FRAME};
-use protocol::wire::{encode_fix_datagram, CloseCode, DriverToEdge, EdgeToDriver, Fix};
+use protocol::wire::Fix;
 use rand::Rng;
 use std::net::SocketAddr;
+use std::ops::ControlFlow;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+use trackline_client::io::{run_driver as drive, DriverApp, DriverIo};
+use trackline_client::{DriverConfig, DriverEvent, DriverSession};
 
-/// How a driver reaches the edge.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DriverTransport {
-    /// QUIC session, fixes as datagrams (the normal path).
-    Quic,
-    /// `POST /api/v1/tracking/locations` over HTTPS on TCP (UDP blocked).
-    Https,
-}
+pub use trackline_client::DriverTransport;
 
 /// One simulated driver, following its trip's true timed path.
 #[derive(Clone, Debug)]
@@ -49,7 +42,8 @@ pub struct DriverSpec {
 #[derive(Clone)]
 pub struct EdgeTarget {
     pub quic_addr: SocketAddr,
-    pub https_url: String,
+    /// `host:port` of the edge's HTTPS listener.
+    pub https_authority: String,
     pub server_name: String,
     pub http: reqwest::Client,
 }
@@ -79,7 +73,7 @@ struct Tick {
 
 /// Makes the fix for simulated time `now_s`: the true position plus GPS noise; a few are
 /// made bad on purpose (accuracy 150 m, position 100 m off).
-fn next_fix(spec: &DriverSpec, seq: u32, now_s: f64, book: &QualityBook, stats: &SimStats) -> Tick {
+fn next_fix(spec: &DriverSpec, now_s: f64, book: &QualityBook, stats: &SimStats) -> Tick {
     let rel = now_s - spec.start_s;
     let truth = spec.timeline.at(rel);
     let mut rng = rand::rng();
@@ -103,7 +97,7 @@ fn next_fix(spec: &DriverSpec, seq: u32, now_s: f64, book: &QualityBook, stats: 
         0.0
     };
     let fix = Fix::from_units(
-        seq,
+        0, // the session numbers its fixes
         (now_s * 1000.0) as u64,
         lat,
         lng,
@@ -131,17 +125,56 @@ async fn wait_for_start(spec: &DriverSpec, stop: &CancellationToken) -> bool {
     !stop.is_cancelled()
 }
 
-fn fix_tick(spec: &DriverSpec) -> tokio::time::Interval {
-    let real = spec
-        .clock
-        .to_real(spec.fix_interval)
-        .max(Duration::from_millis(1));
-    let mut tick = tokio::time::interval(real);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick
+/// The simulated phone: a fix per interval along the trip, until a little after arrival.
+struct SimDriver<'a> {
+    spec: &'a DriverSpec,
+    stats: &'a SimStats,
+    book: &'a QualityBook,
+    next: Instant,
+    interval: Duration,
 }
 
-/// Runs a driver until `stop` fires: sends one fix per interval, moving along its path.
+impl DriverApp for SimDriver<'_> {
+    fn next_wake(&self) -> Option<Instant> {
+        Some(self.next)
+    }
+
+    fn wake(&mut self, now: Instant, session: &mut DriverSession) -> ControlFlow<()> {
+        let Tick { fix, done } = next_fix(
+            self.spec,
+            self.spec.clock.now_s_f64(),
+            self.book,
+            self.stats,
+        );
+        if done {
+            return ControlFlow::Break(());
+        }
+        session.send_fix(now, fix);
+        self.next = (self.next + self.interval).max(now);
+        ControlFlow::Continue(())
+    }
+
+    fn on_event(&mut self, _now: Instant, event: DriverEvent) {
+        match event {
+            DriverEvent::FixesSent { count } => {
+                SimStats::add(&self.stats.fixes_sent, count as u64);
+                if self.spec.transport == DriverTransport::Https {
+                    SimStats::add(&self.stats.fixes_sent_https, count as u64);
+                }
+            }
+            DriverEvent::Failed { failure, .. } => self.stats.error(format!("driver: {failure}")),
+            DriverEvent::Stopped { failure } => {
+                self.stats.error(format!("driver refused: {failure}"))
+            }
+            DriverEvent::FixesDropped { count } => {
+                SimStats::add(&self.stats.datagram_send_errors, count as u64)
+            }
+            DriverEvent::Connected { .. } | DriverEvent::Redirected { .. } => {}
+        }
+    }
+}
+
+/// Runs a driver until `stop` fires or its trip is over: one fix per interval along its path.
 pub async fn run_driver(
     spec: DriverSpec,
     edge: EdgeTarget,
@@ -155,126 +188,35 @@ pub async fn run_driver(
     }
     // The timeline runs from the planned start (a late task catches up along it).
     book.driver_started(spec.delivery_id, spec.start_s);
-    let result = match spec.transport {
-        DriverTransport::Quic => run_quic(&spec, &edge, &endpoint, &stats, &book, &stop).await,
-        DriverTransport::Https => run_https(&spec, &edge, &stats, &book, &stop).await,
+    let (edges, io) = match spec.transport {
+        DriverTransport::Quic => (
+            vec![edge.quic_addr.to_string()],
+            DriverIo::Quic {
+                endpoint,
+                server_name: edge.server_name.clone(),
+            },
+        ),
+        DriverTransport::Https => (
+            vec![edge.https_authority.clone()],
+            DriverIo::Https {
+                client: edge.http.clone(),
+            },
+        ),
     };
-    if let Err(e) = result {
-        stats.error(format!("driver: {e:#}"));
-    }
-}
-
-async fn run_quic(
-    spec: &DriverSpec,
-    edge: &EdgeTarget,
-    endpoint: &quinn::Endpoint,
-    stats: &SimStats,
-    book: &QualityBook,
-    stop: &CancellationToken,
-) -> anyhow::Result<()> {
-    let conn = endpoint
-        .connect(edge.quic_addr, &edge.server_name)
-        .context("starting QUIC connection to the edge")?
-        .await
-        .context("QUIC handshake with the edge")?;
-    hello(&conn, &spec.token).await?;
-    let mut tick = fix_tick(spec);
-    let mut seq = 0u32;
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = tick.tick() => {}
-            reason = conn.closed() => bail!("edge closed the session: {reason}"),
-        }
-        seq += 1;
-        let Tick { fix, done } = next_fix(spec, seq, spec.clock.now_s_f64(), book, stats);
-        if done {
-            break;
-        }
-        match conn.send_datagram(encode_fix_datagram(&fix).into()) {
-            Ok(()) => SimStats::add(&stats.fixes_sent, 1),
-            Err(e) => {
-                SimStats::add(&stats.datagram_send_errors, 1);
-                stats.error(format!("send_datagram: {e}"));
-            }
-        }
-    }
-    conn.close(quinn::VarInt::from_u32(CloseCode::Normal as u32), b"done");
-    Ok(())
-}
-
-/// Sends the hello and waits for the welcome; turns a refusal into a readable error.
-pub async fn hello(conn: &quinn::Connection, token: &str) -> anyhow::Result<EdgeToDriver> {
-    let (mut send, mut recv) = conn.open_bi().await.context("opening the control stream")?;
-    let hello = DriverToEdge::Hello {
-        token: token.to_string(),
-        app_version: env!("CARGO_PKG_VERSION").into(),
+    let mut config = DriverConfig::new(spec.token.clone(), edges, spec.transport);
+    config.seed = spec.driver_id;
+    let now = Instant::now();
+    let mut session = DriverSession::new(config, now);
+    session.set_on_duty(vec![protocol::DeliveryId(spec.delivery_id)]);
+    let mut app = SimDriver {
+        spec: &spec,
+        stats: &stats,
+        book: &book,
+        next: now,
+        interval: spec
+            .clock
+            .to_real(spec.fix_interval)
+            .max(Duration::from_millis(1)),
     };
-    send.write_all(&frame_bytes(&hello))
-        .await
-        .context("sending hello")?;
-    let mut dec = FrameDecoder::new(MAX_DRIVER_FRAME);
-    let mut buf = [0u8; 1024];
-    loop {
-        if let Some(msg) = dec.next_frame::<EdgeToDriver>()? {
-            // Keep the stream open for redirects: hand its halves to a task that drains it.
-            tokio::spawn(async move {
-                let _keep = send;
-                while let Ok(Some(_)) = recv.read(&mut buf).await {}
-            });
-            return Ok(msg);
-        }
-        match recv.read(&mut buf).await {
-            Ok(Some(n)) => dec.push(&buf[..n]),
-            Ok(None) => bail!("edge closed the control stream before welcoming"),
-            Err(quinn::ReadError::ConnectionLost(quinn::ConnectionError::ApplicationClosed(c))) => {
-                bail!(
-                    "edge refused the session (code 0x{:x}): {}",
-                    c.error_code.into_inner(),
-                    String::from_utf8_lossy(&c.reason)
-                )
-            }
-            Err(e) => bail!("reading welcome: {e}"),
-        }
-    }
-}
-
-async fn run_https(
-    spec: &DriverSpec,
-    edge: &EdgeTarget,
-    stats: &SimStats,
-    book: &QualityBook,
-    stop: &CancellationToken,
-) -> anyhow::Result<()> {
-    let url = format!("{}/api/v1/tracking/locations", edge.https_url);
-    let mut tick = fix_tick(spec);
-    let mut seq = 0u32;
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = tick.tick() => {}
-        }
-        seq += 1;
-        let Tick { fix, done } = next_fix(spec, seq, spec.clock.now_s_f64(), book, stats);
-        if done {
-            break;
-        }
-        let body = vec![JsonFix::from_fix(&fix)];
-        let resp = edge
-            .http
-            .post(&url)
-            .bearer_auth(&spec.token)
-            .json(&body)
-            .send()
-            .await;
-        match resp {
-            Ok(r) if r.status().is_success() => {
-                SimStats::add(&stats.fixes_sent, 1);
-                SimStats::add(&stats.fixes_sent_https, 1);
-            }
-            Ok(r) => stats.error(format!("https fallback answered {}", r.status())),
-            Err(e) => stats.error(format!("https fallback: {e}")),
-        }
-    }
-    Ok(())
+    drive(&mut session, &io, &mut app, &stop).await;
 }

@@ -2,29 +2,37 @@
 //! the edges, one WebSocket consumer per delivery, status changes retried across failures, and
 //! a report of lost events, position gaps and what consumers saw around each injected fault.
 //!
-//! Self-contained on purpose (it does not use `scenario`, `driver` or `consumer`): those run a
-//! simulated city against one edge and one hub; this follows redirects, moves between nodes
-//! and measures continuity rather than ETA quality. The QUIC hello and the WebSocket reading
-//! loop are therefore written twice (see the notes in `docs/operations.md`).
+//! Drivers and consumers are the client library's sessions (`trackline-client`: backoff with
+//! jitter, redirects, resume); drivers follow road trips planned as the hub plans them
+//! ([`crate::trips`]). This mode measures continuity through faults rather than ETA quality.
 
+use crate::trips::{fix_at, TripPlanner};
+use crate::truth::Timeline;
 use anyhow::{bail, Context};
-use futures::StreamExt;
 use parking_lot::Mutex;
 use protocol::api::{ChangeStatus, CreateDelivery, DeliveryCreated, StatusChanged};
-use protocol::consumer::ConsumerFrame;
-use protocol::framing::{frame_bytes, FrameDecoder, MAX_DRIVER_FRAME};
 use protocol::geo::LatLng;
 use protocol::status::DeliveryStatus;
 use protocol::token::{Subject, TokenSigner};
-use protocol::wire::{encode_fix_datagram, CloseCode, DriverToEdge, EdgeToDriver};
+use rand::SeedableRng;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+use trackline_client::io::consumer::redirect_authority;
+use trackline_client::io::{
+    run_consumer as run_consumer_io, run_driver as run_driver_io, ConsumerApp, ConsumerIo,
+    DriverApp, DriverIo, WsConnector,
+};
+use trackline_client::{
+    ConsumerConfig, ConsumerEvent, ConsumerSession, ConsumerTransport, DriverConfig, DriverEvent,
+    DriverSession, DriverTransport, Failure,
+};
 
 /// `client-sim load`: drive an already running cluster.
 #[derive(clap::Args, Debug, Clone)]
@@ -253,10 +261,11 @@ struct Shared {
     /// HTTPS address of each edge (same order as `edges`), when given.
     edges_https: Vec<Option<SocketAddr>>,
     https_share: f64,
-    wt_client: Option<wtransport::Endpoint<wtransport::endpoint::endpoint_side::Client>>,
+    wt_client: Option<Arc<wtransport::Endpoint<wtransport::endpoint::endpoint_side::Client>>>,
     wt_share: f64,
     http: reqwest::Client,
-    ws_tls: Arc<rustls::ClientConfig>,
+    ws: WsConnector,
+    planner: TripPlanner,
     quic: quinn::Endpoint,
     signer: TokenSigner,
     operator_token: String,
@@ -288,6 +297,10 @@ impl Shared {
             c.first_errors.push(e);
         }
     }
+}
+
+fn start_seed() -> u64 {
+    nodekit::unix_ms()
 }
 
 /// Runs the load mode and returns its report.
@@ -330,7 +343,9 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<LoadReport> {
             .max_idle_timeout(Some(Duration::from_secs(3)))
             .context("WebTransport idle timeout")?
             .build();
-        Some(wtransport::Endpoint::client(config).context("WebTransport client endpoint")?)
+        Some(Arc::new(
+            wtransport::Endpoint::client(config).context("WebTransport client endpoint")?,
+        ))
     } else {
         None
     };
@@ -371,7 +386,8 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<LoadReport> {
         wt_client,
         wt_share: args.wt_share,
         http,
-        ws_tls: Arc::new(ws_tls),
+        ws: WsConnector::new(Arc::new(ws_tls)),
+        planner: TripPlanner::helsinki(start_seed(), 20.0)?,
         quic,
         signer,
         operator_token,
@@ -618,20 +634,9 @@ async fn run_slot(
     }
 }
 
-/// Helsinki-ish coordinates, a few kilometres between slots; pickup and drop-off far from
-/// where the driver moves, so no geofence changes the status on its own.
-fn place(slot: usize) -> (LatLng, LatLng, (f64, f64)) {
-    let lat = 60.15 + 0.01 * (slot % 10) as f64;
-    let lng = 24.90 + 0.02 * (slot / 10) as f64;
-    (
-        LatLng { lat, lng },
-        LatLng {
-            lat: lat + 0.05,
-            lng: lng + 0.05,
-        },
-        (lat + 0.02, lng + 0.02),
-    )
-}
+/// Start of the trip's first leg to its pickup, at least: at the default lifetime (20 s) a
+/// driver covers ~150 m, so no geofence changes the status on its own.
+const MIN_LEG_M: f64 = 400.0;
 
 async fn run_delivery(
     s: &Arc<Shared>,
@@ -641,7 +646,23 @@ async fn run_delivery(
     stop_new: &CancellationToken,
     stop_all: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let (pickup, dropoff, start) = place(slot);
+    let timeline = {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(driver_id);
+        let from = s.planner.random_node(&mut rng);
+        let (pickup, dropoff) = s.planner.pick_stops(&mut rng, from, MIN_LEG_M, f64::MAX);
+        s.planner.plan(
+            &mut rng,
+            from,
+            pickup,
+            dropoff,
+            nodekit::unix_s() as f64,
+            false,
+        )?
+    };
+    let (pickup, dropoff) = (
+        LatLng::new(timeline.pickup.lat, timeline.pickup.lng),
+        LatLng::new(timeline.dropoff.lat, timeline.dropoff.lng),
+    );
     let body = CreateDelivery {
         delivery_id: None,
         pickup,
@@ -662,7 +683,8 @@ async fn run_delivery(
     let track = Arc::new(Mutex::new(Track::default()));
     s.tracks.lock().insert(id, track.clone());
 
-    let done = CancellationToken::new();
+    let done = stop_all.child_token();
+    let driving = done.child_token();
     let consumer = tokio::spawn(run_consumer(
         s.clone(),
         slot,
@@ -670,16 +692,14 @@ async fn run_delivery(
         created.tracking_token.clone(),
         track.clone(),
         done.clone(),
-        stop_all.clone(),
     ));
     let driver = tokio::spawn(run_driver(
         s.clone(),
         slot,
         driver_id,
         id,
-        start,
-        done.clone(),
-        stop_all.clone(),
+        timeline,
+        driving.clone(),
     ));
 
     let steps = [
@@ -738,7 +758,7 @@ async fn run_delivery(
         // The driver is done; the consumer keeps reading (and reconnecting, if its hub just
         // failed) until it has seen every acknowledged event or `CATCH_UP` has passed, so a
         // delivery that ends during a failover is judged on what the consumer gets after it.
-        driver.abort();
+        driving.cancel();
         let until = tokio::time::Instant::now() + CATCH_UP;
         while tokio::time::Instant::now() < until && !stop_all.is_cancelled() && {
             let t = track.lock();
@@ -753,7 +773,7 @@ async fn run_delivery(
         check_history(s, slot, id, &created.tracking_token, &track).await;
     } else {
         // The run is ending: the driver stops; the consumer keeps reading until `stop_all`.
-        driver.abort();
+        driving.cancel();
     }
     let _ = driver.await;
     let _ = consumer.await;
@@ -886,16 +906,60 @@ async fn post_json<B: Serialize, R: serde::de::DeserializeOwned>(
     bail!("{path}: no hub accepted it within {budget:?}: {last_err}")
 }
 
-/// A driver for one delivery: QUIC to an edge, `Hello`, `OnDuty`, a fix per interval; moves
-/// to the next edge when the session fails and to the named edge on `Redirect`.
+/// Counts a driver session's events into the run's counters.
+struct LoadDriver<'a> {
+    s: &'a Shared,
+    driver_id: u64,
+    timeline: &'a Timeline,
+    start: Instant,
+    next: Instant,
+}
+
+impl DriverApp for LoadDriver<'_> {
+    fn next_wake(&self) -> Option<Instant> {
+        Some(self.next)
+    }
+
+    fn wake(&mut self, now: Instant, session: &mut DriverSession) -> ControlFlow<()> {
+        let rel_s = now.saturating_duration_since(self.start).as_secs_f64();
+        session.send_fix(now, fix_at(self.timeline, rel_s, nodekit::unix_ms()));
+        self.next = (self.next + self.s.fix_interval).max(now);
+        ControlFlow::Continue(())
+    }
+
+    fn on_event(&mut self, _now: Instant, event: DriverEvent) {
+        let s = self.s;
+        match event {
+            DriverEvent::FixesSent { count } => s.count(|c| c.fixes_sent += count as u64),
+            DriverEvent::Redirected { .. } => s.count(|c| c.driver_redirects += 1),
+            DriverEvent::Failed { failure, .. } => {
+                // A drained edge's refusal (503, or the QUIC close code) is a redirect of
+                // sorts; anything else a reconnect.
+                if matches!(failure, Failure::RetryLater { .. }) {
+                    s.count(|c| c.driver_redirects += 1);
+                } else {
+                    s.count(|c| c.driver_reconnects += 1);
+                }
+                s.error(format!("driver {}: {failure}", self.driver_id));
+            }
+            DriverEvent::Stopped { failure } => {
+                s.error(format!("driver {} refused: {failure}", self.driver_id))
+            }
+            DriverEvent::Connected { .. } | DriverEvent::FixesDropped { .. } => {}
+        }
+    }
+}
+
+/// A driver for one delivery (the client library's session): QUIC to an edge (or the HTTPS
+/// fallback), on duty for the delivery, a fix per interval along its road trip; it moves to
+/// the next edge when its edge fails and to the named edge on `Redirect`.
 async fn run_driver(
     s: Arc<Shared>,
     slot: usize,
     driver_id: u64,
     delivery_id: u64,
-    start: (f64, f64),
+    timeline: Arc<Timeline>,
     done: CancellationToken,
-    stop_all: CancellationToken,
 ) {
     let token = s.signer.sign(
         Subject::Driver(protocol::DriverId(driver_id)),
@@ -903,265 +967,94 @@ async fn run_driver(
         3600,
     );
     // Spread the HTTPS drivers evenly over the slots (independently of the consumers' split).
-    if ((slot * 4793 + 211) % 1000) as f64 / 1000.0 < s.https_share {
+    let https = ((slot * 4793 + 211) % 1000) as f64 / 1000.0 < s.https_share;
+    let (transport, edges, io) = if https {
         s.count(|c| c.drivers_https += 1);
-        return run_https_driver(
-            s,
-            slot,
-            driver_id,
-            delivery_id,
-            start,
-            token,
-            done,
-            stop_all,
-        )
-        .await;
-    }
-    s.count(|c| c.drivers_quic += 1);
-    let mut edge_ix = slot % s.edges.len();
-    let mut target = s.edges[edge_ix];
-    let mut seq = 0u32;
-    let mut first = true;
-    loop {
-        if !first {
-            s.count(|c| c.driver_reconnects += 1);
-        }
-        first = false;
-        let outcome = tokio::select! {
-            _ = done.cancelled() => return,
-            _ = stop_all.cancelled() => return,
-            r = driver_session(&s, target, &token, delivery_id, start, &mut seq) => r,
-        };
-        match outcome {
-            Ok(Some(addr)) => {
-                s.count(|c| c.driver_redirects += 1);
-                match tokio::net::lookup_host(&addr)
-                    .await
-                    .ok()
-                    .and_then(|mut a| a.next())
-                {
-                    Some(a) => target = a,
-                    None => {
-                        edge_ix = (edge_ix + 1) % s.edges.len();
-                        target = s.edges[edge_ix];
-                    }
-                }
-            }
-            Ok(None) => return,
-            Err(e) => {
-                s.error(format!("driver {driver_id} via {target}: {e:#}"));
-                edge_ix = (edge_ix + 1) % s.edges.len();
-                target = s.edges[edge_ix];
-                tokio::select! {
-                    _ = done.cancelled() => return,
-                    _ = stop_all.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                }
-            }
-        }
-    }
-}
-
-/// A driver on the HTTPS fallback: one `POST /api/v1/tracking/locations` per fix (the
-/// delivery named in `x-trackline-deliveries`); on a refusal (`503` while the edge drains) or
-/// a failure it moves to the next edge.
-#[allow(clippy::too_many_arguments)]
-async fn run_https_driver(
-    s: Arc<Shared>,
-    slot: usize,
-    driver_id: u64,
-    delivery_id: u64,
-    start: (f64, f64),
-    token: String,
-    done: CancellationToken,
-    stop_all: CancellationToken,
-) {
-    let n = s.edges_https.len();
-    let mut edge_ix = slot % n;
-    let mut seq = 0u32;
-    let mut tick = tokio::time::interval(s.fix_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = done.cancelled() => return,
-            _ = stop_all.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let Some(edge) = s.edges_https[edge_ix] else {
-            return;
-        };
-        seq += 1;
-        let fix = next_fix(start, seq);
-        let sent = s
-            .http
-            .post(format!(
-                "https://{edge}{}",
-                edge_node::ingest::LOCATIONS_PATH
-            ))
-            .bearer_auth(&token)
-            .header(protocol::api::DELIVERIES_HEADER, delivery_id.to_string())
-            .timeout(Duration::from_secs(2))
-            .json(&[fix])
-            .send()
-            .await;
-        match sent {
-            Ok(r) if r.status().is_success() => s.count(|c| c.fixes_sent += 1),
-            Ok(r) => {
-                if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE {
-                    s.count(|c| c.driver_redirects += 1);
-                }
-                s.error(format!(
-                    "https driver {driver_id} via {edge}: {}",
-                    r.status()
-                ));
-                edge_ix = (edge_ix + 1) % n;
-            }
-            Err(e) => {
-                s.count(|c| c.driver_reconnects += 1);
-                s.error(format!("https driver {driver_id} via {edge}: {e}"));
-                edge_ix = (edge_ix + 1) % n;
-            }
-        }
-    }
-}
-
-/// The driver's `seq`th fix: about 5 m/s north-east from `start`, stamped now (QUIC and
-/// HTTPS drivers move alike).
-fn next_fix(start: (f64, f64), seq: u32) -> protocol::api::JsonFix {
-    let step_deg = 0.00003 * f64::from(seq);
-    protocol::api::JsonFix {
-        seq,
-        lat: start.0 + step_deg,
-        lng: start.1 + step_deg,
-        heading: 45.0,
-        speed: 5.0,
-        accuracy: 5.0,
-        timestamp: nodekit::unix_ms(),
-    }
-}
-
-/// One QUIC session; `Ok(Some(addr))` when the edge redirected the driver.
-async fn driver_session(
-    s: &Shared,
-    edge: SocketAddr,
-    token: &str,
-    delivery_id: u64,
-    start: (f64, f64),
-    seq: &mut u32,
-) -> anyhow::Result<Option<String>> {
-    let conn = tokio::time::timeout(
-        Duration::from_secs(3),
-        s.quic
-            .connect(edge, "localhost")
-            .context("starting QUIC connection")?,
-    )
-    .await
-    .context("QUIC handshake timed out")?
-    .context("QUIC handshake")?;
-    let (mut send, mut recv) = conn.open_bi().await.context("opening the control stream")?;
-    let hello = DriverToEdge::Hello {
-        token: token.to_owned(),
-        app_version: env!("CARGO_PKG_VERSION").into(),
-    };
-    send.write_all(&frame_bytes(&hello))
-        .await
-        .context("hello")?;
-    let duty = DriverToEdge::OnDuty {
-        deliveries: vec![protocol::DeliveryId(delivery_id)],
-    };
-    send.write_all(&frame_bytes(&duty))
-        .await
-        .context("on duty")?;
-    let mut dec = FrameDecoder::new(MAX_DRIVER_FRAME);
-    let mut buf = [0u8; 1024];
-    let mut tick = tokio::time::interval(s.fix_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            r = recv.read(&mut buf) => match r {
-                Ok(Some(n)) => {
-                    dec.push(&buf[..n]);
-                    while let Some(msg) = dec.next_frame::<EdgeToDriver>()? {
-                        if let EdgeToDriver::Redirect { addr, .. } = msg {
-                            conn.close(quinn::VarInt::from_u32(CloseCode::Normal as u32), b"redirected");
-                            return Ok(Some(addr));
-                        }
-                    }
-                }
-                Ok(None) => bail!("edge closed the control stream"),
-                Err(e) => bail!("control stream: {e}"),
+        let edges = s
+            .edges_https
+            .iter()
+            .flatten()
+            .map(|a| a.to_string())
+            .collect();
+        (
+            DriverTransport::Https,
+            edges,
+            DriverIo::Https {
+                client: s.http.clone(),
             },
-            reason = conn.closed() => bail!("session closed: {reason}"),
-            _ = tick.tick() => {
-                *seq += 1;
-                let fix = next_fix(start, *seq).to_fix();
-                if conn.send_datagram(encode_fix_datagram(&fix).into()).is_ok() {
-                    s.count(|c| c.fixes_sent += 1);
-                }
-            }
-        }
-    }
+        )
+    } else {
+        s.count(|c| c.drivers_quic += 1);
+        let edges = s.edges.iter().map(|a| a.to_string()).collect();
+        let io = DriverIo::Quic {
+            endpoint: s.quic.clone(),
+            server_name: "localhost".into(),
+        };
+        (DriverTransport::Quic, edges, io)
+    };
+    let mut config = DriverConfig::new(token, edges, transport);
+    config.seed = slot as u64;
+    config.handshake_timeout = Duration::from_secs(3);
+    config.backoff.initial = Duration::from_millis(200);
+    config.backoff.max = Duration::from_secs(2);
+    config.backoff.stable_after = Duration::from_secs(3);
+    let now = Instant::now();
+    let mut session = DriverSession::new(config, now);
+    session.set_on_duty(vec![protocol::DeliveryId(delivery_id)]);
+    let mut app = LoadDriver {
+        s: &s,
+        driver_id,
+        timeline: &timeline,
+        start: now,
+        next: now,
+    };
+    run_driver_io(&mut session, &io, &mut app, &done).await;
 }
 
-/// A WebSocket or WebTransport consumer of one delivery: resumes with `last_event_seq`, follows `redirect`
-/// frames, and tries the other hubs when its hub fails.
-async fn run_consumer(
-    s: Arc<Shared>,
-    slot: usize,
+/// Records what the consumer of one delivery sees; maps a redirect naming the other
+/// transport to the same hub's address for ours (and counts it: a hub bug).
+struct LoadConsumer<'a> {
+    s: &'a Shared,
     delivery_id: u64,
-    token: String,
-    track: Arc<Mutex<Track>>,
-    done: CancellationToken,
-    stop_all: CancellationToken,
-) {
-    let n = s.hubs.len();
-    // Spread the WebTransport consumers evenly over the slots.
-    let wt = s.wt_client.is_some() && ((slot * 7919) % 1000) as f64 / 1000.0 < s.wt_share;
-    let hub_target = |ix: usize| -> String {
-        match (wt, s.hubs_wt[ix % n]) {
-            (true, Some(a)) => a.to_string(),
-            _ => s.hubs[ix % n].to_string(),
-        }
-    };
-    s.count(|c| {
-        if wt {
-            c.consumers_wt += 1
-        } else {
-            c.consumers_ws += 1
-        }
-    });
-    let mut hub_ix = slot % n;
-    let mut target = hub_target(hub_ix);
-    let mut last_event_seq = 0u64;
-    let mut first = true;
-    loop {
-        if !first {
-            s.count(|c| c.consumer_reconnects += 1);
-        }
-        first = false;
-        tracing::debug!(delivery_id, %target, last_event_seq, "consumer connecting");
-        let r = tokio::select! {
-            _ = done.cancelled() => return,
-            _ = stop_all.cancelled() => return,
-            r = async {
-                if wt {
-                    wt_session(&s, &target, delivery_id, &token, &mut last_event_seq, &track).await
-                } else {
-                    ws_session(&s, &target, delivery_id, &token, &mut last_event_seq, &track).await
+    wt: bool,
+    track: &'a Mutex<Track>,
+}
+
+impl ConsumerApp for LoadConsumer<'_> {
+    fn on_event(
+        &mut self,
+        _now: Instant,
+        event: ConsumerEvent,
+        session: &mut ConsumerSession,
+    ) -> ControlFlow<()> {
+        let s = self.s;
+        match event {
+            ConsumerEvent::Position(p) => {
+                let mut t = self.track.lock();
+                t.positions.push(nodekit::unix_ms());
+                t.position_ts.insert(p.ts_ms);
+            }
+            ConsumerEvent::Status { event, .. } => {
+                tracing::debug!(delivery_id = event.delivery_id.0, seq = event.event_seq, status = %event.status, "status seen");
+                self.track.lock().seen.insert(event.event_seq);
+            }
+            ConsumerEvent::Snapshot { snapshot, first } => {
+                // The first snapshot is the state the consumer starts from: it covers the
+                // events before it. Later snapshots (after a resume) must not hide a lost
+                // status event, so after the first only `status` frames count as seen.
+                if first {
+                    self.track.lock().seen.extend(1..=snapshot.last_event_seq);
                 }
-            } => r,
-        };
-        match r {
-            Ok(Some(url)) => {
+            }
+            ConsumerEvent::Redirected {
+                url,
+                wrong_transport,
+            } => {
                 s.count(|c| c.consumer_redirects += 1);
-                // A redirect names the consumer's own transport at the new hub; one that
-                // names the other transport is a hub bug: count it (the harness fails on
-                // it) and map it to the same hub's address for ours.
-                let wrong = wt == url.starts_with("wss://");
-                let addr = authority(&url).unwrap_or_default();
-                target = if wrong {
+                if wrong_transport {
                     s.count(|c| c.consumer_redirects_wrong_transport += 1);
-                    match s
+                    let addr = redirect_authority(&url).to_owned();
+                    let ix = s
                         .hubs
                         .iter()
                         .position(|h| h.to_string() == addr)
@@ -1169,172 +1062,94 @@ async fn run_consumer(
                             s.hubs_wt
                                 .iter()
                                 .position(|h| h.map(|a| a.to_string()) == Some(addr.clone()))
-                        }) {
-                        Some(ix) => hub_target(ix),
-                        None => addr,
+                        });
+                    if let Some(ix) = ix {
+                        session.set_next_authority(hub_authority(s, self.wt, ix));
                     }
-                } else {
-                    addr
-                };
-            }
-            Ok(None) => return,
-            Err(e) => {
-                s.error(format!("consumer {delivery_id} via {target}: {e:#}"));
-                hub_ix = (hub_ix + 1) % n;
-                target = hub_target(hub_ix);
-                tokio::select! {
-                    _ = done.cancelled() => return,
-                    _ = stop_all.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                 }
             }
+            ConsumerEvent::Failed { failure, .. } => {
+                s.count(|c| c.consumer_reconnects += 1);
+                s.error(format!(
+                    "consumer {} via {}: {failure}",
+                    self.delivery_id,
+                    session.authority()
+                ));
+            }
+            ConsumerEvent::Stopped { failure } => {
+                s.error(format!("consumer {} stopped: {failure}", self.delivery_id))
+            }
+            ConsumerEvent::Skipped { detail } => s.error(format!(
+                "consumer {}: skipped frame: {detail}",
+                self.delivery_id
+            )),
+            ConsumerEvent::Connected { .. }
+            | ConsumerEvent::Eta(_)
+            | ConsumerEvent::LocationUnavailable { .. } => {}
         }
+        ControlFlow::Continue(())
     }
 }
 
-/// `host:port` of a `wss://host:port/...` redirect URL.
-fn authority(url: &str) -> Option<String> {
-    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
-    rest.split('/').next().map(str::to_owned)
+/// The address of hub `ix` for a consumer's transport.
+fn hub_authority(s: &Shared, wt: bool, ix: usize) -> String {
+    let n = s.hubs.len();
+    match (wt, s.hubs_wt[ix % n]) {
+        (true, Some(a)) => a.to_string(),
+        _ => s.hubs[ix % n].to_string(),
+    }
 }
 
-/// One WebSocket session; `Ok(Some(url))` on a `redirect` frame.
-async fn ws_session(
-    s: &Shared,
-    hub: &str,
+/// A WebSocket or WebTransport consumer of one delivery (the client library's session):
+/// resumes with `last_event_seq`, follows `redirect` frames, tries the other hubs when its
+/// hub fails, and leaves a hub that goes silent for 5 s (positions arrive every fix interval
+/// while the delivery is active).
+async fn run_consumer(
+    s: Arc<Shared>,
+    slot: usize,
     delivery_id: u64,
-    token: &str,
-    last_event_seq: &mut u64,
-    track: &Mutex<Track>,
-) -> anyhow::Result<Option<String>> {
-    let addr: SocketAddr = tokio::net::lookup_host(hub)
-        .await
-        .context("resolving the hub")?
-        .next()
-        .context("hub address resolves to nothing")?;
-    let url = format!(
-        "wss://{hub}/api/v1/tracking/{delivery_id}/connect?token={token}&last_event_seq={last_event_seq}"
-    );
-    let tcp = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
-        .await
-        .context("connecting to the hub timed out")?
-        .context("connecting to the hub")?;
-    let _ = tcp.set_nodelay(true);
-    let connector = tokio_rustls::TlsConnector::from(s.ws_tls.clone());
-    let name = rustls::pki_types::ServerName::from(addr.ip());
-    let (mut ws, _) = tokio::time::timeout(Duration::from_secs(3), async {
-        let tls = connector
-            .connect(name, tcp)
-            .await
-            .context("TLS handshake")?;
-        tokio_tungstenite::client_async(url, tls)
-            .await
-            .context("WebSocket handshake")
-    })
-    .await
-    .context("WebSocket handshake timed out")??;
-    loop {
-        // A hub that stops answering (partitioned) is left after 5 s of silence: positions
-        // arrive every fix interval while the delivery is active.
-        let msg = match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
-            Ok(m) => m,
-            Err(_) => bail!("no frame for 5 s"),
-        };
-        let text = match msg {
-            None => bail!("hub closed the WebSocket"),
-            Some(Err(e)) => bail!("WebSocket error: {e}"),
-            Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => t,
-            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(c))) => {
-                bail!("hub closed the WebSocket: {c:?}")
-            }
-            Some(Ok(_)) => continue,
-        };
-        if let Some(next) = handle_frame(text.as_str(), last_event_seq, track)? {
-            return Ok(Some(next));
+    token: String,
+    track: Arc<Mutex<Track>>,
+    done: CancellationToken,
+) {
+    let n = s.hubs.len();
+    // Spread the WebTransport consumers evenly over the slots.
+    let wt = s.wt_client.is_some() && ((slot * 7919) % 1000) as f64 / 1000.0 < s.wt_share;
+    s.count(|c| {
+        if wt {
+            c.consumers_wt += 1
+        } else {
+            c.consumers_ws += 1
         }
-    }
-}
-
-/// Records one consumer frame; `Some(url)` for a `redirect`.
-fn handle_frame(
-    text: &str,
-    last_event_seq: &mut u64,
-    track: &Mutex<Track>,
-) -> anyhow::Result<Option<String>> {
-    let frame =
-        ConsumerFrame::from_json(text).map_err(|e| anyhow::anyhow!("unparsable frame: {e}"))?;
-    match frame {
-        ConsumerFrame::Position(p) => {
-            let mut t = track.lock();
-            t.positions.push(nodekit::unix_ms());
-            t.position_ts.insert(p.ts_ms);
-        }
-        ConsumerFrame::Status(e) => {
-            tracing::debug!(delivery_id = e.delivery_id.0, seq = e.event_seq, status = %e.status, "status seen");
-            *last_event_seq = (*last_event_seq).max(e.event_seq);
-            track.lock().seen.insert(e.event_seq);
-        }
-        ConsumerFrame::Snapshot(snap) => {
-            // The first snapshot is the state the consumer starts from: it covers the events
-            // before it (the creation ones, or more if the first connect came late). Later
-            // snapshots (after a resume) must not hide a lost status event, so after the first
-            // only `status` frames count as seen.
-            if *last_event_seq == 0 {
-                *last_event_seq = snap.last_event_seq;
-                track.lock().seen.extend(1..=snap.last_event_seq);
-            }
-        }
-        ConsumerFrame::Redirect { url } => return Ok(Some(url)),
-        ConsumerFrame::Error { code, message } => bail!("hub refused: {code} {message}"),
-        ConsumerFrame::Eta(_) | ConsumerFrame::LocationUnavailable { .. } => {}
-    }
-    Ok(None)
-}
-
-/// One WebTransport session (reliable frames as lines on a uni stream, positions as
-/// datagrams); `Ok(Some(url))` on a `redirect` frame.
-async fn wt_session(
-    s: &Shared,
-    hub_wt: &str,
-    delivery_id: u64,
-    token: &str,
-    last_event_seq: &mut u64,
-    track: &Mutex<Track>,
-) -> anyhow::Result<Option<String>> {
-    use tokio::io::AsyncBufReadExt;
-    let endpoint = s.wt_client.as_ref().context("no WebTransport client")?;
-    let url = format!(
-        "https://{hub_wt}/api/v1/tracking/{delivery_id}/wt?token={token}&last_event_seq={last_event_seq}"
-    );
-    let conn = tokio::time::timeout(Duration::from_secs(3), endpoint.connect(url))
-        .await
-        .context("WebTransport session timed out")?
-        .context("WebTransport session")?;
-    let stream = tokio::time::timeout(Duration::from_secs(3), conn.accept_uni())
-        .await
-        .context("no event stream")?
-        .context("waiting for the event stream")?;
-    let mut lines = tokio::io::BufReader::new(stream).lines();
-    loop {
-        let next = tokio::time::timeout(Duration::from_secs(5), async {
-            tokio::select! {
-                line = lines.next_line() => match line {
-                    Ok(Some(l)) => Ok(l),
-                    Ok(None) => bail!("hub closed the event stream"),
-                    Err(e) => bail!("event stream: {e}"),
-                },
-                dg = conn.receive_datagram() => match dg {
-                    Ok(d) => Ok(String::from_utf8_lossy(&d.payload()).into_owned()),
-                    Err(e) => bail!("WebTransport connection: {e}"),
-                },
-            }
-        })
-        .await
-        .context("no frame for 5 s")??;
-        if let Some(next) = handle_frame(&next, last_event_seq, track)? {
-            return Ok(Some(next));
-        }
-    }
+    });
+    let (transport, io) = match (&s.wt_client, wt) {
+        (Some(endpoint), true) => (
+            ConsumerTransport::WebTransport,
+            ConsumerIo::WebTransport(endpoint.clone()),
+        ),
+        _ => (
+            ConsumerTransport::WebSocket,
+            ConsumerIo::WebSocket(s.ws.clone()),
+        ),
+    };
+    // Start at the slot's hub, then the others in turn.
+    let hubs = (0..n).map(|i| hub_authority(&s, wt, slot + i)).collect();
+    let mut config = ConsumerConfig::new(protocol::DeliveryId(delivery_id), token, transport, hubs);
+    config.seed = 0;
+    config.handshake_timeout = Duration::from_secs(3);
+    config.idle_timeout = Some(Duration::from_secs(5));
+    config.backoff.initial = Duration::from_millis(200);
+    config.backoff.max = Duration::from_secs(2);
+    config.backoff.stable_after = Duration::from_secs(3);
+    config.stop_on_refusal = false;
+    let mut session = ConsumerSession::new(config, Instant::now());
+    let mut app = LoadConsumer {
+        s: &s,
+        delivery_id,
+        wt,
+        track: &track,
+    };
+    run_consumer_io(&mut session, &io, &mut app, &done).await;
 }
 
 /// Summary line for humans.
@@ -1363,8 +1178,8 @@ mod tests {
         assert_eq!(a.port(), 8443);
         assert!(target_addr("https=127.0.0.1:1", "quic").is_err());
         assert_eq!(
-            authority("wss://127.0.0.1:9443/api/v1/tracking/7/connect").as_deref(),
-            Some("127.0.0.1:9443")
+            redirect_authority("wss://127.0.0.1:9443/api/v1/tracking/7/connect"),
+            "127.0.0.1:9443"
         );
     }
 }

@@ -29,6 +29,11 @@ enum Command {
     /// Drive an already running cluster (edges and hubs given by address) and report lost
     /// status events, position gaps and what consumers saw around injected faults.
     Load(client_sim::load::LoadArgs),
+    /// Seed-like load against one running hub and edge: tens of thousands of drivers (each
+    /// one session, delivery after delivery along road routes) and a consumer per delivery,
+    /// from worker processes; reports sessions held, handshakes, reconnects, latency, lost
+    /// status events and the nodes' CPU and memory (JSON and an SVG plot).
+    Scale(client_sim::scale::ScaleArgs),
 }
 
 /// Built-in road networks.
@@ -116,6 +121,7 @@ fn main() -> anyhow::Result<()> {
     let args = match cli.command {
         Some(Command::Demo(a)) => a,
         Some(Command::Load(a)) => return run_load(a),
+        Some(Command::Scale(a)) => return run_scale(a),
         None => cli.demo,
     };
     nodekit::init_tracing("warn");
@@ -177,5 +183,16 @@ fn run_load(args: client_sim::load::LoadArgs) -> anyhow::Result<()> {
         std::fs::write(path, &json).with_context(|| format!("writing {}", path.display()))?;
     }
     eprintln!("{}", client_sim::load::summary(&report));
+    Ok(())
+}
+
+/// `client-sim scale`: the coordinator (or one of its workers).
+fn run_scale(args: client_sim::scale::ScaleArgs) -> anyhow::Result<()> {
+    nodekit::init_tracing("warn");
+    certs::install_default_crypto_provider();
+    let code = client_sim::scale::main(args)?;
+    if code != 0 {
+        std::process::exit(code);
+    }
     Ok(())
 }

@@ -265,6 +265,7 @@ pub async fn run(cfg: &ScenarioConfig, targets: &Targets, mode: &str) -> anyhow:
     }
 
     // 2. Consumers: round-robin over deliveries, transports split by share.
+    let ios = targets.hub.consumer_ios()?;
     let mut consumers = JoinSet::new();
     let mut counts = ConsumerCounts::default();
     for i in 0..cfg.consumers {
@@ -287,6 +288,7 @@ pub async fn run(cfg: &ScenarioConfig, targets: &Targets, mode: &str) -> anyhow:
         consumers.spawn(run_consumer(
             spec,
             targets.hub.clone(),
+            ios.clone(),
             stats.clone(),
             book.clone(),
             clock,

@@ -111,6 +111,21 @@ def test_page_reconnects_and_resumes_after_the_last_event(browser_factory, demo)
     assert seqs == sorted(set(seqs)) and seqs[0] == 1, seqs
 
 
+def test_reconnect_backoff_doubles_with_jitter_up_to_30_s(browser_factory, demo):
+    driver = open_tracking(browser_factory, demo)
+    wait_for(driver, "connected", 20, lambda s: s.get("connection") == "open")
+    # The page's own module: the wait after n consecutive failures lies in [ceiling/2, ceiling].
+    bounds = driver.execute_async_script(
+        """const done = arguments[arguments.length - 1];
+        import('/web/transport.js').then((m) => done([1, 2, 3, 4, 5, 6, 7, 12].map((n) =>
+            [n, m.backoffDelayMs(n, () => 0), m.backoffDelayMs(n, () => 1), m.backoffDelayMs(n)])));"""
+    )
+    for n, low, high, drawn in bounds:
+        ceiling = min(30000, 500 * 2 ** (n - 1))
+        assert (low, high) == (ceiling / 2, ceiling), (n, low, high)
+        assert low <= drawn <= high, (n, drawn)
+
+
 def test_silent_driver_shows_location_unavailable_with_the_age_of_the_last_fix(browser_factory, demo):
     assert demo.edge_ports, "the demo did not print the edge's ports"
     driver = open_tracking(browser_factory, demo)
