@@ -11,7 +11,7 @@ use crate::tracking::anomaly::Anomaly;
 use crate::tracking::deliveries::{
     CoreError, DeliveryRecord, LogEntry, RecoveredDelivery, SideRecord,
 };
-use crate::tracking::fanout::{Encoded, FrameKind, Subscription};
+use crate::tracking::fanout::{DatagramOut, Encoded, FrameKind, Subscription};
 use crate::tracking::shards::{FixEffects, Reserved, Routed, ShardBatch, Shards};
 use parking_lot::Mutex;
 use protocol::api::{ChangeStatus, CreateDelivery, DeliveryCreated, StatusChanged};
@@ -571,6 +571,10 @@ impl Hub {
             self.crumbs.offer(Breadcrumb::from_position(p));
         }
         let m = &self.shared.metrics;
+        m.add_pushed(
+            crate::tracking::fanout::WEBTRANSPORT,
+            effects.datagrams_sent,
+        );
         for _ in 0..effects.overflowed {
             m.reject("overflow");
         }
@@ -642,11 +646,12 @@ impl Hub {
         id: DeliveryId,
         last_event_seq: Option<u64>,
         transport: &'static str,
+        datagrams: Option<Arc<dyn DatagramOut>>,
     ) -> Result<ConsumerStart, ApiFailure> {
         let (snapshot, subscription) = self
             .shared
             .shards
-            .open(id, self.clock.now_ms(), transport)
+            .open(id, self.clock.now_ms(), transport, datagrams)
             .ok_or_else(|| ApiFailure::NotFound(format!("delivery {id} not found")))?;
         let guard = ConsumerGuard {
             shared: self.shared.clone(),

@@ -271,7 +271,7 @@ async fn connect(
             let _ = socket.close().await;
         });
     }
-    let start = match app.hub.open_consumer(id, last_event_seq, WEBSOCKET) {
+    let start = match app.hub.open_consumer(id, last_event_seq, WEBSOCKET, None) {
         Ok(s) => s,
         Err(e) => return e.into_response(),
     };

@@ -2,7 +2,7 @@
 //! reliable frames as newline-delimited JSON on one uni stream, positions as datagrams.
 
 use crate::hub::{ConsumerCursor, Hub};
-use crate::tracking::fanout::FrameKind;
+use crate::tracking::fanout::{DatagramOut, DatagramSent, FrameKind};
 use protocol::DeliveryId;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +12,22 @@ use wtransport::endpoint::endpoint_side::Server;
 use wtransport::endpoint::IncomingSession;
 use wtransport::error::SendDatagramError;
 use wtransport::{Endpoint, Identity, ServerConfig};
+
+/// A WebTransport session as the publisher's direct path for positions.
+#[derive(Debug)]
+struct Datagrams(wtransport::Connection);
+
+impl DatagramOut for Datagrams {
+    fn send(&self, payload: &[u8]) -> DatagramSent {
+        match self.0.send_datagram(payload) {
+            Ok(()) => DatagramSent::Sent,
+            Err(SendDatagramError::NotConnected) => DatagramSent::Closed,
+            Err(SendDatagramError::TooLarge | SendDatagramError::UnsupportedByPeer) => {
+                DatagramSent::Unfit
+            }
+        }
+    }
+}
 
 /// Label used in metrics.
 pub const TRANSPORT: &str = crate::tracking::fanout::WEBTRANSPORT;
@@ -164,14 +180,11 @@ async fn session(incoming: IncomingSession, hub: Arc<Hub>, shutdown: Cancellatio
         request.too_many_requests().await;
         return;
     }
-    let start = match hub.open_consumer(id, last_event_seq, TRANSPORT) {
-        Ok(s) => s,
-        Err(e) => {
-            debug!(error = %e, "no such delivery");
-            request.not_found().await;
-            return;
-        }
-    };
+    if hub.snapshot(id).is_none() {
+        debug!("no such delivery");
+        request.not_found().await;
+        return;
+    }
     let conn = match request.accept().await {
         Ok(c) => c,
         Err(e) => {
@@ -189,6 +202,18 @@ async fn session(incoming: IncomingSession, hub: Arc<Hub>, shutdown: Cancellatio
         },
         Err(e) => {
             debug!(error = %e, "opening uni stream failed");
+            return;
+        }
+    };
+    // Positions go out as datagrams straight from the publisher: this session sends only the
+    // reliable frames (and positions too large for a datagram).
+    let datagrams = Arc::new(Datagrams(conn.clone()));
+    let start = match hub.open_consumer(id, last_event_seq, TRANSPORT, Some(datagrams)) {
+        Ok(s) => s,
+        Err(e) => {
+            // Gone since the check above (expired or moved away): the client retries.
+            debug!(error = %e, "no such delivery");
+            conn.close(wtransport::VarInt::from_u32(4), b"delivery not found");
             return;
         }
     };

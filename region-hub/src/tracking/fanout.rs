@@ -72,12 +72,34 @@ impl Encoded {
     }
 }
 
+/// What sending a datagram straight from the publisher did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DatagramSent {
+    /// Queued on the connection.
+    Sent,
+    /// Not sendable as a datagram (too large for the path, or the peer takes none): the
+    /// session sends it on its stream instead.
+    Unfit,
+    /// The connection is gone.
+    Closed,
+}
+
+/// A consumer connection that takes positions as datagrams, sent by the publisher itself
+/// without waking the consumer's session (a WebTransport session: quinn queues the datagram
+/// and its connection driver sends it).
+pub trait DatagramOut: Send + Sync + std::fmt::Debug {
+    /// Sends `payload` as one datagram, without waiting.
+    fn send(&self, payload: &[u8]) -> DatagramSent;
+}
+
 struct Subscriber {
     id: u64,
     /// The consumer's transport: a redirect must name the same one at the new hub.
     transport: &'static str,
     position: watch::Sender<Option<Encoded>>,
     reliable: mpsc::Sender<Encoded>,
+    /// Positions go here directly when set.
+    datagrams: Option<std::sync::Arc<dyn DatagramOut>>,
 }
 
 /// What a consumer session reads from.
@@ -90,6 +112,15 @@ pub struct Subscription {
     /// Reliable frames in order; `None` means the hub cut this consumer off (overflow or
     /// the delivery's state was dropped).
     pub reliable: mpsc::Receiver<Encoded>,
+}
+
+/// Result of publishing one position.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PositionPush {
+    /// Subscribers it was sent to as a datagram, directly.
+    pub datagrams: usize,
+    /// Subscribers whose session will send it (their newest-position slot was replaced).
+    pub queued: usize,
 }
 
 /// Result of publishing one frame.
@@ -128,8 +159,14 @@ impl Fanout {
     }
 
     /// Adds a subscriber to `delivery`'s frames; `transport` is what it is connected over
-    /// (`"websocket"` or `"webtransport"`), so that a redirect can keep it.
-    pub fn subscribe(&mut self, delivery: DeliveryId, transport: &'static str) -> Subscription {
+    /// (`"websocket"` or `"webtransport"`), so that a redirect can keep it. With `datagrams`,
+    /// positions are sent there directly (the session gets only those that do not fit).
+    pub fn subscribe(
+        &mut self,
+        delivery: DeliveryId,
+        transport: &'static str,
+        datagrams: Option<std::sync::Arc<dyn DatagramOut>>,
+    ) -> Subscription {
         let id = self.next_id;
         self.next_id += 1;
         let (ptx, prx) = watch::channel(None);
@@ -139,6 +176,7 @@ impl Fanout {
             transport,
             position: ptx,
             reliable: rtx,
+            datagrams,
         });
         Subscription {
             delivery_id: delivery,
@@ -168,19 +206,34 @@ impl Fanout {
         self.subs.get(&delivery).map_or(0, Vec::len)
     }
 
-    /// Replaces every subscriber's pending position with `pos` (encoded once, only when
-    /// someone is subscribed).
-    pub fn publish_position(&mut self, pos: &Position) -> usize {
+    /// Sends `pos` to every subscriber (encoded once, only when someone is subscribed): as a
+    /// datagram right away where the subscriber takes them, else by replacing its pending
+    /// position.
+    pub fn publish_position(&mut self, pos: &Position) -> PositionPush {
+        let mut out = PositionPush::default();
         let Some(v) = self.subs.get_mut(&pos.delivery_id) else {
-            return 0;
+            return out;
         };
         let frame = Encoded::new(&ConsumerFrame::Position(pos.clone()));
-        v.retain(|s| s.position.send(Some(frame.clone())).is_ok());
-        let n = v.len();
-        if n == 0 {
+        v.retain(|s| {
+            if let Some(d) = &s.datagrams {
+                match d.send(&frame.line[..frame.line.len().saturating_sub(1)]) {
+                    DatagramSent::Sent => {
+                        out.datagrams += 1;
+                        return true;
+                    }
+                    DatagramSent::Closed => return false,
+                    DatagramSent::Unfit => {}
+                }
+            }
+            let kept = s.position.send(Some(frame.clone())).is_ok();
+            out.queued += usize::from(kept);
+            kept
+        });
+        if v.is_empty() {
             self.subs.remove(&pos.delivery_id);
         }
-        n
+        out
     }
 
     /// Queues a reliable frame for every subscriber of `delivery`, cutting off full ones.
@@ -253,9 +306,9 @@ mod tests {
     #[tokio::test]
     async fn a_slow_consumer_sees_only_the_newest_position() {
         let mut f = Fanout::new(4);
-        let mut s = f.subscribe(DeliveryId(1), "websocket");
+        let mut s = f.subscribe(DeliveryId(1), "websocket", None);
         for seq in 1..=100 {
-            assert_eq!(f.publish_position(&pos(seq)), 1);
+            assert_eq!(f.publish_position(&pos(seq)).queued, 1);
         }
         s.position.changed().await.expect("changed");
         assert_eq!(
@@ -268,7 +321,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_reliable_queue_cuts_the_consumer_off_without_blocking() {
         let mut f = Fanout::new(2);
-        let mut slow = f.subscribe(DeliveryId(1), "websocket");
+        let mut slow = f.subscribe(DeliveryId(1), "websocket", None);
         let frame = ConsumerFrame::Redirect { url: "x".into() };
         assert_eq!(
             f.publish_reliable(DeliveryId(1), &frame),
@@ -306,10 +359,10 @@ mod tests {
     #[test]
     fn dropped_subscriptions_are_pruned_on_publish() {
         let mut f = Fanout::new(2);
-        let s = f.subscribe(DeliveryId(1), "websocket");
-        let _other = f.subscribe(DeliveryId(2), "websocket");
+        let s = f.subscribe(DeliveryId(1), "websocket", None);
+        let _other = f.subscribe(DeliveryId(2), "websocket", None);
         drop(s);
-        assert_eq!(f.publish_position(&pos(1)), 0);
+        assert_eq!(f.publish_position(&pos(1)), PositionPush::default());
         assert_eq!(f.subscribers(DeliveryId(1)), 0);
         assert_eq!(f.subscribers(DeliveryId(2)), 1);
     }
@@ -317,8 +370,8 @@ mod tests {
     #[tokio::test]
     async fn a_redirect_keeps_each_consumer_on_its_transport() {
         let mut f = Fanout::new(4);
-        let mut ws = f.subscribe(DeliveryId(1), "websocket");
-        let mut wt = f.subscribe(DeliveryId(1), "webtransport");
+        let mut ws = f.subscribe(DeliveryId(1), "websocket", None);
+        let mut wt = f.subscribe(DeliveryId(1), "webtransport", None);
         let out = f.publish_redirect(DeliveryId(1), |t| format!("{t}://next"));
         assert_eq!(out.delivered, 2);
         let url = |frame: Option<Encoded>| {
@@ -331,5 +384,51 @@ mod tests {
         };
         assert_eq!(url(ws.reliable.recv().await), "websocket://next");
         assert_eq!(url(wt.reliable.recv().await), "webtransport://next");
+    }
+
+    #[derive(Debug, Default)]
+    struct Sink {
+        sent: parking_lot::Mutex<Vec<Vec<u8>>>,
+        answer: parking_lot::Mutex<Option<DatagramSent>>,
+    }
+
+    impl DatagramOut for Sink {
+        fn send(&self, payload: &[u8]) -> DatagramSent {
+            let answer = self.answer.lock().unwrap_or(DatagramSent::Sent);
+            if answer == DatagramSent::Sent {
+                self.sent.lock().push(payload.to_vec());
+            }
+            answer
+        }
+    }
+
+    #[tokio::test]
+    async fn positions_go_straight_out_as_datagrams_and_fall_back_to_the_session() {
+        let mut f = Fanout::new(4);
+        let sink = std::sync::Arc::new(Sink::default());
+        let mut s = f.subscribe(DeliveryId(1), "webtransport", Some(sink.clone()));
+        let out = f.publish_position(&pos(1));
+        assert_eq!(
+            out,
+            PositionPush {
+                datagrams: 1,
+                queued: 0
+            }
+        );
+        let sent = sink.sent.lock()[0].clone();
+        let back = ConsumerFrame::from_json(std::str::from_utf8(&sent).expect("utf-8"));
+        assert_eq!(back.expect("json"), ConsumerFrame::Position(pos(1)));
+        assert!(
+            !s.position.has_changed().expect("open"),
+            "the session is not woken"
+        );
+        // Too large for the path: the session sends it on its stream.
+        *sink.answer.lock() = Some(DatagramSent::Unfit);
+        assert_eq!(f.publish_position(&pos(2)).queued, 1);
+        s.position.changed().await.expect("changed");
+        // The connection went away: the subscriber is dropped.
+        *sink.answer.lock() = Some(DatagramSent::Closed);
+        assert_eq!(f.publish_position(&pos(3)), PositionPush::default());
+        assert_eq!(f.subscribers(DeliveryId(1)), 0);
     }
 }

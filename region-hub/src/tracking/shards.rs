@@ -19,7 +19,7 @@ use crate::tracking::deliveries::{
     StatusOutcome,
 };
 use crate::tracking::eta::{EtaStats, StoredPlan};
-use crate::tracking::fanout::{Fanout, Published, Subscription};
+use crate::tracking::fanout::{DatagramOut, Fanout, Published, Subscription};
 use parking_lot::{Mutex, MutexGuard, RwLock};
 use protocol::api::{ChangeStatus, CreateDelivery};
 use protocol::consumer::{ConsumerFrame, Position, Snapshot, StatusEvent};
@@ -66,6 +66,8 @@ pub struct FixEffects {
     pub positions: Vec<Position>,
     /// Consumers cut off because their reliable queue was full.
     pub overflowed: usize,
+    /// Positions sent straight to consumers as datagrams.
+    pub datagrams_sent: u64,
     /// Geofence status changes the log refused to queue (they were rolled back).
     pub refused_status_changes: Vec<(DeliveryId, String)>,
     /// Anomalies the log refused to queue.
@@ -387,7 +389,8 @@ impl Shards {
         effects: &mut FixEffects,
     ) {
         for u in out.updates {
-            shard.fanout.publish_position(&u.position);
+            let pushed = shard.fanout.publish_position(&u.position);
+            effects.datagrams_sent += pushed.datagrams as u64;
             if let Some(eta) = u.eta {
                 effects.overflowed += shard
                     .fanout
@@ -531,10 +534,11 @@ impl Shards {
         id: DeliveryId,
         now_ms: u64,
         transport: &'static str,
+        datagrams: Option<std::sync::Arc<dyn DatagramOut>>,
     ) -> Option<(Snapshot, Subscription)> {
         let mut shard = self.lock(id);
         let snapshot = shard.core.snapshot(id, now_ms)?;
-        Some((snapshot, shard.fanout.subscribe(id, transport)))
+        Some((snapshot, shard.fanout.subscribe(id, transport, datagrams)))
     }
 
     /// Removes a consumer whose session ended.
@@ -666,7 +670,7 @@ mod tests {
     fn applying_fixes_pushes_positions_and_learns_speeds_into_the_shared_model() {
         let s = shards(2);
         let id = create(&s, 3);
-        let (_, mut sub) = s.open(id, T0, "websocket").expect("open");
+        let (_, mut sub) = s.open(id, T0, "websocket", None).expect("open");
         let routed = s.route(&[fix(3, T0 + 1_000, 8.0)]);
         let mut effects = FixEffects::default();
         for (k, b) in routed.batches.iter().enumerate() {
