@@ -740,31 +740,22 @@ impl ConsumerCursor {
                     if self.admit(&frame) {
                         out.push(frame);
                     }
-                }
-                changed = sub.position.changed() => {
-                    if changed.is_err() {
-                        return false;
-                    }
-                    let pos = sub.position.borrow_and_update().clone();
-                    if let Some(p) = pos {
-                        if self.admit(&p) {
-                            out.push(p);
+                    // More may be queued behind it.
+                    while let Ok(frame) = sub.reliable.try_recv() {
+                        if self.admit(&frame) {
+                            out.push(frame);
                         }
                     }
                 }
-            }
-            // Take whatever else is already there without waiting.
-            while let Ok(frame) = sub.reliable.try_recv() {
-                if self.admit(&frame) {
-                    out.push(frame);
+                pos = sub.position.next() => {
+                    if self.admit(&pos) {
+                        out.push(pos);
+                    }
                 }
             }
-            if sub.position.has_changed().unwrap_or(false) {
-                let pos = sub.position.borrow_and_update().clone();
-                if let Some(p) = pos {
-                    if self.admit(&p) {
-                        out.push(p);
-                    }
+            if let Some(p) = sub.position.take() {
+                if self.admit(&p) {
+                    out.push(p);
                 }
             }
             if !out.is_empty() {

@@ -11,6 +11,10 @@ use crate::speed::{cell_of, hour_of_week, SpeedModel};
 /// Speeds below this are treated as this when dividing (a cell learnt while stopped), in m/s.
 const MIN_SPEED_MPS: f64 = 1.0;
 
+/// How long the per-run driving times are reused before the speed model is read again, in
+/// seconds of fix time.
+const RUN_TIMES_REFRESH_S: f64 = 30.0;
+
 /// Tuning of the [`EtaEngine`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EtaConfig {
@@ -82,6 +86,12 @@ pub struct EtaEngine {
     free_speed_mps: Vec<f32>,
     /// `(first segment, H3 cell)` of each run of consecutive segments in one cell (0: none).
     cell_runs: Vec<(u32, u64)>,
+    /// Driving time from the start of each run to the end of the route, as of `times_at`
+    /// (fix time, s) and its hour of week: a fix adds only its own run's part. Refreshed every
+    /// [`RUN_TIMES_REFRESH_S`] and when the hour changes, so speeds learnt in the meantime
+    /// reach the ETA within that.
+    run_times_s: Vec<f32>,
+    times_at: Option<(f64, u8)>,
     length_m: f64,
     pickup_progress_m: Option<f64>,
     arrived_at_pickup_s: Option<f64>,
@@ -100,6 +110,8 @@ impl EtaEngine {
             config,
             free_speed_mps: Vec::new(),
             cell_runs: Vec::new(),
+            run_times_s: Vec::new(),
+            times_at: None,
             length_m: 0.0,
             pickup_progress_m: None,
             arrived_at_pickup_s: None,
@@ -130,6 +142,8 @@ impl EtaEngine {
             }
         }
         self.cell_runs.shrink_to_fit();
+        self.run_times_s.clear();
+        self.times_at = None;
         self.length_m = route.length_m;
         self.pickup_progress_m = pickup_segment.map(|k| {
             route
@@ -161,6 +175,15 @@ impl EtaEngine {
         self.free_speed_mps.len()
     }
 
+    /// The H3 cell (resolution 9) segment `i` of the route is counted in.
+    pub fn segment_cell(&self, i: usize) -> Option<u64> {
+        let k = self
+            .cell_runs
+            .partition_point(|(start, _)| *start as usize <= i)
+            .checked_sub(1)?;
+        self.cell_runs.get(k).map(|r| r.1).filter(|c| *c != 0)
+    }
+
     /// Free-flow speed of segment `i` of the route being followed, m/s.
     pub fn free_speed_mps(&self, i: usize) -> Option<f64> {
         self.free_speed_mps.get(i).map(|v| f64::from(*v))
@@ -188,6 +211,7 @@ impl EtaEngine {
 
     /// Handle a GPS fix taken at `now_s` (Unix seconds).
     pub fn handle_fix(&mut self, now_s: f64, pos: LatLng, model: &SpeedModel) -> EtaUpdate {
+        self.refresh_run_times(now_s, model);
         let snap = self.snapper.snap(pos, self.progress_m);
         let off_route_m = match (&snap, self.snapper.start()) {
             (Some(s), _) => s.offset_m,
@@ -273,48 +297,86 @@ impl EtaEngine {
         next.eta_s
     }
 
-    /// Driving time from the current progress to the end of the route, in seconds. The speed
-    /// model is read once per run of segments in one cell, not once per segment.
+    /// The speeds of run `k` of segments: (weight of the historical mean, the mean, the live
+    /// factor) of its cell.
+    fn run_speeds(&self, k: usize, now_s: f64, hour: u8, model: &SpeedModel) -> (f64, f64, f64) {
+        match self.cell_runs.get(k) {
+            Some(&(_, cell)) if cell != 0 => {
+                let (w, mean) = model.historical_weight(cell, hour);
+                (w, mean, model.live_factor(cell, now_s))
+            }
+            _ => (0.0, 0.0, 1.0),
+        }
+    }
+
+    /// Segments `[start, end)` of run `k`.
+    fn run_range(&self, k: usize) -> (usize, usize) {
+        let start = self.cell_runs.get(k).map_or(0, |r| r.0 as usize);
+        let end = self
+            .cell_runs
+            .get(k + 1)
+            .map_or(self.free_speed_mps.len(), |r| r.0 as usize);
+        (start, end)
+    }
+
+    /// Driving time over segments `from..end` of run `k`, the first only from `progress_m`.
+    fn run_time_s(&self, k: usize, from: usize, speeds: (f64, f64, f64), progress_m: f64) -> f64 {
+        let (w, mean, live) = speeds;
+        let (_, end) = self.run_range(k);
+        let mut total_s = 0.0;
+        for i in from..end {
+            let Some((cum, len)) = self.snapper.span(i) else {
+                continue;
+            };
+            let left_m = (cum + len - progress_m).clamp(0.0, len);
+            if left_m <= 0.0 {
+                continue;
+            }
+            let free = f64::from(self.free_speed_mps[i]);
+            let speed_mps = (w * mean + (1.0 - w) * free) * live;
+            total_s += left_m / speed_mps.max(MIN_SPEED_MPS);
+        }
+        total_s
+    }
+
+    /// Recomputes the driving time from each run to the end when due.
+    fn refresh_run_times(&mut self, now_s: f64, model: &SpeedModel) {
+        let hour = hour_of_week(now_s, self.config.utc_offset_s);
+        let due = match self.times_at {
+            None => true,
+            Some((at, h)) => h != hour || !(0.0..RUN_TIMES_REFRESH_S).contains(&(now_s - at)),
+        };
+        if !due {
+            return;
+        }
+        let runs = self.cell_runs.len();
+        let mut times = vec![0.0f32; runs + 1];
+        for k in (0..runs).rev() {
+            let (start, _) = self.run_range(k);
+            let speeds = self.run_speeds(k, now_s, hour, model);
+            let t = self.run_time_s(k, start, speeds, f64::NEG_INFINITY);
+            times[k] = times[k + 1] + t as f32;
+        }
+        self.run_times_s = times;
+        self.times_at = Some((now_s, hour));
+    }
+
+    /// Driving time from the current progress to the end of the route, in seconds: the rest
+    /// of the current run from the speed model, the runs after it from the refreshed table.
     fn driving_time_s(&self, now_s: f64, segment_index: Option<usize>, model: &SpeedModel) -> f64 {
         let Some(first) = segment_index else {
             return 0.0;
         };
-        let n = self.free_speed_mps.len();
-        let hour = hour_of_week(now_s, self.config.utc_offset_s);
-        let run_of_first = self
+        let Some(k) = self
             .cell_runs
             .partition_point(|(start, _)| *start as usize <= first)
-            .saturating_sub(1);
-        let mut total_s = 0.0;
-        for (k, &(start, cell)) in self.cell_runs.iter().enumerate().skip(run_of_first) {
-            let end = self
-                .cell_runs
-                .get(k + 1)
-                .map_or(n, |(next, _)| *next as usize);
-            // (weight of the historical mean, the mean, the live factor) for this cell.
-            let (w, mean, live) = if cell == 0 {
-                (0.0, 0.0, 1.0)
-            } else {
-                let (w, mean) = model.historical_weight(cell, hour);
-                (w, mean, model.live_factor(cell, now_s))
-            };
-            for i in (start as usize).max(first)..end {
-                let Some((cum, len)) = self.snapper.span(i) else {
-                    continue;
-                };
-                let left_m = if i == first {
-                    (cum + len - self.progress_m).clamp(0.0, len)
-                } else {
-                    len
-                };
-                if left_m <= 0.0 {
-                    continue;
-                }
-                let free = f64::from(self.free_speed_mps[i]);
-                let speed_mps = (w * mean + (1.0 - w) * free) * live;
-                total_s += left_m / speed_mps.max(MIN_SPEED_MPS);
-            }
-        }
-        total_s
+            .checked_sub(1)
+        else {
+            return 0.0;
+        };
+        let hour = hour_of_week(now_s, self.config.utc_offset_s);
+        let speeds = self.run_speeds(k, now_s, hour, model);
+        let here = self.run_time_s(k, first, speeds, self.progress_m);
+        here + f64::from(self.run_times_s.get(k + 1).copied().unwrap_or(0.0))
     }
 }

@@ -308,6 +308,8 @@ async fn run_socket(mut socket: WebSocket, app: AppState, start: crate::hub::Con
         // What the consumer sends is read only to notice a close; frames waiting for it are
         // written together and flushed once.
         let open = tokio::select! {
+            // Frames first: what the consumer sends is read when nothing is waiting for it.
+            biased;
             open = cursor.next_batch(&mut sub, &mut frames) => open,
             msg = socket.recv() => match msg {
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,

@@ -377,9 +377,10 @@ impl EtaTracker {
                 }
                 if let (Some(i), Some(p)) = (u.segment_index, self.planned.as_ref()) {
                     if !u.deviated && input.speed_mps >= config.min_learn_speed_mps {
+                        // The cell the ETA reads this segment's speed from (no H3 lookup).
                         let free_speed_mps = p.engine.free_speed_mps(i);
                         if let (Some(class_default_mps), Some(cell)) =
-                            (free_speed_mps, model.cell(here))
+                            (free_speed_mps, p.engine.segment_cell(i))
                         {
                             model.samples.push(SpeedSample::Live {
                                 cell,

@@ -1,16 +1,20 @@
 //! Per-delivery consumer registry: newest-wins position slots and bounded reliable queues.
 //!
 //! Publishing never awaits, and encodes each frame once for all of its subscribers (the bytes
-//! are shared). A position replaces whatever the subscriber has not yet sent (`watch`), so a
-//! slow consumer skips positions but never sees them out of order. Reliable frames (status,
+//! are shared). A position replaces whatever the subscriber has not yet sent (a one-value
+//! [`PositionSlot`]), so a slow consumer skips positions but never sees them out of order. Reliable frames (status,
 //! ETA, location-unavailable, redirect) go into a bounded queue; a consumer whose queue is full
 //! is cut off and resumes later with `last_event_seq`.
 
 use bytes::Bytes;
+use futures::task::AtomicWaker;
 use protocol::consumer::{ConsumerFrame, Position};
 use protocol::DeliveryId;
 use std::collections::HashMap;
-use tokio::sync::{mpsc, watch};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::sync::mpsc;
 
 /// The `transport` of a consumer on WebSocket (metrics label, redirects keep it).
 pub const WEBSOCKET: &str = "websocket";
@@ -72,6 +76,51 @@ impl Encoded {
     }
 }
 
+/// A subscriber's newest position not yet sent: the publisher replaces it, the session takes
+/// it. Lighter than a `watch` channel (one small lock and an atomic waker, no version or
+/// waiter list), which matters at one per position per consumer.
+#[derive(Debug, Default)]
+struct SlotInner {
+    value: parking_lot::Mutex<Option<Encoded>>,
+    waker: AtomicWaker,
+    /// The session's end dropped the receiving side.
+    closed: AtomicBool,
+}
+
+/// The session's side of a subscriber's position slot.
+#[derive(Debug)]
+pub struct PositionSlot(Arc<SlotInner>);
+
+impl PositionSlot {
+    /// Takes the newest position, if one is waiting.
+    pub fn take(&self) -> Option<Encoded> {
+        self.0.value.lock().take()
+    }
+
+    /// Waits for a position and takes it.
+    pub fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Encoded> {
+        if let Some(v) = self.take() {
+            return Poll::Ready(v);
+        }
+        self.0.waker.register(cx.waker());
+        match self.take() {
+            Some(v) => Poll::Ready(v),
+            None => Poll::Pending,
+        }
+    }
+
+    /// [`PositionSlot::poll_take`] as a future.
+    pub async fn next(&self) -> Encoded {
+        std::future::poll_fn(|cx| self.poll_take(cx)).await
+    }
+}
+
+impl Drop for PositionSlot {
+    fn drop(&mut self) {
+        self.0.closed.store(true, Ordering::Release);
+    }
+}
+
 /// What sending a datagram straight from the publisher did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DatagramSent {
@@ -96,7 +145,7 @@ struct Subscriber {
     id: u64,
     /// The consumer's transport: a redirect must name the same one at the new hub.
     transport: &'static str,
-    position: watch::Sender<Option<Encoded>>,
+    position: Arc<SlotInner>,
     reliable: mpsc::Sender<Encoded>,
     /// Positions go here directly when set.
     datagrams: Option<std::sync::Arc<dyn DatagramOut>>,
@@ -107,8 +156,8 @@ struct Subscriber {
 pub struct Subscription {
     pub delivery_id: DeliveryId,
     pub id: u64,
-    /// Newest position not yet seen (`changed()` wakes on a new one).
-    pub position: watch::Receiver<Option<Encoded>>,
+    /// Newest position not yet sent.
+    pub position: PositionSlot,
     /// Reliable frames in order; `None` means the hub cut this consumer off (overflow or
     /// the delivery's state was dropped).
     pub reliable: mpsc::Receiver<Encoded>,
@@ -169,19 +218,19 @@ impl Fanout {
     ) -> Subscription {
         let id = self.next_id;
         self.next_id += 1;
-        let (ptx, prx) = watch::channel(None);
+        let slot = Arc::new(SlotInner::default());
         let (rtx, rrx) = mpsc::channel(self.queue);
         self.subs.entry(delivery).or_default().push(Subscriber {
             id,
             transport,
-            position: ptx,
+            position: slot.clone(),
             reliable: rtx,
             datagrams,
         });
         Subscription {
             delivery_id: delivery,
             id,
-            position: prx,
+            position: PositionSlot(slot),
             reliable: rrx,
         }
     }
@@ -226,9 +275,13 @@ impl Fanout {
                     DatagramSent::Unfit => {}
                 }
             }
-            let kept = s.position.send(Some(frame.clone())).is_ok();
-            out.queued += usize::from(kept);
-            kept
+            if s.position.closed.load(Ordering::Acquire) {
+                return false;
+            }
+            *s.position.value.lock() = Some(frame.clone());
+            s.position.waker.wake();
+            out.queued += 1;
+            true
         });
         if v.is_empty() {
             self.subs.remove(&pos.delivery_id);
@@ -306,16 +359,15 @@ mod tests {
     #[tokio::test]
     async fn a_slow_consumer_sees_only_the_newest_position() {
         let mut f = Fanout::new(4);
-        let mut s = f.subscribe(DeliveryId(1), "websocket", None);
+        let s = f.subscribe(DeliveryId(1), "websocket", None);
         for seq in 1..=100 {
             assert_eq!(f.publish_position(&pos(seq)).queued, 1);
         }
-        s.position.changed().await.expect("changed");
         assert_eq!(
-            s.position.borrow_and_update().as_ref().map(|p| p.kind),
-            Some(FrameKind::Position { seq: 100 })
+            s.position.next().await.kind,
+            FrameKind::Position { seq: 100 }
         );
-        assert!(!s.position.has_changed().expect("open"));
+        assert!(s.position.take().is_none(), "only the newest was kept");
     }
 
     #[tokio::test]
@@ -406,7 +458,7 @@ mod tests {
     async fn positions_go_straight_out_as_datagrams_and_fall_back_to_the_session() {
         let mut f = Fanout::new(4);
         let sink = std::sync::Arc::new(Sink::default());
-        let mut s = f.subscribe(DeliveryId(1), "webtransport", Some(sink.clone()));
+        let s = f.subscribe(DeliveryId(1), "webtransport", Some(sink.clone()));
         let out = f.publish_position(&pos(1));
         assert_eq!(
             out,
@@ -418,14 +470,11 @@ mod tests {
         let sent = sink.sent.lock()[0].clone();
         let back = ConsumerFrame::from_json(std::str::from_utf8(&sent).expect("utf-8"));
         assert_eq!(back.expect("json"), ConsumerFrame::Position(pos(1)));
-        assert!(
-            !s.position.has_changed().expect("open"),
-            "the session is not woken"
-        );
+        assert!(s.position.take().is_none(), "the session is not woken");
         // Too large for the path: the session sends it on its stream.
         *sink.answer.lock() = Some(DatagramSent::Unfit);
         assert_eq!(f.publish_position(&pos(2)).queued, 1);
-        s.position.changed().await.expect("changed");
+        assert_eq!(s.position.next().await.kind, FrameKind::Position { seq: 2 });
         // The connection went away: the subscriber is dropped.
         *sink.answer.lock() = Some(DatagramSent::Closed);
         assert_eq!(f.publish_position(&pos(3)), PositionPush::default());
