@@ -77,6 +77,9 @@ struct TripRecord {
     unprompted: u64,
     /// ETA frame seq -> (frame time, predicted arrival), both simulated Unix seconds.
     samples: BTreeMap<u64, (f64, f64)>,
+    /// ETA frame seq -> the band's (earliest, latest) arrival, simulated Unix seconds (frames
+    /// that carry one).
+    bands: BTreeMap<u64, (f64, f64)>,
 }
 
 /// The ETA section of the report.
@@ -95,6 +98,15 @@ pub struct EtaSummary {
     /// `baseline_speed_mps`, at the same moments.
     pub baseline_mape_at_50pct: f64,
     pub baseline_speed_mps: f64,
+    /// Samples that carried a confidence band (`eta_low_s`/`eta_high_s`).
+    pub band_samples: u64,
+    /// Share of those whose true arrival fell inside the band (the hub aims at p10-p90: 0.8).
+    pub band_coverage: f64,
+    /// The same by trip progress at the sample: 0-25 %, 25-50 %, 50-75 %, 75-100 % of the
+    /// true trip duration.
+    pub band_coverage_by_progress: [f64; 4],
+    /// Mean band width relative to the true time left (how much the band says).
+    pub band_mean_relative_width: f64,
 }
 
 /// The re-routing section of the report.
@@ -139,6 +151,7 @@ impl QualityBook {
                 latencies_s: Vec::new(),
                 unprompted: 0,
                 samples: BTreeMap::new(),
+                bands: BTreeMap::new(),
             },
         );
     }
@@ -176,6 +189,11 @@ impl QualityBook {
         if !in_snapshot {
             let ts = eta.ts_ms as f64 / 1000.0;
             t.samples.entry(eta.seq).or_insert((ts, ts + eta.eta_s));
+            if eta.eta_high_s > 0.0 {
+                t.bands
+                    .entry(eta.seq)
+                    .or_insert((ts + eta.eta_low_s, ts + eta.eta_high_s));
+            }
         }
         let Some(poly) = &eta.route_polyline else {
             return;
@@ -203,10 +221,29 @@ impl QualityBook {
         let trips = self.trips.lock();
         let (mut n, mut abs_sum) = (0u64, 0.0);
         let (mut mid_n, mut ape_sum, mut base_sum) = (0u64, 0.0, 0.0);
+        let (mut band_n, mut band_in, mut width_sum) = (0u64, 0u64, 0.0);
+        let (mut by_n, mut by_in) = ([0u64; 4], [0u64; 4]);
         for t in trips.values() {
             let Some(start) = t.start_s else { continue };
             let tl = &t.timeline;
             let arrival = start + tl.duration_s;
+            for (seq, &(lo, hi)) in &t.bands {
+                let Some(&(ts, _)) = t.samples.get(seq) else {
+                    continue;
+                };
+                if ts < start || ts >= arrival {
+                    continue;
+                }
+                let inside = (lo..=hi).contains(&arrival);
+                let q = (((ts - start) / tl.duration_s) * 4.0).clamp(0.0, 3.0) as usize;
+                band_n += 1;
+                by_n[q] += 1;
+                if inside {
+                    band_in += 1;
+                    by_in[q] += 1;
+                }
+                width_sum += (hi - lo) / (arrival - ts).max(1.0);
+            }
             let valid: Vec<(f64, f64)> = t
                 .samples
                 .values()
@@ -250,6 +287,10 @@ impl QualityBook {
             mape_at_50pct: mean(ape_sum, mid_n),
             baseline_mape_at_50pct: mean(base_sum, mid_n),
             baseline_speed_mps: BASELINE_SPEED_MPS,
+            band_samples: band_n,
+            band_coverage: mean(band_in as f64, band_n),
+            band_coverage_by_progress: std::array::from_fn(|q| mean(by_in[q] as f64, by_n[q])),
+            band_mean_relative_width: mean(width_sum, band_n),
         }
     }
 
@@ -321,6 +362,8 @@ mod tests {
             delivery_id: DeliveryId(1),
             seq,
             eta_s,
+            eta_low_s: 0.0,
+            eta_high_s: 0.0,
             remaining_m: 0.0,
             ts_ms: (ts_s * 1000.0) as u64,
             route_polyline: poly,

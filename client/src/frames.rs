@@ -8,6 +8,8 @@ use serde::Deserialize;
 
 /// What a text frame turned out to be.
 #[derive(Clone, Debug, PartialEq)]
+// A parsed frame is moved once, to its handler: boxing it would cost an allocation per frame.
+#[allow(clippy::large_enum_variant)]
 pub enum Parsed {
     Frame(ConsumerFrame),
     /// A well-formed frame of a type this build does not know (`type` field).
@@ -39,6 +41,10 @@ struct LenientEta {
     #[serde(default)]
     seq: u64,
     eta_s: f64,
+    #[serde(default)]
+    eta_low_s: f64,
+    #[serde(default)]
+    eta_high_s: f64,
     #[serde(default)]
     remaining_m: f64,
     #[serde(default)]
@@ -93,6 +99,8 @@ pub fn parse_frame(text: &str) -> Parsed {
                 delivery_id: e.delivery_id,
                 seq: e.seq,
                 eta_s: e.eta_s,
+                eta_low_s: e.eta_low_s,
+                eta_high_s: e.eta_high_s,
                 remaining_m: e.remaining_m,
                 ts_ms: e.ts_ms,
                 route_polyline: e.route_polyline,

@@ -47,6 +47,13 @@ pub struct Eta {
     /// Seconds from `ts_ms` until arrival at the drop-off (sent as a whole number).
     #[serde(serialize_with = "whole")]
     pub eta_s: f64,
+    /// Confidence band around `eta_s`, seconds from `ts_ms` (whole numbers): by the hub's
+    /// record of past trips, the true arrival falls between the two 8 times in 10 (p10 and
+    /// p90). Absent (0) from hubs that predate it.
+    #[serde(default, serialize_with = "whole")]
+    pub eta_low_s: f64,
+    #[serde(default, serialize_with = "whole")]
+    pub eta_high_s: f64,
     /// Metres of route left (sent as a whole number).
     #[serde(serialize_with = "whole")]
     pub remaining_m: f64,

@@ -262,6 +262,16 @@ function frame() {
   requestAnimationFrame(frame);
 }
 
+// The hub's confidence band as "12-15 min · " (empty when the hub sent none): minutes left
+// at the band's ends, counted down like the estimate.
+function etaRange(eta) {
+  if (!(eta.eta_high_s > 0)) return "";
+  const now = serverNow();
+  const mins = (s) => Math.max(0, Math.round((eta.ts_ms + s * 1000 - now) / 60000));
+  const lo = mins(eta.eta_low_s), hi = Math.max(mins(eta.eta_high_s), mins(eta.eta_low_s) + 1);
+  return `${lo}-${hi} min · `;
+}
+
 // Once a second: ETA countdown and the age of the last position.
 function tick() {
   if (state.error) return;
@@ -269,7 +279,7 @@ function tick() {
   if (eta && !isTerminal(state.status)) {
     const left = Math.max(0, Math.round((eta.ts_ms + eta.eta_s * 1000 - serverNow()) / 1000));
     $("eta").textContent = `${Math.floor(left / 60)}:${String(left % 60).padStart(2, "0")}`;
-    $("eta-detail").textContent = `${(eta.remaining_m / 1000).toFixed(1)} km to go`;
+    $("eta-detail").textContent = `${etaRange(eta)}${(eta.remaining_m / 1000).toFixed(1)} km to go`;
   } else if (isTerminal(state.status)) {
     $("eta").textContent = LABELS[state.status];
     $("eta-detail").textContent = "";

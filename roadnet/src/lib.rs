@@ -4,6 +4,7 @@
 //! Nothing here does I/O except [`RoadGraph::from_pbf_path`], and nothing reads a clock: time is
 //! always an argument (`now_s`, Unix seconds as `f64`).
 
+pub mod band;
 pub mod eta;
 pub mod geo;
 pub mod graph;
@@ -12,6 +13,7 @@ pub mod route;
 pub mod snap;
 pub mod speed;
 
+pub use band::{BandConfig, EtaBand};
 pub use eta::{EtaConfig, EtaEngine, EtaUpdate};
 pub use geo::{bearing_deg, haversine_m, BBox, LatLng, LocalProjection};
 pub use graph::{Edge, GraphBuilder, LoadOptions, NodeId, RoadClass, RoadGraph};

@@ -86,6 +86,10 @@ def test_eta_counts_down_to_the_hubs_estimate(browser_factory, demo):
         return abs(seconds_left() - hub_left) <= 10
 
     WebDriverWait(driver, 20, poll_frequency=0.5).until(agrees_with_hub, message="countdown near the hub's ETA")
+    # The hub's confidence band is shown as a range of minutes around the countdown.
+    detail = driver.find_element(By.ID, "eta-detail").text
+    lo, hi = (int(x) for x in detail.split(" min")[0].split("-"))
+    assert lo <= seconds_left() / 60 + 1 and hi >= seconds_left() / 60 - 1 and lo < hi, detail
 
 
 def test_page_falls_back_to_websocket_when_the_webtransport_port_is_unreachable(browser_factory, demo):

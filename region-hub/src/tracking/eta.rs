@@ -40,6 +40,9 @@ pub struct EtaConfig {
     pub pickup_arrival_m: f64,
     /// After arriving, a fix this far from the pickup means the driver has left it, metres.
     pub pickup_leave_m: f64,
+    /// A fix this close (straight line) to the drop-off, after the pickup, is the arrival:
+    /// the estimates made on the way are scored against it to learn the band, metres.
+    pub dropoff_arrival_m: f64,
 }
 
 impl Default for EtaConfig {
@@ -61,6 +64,7 @@ impl Default for EtaConfig {
             min_learn_speed_mps: 1.0,
             pickup_arrival_m: 40.0,
             pickup_leave_m: 80.0,
+            dropoff_arrival_m: 40.0,
         }
     }
 }
@@ -105,6 +109,9 @@ pub struct EtaModel {
     stats: EtaStats,
     /// Measures elapsed seconds around routing (a monotonic timer from the IO layer).
     timer: Option<fn() -> f64>,
+    /// How far off past estimates of this group's deliveries turned out (the band, with
+    /// `roadnet::BandConfig`'s defaults: p10-p90).
+    band: roadnet::EtaBand,
 }
 
 impl EtaModel {
@@ -302,9 +309,62 @@ fn smooth(prev: Option<(f64, f64)>, alpha: f64, now_s: f64, raw_s: f64) -> (f64,
     }
 }
 
+/// Estimates kept per delivery until its arrival, to score them then (bounded: past this many
+/// every other one is dropped and the spacing doubles).
+const BAND_SAMPLES_MAX: usize = 32;
+/// Fix-time spacing of the kept estimates at first, seconds.
+const BAND_SAMPLE_EVERY_S: u32 = 30;
+
+/// The estimates a delivery showed on its way, scored against its arrival (see
+/// [`roadnet::EtaBand`]).
+#[derive(Clone, Debug, Default)]
+struct BandSamples {
+    /// (fix time in Unix s, estimated seconds left).
+    kept: Vec<(u32, f32)>,
+    every_s: u32,
+    arrived: bool,
+}
+
+impl BandSamples {
+    fn keep(&mut self, now_s: f64, eta_s: f64) {
+        if self.arrived {
+            return;
+        }
+        let now = now_s as u32;
+        let every = self.every_s.max(BAND_SAMPLE_EVERY_S);
+        if self
+            .kept
+            .last()
+            .is_some_and(|&(t, _)| now < t.saturating_add(every))
+        {
+            return;
+        }
+        if self.kept.len() == BAND_SAMPLES_MAX {
+            let mut i = 0;
+            self.kept.retain(|_| {
+                i += 1;
+                i % 2 == 0
+            });
+            self.every_s = every * 2;
+        }
+        self.kept.push((now, eta_s as f32));
+    }
+
+    /// The driver arrived at `now_s`: every kept estimate is scored, once.
+    fn arrive(&mut self, now_s: f64, band: &mut roadnet::EtaBand) {
+        if std::mem::replace(&mut self.arrived, true) {
+            return;
+        }
+        for (t, predicted) in std::mem::take(&mut self.kept) {
+            band.record(f64::from(predicted), now_s - f64::from(t));
+        }
+    }
+}
+
 /// Per-delivery ETA state.
 #[derive(Clone, Debug, Default)]
 pub struct EtaTracker {
+    band_samples: BandSamples,
     planned: Option<Planned>,
     pickup: Option<PickupWait>,
     /// Displayed ETA and when (fix time, s); kept across re-routes.
@@ -402,6 +462,14 @@ impl EtaTracker {
             }
             None => self.straight_line(config, input),
         };
+        let picked_up =
+            !before_pickup(input.status) || self.pickup.as_ref().is_some_and(|w| w.passed);
+        if picked_up && haversine_m(here, input.dropoff) <= config.dropoff_arrival_m {
+            self.band_samples.arrive(now_s, &mut model.band);
+        } else {
+            self.band_samples.keep(now_s, eta_s);
+        }
+        let (eta_low_s, eta_high_s) = model.band.band(eta_s);
         self.seq += 1;
         let route_changed = self
             .planned
@@ -412,6 +480,8 @@ impl EtaTracker {
             delivery_id: input.delivery_id,
             seq: self.seq,
             eta_s,
+            eta_low_s,
+            eta_high_s,
             remaining_m,
             ts_ms: input.fix_ts_ms,
             route_polyline: None,
@@ -535,6 +605,8 @@ impl EtaTracker {
             delivery_id: base.delivery_id,
             seq: self.seq,
             eta_s: (base.eta_s - elapsed_s).max(0.0),
+            eta_low_s: (base.eta_low_s - elapsed_s).max(0.0),
+            eta_high_s: (base.eta_high_s - elapsed_s).max(0.0),
             remaining_m: base.remaining_m,
             ts_ms: now_ms,
             route_polyline: None,
@@ -591,6 +663,45 @@ mod tests {
         assert!(b.seq > a.seq && a.seq > first.seq);
         assert_eq!(b.ts_ms, T0 + 42_000);
         assert_eq!(t.current(), Some(first.clone()));
+    }
+
+    #[test]
+    fn the_band_holds_the_estimate_and_is_learnt_from_arrivals() {
+        let c = EtaConfig::default();
+        let mut m = EtaModel::default();
+        let speeds = SpeedModel::default();
+        let trip = |m: &mut EtaModel, id: u64, t0: u64| {
+            // Straight-line fallback at 8 m/s from 1 km out; the driver does 4 m/s (twice as
+            // long as predicted), a fix every 10 s, arriving at the drop-off.
+            let mut t = EtaTracker::default();
+            let start = LatLng::new(DROPOFF.lat - 1_000.0 / 111_195.0, DROPOFF.lng);
+            let mut last = None;
+            for k in 0..=26u64 {
+                let f = (k as f64 * 40.0 / 1_000.0).min(1.0);
+                let here = LatLng::new(start.lat + f * (DROPOFF.lat - start.lat), DROPOFF.lng);
+                let now = t0 + k * 10_000;
+                let mut i = input(here, now);
+                i.delivery_id = DeliveryId(id);
+                i.status = DeliveryStatus::EnRoute;
+                if let Some(e) = t.handle_fix(&c, m, &speeds, now, &i) {
+                    assert!(e.eta_low_s < e.eta_high_s && e.eta_high_s >= 30.0, "{e:?}");
+                    last = Some(e);
+                }
+            }
+            (t, last.expect("frames"))
+        };
+        // Before any arrival: the prior (0.85x-1.3x, at least 30 s either side).
+        assert_eq!(m.band.band(120.0), (99.0, 159.0));
+        let (t, _) = trip(&mut m, 1, T0);
+        // The arrival scored the kept estimates, once.
+        assert!(t.band_samples.arrived && t.band_samples.kept.is_empty());
+        assert!(m.band.samples(120.0) + m.band.samples(60.0) > 0);
+        // Many trips later the band has learnt that drivers take about twice the estimate.
+        for id in 2..400 {
+            trip(&mut m, id, T0 + id * 1_000_000);
+        }
+        let (lo, hi) = m.band.band(120.0);
+        assert!(lo > 180.0 && hi > 240.0, "{lo} {hi}");
     }
 
     #[test]
