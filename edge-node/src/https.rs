@@ -1,9 +1,7 @@
 //! The driver REST API over HTTPS on TCP, for networks that block UDP, and the edge's OpenAPI
 //! description (built from the same handlers as the router; HTTP/3 serves the same paths).
 
-use crate::ingest::{
-    handle_location_batch, IngestContext, JsonResponse, LOCATIONS_PATH, MAX_BODY_BYTES,
-};
+use crate::ingest::{handle_location_batch, IngestContext, JsonResponse, MAX_BODY_BYTES};
 use crate::metrics::Transport;
 use axum::body::Body;
 use axum::extract::State;
@@ -193,6 +191,7 @@ fn json_response(resp: JsonResponse) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ingest::LOCATIONS_PATH;
     use std::collections::BTreeSet;
 
     /// The paths an axum router registered, from its `Debug` output (axum lists them no other
