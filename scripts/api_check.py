@@ -24,7 +24,7 @@ Left out, with the reason:
 The run report (NDJSON events and JUnit XML) goes to --work; the number of generated requests
 per node and the failures are printed. Exit 0 when both runs pass.
 
-    python3 scripts/api_check.py [--bin-dir target/release] [--max-examples 25]
+    python3 scripts/api_check.py [--bin-dir target/release] [--max-examples 100]
 """
 
 import argparse
@@ -140,7 +140,7 @@ def main():
     ap.add_argument("--bin-dir", default=os.path.join(root, "target", "release"))
     ap.add_argument("--work", default=os.path.join(root, "target", "api-check"))
     ap.add_argument("--port-base", type=int, default=25400)
-    ap.add_argument("--max-examples", type=int, default=25,
+    ap.add_argument("--max-examples", type=int, default=100,
                     help="test cases per operation and phase (keeps the CI run short)")
     ap.add_argument("--seed", type=int, default=14)
     ap.add_argument("--timeout-s", type=int, default=300)
