@@ -40,17 +40,17 @@ impl utoipa::Modify for SecuritySchemes {
             .components
             .get_or_insert_with(Default::default)
             .add_security_scheme(
-                DRIVER,
-                SecurityScheme::Http(
-                    HttpBuilder::new()
-                        .scheme(HttpAuthScheme::Bearer)
-                        .bearer_format("trackline")
-                        .description(Some(
-                            "driver token signed by the hub's key (`region-hub mint-token --driver N`)",
-                        ))
-                        .build(),
-                ),
-            );
+            DRIVER,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("trackline")
+                    .description(Some(
+                        "driver token signed by the hub's key (`region-hub mint-token --driver N`)",
+                    ))
+                    .build(),
+            ),
+        );
     }
 }
 
