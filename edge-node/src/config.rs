@@ -59,6 +59,11 @@ pub struct EdgeConfig {
     /// Admission of TLS handshakes on `https_listen`: the same limits (no Retry on TCP); a
     /// refused connection is closed before TLS starts.
     pub https_handshakes: nodekit::HandshakeGateConfig,
+    /// Kernel receive and send buffer of the UDP socket on `quic_listen`, bytes (0: the
+    /// system default, ~208 KiB on Linux, which a burst of fixes or handshakes overflows at a
+    /// few thousand sessions). Set with `SO_RCVBUFFORCE` when the process has CAP_NET_ADMIN,
+    /// else capped by `net.core.rmem_max`/`wmem_max` (a warning says so at start).
+    pub udp_buffer_bytes: usize,
     /// Verified tokens kept in the auth cache.
     pub auth_cache_capacity: usize,
     /// The clock the filter judges fix timestamps by. For simulations only: `speedup > 1`
@@ -90,6 +95,7 @@ impl Default for EdgeConfig {
                 rate_per_s: 1000.0,
                 burst: 1000.0,
             },
+            udp_buffer_bytes: 8 << 20,
             auth_cache_capacity: 100_000,
             clock: nodekit::ClockConfig::default(),
         }

@@ -145,8 +145,9 @@ pub async fn spawn(config: EdgeConfig) -> anyhow::Result<EdgeHandle> {
     )?;
     let mut server_config = certs::quinn_server_config(quic_tls)?;
     server_config.transport_config(Arc::new(driver::transport_config()));
-    let endpoint = socket::server_endpoint(server_config, config.quic_listen)
-        .with_context(|| format!("binding the QUIC endpoint on {}", config.quic_listen))?;
+    let endpoint =
+        socket::server_endpoint(server_config, config.quic_listen, config.udp_buffer_bytes)
+            .with_context(|| format!("binding the QUIC endpoint on {}", config.quic_listen))?;
     let quic_addr = endpoint.local_addr()?;
 
     // HTTPS and admin listeners.

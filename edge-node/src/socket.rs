@@ -54,12 +54,15 @@ impl AsyncUdpSocket for NoGso {
     }
 }
 
-/// A server endpoint on `addr` whose socket offers no GSO.
+/// A server endpoint on `addr` whose socket offers no GSO and has `buffer_bytes` of kernel
+/// buffer each way (see [`nodekit::bind_udp`]).
 pub fn server_endpoint(
     config: quinn::ServerConfig,
     addr: SocketAddr,
+    buffer_bytes: usize,
 ) -> io::Result<quinn::Endpoint> {
-    let socket = std::net::UdpSocket::bind(addr)?;
+    let (socket, buffers) = nodekit::bind_udp(addr, buffer_bytes)?;
+    nodekit::udp::log_buffers("quic", socket.local_addr()?, &buffers);
     let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
     let socket = Arc::new(NoGso(runtime.wrap_udp_socket(socket)?));
     quinn::Endpoint::new_with_abstract_socket(

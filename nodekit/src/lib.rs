@@ -7,6 +7,7 @@ mod config;
 pub mod handshake;
 mod layered;
 mod serve;
+pub mod udp;
 
 pub use admin::admin_router;
 pub use clock::{Clock, ClockConfig};
@@ -16,6 +17,7 @@ pub use layered::{
     is_secret_field, redacted_toml, ConfigLayers, ConfigLoadError, FieldError, REDACTED,
 };
 pub use serve::{serve_http, serve_https, serve_https_gated};
+pub use udp::{bind_udp, UdpBuffers};
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -57,6 +57,21 @@ pub struct HubConfig {
     /// Shards of the delivery state, each applying its deliveries' fixes on a worker of its
     /// own (a hub uses at most this many cores for fixes); 0 = one per available core.
     pub shards: usize,
+    /// Admission of WebTransport (QUIC) handshakes on `webtransport_listen`, decided per
+    /// incoming connection before any crypto: at most `max_in_flight` at once, at most
+    /// `rate_per_s` new ones a second (beyond a `burst`), a Retry first past
+    /// `retry_above_in_flight` for clients whose address is not validated; the rest are
+    /// refused and counted in `handshakes_refused_total{listener="webtransport"}`. Browsers
+    /// that are refused fall back to WebSocket or retry with backoff.
+    pub webtransport_handshakes: nodekit::HandshakeGateConfig,
+    /// Admission of TLS handshakes on `https_listen` (order API, WebSocket consumers): the
+    /// same limits, no Retry on TCP; a refused connection is closed before TLS starts.
+    pub https_handshakes: nodekit::HandshakeGateConfig,
+    /// Kernel receive and send buffer of the UDP sockets on `link_listen` and
+    /// `webtransport_listen`, bytes (0: the system default, ~208 KiB on Linux, which a
+    /// reconnect burst of consumers overflows). Set with `SO_RCVBUFFORCE` when the process has
+    /// CAP_NET_ADMIN, else capped by `net.core.rmem_max`/`wmem_max` (a warning says so).
+    pub udp_buffer_bytes: usize,
     /// redb page cache of the hub's store (event log, breadcrumbs, plans), MiB.
     pub store_cache_mib: u64,
     /// OpenStreetMap extract (PBF) drawn by the tracking page and the operator view; the
@@ -238,6 +253,14 @@ impl Default for HubConfig {
             commit: CommitConfig::default(),
             consumer_queue: 256,
             shards: 0,
+            webtransport_handshakes: nodekit::HandshakeGateConfig::default(),
+            https_handshakes: nodekit::HandshakeGateConfig {
+                max_in_flight: 512,
+                retry_above_in_flight: 512,
+                rate_per_s: 1000.0,
+                burst: 1000.0,
+            },
+            udp_buffer_bytes: 8 << 20,
             store_cache_mib: 64,
             map_pbf: None,
             map: MapConfig::default(),
@@ -323,6 +346,13 @@ impl HubConfig {
             if v == 0 {
                 return Err(ConfigError::Zero { field });
             }
+        }
+        for (field, gate) in [
+            ("webtransport_handshakes", &self.webtransport_handshakes),
+            ("https_handshakes", &self.https_handshakes),
+        ] {
+            gate.validate()
+                .map_err(|e| ConfigError::Invalid(format!("{field}: {e}")))?;
         }
         if self.shards > crate::tracking::shards::MAX_SHARDS {
             return Err(ConfigError::Invalid(format!(

@@ -243,6 +243,9 @@ pub async fn spawn_with_notifier(
 
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Arc::new(HubMetrics::new(&mut registry));
+    let handshakes = nodekit::HandshakeMetrics::register(&mut registry);
+    let wt_gate = handshakes.gate("webtransport", config.webtransport_handshakes.clone());
+    let https_gate = handshakes.gate("https", config.https_handshakes.clone());
 
     let db_path = config.db_path();
     let store = store::Store::open_with_cache(
@@ -392,8 +395,12 @@ pub async fn spawn_with_notifier(
         shutdown.clone(),
     );
 
-    let link_endpoint = quinn::Endpoint::server(link::server_config(&tls)?, config.link_listen)
-        .with_context(|| format!("binding the edge link on {}", config.link_listen))?;
+    let link_endpoint = link::bind(
+        link::server_config(&tls)?,
+        config.link_listen,
+        config.udp_buffer_bytes,
+    )
+    .with_context(|| format!("binding the edge link on {}", config.link_listen))?;
     let identity = match &config.webtransport_tls {
         Some(t) => wtransport::Identity::load_pemfiles(&t.cert, &t.key)
             .await
@@ -410,8 +417,12 @@ pub async fn spawn_with_notifier(
         }
     };
     let cert_hash = certs::certificate_sha256(&identity);
-    let wt_endpoint = wt::bind(config.webtransport_listen, identity)
-        .with_context(|| format!("binding WebTransport on {}", config.webtransport_listen))?;
+    let wt_endpoint = wt::bind(
+        config.webtransport_listen,
+        identity,
+        config.udp_buffer_bytes,
+    )
+    .with_context(|| format!("binding WebTransport on {}", config.webtransport_listen))?;
     let https_listener = tokio::net::TcpListener::bind(config.https_listen)
         .await
         .with_context(|| format!("binding HTTPS on {}", config.https_listen))?;
@@ -515,7 +526,7 @@ pub async fn spawn_with_notifier(
     ));
     tasks.push((
         "webtransport",
-        tokio::spawn(wt::run(wt_endpoint, hub.clone(), shutdown.clone())),
+        tokio::spawn(wt::run(wt_endpoint, hub.clone(), wt_gate, shutdown.clone())),
     ));
     // The browsers' map is drawn from the graph the hub routes on.
     let router = http::router(hub.clone(), road.clone(), shutdown.clone());
@@ -524,9 +535,14 @@ pub async fn spawn_with_notifier(
         tasks.push((
             "https server",
             tokio::spawn(async move {
-                if let Err(e) =
-                    nodekit::serve_https(https_listener, Arc::new(https_tls), router, shutdown)
-                        .await
+                if let Err(e) = nodekit::serve_https_gated(
+                    https_listener,
+                    Arc::new(https_tls),
+                    router,
+                    shutdown,
+                    https_gate,
+                )
+                .await
                 {
                     tracing::error!(error = %e, "https server failed");
                 }

@@ -660,3 +660,54 @@ async fn the_served_description_lists_exactly_the_methods_each_path_takes() {
     }
     hub.shutdown();
 }
+
+/// WebTransport handshakes pass the hub's gate before any crypto: past
+/// `retry_above_in_flight` an unvalidated client is sent a Retry (and then admitted), and past
+/// the rate it is refused, counted by reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webtransport_handshakes_are_retried_then_refused_past_the_gate() {
+    let dir = TestDir::new("wt-gate");
+    let pki = Pki::new(&dir.0);
+    let mut config = config(&dir.0, &pki);
+    config.webtransport_handshakes = nodekit::HandshakeGateConfig {
+        max_in_flight: 8,
+        retry_above_in_flight: 0,
+        // One handshake, then (practically) none for the rest of the test.
+        rate_per_s: 0.001,
+        burst: 1.0,
+    };
+    let hub = start_with(config).await;
+    let http = http_client(&pki);
+    let created = create(&hub, &http, Some(7)).await;
+    let q = format!("?token={}", created.tracking_token);
+
+    let mut first = wt_connect(&hub, created.delivery_id, &q)
+        .await
+        .expect("the first session is admitted after a Retry");
+    assert_eq!(snapshot(first.reliable().await).last_event_seq, 2);
+    match wt_connect(&hub, created.delivery_id, &q).await {
+        Err(wtransport::error::ConnectingError::ConnectionError(e)) => {
+            assert!(e.to_string().contains("refused"), "{e}")
+        }
+        Err(e) => panic!("expected a refused connection, got {e}"),
+        Ok(_) => panic!("the second session is over the rate"),
+    }
+    let metrics = reqwest::get(format!("http://{}/metrics", hub.admin_addr()))
+        .await
+        .expect("admin")
+        .text()
+        .await
+        .expect("text");
+    for line in [
+        "handshakes_retried_total{listener=\"webtransport\"} 2",
+        "handshakes_admitted_total{listener=\"webtransport\"} 1",
+        "handshakes_refused_total{listener=\"webtransport\",reason=\"rate\"} 1",
+        "handshakes_in_flight{listener=\"webtransport\"} 0",
+    ] {
+        assert!(metrics.contains(line), "{line} missing in\n{metrics}");
+    }
+    hub.shutdown();
+    tokio::time::timeout(WAIT, hub.join())
+        .await
+        .expect("hub stops");
+}

@@ -32,6 +32,23 @@ pub fn server_config(tls: &nodekit::LoadedTls) -> Result<quinn::ServerConfig, ce
     Ok(config)
 }
 
+/// Binds the link's endpoint on a socket with `buffer_bytes` of kernel buffer each way (an
+/// edge's batches arrive in bursts; see [`nodekit::bind_udp`]).
+pub fn bind(
+    config: quinn::ServerConfig,
+    addr: std::net::SocketAddr,
+    buffer_bytes: usize,
+) -> std::io::Result<quinn::Endpoint> {
+    let (socket, buffers) = nodekit::bind_udp(addr, buffer_bytes)?;
+    nodekit::udp::log_buffers("link", socket.local_addr()?, &buffers);
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(config),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+}
+
 /// Accepts edge connections until `shutdown`.
 pub(crate) async fn run(
     endpoint: quinn::Endpoint,

@@ -3,6 +3,7 @@
 
 use crate::hub::{ConsumerCursor, Hub};
 use crate::tracking::fanout::{DatagramOut, DatagramSent, FrameKind};
+use nodekit::handshake::{Decision, HandshakePermit, ListenerGate, RefuseReason};
 use protocol::DeliveryId;
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,24 +56,56 @@ pub fn transport_config() -> quinn::TransportConfig {
     t
 }
 
-/// Binds the WebTransport endpoint.
-pub fn bind(addr: std::net::SocketAddr, identity: Identity) -> std::io::Result<Endpoint<Server>> {
+/// Binds the WebTransport endpoint on a socket with `buffer_bytes` of kernel buffer each way
+/// (see [`nodekit::bind_udp`]).
+pub fn bind(
+    addr: std::net::SocketAddr,
+    identity: Identity,
+    buffer_bytes: usize,
+) -> std::io::Result<Endpoint<Server>> {
+    let (socket, buffers) = nodekit::bind_udp(addr, buffer_bytes)?;
+    nodekit::udp::log_buffers("webtransport", socket.local_addr()?, &buffers);
     let config = ServerConfig::builder()
-        .with_bind_address(addr)
+        .with_bind_socket(socket)
         .with_custom_transport(identity, transport_config())
         .build();
     Endpoint::server(config)
 }
 
-/// Accepts consumer sessions until `shutdown`.
-pub(crate) async fn run(endpoint: Endpoint<Server>, hub: Arc<Hub>, shutdown: CancellationToken) {
+/// Accepts consumer sessions until `shutdown`. Each incoming connection first passes `gate`
+/// (before any crypto): admitted ones get a task whose permit is held until the WebTransport
+/// session request arrived (QUIC and HTTP/3 handshakes done), the others a Retry or a refusal.
+pub(crate) async fn run(
+    endpoint: Endpoint<Server>,
+    hub: Arc<Hub>,
+    gate: Arc<ListenerGate>,
+    shutdown: CancellationToken,
+) {
     loop {
         let incoming = tokio::select! {
             i = endpoint.accept() => i,
             _ = shutdown.cancelled() => break,
         };
+        let permit = match gate.admit(incoming.remote_address_validated()) {
+            Decision::Admit(permit) => permit,
+            Decision::Retry if !incoming.remote_address_validated() => {
+                debug!(remote = %incoming.remote_address(), "busy: address validation first");
+                incoming.retry();
+                continue;
+            }
+            Decision::Retry => {
+                gate.count_refused(RefuseReason::InFlight);
+                incoming.refuse();
+                continue;
+            }
+            Decision::Refuse(reason) => {
+                debug!(remote = %incoming.remote_address(), reason = reason.as_str(), "webtransport handshake refused");
+                incoming.refuse();
+                continue;
+            }
+        };
         let span = tracing::info_span!("wt_consumer", delivery_id = tracing::field::Empty);
-        tokio::spawn(session(incoming, hub.clone(), shutdown.clone()).instrument(span));
+        tokio::spawn(session(incoming, permit, hub.clone(), shutdown.clone()).instrument(span));
     }
     endpoint.close(wtransport::VarInt::from_u32(0), b"hub shutting down");
 }
@@ -127,7 +160,14 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-async fn session(incoming: IncomingSession, hub: Arc<Hub>, shutdown: CancellationToken) {
+async fn session(
+    incoming: IncomingSession,
+    permit: HandshakePermit,
+    hub: Arc<Hub>,
+    shutdown: CancellationToken,
+) {
+    // The handshake's future is boxed by wtransport and dropped here, so the session's task
+    // does not keep its state.
     let request = match incoming.await {
         Ok(r) => r,
         Err(e) => {
@@ -135,6 +175,7 @@ async fn session(incoming: IncomingSession, hub: Arc<Hub>, shutdown: Cancellatio
             return;
         }
     };
+    drop(permit);
     let Some((id, query)) = parse_path(request.path()) else {
         hub.metrics().reject("not_found");
         request.not_found().await;
