@@ -81,7 +81,8 @@ def schemathesis(args, name, port, ca, token):
            "--report-junit-path", os.path.join(out_dir, "junit.xml")]
     log(f"{name}: " + " ".join(cmd[1:3]) + " ...")
     with open(os.path.join(out_dir, "output.txt"), "w") as out:
-        code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT,
+        # In its own directory: schemathesis keeps a `.schemathesis/` cache where it runs.
+        code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=out_dir,
                               timeout=args.timeout_s).returncode
     requests, failures = count(ndjson)
     return code, requests, failures, os.path.join(out_dir, "output.txt")
