@@ -32,4 +32,9 @@ if ! python3 -c "import selenium, pytest" 2>/dev/null; then
   python3 -m pip install --quiet selenium pytest 2>/dev/null ||
     python3 -m pip install --quiet --break-system-packages selenium pytest
 fi
+# API check (scripts/api-check.sh): schemathesis runs the nodes' OpenAPI descriptions against them.
+if ! command -v schemathesis >/dev/null; then
+  python3 -m pip install --quiet schemathesis 2>/dev/null ||
+    python3 -m pip install --quiet --break-system-packages schemathesis
+fi
 echo "setup: system packages present"

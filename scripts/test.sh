@@ -34,6 +34,11 @@ promtool test rules deploy/monitoring/prometheus/trackline-alerts.test.yml
 python3 -m unittest discover -s scripts -p test_check_monitoring.py
 python3 scripts/check_monitoring.py
 
+stage "API check: schemathesis against a live hub and edge (their OpenAPI descriptions)"
+# Uses the release binaries built above (loopback ports 25400-25413); reports and each run's
+# output: target/api-check/. docs/api.md says what is checked and what is left out.
+API_CHECK_NO_BUILD=1 bash scripts/api-check.sh
+
 stage "terraform structure check"
 bash scripts/check-terraform.sh
 

@@ -9,6 +9,19 @@ use http::{header, Method, Response, StatusCode};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, Instrument};
 
+/// True when HTTP/3 answers `method path` with a handler (the rest get 404 or 405); the
+/// description test checks it against the HTTPS routes.
+#[cfg(test)]
+pub(crate) fn serves(method: &Method, path: &str) -> bool {
+    matches!(
+        (method, path),
+        (&Method::POST, LOCATIONS_PATH) | (&Method::GET, "/healthz" | OPENAPI_PATH)
+    )
+}
+
+/// Where the description is served.
+const OPENAPI_PATH: &str = "/api/v1/openapi.json";
+
 type H3Stream = h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
 
 /// Serves HTTP/3 requests on one QUIC connection until it closes or `shutdown` fires.
@@ -94,10 +107,20 @@ async fn handle_request(
             body: b"\"ok\"".to_vec(),
             retry_after_s: None,
         },
+        (&Method::GET, OPENAPI_PATH) => JsonResponse {
+            status: StatusCode::OK,
+            body: crate::https::OPENAPI_JSON.as_bytes().to_vec(),
+            retry_after_s: None,
+        },
         (_, LOCATIONS_PATH) => JsonResponse::error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             "use POST",
+        ),
+        (_, "/healthz" | OPENAPI_PATH) => JsonResponse::error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "use GET",
         ),
         (_, path) => JsonResponse::error(
             StatusCode::NOT_FOUND,

@@ -427,3 +427,41 @@ async fn declaring_more_than_eight_deliveries_closes_the_session_as_a_protocol_v
     edge.shutdown();
     edge.join().await;
 }
+
+#[tokio::test]
+async fn unknown_routes_and_wrong_methods_answer_json_and_the_description_is_served() {
+    let setup = Setup::new("api-errors");
+    let hub = TestHub::start(&setup, "127.0.0.1:0".parse().expect("addr"));
+    let edge = setup.start_edge(hub.addr).await;
+    let client = https_client(&setup);
+    let base = format!("https://127.0.0.1:{}", edge.https_addr().port());
+    let r = client
+        .get(format!("{base}/api/v1/nothing"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let e: ApiError = r.json().await.expect("404 body is an ApiError");
+    assert_eq!(e.error, "not_found");
+    let r = client
+        .get(format!("{base}{LOCATIONS}"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(
+        r.headers().get("allow").and_then(|v| v.to_str().ok()),
+        Some("POST")
+    );
+    let e: ApiError = r.json().await.expect("405 body is an ApiError");
+    assert_eq!(e.error, "method_not_allowed");
+    let r = client
+        .get(format!("{base}/api/v1/openapi.json"))
+        .send()
+        .await
+        .expect("openapi");
+    assert_eq!(r.status(), StatusCode::OK);
+    let doc: serde_json::Value = r.json().await.expect("json");
+    assert!(doc["paths"][LOCATIONS]["post"].is_object(), "{doc}");
+    hub.close();
+}

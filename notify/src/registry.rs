@@ -22,6 +22,7 @@ pub const MAX_DEVICES_PER_DELIVERY: usize = 16;
 /// The push service a device token belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Platform {
     /// Apple Push Notification service (iOS, iPadOS, macOS apps).
     Apns,
@@ -54,6 +55,7 @@ impl fmt::Display for Platform {
 
 /// A device a notification can be sent to.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeviceToken {
     /// Which push service issued the token.
     pub platform: Platform,

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 /// One fix in `POST /api/v1/tracking/locations` (the body is a JSON array of these).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JsonFix {
     /// Per-driver sequence number; omit (or 0) to order by timestamp only.
     #[serde(default)]
@@ -57,6 +58,7 @@ impl JsonFix {
 
 /// Answer to a location batch: how many fixes were taken and why the others were not.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct IngestResult {
     pub accepted: u32,
     pub rejected: BTreeMap<String, u32>,
@@ -64,6 +66,7 @@ pub struct IngestResult {
 
 /// `POST /api/v1/deliveries` (the order service's call when an order is confirmed).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateDelivery {
     /// Chosen by the caller, or by the hub when omitted.
     #[serde(default)]
@@ -77,6 +80,7 @@ pub struct CreateDelivery {
 
 /// Answer to [`CreateDelivery`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeliveryCreated {
     pub delivery_id: DeliveryId,
     pub status: DeliveryStatus,
@@ -89,6 +93,7 @@ pub struct DeliveryCreated {
 
 /// `POST /api/v1/deliveries/{id}/status`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChangeStatus {
     pub status: DeliveryStatus,
     /// Repeating a request with the same key returns the first result instead of a new event.
@@ -103,6 +108,7 @@ pub struct ChangeStatus {
 
 /// Answer to [`ChangeStatus`]: the event is durable when this is sent.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StatusChanged {
     pub delivery_id: DeliveryId,
     pub event_seq: u64,
@@ -143,6 +149,7 @@ pub fn parse_deliveries_header(value: &str) -> Result<Vec<DeliveryId>, String> {
 
 /// Error body of every API.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiError {
     pub error: String,
     pub message: String,

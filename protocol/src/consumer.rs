@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 /// A driver position as consumers see it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Position {
     pub delivery_id: DeliveryId,
     /// Per-delivery position counter (newest wins).
@@ -27,6 +28,7 @@ pub struct Position {
 
 /// A status transition from the durable event log.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StatusEvent {
     pub delivery_id: DeliveryId,
     /// Position of this event in the delivery's log, starting at 1.
@@ -41,6 +43,7 @@ pub struct StatusEvent {
 
 /// Estimated time of arrival at the next stop (pickup or drop-off).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Eta {
     pub delivery_id: DeliveryId,
     pub seq: u64,
@@ -75,6 +78,7 @@ fn whole<S: serde::Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
 
 /// Everything a consumer needs when it (re)connects.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Snapshot {
     pub delivery_id: DeliveryId,
     pub status: DeliveryStatus,

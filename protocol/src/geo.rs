@@ -7,6 +7,7 @@ pub const EARTH_RADIUS_M: f64 = 6_371_008.8;
 
 /// A WGS-84 position in degrees.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LatLng {
     /// Latitude in degrees, positive north.
     pub lat: f64,

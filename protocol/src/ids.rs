@@ -7,11 +7,13 @@ use std::str::FromStr;
 /// A driver, as named in the driver's signed token.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DriverId(pub u64);
 
 /// A delivery (one order being tracked). Shown in URLs as its decimal number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeliveryId(pub u64);
 
 macro_rules! id_impls {

@@ -16,7 +16,7 @@ pub mod tracking;
 use durable::{history, plans, store};
 use ingest::link;
 use replication::replica;
-use serve::{http, web, wt};
+use serve::{http, wt};
 use tracking::deliveries;
 
 pub use config::{CommitConfig, ConfigError, HubConfig, MapConfig, WebTransportTls};
@@ -529,8 +529,7 @@ pub async fn spawn_with_notifier(
         tokio::spawn(wt::run(wt_endpoint, hub.clone(), wt_gate, shutdown.clone())),
     ));
     // The browsers' map is drawn from the graph the hub routes on.
-    let router =
-        http::router(hub.clone(), shutdown.clone()).merge(web::router(hub.clone(), road.clone()));
+    let router = http::router(hub.clone(), road.clone(), shutdown.clone());
     {
         let (router, shutdown) = (router.clone(), shutdown.clone());
         tasks.push((

@@ -518,6 +518,149 @@ async fn hub_snapshot_ts(
     snap.position.map(|p| p.ts_ms)
 }
 
+/// Sends `req` and returns the status and the `ApiError` body (fails when the body is not one).
+async fn api_error(req: reqwest::RequestBuilder) -> (u16, ApiError) {
+    let r = req.send().await.expect("request");
+    let status = r.status().as_u16();
+    let ct = r
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let text = r.text().await.expect("body");
+    assert!(ct.starts_with("application/json"), "{status} {ct}: {text}");
+    let e: ApiError = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    (status, e)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_paths_queries_bodies_routes_and_methods_answer_json_api_errors() {
+    let dir = TestDir::new("api-errors");
+    let pki = Pki::new(&dir.0);
+    let hub = start(&dir.0, &pki).await;
+    let http = http_client_unpooled(&pki);
+    let op = hub.mint_token(Subject::Operator, 600);
+
+    // A path segment that is not a delivery id (was axum's plain text).
+    let (s, e) = api_error(
+        http.get(url(&hub, "/api/v1/tracking/abc/status"))
+            .bearer_auth(&op),
+    )
+    .await;
+    assert_eq!((s, e.error.as_str()), (400, "bad_request"));
+    assert!(e.message.contains("abc"), "{}", e.message);
+    let (s, _) = api_error(
+        http.post(url(&hub, "/api/v1/deliveries/-1/status"))
+            .bearer_auth(&op)
+            .json(&serde_json::json!({"status": "preparing"})),
+    )
+    .await;
+    assert_eq!(s, 400);
+    // A query value that is not a number.
+    let (s, e) = api_error(
+        http.get(url(&hub, "/api/v1/anomalies?limit=many"))
+            .bearer_auth(&op),
+    )
+    .await;
+    assert_eq!((s, e.error.as_str()), (400, "bad_request"));
+    // Bodies: not JSON, the wrong content type, the wrong shape.
+    let deliveries = url(&hub, "/api/v1/deliveries");
+    let (s, _) = api_error(
+        http.post(&deliveries)
+            .bearer_auth(&op)
+            .header("content-type", "application/json")
+            .body("{not json"),
+    )
+    .await;
+    assert_eq!(s, 400);
+    let (s, e) = api_error(http.post(&deliveries).bearer_auth(&op).body("{}")).await;
+    assert_eq!((s, e.error.as_str()), (415, "unsupported_media_type"));
+    let (s, e) = api_error(
+        http.post(&deliveries)
+            .bearer_auth(&op)
+            .json(&serde_json::json!({"pickup": 1})),
+    )
+    .await;
+    assert_eq!((s, e.error.as_str()), (422, "unprocessable_entity"));
+    // A WebSocket route asked without an upgrade.
+    let (s, _) = api_error(
+        http.get(url(&hub, "/api/v1/anomalies/stream"))
+            .bearer_auth(&op),
+    )
+    .await;
+    assert!(s == 400 || s == 426, "{s}");
+    // Unknown routes and wrong methods.
+    let (s, e) = api_error(http.get(url(&hub, "/api/v1/nothing-here"))).await;
+    assert_eq!((s, e.error.as_str()), (404, "not_found"));
+    let r = http
+        .delete(&deliveries)
+        .bearer_auth(&op)
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), 405);
+    assert_eq!(
+        r.headers().get("allow").and_then(|v| v.to_str().ok()),
+        Some("POST")
+    );
+    let e: ApiError = r.json().await.expect("405 body is an ApiError");
+    assert_eq!(e.error, "method_not_allowed");
+    // An unknown static file.
+    let (s, _) = api_error(http.get(url(&hub, "/web/nope.js"))).await;
+    assert_eq!(s, 404);
+    hub.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_served_description_lists_exactly_the_methods_each_path_takes() {
+    let dir = TestDir::new("openapi");
+    let pki = Pki::new(&dir.0);
+    let hub = start(&dir.0, &pki).await;
+    let http = http_client_unpooled(&pki);
+    let r = http
+        .get(url(&hub, "/api/v1/openapi.json"))
+        .send()
+        .await
+        .expect("openapi");
+    assert_eq!(r.status(), 200);
+    let doc: serde_json::Value = r.json().await.expect("json");
+    assert!(doc["openapi"]
+        .as_str()
+        .unwrap_or_default()
+        .starts_with("3."));
+    let paths = doc["paths"].as_object().expect("paths");
+    assert!(paths.len() >= 17, "{} paths", paths.len());
+    let methods = ["get", "post", "put", "delete", "patch"];
+    for (path, item) in paths {
+        // Path parameters filled with a valid id (or file name).
+        let concrete = path.replace("{id}", "1").replace("{file}", "style.css");
+        for m in methods {
+            let described = item.get(m).is_some();
+            let method = reqwest::Method::from_bytes(m.to_uppercase().as_bytes()).expect("method");
+            let r = http
+                .request(method, url(&hub, &concrete))
+                .send()
+                .await
+                .expect("probe");
+            let status = r.status().as_u16();
+            let body = r.text().await.unwrap_or_default();
+            if described {
+                assert!(
+                    status != 405 && !body.contains("no route for"),
+                    "{m} {path} is described but not served: {status} {body}"
+                );
+            } else {
+                assert_eq!(
+                    status, 405,
+                    "{m} {path} is served but not described: {body}"
+                );
+            }
+        }
+    }
+    hub.shutdown();
+}
+
 /// WebTransport handshakes pass the hub's gate before any crypto: past
 /// `retry_above_in_flight` an unvalidated client is sent a Retry (and then admitted), and past
 /// the rate it is refused, counted by reason.

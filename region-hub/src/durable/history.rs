@@ -58,7 +58,7 @@ const COMPACT_GRACE_MS: u64 = 2 * MINUTE_MS;
 const HISTORY_CACHE_BYTES: usize = 32 << 20;
 
 /// One stored fix.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Breadcrumb {
     pub delivery_id: DeliveryId,
     /// When the driver measured it (unix ms).

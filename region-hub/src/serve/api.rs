@@ -5,19 +5,19 @@
 use crate::durable::blobs::store_blob;
 use crate::durable::history::Breadcrumb;
 use crate::hub::{ApiFailure, AuthRefusal, Hub};
-use crate::serve::respond::{error, token};
+use crate::serve::http::AppState;
+use crate::serve::respond::{error, json_rejection, token, upgrade_rejection, ApiPath, ApiQuery};
 use crate::tracking::anomaly::Anomaly;
 use crate::tracking::deliveries::SideRecord;
 use crate::tracking::proof::{check_image, ProofRecord};
 use axum::extract::multipart::MultipartRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Multipart, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use protocol::api::ChangeStatus;
+use axum::Json;
+use protocol::api::{ApiError, ChangeStatus};
 use protocol::consumer::StatusEvent;
 use protocol::geo::{haversine_m, LatLng};
 use protocol::status::DeliveryStatus;
@@ -27,6 +27,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Default and largest page of the history endpoint.
 const HISTORY_PAGE: usize = 500;
@@ -37,27 +40,28 @@ const ANOMALIES_MAX: usize = 5_000;
 /// Room for the multipart framing and the GPS fields beyond the image limit.
 const MULTIPART_SLACK: usize = 64 * 1024;
 
+/// What these handlers need (taken from the router's state).
 #[derive(Clone)]
-struct ApiState {
-    hub: Arc<Hub>,
-    shutdown: CancellationToken,
+pub(crate) struct ApiState {
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) shutdown: CancellationToken,
 }
 
-/// The routes, merged into the hub's router.
-pub(crate) fn router(hub: Arc<Hub>, shutdown: CancellationToken) -> Router {
-    let body_limit = hub.proof_config().max_bytes.saturating_add(MULTIPART_SLACK);
-    Router::new()
-        .route("/api/v1/tracking/{id}/history", get(history))
-        .route(
-            "/api/v1/tracking/{id}/proof",
-            get(get_proof)
-                .post(upload_proof)
-                .layer(DefaultBodyLimit::max(body_limit)),
-        )
-        .route("/api/v1/tracking/{id}/devices", post(register_device))
-        .route("/api/v1/anomalies", get(list_anomalies))
-        .route("/api/v1/anomalies/stream", get(anomaly_stream))
-        .with_state(ApiState { hub, shutdown })
+/// Largest proof upload body: the image limit plus the multipart framing and the GPS fields.
+pub(crate) fn proof_body_limit(hub: &Hub) -> usize {
+    hub.proof_config().max_bytes.saturating_add(MULTIPART_SLACK)
+}
+
+/// The routes with their descriptions, merged into the hub's (see `http::routes`).
+pub(crate) fn routes(proof_body_limit: usize) -> OpenApiRouter<AppState> {
+    let (schemas, paths, proof) = routes!(get_proof, upload_proof);
+    let proof = proof.layer(DefaultBodyLimit::max(proof_body_limit));
+    OpenApiRouter::new()
+        .routes(routes!(history))
+        .routes((schemas, paths, proof))
+        .routes(routes!(register_device))
+        .routes(routes!(list_anomalies))
+        .routes(routes!(anomaly_stream))
 }
 
 fn internal(e: impl std::fmt::Display) -> Response {
@@ -99,7 +103,7 @@ fn parse_param<T: std::str::FromStr>(
 }
 
 /// One page of a delivery's history.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct HistoryPage {
     pub delivery_id: DeliveryId,
     /// Stored fixes measured after `after_ts`, oldest first.
@@ -111,10 +115,31 @@ pub struct HistoryPage {
     pub next_after_ts: Option<u64>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/tracking/{id}/history",
+    tag = "history",
+    params(
+        ("id" = u64, Path, description = "delivery id"),
+        ("after_ts" = Option<u64>, Query, description = "page after this fix time (unix ms; `next_after_ts` of the previous page)"),
+        ("limit" = Option<u64>, Query, description = "breadcrumbs per page (default 500, at most 5000)"),
+        ("token" = Option<String>, Query, description = "the token, when not sent as a bearer header"),
+    ),
+    security(("tracking_token" = []), ("token_query" = [])),
+    responses(
+        (status = 200, description = "one page of breadcrumbs and status events", body = HistoryPage),
+        (status = 307, description = "in a cluster: another hub owns the delivery (`Location`)", body = ApiError),
+        (status = 400, description = "a bad id, `after_ts` or `limit`", body = ApiError),
+        (status = 401, description = "no token", body = ApiError),
+        (status = 403, description = "the token is not valid for this delivery", body = ApiError),
+        (status = 404, description = "no such delivery", body = ApiError),
+        (status = 503, description = "the hub is joining its cluster (retry)", body = ApiError),
+    ),
+)]
 async fn history(
     State(app): State<ApiState>,
-    Path(id): Path<u64>,
-    Query(query): Query<HashMap<String, String>>,
+    ApiPath(id): ApiPath<u64>,
+    ApiQuery(query): ApiQuery<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
     let id = DeliveryId(id);
@@ -166,15 +191,32 @@ async fn history(
 }
 
 /// Answer of `GET /api/v1/anomalies`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct AnomalyList {
     /// Newest first.
     pub anomalies: Vec<Anomaly>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/anomalies",
+    tag = "anomalies",
+    params(
+        ("delivery" = Option<u64>, Query, description = "only this delivery's anomalies"),
+        ("limit" = Option<u64>, Query, description = "how many (default 200, at most 5000)"),
+        ("token" = Option<String>, Query, description = "the token, when not sent as a bearer header"),
+    ),
+    security(("operator_token" = []), ("token_query" = [])),
+    responses(
+        (status = 200, description = "the newest anomalies first", body = AnomalyList),
+        (status = 400, description = "a bad `delivery` or `limit`", body = ApiError),
+        (status = 401, description = "no token", body = ApiError),
+        (status = 403, description = "the token is not a valid operator token", body = ApiError),
+    ),
+)]
 async fn list_anomalies(
     State(app): State<ApiState>,
-    Query(query): Query<HashMap<String, String>>,
+    ApiQuery(query): ApiQuery<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = app.hub.check_operator(token(&headers, &query)) {
@@ -208,9 +250,24 @@ pub enum AnomalyFrame {
     },
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/anomalies/stream",
+    tag = "anomalies",
+    description = "A WebSocket of `AnomalyFrame` JSON text messages, one per new anomaly.",
+    params(("token" = Option<String>, Query, description = "the token, when not sent as a bearer header")),
+    security(("operator_token" = []), ("token_query" = [])),
+    responses(
+        (status = 101, description = "switched to WebSocket"),
+        (status = 400, description = "not a WebSocket upgrade request", body = ApiError),
+        (status = 401, description = "no token", body = ApiError),
+        (status = 403, description = "the token is not a valid operator token", body = ApiError),
+        (status = 426, description = "the connection cannot be upgraded", body = ApiError),
+    ),
+)]
 async fn anomaly_stream(
     State(app): State<ApiState>,
-    Query(query): Query<HashMap<String, String>>,
+    ApiQuery(query): ApiQuery<HashMap<String, String>>,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
@@ -219,7 +276,7 @@ async fn anomaly_stream(
     }
     let ws = match ws {
         Ok(ws) => ws,
-        Err(e) => return e.into_response(),
+        Err(e) => return upgrade_rejection(e),
     };
     let rx = app.hub.subscribe_anomalies();
     let span = tracing::info_span!("anomaly_stream");
@@ -257,7 +314,7 @@ async fn run_anomaly_stream(
 }
 
 /// Answer of a proof upload.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ProofAccepted {
     pub delivery_id: DeliveryId,
     pub event_seq: u64,
@@ -269,6 +326,20 @@ pub struct ProofAccepted {
     pub sha256: String,
     pub distance_m: f64,
     pub far_from_dropoff: bool,
+}
+
+/// The form of a proof upload (`multipart/form-data`), for the API description.
+#[derive(ToSchema)]
+#[allow(dead_code)] // described, never built: `read_upload` reads the parts
+struct ProofForm {
+    /// The photo: JPEG, PNG, WebP or HEIC.
+    #[schema(value_type = String, format = Binary)]
+    image: Vec<u8>,
+    /// Where it was taken, degrees (with `lng`; or send `gps`).
+    lat: Option<f64>,
+    lng: Option<f64>,
+    /// `{"lat":..,"lng":..}` instead of `lat` and `lng`.
+    gps: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -358,9 +429,32 @@ async fn read_upload(mut form: Multipart, limit: usize) -> Result<Upload, Refusa
     })
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/tracking/{id}/proof",
+    tag = "proof",
+    description = "The assigned driver's photo proof of delivery: records the `delivered` \
+        status event with the proof. Repeating the same image replays the first answer (200).",
+    params(("id" = u64, Path, description = "delivery id")),
+    request_body(content = ProofForm, content_type = "multipart/form-data"),
+    security(("driver_token" = [])),
+    responses(
+        (status = 201, description = "recorded; the delivery is delivered", body = ProofAccepted),
+        (status = 200, description = "this image was already accepted (replay)", body = ProofAccepted),
+        (status = 307, description = "in a cluster: another hub owns the delivery (`Location`)", body = ApiError),
+        (status = 400, description = "a bad id, or a form without a usable image or position", body = ApiError),
+        (status = 401, description = "no token", body = ApiError),
+        (status = 403, description = "not the driver assigned to this delivery", body = ApiError),
+        (status = 404, description = "no such delivery", body = ApiError),
+        (status = 409, description = "the delivery cannot become delivered from its status", body = ApiError),
+        (status = 413, description = "the image is over the limit", body = ApiError),
+        (status = 415, description = "not an image type the hub takes", body = ApiError),
+        (status = 503, description = "the event log cannot commit now, or the hub is joining its cluster (retry)", body = ApiError),
+    ),
+)]
 async fn upload_proof(
     State(app): State<ApiState>,
-    Path(id): Path<u64>,
+    ApiPath(id): ApiPath<u64>,
     headers: HeaderMap,
     form: Result<Multipart, MultipartRejection>,
 ) -> Response {
@@ -478,7 +572,7 @@ async fn upload_proof(
 }
 
 /// Answer of a device registration.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct DeviceRegistered {
     pub delivery_id: DeliveryId,
     pub platform: notify::Platform,
@@ -486,10 +580,36 @@ pub struct DeviceRegistered {
     pub registered: bool,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/tracking/{id}/devices",
+    tag = "tracking",
+    description = "Registers the consumer's phone for push notifications at milestones.",
+    params(
+        ("id" = u64, Path, description = "delivery id"),
+        ("token" = Option<String>, Query, description = "the token, when not sent as a bearer header"),
+    ),
+    request_body = notify::DeviceToken,
+    security(("tracking_token" = []), ("token_query" = [])),
+    responses(
+        (status = 201, description = "registered", body = DeviceRegistered),
+        (status = 200, description = "this device was already registered", body = DeviceRegistered),
+        (status = 307, description = "in a cluster: another hub owns the delivery (`Location`)", body = ApiError),
+        (status = 400, description = "a bad id, a body that is not JSON, or a malformed device token", body = ApiError),
+        (status = 401, description = "no token", body = ApiError),
+        (status = 403, description = "the token is not valid for this delivery", body = ApiError),
+        (status = 404, description = "no such delivery", body = ApiError),
+        (status = 409, description = "the delivery has the most devices it may have", body = ApiError),
+        (status = 413, description = "the body is too large", body = ApiError),
+        (status = 415, description = "not `Content-Type: application/json`", body = ApiError),
+        (status = 422, description = "JSON of the wrong shape", body = ApiError),
+        (status = 503, description = "the event log cannot commit now, or the hub is joining its cluster (retry)", body = ApiError),
+    ),
+)]
 async fn register_device(
     State(app): State<ApiState>,
-    Path(id): Path<u64>,
-    Query(query): Query<HashMap<String, String>>,
+    ApiPath(id): ApiPath<u64>,
+    ApiQuery(query): ApiQuery<HashMap<String, String>>,
     headers: HeaderMap,
     body: Result<Json<notify::DeviceToken>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
@@ -499,7 +619,7 @@ async fn register_device(
     }
     let device = match body {
         Ok(Json(d)) => d,
-        Err(e) => return error(e.status(), "bad_request", e.body_text()),
+        Err(e) => return json_rejection(e),
     };
     let device = match device.validated() {
         Ok(d) => d,
@@ -543,10 +663,31 @@ async fn register_device(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/tracking/{id}/proof",
+    tag = "proof",
+    params(
+        ("id" = u64, Path, description = "delivery id"),
+        ("token" = Option<String>, Query, description = "the token, when not sent as a bearer header"),
+    ),
+    security(("tracking_token" = []), ("token_query" = [])),
+    responses(
+        (status = 200, description = "the photo", content(
+            (Vec<u8> = "image/jpeg"), (Vec<u8> = "image/png"), (Vec<u8> = "image/webp"), (Vec<u8> = "image/heic"),
+        )),
+        (status = 307, description = "in a cluster: another hub owns the delivery (`Location`)", body = ApiError),
+        (status = 400, description = "a bad id in the path", body = ApiError),
+        (status = 401, description = "no token", body = ApiError),
+        (status = 403, description = "the token is not valid for this delivery", body = ApiError),
+        (status = 404, description = "no such delivery, or no proof yet", body = ApiError),
+        (status = 503, description = "the hub is joining its cluster (retry)", body = ApiError),
+    ),
+)]
 async fn get_proof(
     State(app): State<ApiState>,
-    Path(id): Path<u64>,
-    Query(query): Query<HashMap<String, String>>,
+    ApiPath(id): ApiPath<u64>,
+    ApiQuery(query): ApiQuery<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
     let id = DeliveryId(id);

@@ -1,11 +1,17 @@
-//! How the HTTP API answers: JSON `ApiError` bodies for every failure, and where a request's
-//! token is read from.
+//! How the HTTP API answers: JSON `ApiError` bodies for every failure (the handlers' own, axum's
+//! extractor rejections, unknown routes and wrong methods), and where a request's token is read
+//! from.
 
 use crate::hub::{ApiFailure, AuthRefusal};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{FromRequestParts, Path, Query};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use protocol::api::ApiError;
+use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 
 /// A JSON [`ApiError`] with `status`.
@@ -60,4 +66,84 @@ pub(crate) fn token<'a>(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .or_else(|| query.get("token").map(String::as_str))
+}
+
+/// `axum::extract::Path` whose rejection (a segment that does not parse, e.g. `abc` for a
+/// delivery id) is a JSON [`ApiError`] (400) instead of axum's plain text.
+#[derive(Debug)]
+pub(crate) struct ApiPath<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiPath<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned + Send,
+{
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(v)) => Ok(Self(v)),
+            Err(e) => Err(error(e.status(), "bad_request", e.body_text())),
+        }
+    }
+}
+
+/// `axum::extract::Query` whose rejection is a JSON [`ApiError`] (400).
+#[derive(Debug)]
+pub(crate) struct ApiQuery<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiQuery<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(v)) => Ok(Self(v)),
+            Err(e) => Err(error(e.status(), "bad_request", e.body_text())),
+        }
+    }
+}
+
+/// A JSON body that did not parse, as an [`ApiError`] with axum's status: 400 (not JSON),
+/// 415 (no `Content-Type: application/json`), 422 (JSON of the wrong shape) or 413.
+pub(crate) fn json_rejection(e: JsonRejection) -> Response {
+    let code = match e.status() {
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::UNPROCESSABLE_ENTITY => "unprocessable_entity",
+        _ => "bad_request",
+    };
+    error(e.status(), code, e.body_text())
+}
+
+/// A WebSocket route asked without a valid upgrade: 400 (headers), 405 (not GET) or 426.
+pub(crate) fn upgrade_rejection(e: WebSocketUpgradeRejection) -> Response {
+    let code = match e.status() {
+        StatusCode::UPGRADE_REQUIRED => "upgrade_required",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        _ => "bad_request",
+    };
+    error(e.status(), code, e.body_text())
+}
+
+/// The answer for a path no route matches: 404 `not_found`.
+pub(crate) async fn no_route(method: Method, uri: Uri) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no route for {method} {}", uri.path()),
+    )
+}
+
+/// The answer for a known path asked with a method it does not take: 405
+/// `method_not_allowed` (axum adds the `Allow` header).
+pub(crate) async fn wrong_method(method: Method, uri: Uri) -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} does not take {method}", uri.path()),
+    )
 }

@@ -7,13 +7,14 @@
 //! operator's replay reads the breadcrumbs and status events the hub stores in redb.
 
 use crate::hub::{ApiFailure, Hub};
-use crate::serve::respond::token;
-use axum::extract::{Path, Query, State};
+use crate::serve::http::AppState;
+use crate::serve::respond::{error, token, ApiPath, ApiQuery};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use bytes::Bytes;
+use protocol::api::ApiError;
 use protocol::consumer::{Snapshot, StatusEvent};
 use protocol::DeliveryId;
 use roadnet::{RoadClass, RoadGraph};
@@ -21,6 +22,9 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::OnceCell;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// The static files: name, content type, body.
 const FILES: &[(&str, &str, &str)] = &[
@@ -68,7 +72,7 @@ const REPLAY_CRUMBS_MAX: usize = 20_000;
 
 /// State of the browser routes.
 #[derive(Clone)]
-struct WebState {
+pub(crate) struct WebState {
     hub: Arc<Hub>,
     /// The graph the hub routes on; the map is drawn from it.
     graph: Arc<RoadGraph>,
@@ -76,20 +80,25 @@ struct WebState {
     map: Arc<OnceCell<Result<Bytes, String>>>,
 }
 
-/// The browser routes, to be merged into the hub's router.
-pub(crate) fn router(hub: Arc<Hub>, graph: Arc<RoadGraph>) -> Router {
-    Router::new()
-        .route("/track/{id}", get(track_page))
-        .route("/ops", get(ops_page))
-        .route("/web/{file}", get(static_file))
-        .route("/api/v1/map", get(map))
-        .route("/api/v1/ops/deliveries", get(ops_deliveries))
-        .route("/api/v1/ops/deliveries/{id}/history", get(ops_history))
-        .with_state(WebState {
+impl WebState {
+    pub(crate) fn new(hub: Arc<Hub>, graph: Arc<RoadGraph>) -> Self {
+        Self {
             hub,
             graph,
             map: Arc::new(OnceCell::new()),
-        })
+        }
+    }
+}
+
+/// The browser routes with their descriptions, merged into the hub's (see `http::routes`).
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(track_page))
+        .routes(routes!(ops_page))
+        .routes(routes!(static_file))
+        .routes(routes!(map))
+        .routes(routes!(ops_deliveries))
+        .routes(routes!(ops_history))
 }
 
 fn file(name: &str) -> Response {
@@ -102,22 +111,66 @@ fn file(name: &str) -> Response {
             *body,
         )
             .into_response(),
-        None => (StatusCode::NOT_FOUND, "no such file").into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no file {name}"),
+        ),
     }
 }
 
-async fn track_page(Path(_id): Path<u64>) -> Response {
+#[utoipa::path(
+    get,
+    path = "/track/{id}",
+    tag = "pages",
+    params(
+        ("id" = u64, Path, description = "delivery id"),
+        ("token" = Option<String>, Query, description = "the tracking token, read by the page's script"),
+    ),
+    responses(
+        (status = 200, description = "the consumer's tracking page", content_type = "text/html", body = String),
+        (status = 400, description = "a bad id in the path", body = ApiError),
+    ),
+)]
+async fn track_page(ApiPath(_id): ApiPath<u64>) -> Response {
     file("track.html")
 }
 
+#[utoipa::path(
+    get,
+    path = "/ops",
+    tag = "pages",
+    responses((status = 200, description = "the operator view", content_type = "text/html", body = String)),
+)]
 async fn ops_page() -> Response {
     file("ops.html")
 }
 
-async fn static_file(Path(name): Path<String>) -> Response {
+#[utoipa::path(
+    get,
+    path = "/web/{file}",
+    tag = "pages",
+    params(("file" = String, Path, description = "`track.js`, `ops.js`, `map.js`, `transport.js`, `style.css`, ...")),
+    responses(
+        (status = 200, description = "a static file of the pages", content(
+            (String = "text/html"), (String = "text/javascript"), (String = "text/css"),
+        )),
+        (status = 404, description = "no such file", body = ApiError),
+    ),
+)]
+async fn static_file(ApiPath(name): ApiPath<String>) -> Response {
     file(&name)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/map",
+    tag = "pages",
+    responses(
+        (status = 200, description = "the city's roads as the pages draw them", body = MapJson),
+        (status = 503, description = "the map could not be built", body = ApiError),
+    ),
+)]
 async fn map(State(web): State<WebState>) -> Response {
     let graph = web.graph.clone();
     let built = web
@@ -140,7 +193,11 @@ async fn map(State(web): State<WebState>) -> Response {
             json.clone(),
         )
             .into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("no map: {e}")).into_response(),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("no map: {e}"),
+        ),
     }
 }
 
@@ -151,7 +208,7 @@ fn build_map(graph: &RoadGraph) -> Result<Bytes, String> {
 }
 
 /// The city map as browsers draw it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct MapJson {
     /// `[min_lng, min_lat, max_lng, max_lat]`.
     pub bbox: [f64; 4],
@@ -161,9 +218,10 @@ pub struct MapJson {
 }
 
 /// The polylines of one road class.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct RoadLayer {
     pub class: &'static str,
+    #[schema(value_type = Vec<Vec<Vec<f64>>>)]
     pub lines: Vec<Vec<[f64; 2]>>,
 }
 
@@ -248,7 +306,7 @@ pub fn map_json(graph: &RoadGraph) -> MapJson {
 }
 
 /// What the operator view polls.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct OpsView {
     server_time_ms: u64,
     /// Counters the page turns into rates.
@@ -260,9 +318,24 @@ struct OpsView {
     deliveries: Vec<Snapshot>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/ops/deliveries",
+    tag = "operator",
+    params(
+        ("all" = Option<String>, Query, description = "`1`: finished deliveries too"),
+        ("token" = Option<String>, Query, description = "the token, when not sent as a bearer header"),
+    ),
+    security(("operator_token" = []), ("token_query" = [])),
+    responses(
+        (status = 200, description = "rates and every active delivery", body = OpsView),
+        (status = 401, description = "no token", body = ApiError),
+        (status = 403, description = "the token is not a valid operator token", body = ApiError),
+    ),
+)]
 async fn ops_deliveries(
     State(web): State<WebState>,
-    Query(query): Query<HashMap<String, String>>,
+    ApiQuery(query): ApiQuery<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = web.hub.check_operator(token(&headers, &query)) {
@@ -285,19 +358,39 @@ async fn ops_deliveries(
 }
 
 /// One delivery's history for the operator's replay.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct History {
     snapshot: Snapshot,
     /// Every durable status event.
     events: Vec<StatusEvent>,
     /// The stored fixes, oldest first, as `[lat, lng, heading_deg, ts_ms]`.
+    #[schema(value_type = Vec<Vec<f64>>)]
     trail: Vec<(f64, f64, f32, u64)>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/ops/deliveries/{id}/history",
+    tag = "operator",
+    params(
+        ("id" = u64, Path, description = "delivery id"),
+        ("token" = Option<String>, Query, description = "the token, when not sent as a bearer header"),
+    ),
+    security(("operator_token" = []), ("token_query" = [])),
+    responses(
+        (status = 200, description = "the delivery's snapshot, status events and stored fixes", body = History),
+        (status = 307, description = "in a cluster: another hub owns the delivery (`Location`)", body = ApiError),
+        (status = 400, description = "a bad id in the path", body = ApiError),
+        (status = 401, description = "no token", body = ApiError),
+        (status = 403, description = "the token is not a valid operator token", body = ApiError),
+        (status = 404, description = "no such delivery", body = ApiError),
+        (status = 503, description = "the hub is joining its cluster (retry)", body = ApiError),
+    ),
+)]
 async fn ops_history(
     State(web): State<WebState>,
-    Path(id): Path<u64>,
-    Query(query): Query<HashMap<String, String>>,
+    ApiPath(id): ApiPath<u64>,
+    ApiQuery(query): ApiQuery<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = web.hub.check_operator(token(&headers, &query)) {

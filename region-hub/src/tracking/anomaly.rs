@@ -35,7 +35,7 @@ impl Default for AnomalyConfig {
 }
 
 /// What kind of anomaly.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AnomalyKind {
     Stationary,
@@ -52,7 +52,7 @@ impl AnomalyKind {
 }
 
 /// Which stop the driver is heading for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Target {
     Pickup,
@@ -60,7 +60,7 @@ pub enum Target {
 }
 
 /// One detected anomaly: stored in redb, counted, listed and streamed to operators.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Anomaly {
     pub delivery_id: DeliveryId,
     pub kind: AnomalyKind,
