@@ -2,7 +2,6 @@
 //! configs this crate builds from dev PKI certificates.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,31 +10,13 @@ use certs::{
     quinn_server_config, server_tls_config, CertSummary, DevPki, NodeCert, NodeRole, TlsFor,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use testkit::TestDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 const ALPN: &[&[u8]] = &[b"trackline/1"];
 const LIMIT: Duration = Duration::from_secs(10);
-
-/// A temp directory removed when the test ends.
-struct TestDir(PathBuf);
-
-impl TestDir {
-    fn new(name: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("trackline-certs-it-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create test dir");
-        Self(dir)
-    }
-}
-
-impl Drop for TestDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn sans() -> Vec<String> {
     vec!["localhost".to_owned(), "127.0.0.1".to_owned()]
@@ -62,8 +43,8 @@ struct Cluster {
 }
 
 fn cluster(name: &str) -> Cluster {
-    let dir = TestDir::new(name);
-    let pki = DevPki::load_or_create(&dir.0).expect("pki");
+    let dir = TestDir::new(&format!("certs-{name}"));
+    let pki = DevPki::load_or_create(&dir).expect("pki");
     let hub = pki
         .issue_node("hub-1", &sans(), NodeRole::Hub)
         .expect("hub");
@@ -80,8 +61,8 @@ fn cluster(name: &str) -> Cluster {
 
 /// A client certificate from a different CA, and a bare self-signed one.
 fn impostors(name: &str) -> Vec<(&'static str, Material)> {
-    let dir = TestDir::new(name);
-    let other_pki = DevPki::load_or_create(&dir.0).expect("other pki");
+    let dir = TestDir::new(&format!("certs-{name}"));
+    let other_pki = DevPki::load_or_create(&dir).expect("other pki");
     let other = other_pki
         .issue_node("edge-1", &sans(), NodeRole::Edge)
         .expect("impostor");

@@ -3,7 +3,6 @@
 //! join; control-plane keys reach the other hubs and drive placement.
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use certs::{DevPki, NodeRole};
@@ -12,28 +11,10 @@ use cluster::{
     GOSSIP_ALPN,
 };
 use protocol::DeliveryId;
+use testkit::TestDir;
 use tokio_util::sync::CancellationToken;
 
 const DEADLINE: Duration = Duration::from_secs(15);
-
-/// A temp directory removed when the test ends.
-struct TestDir(PathBuf);
-
-impl TestDir {
-    fn new(name: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("trackline-cluster-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create test dir");
-        Self(dir)
-    }
-}
-
-impl Drop for TestDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn tls(pki: &DevPki, name: &str) -> GossipTls {
     tls_as(pki, name, NodeRole::Hub)
@@ -133,8 +114,8 @@ impl Drop for Cluster {
 
 /// Three hubs joined through the first one, converged on membership and control state.
 async fn three_hubs(name: &str) -> Cluster {
-    let dir = TestDir::new(name);
-    let pki = DevPki::load_or_create(&dir.0).expect("pki");
+    let dir = TestDir::new(&format!("cluster-{name}"));
+    let pki = DevPki::load_or_create(&dir).expect("pki");
     let shutdown = CancellationToken::new();
     let mut hubs = Vec::new();
     let mut seeds = Vec::new();
@@ -212,7 +193,7 @@ async fn node_with_a_certificate_from_another_ca_cannot_join() {
     let c = three_hubs("rogue").await;
     let (h1, _) = &c.hubs[0];
     let rogue_dir = TestDir::new("rogue-ca");
-    let rogue_pki = DevPki::load_or_create(&rogue_dir.0).expect("rogue pki");
+    let rogue_pki = DevPki::load_or_create(&rogue_dir).expect("rogue pki");
     let rogue = spawn_node(
         config("rogue", Role::Hub, vec![h1.gossip.advertise_addr()]),
         tls(&rogue_pki, "rogue"),
@@ -391,7 +372,7 @@ async fn hub_that_leaves_loses_its_deliveries_to_the_others_and_peers_get_down_e
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_leave_is_announced_not_left_to_failure_detection() {
     let dir = TestDir::new("graceful");
-    let pki = DevPki::load_or_create(&dir.0).expect("pki");
+    let pki = DevPki::load_or_create(&dir).expect("pki");
     let shutdown = CancellationToken::new();
     let _guard = shutdown.clone().drop_guard();
     let a = spawn_node(

@@ -14,7 +14,6 @@ use protocol::{DriverId, ALPN_DRIVER, ALPN_H3, ALPN_HUB};
 use rustls::pki_types::CertificateDer;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -22,21 +21,10 @@ use tokio_util::sync::CancellationToken;
 /// How long any test waits for an event before failing.
 pub const WAIT: Duration = Duration::from_secs(20);
 
-/// A fresh directory for one test.
-pub fn test_dir(name: &str) -> PathBuf {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "trackline-edge-{}-{}-{name}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create test dir");
-    dir
-}
-
 /// Certificates for an edge and a hub from one dev CA, and a driver token signer.
 pub struct Setup {
+    /// Removed when the setup is dropped (kept with `TESTKIT_KEEP=1`).
+    _tmp: testkit::TestDir,
     pub dir: PathBuf,
     pub ca: CertificateDer<'static>,
     pub hub_cert: NodeCert,
@@ -46,15 +34,9 @@ pub struct Setup {
 
 impl Setup {
     pub fn new(name: &str) -> Self {
-        certs::install_default_crypto_provider();
-        // Through the test writer so output is captured per test (RUST_LOG to see more).
-        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_test_writer()
-            .try_init();
-        let dir = test_dir(name);
+        testkit::init_tracing();
+        let tmp = testkit::TestDir::new(&format!("edge-{name}"));
+        let dir = tmp.to_path_buf();
         let pki = DevPki::load_or_create(&dir.join("ca")).expect("dev ca");
         let sans = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
         let edge = pki
@@ -76,6 +58,7 @@ impl Setup {
             hub_cert,
             signer,
             dir,
+            _tmp: tmp,
         }
     }
 
@@ -355,19 +338,12 @@ pub async fn three_cluster_hubs(setup: &Setup) -> Vec<ClusterHub> {
 }
 
 /// Polls the async `cond` until it holds; panics after [`WAIT`].
-pub async fn wait_until_async<F, Fut>(what: &str, mut cond: F)
+pub async fn wait_until_async<F, Fut>(what: &str, cond: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !cond().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    testkit::wait_until_async(what, WAIT, cond).await
 }
 
 /// A QUIC client endpoint trusting the dev CA, offering `alpn`.
@@ -556,13 +532,6 @@ pub async fn h3_request(
 }
 
 /// Polls `cond` until it holds; panics after [`WAIT`].
-pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+pub async fn wait_until(what: &str, cond: impl FnMut() -> bool) {
+    testkit::wait_until(what, WAIT, cond).await
 }
