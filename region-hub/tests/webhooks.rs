@@ -8,7 +8,7 @@ mod support;
 use protocol::api::{ChangeStatus, CreateDelivery, DeliveryCreated, StatusChanged};
 use protocol::status::DeliveryStatus::{self, *};
 use protocol::token::{Subject, TokenSigner};
-use protocol::{DeliveryId, DriverId};
+use protocol::DriverId;
 use region_hub::config::WebhookConfig;
 use region_hub::webhooks::sign;
 use region_hub::webhooks::{EventKind, Subscription};
@@ -468,7 +468,7 @@ async fn sigkill_while_webhooks_fail_loses_nothing_and_each_event_arrives_once_a
     // Kill the hub mid-delivery: some webhooks through, one held open, most still pending.
     receiver
         .wait_for("a few deliveries and a hanging request", |s| {
-            s.accepted.len() >= 3 && s.hanging >= 1
+            s.accepted.len() >= 10 && s.hanging >= 1
         })
         .await;
     hub.kill();
@@ -733,5 +733,4 @@ fn kinds_serialize_as_documented() {
             .expect("json"),
         serde_json::json!(["status", "anomaly", "proof"])
     );
-    let _ = DeliveryId(1);
 }

@@ -2,7 +2,7 @@
 //! put them back into the outbox. The secret is write-only.
 
 use crate::durable::outbox::{DeadLetter, SubscribeError};
-use crate::hub::ApiFailure;
+use crate::hub::{ApiFailure, AuthRefusal};
 use crate::serve::api::ApiState;
 use crate::serve::http::AppState;
 use crate::serve::respond::{error, json_rejection, token, ApiPath, ApiQuery};
@@ -84,10 +84,8 @@ pub struct DeadLetterList {
     pub dead_letters: Vec<DeadLetter>,
 }
 
-fn operator(app: &ApiState, headers: &HeaderMap) -> Result<(), Response> {
-    app.hub
-        .check_operator(token(headers, &HashMap::new()))
-        .map_err(IntoResponse::into_response)
+fn operator(app: &ApiState, headers: &HeaderMap) -> Result<(), AuthRefusal> {
+    app.hub.check_operator(token(headers, &HashMap::new()))
 }
 
 #[utoipa::path(
@@ -103,7 +101,7 @@ fn operator(app: &ApiState, headers: &HeaderMap) -> Result<(), Response> {
 )]
 async fn list_webhooks(State(app): State<ApiState>, headers: HeaderMap) -> Response {
     if let Err(r) = operator(&app, &headers) {
-        return r;
+        return r.into_response();
     }
     let store = app.hub.store().clone();
     match blocking(move || store.webhook_subscriptions()).await {
@@ -139,7 +137,7 @@ async fn create_webhook(
     body: Result<Json<CreateWebhook>, JsonRejection>,
 ) -> Response {
     if let Err(r) = operator(&app, &headers) {
-        return r;
+        return r.into_response();
     }
     let req = match body {
         Ok(Json(r)) => r,
@@ -193,7 +191,7 @@ async fn delete_webhook(
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = operator(&app, &headers) {
-        return r;
+        return r.into_response();
     }
     let store = app.hub.store().clone();
     let name = id.clone();
@@ -230,7 +228,7 @@ async fn list_dead_letters(
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = operator(&app, &headers) {
-        return r;
+        return r.into_response();
     }
     let limit = match query.get("limit").map(|v| v.parse::<usize>()) {
         None => DEAD_DEFAULT,
@@ -273,7 +271,7 @@ async fn redrive(
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = operator(&app, &headers) {
-        return r;
+        return r.into_response();
     }
     let store = app.hub.store().clone();
     let name = id.clone();
