@@ -734,3 +734,121 @@ fn kinds_serialize_as_documented() {
         serde_json::json!(["status", "anomaly", "proof"])
     );
 }
+
+/// A clustered hub's config (as `tests/cluster.rs` makes them) with `webhooks`.
+fn cluster_hub_config(
+    dir: &Path,
+    pki: &Pki,
+    name: &str,
+    seeds: Vec<SocketAddr>,
+    webhooks: WebhookConfig,
+) -> HubConfig {
+    let mut c = support::config(&dir.join(name), pki);
+    c.hub_id = name.into();
+    c.tls = pki.node(name, certs::NodeRole::Hub);
+    c.token_signing_key = dir.join("token.pk8");
+    c.cluster = Some(cluster::ClusterConfig {
+        node_id: name.into(),
+        role: cluster::Role::Hub,
+        region: "eu".into(),
+        seeds,
+        profile: cluster::Profile::Fast,
+        expected_nodes: 4,
+        gossip: cluster::GossipConfig {
+            bind_addr: ([127, 0, 0, 1], 0).into(),
+            reconnect_backoff_ms: 100,
+            ..cluster::GossipConfig::default()
+        },
+        control: cluster::ControlConfig {
+            cluster_id: "trackline-eu-webhooks".into(),
+            gossip_interval_ms: 50,
+            ..cluster::ControlConfig::default()
+        },
+        ..cluster::ClusterConfig::default()
+    });
+    c.cluster_hub.rebalance_interval_ms = 200;
+    c.cluster_hub.join_grace_ms = 100;
+    c.webhooks = webhooks;
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_webhooks_follow_a_delivery_to_its_successor_when_the_owner_goes_away() {
+    let dir = TestDir::new("webhooks-cluster");
+    let pki = Pki::new(&dir.0);
+    let receiver = Receiver::start(&pki, ALWAYS_500).await;
+    let hooks = fast_webhooks(&pki, vec![subscription("orders", receiver.url("/hook"))]);
+    let a = support::start_with(cluster_hub_config(
+        &dir.0,
+        &pki,
+        "hub-a",
+        vec![],
+        hooks.clone(),
+    ))
+    .await;
+    let seed = a.cluster().expect("cluster").gossip.advertise_addr();
+    let b = support::start_with(cluster_hub_config(
+        &dir.0,
+        &pki,
+        "hub-b",
+        vec![seed],
+        hooks.clone(),
+    ))
+    .await;
+    let mut hubs = vec![Some(a), Some(b)];
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !hubs.iter().flatten().all(|h| {
+        let live = h.cluster().expect("cluster").view.live_hubs();
+        live.len() == 2 && live.iter().all(|l| !l.https_addr.is_empty())
+    }) {
+        assert!(tokio::time::Instant::now() < deadline, "hubs never met");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A delivery created at hub-a (it picks an id it owns); hub-b is its successor.
+    let http = http_client(&pki);
+    let owner = hubs[0].as_ref().expect("hub-a");
+    let d = support::create(owner, &http, Some(7)).await;
+    let r = support::change(owner, &http, d.delivery_id, PickedUp, None, Some("p")).await;
+    assert_eq!(r.status(), 200);
+    let last: StatusChanged = r.json().await.expect("json");
+    let want: BTreeSet<String> = (1..=last.event_seq)
+        .map(|s| format!("status:{}:{s}", d.delivery_id))
+        .collect();
+    // The successor holds the rows (replicated with the events), and does not send them.
+    let succ = hubs[1].as_ref().expect("hub-b");
+    let copies: BTreeSet<String> = succ
+        .store()
+        .outbox_rows()
+        .expect("rows")
+        .into_iter()
+        .filter(|r| r.key.delivery == d.delivery_id)
+        .map(|r| r.idempotency_key)
+        .collect();
+    assert_eq!(copies, want);
+    receiver
+        .wait_for("the owner's failing attempts", |s| {
+            s.failures.get("500").copied().unwrap_or(0) >= 2
+        })
+        .await;
+
+    // The owner goes away (no drain); the receiver recovers; the successor delivers.
+    let gone = hubs[0].take().expect("hub-a");
+    gone.shutdown();
+    gone.join().await;
+    receiver.mode.store(SUCCEED, Ordering::SeqCst);
+    receiver
+        .wait_for("every event from the successor", |s| {
+            want.iter()
+                .all(|k| s.accepted.contains_key(&("/hook".to_owned(), k.clone())))
+        })
+        .await;
+    {
+        let seen = receiver.seen.lock().expect("lock");
+        assert!(seen.bad_signatures.is_empty(), "{:?}", seen.bad_signatures);
+        assert!(seen.out_of_order.is_empty(), "{:?}", seen.out_of_order);
+    }
+    for h in hubs.into_iter().flatten() {
+        h.shutdown();
+        h.join().await;
+    }
+}
