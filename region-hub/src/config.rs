@@ -104,6 +104,76 @@ pub struct HubConfig {
     /// Addresses published to the cluster and used in redirects (`[cluster_hub]`); only read
     /// when `cluster` is set.
     pub cluster_hub: ClusterHubConfig,
+    /// Signed webhooks of status changes, anomalies and proofs (`[webhooks]`, subscriptions in
+    /// `[[webhooks.subscriptions]]` or through `POST /api/v1/webhooks`).
+    pub webhooks: WebhookConfig,
+}
+
+/// Webhook delivery (`docs/operations.md`, *Webhooks*).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// A webhook still failing this many seconds after its event was committed goes to the
+    /// dead letters.
+    pub dead_letter_after_s: u64,
+    /// One attempt may take this long (connect, TLS, answer), milliseconds.
+    pub request_timeout_ms: u64,
+    /// First retry delay, doubled on each failure, milliseconds.
+    pub backoff_base_ms: u64,
+    /// Longest retry delay (before jitter), milliseconds; a longer `Retry-After` still wins.
+    pub backoff_max_ms: u64,
+    /// Requests in flight at once, over all subscriptions.
+    pub max_in_flight: usize,
+    /// Extra CA certificates (PEM) trusted for receivers, beside the public web roots.
+    pub ca: Option<PathBuf>,
+    /// Subscriptions from the config file (replaced in the store at every start; ones created
+    /// through the API are kept).
+    pub subscriptions: Vec<crate::webhooks::Subscription>,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            dead_letter_after_s: 86_400,
+            request_timeout_ms: 10_000,
+            backoff_base_ms: 1_000,
+            backoff_max_ms: 300_000,
+            max_in_flight: 16,
+            ca: None,
+            subscriptions: Vec::new(),
+        }
+    }
+}
+
+impl WebhookConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (field, v) in [
+            ("webhooks.dead_letter_after_s", self.dead_letter_after_s),
+            ("webhooks.request_timeout_ms", self.request_timeout_ms),
+            ("webhooks.backoff_base_ms", self.backoff_base_ms),
+            ("webhooks.max_in_flight", self.max_in_flight as u64),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Zero { field });
+            }
+        }
+        if self.backoff_max_ms < self.backoff_base_ms {
+            return Err(ConfigError::Invalid(format!(
+                "webhooks.backoff_max_ms ({}) must be at least webhooks.backoff_base_ms ({})",
+                self.backoff_max_ms, self.backoff_base_ms
+            )));
+        }
+        for (i, s) in self.subscriptions.iter().enumerate() {
+            s.validate().map_err(ConfigError::Invalid)?;
+            if self.subscriptions[..i].iter().any(|o| o.id == s.id) {
+                return Err(ConfigError::Invalid(format!(
+                    "webhooks.subscriptions: the id {:?} is used twice",
+                    s.id
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Breadcrumb storage: a writer separate from the status event log, fed by a bounded queue
@@ -272,6 +342,7 @@ impl Default for HubConfig {
             push: notify::NotifyConfig::default(),
             cluster: None,
             cluster_hub: ClusterHubConfig::default(),
+            webhooks: WebhookConfig::default(),
         }
     }
 }
@@ -422,6 +493,7 @@ impl HubConfig {
             }
         }
         self.clock.validate().map_err(ConfigError::Clock)?;
+        self.webhooks.validate()?;
         self.push
             .validate()
             .map_err(|e| ConfigError::Invalid(format!("push: {e}")))?;
@@ -448,6 +520,36 @@ impl HubConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn webhook_subscriptions_parse_validate_and_their_secrets_are_redacted() {
+        let c: HubConfig = toml::from_str(
+            "[webhooks]\ndead_letter_after_s = 60\n\
+             [[webhooks.subscriptions]]\nid = \"orders\"\nurl = \"https://orders.example/hook\"\n\
+             secret = \"0123456789abcdef-very-secret\"\nkinds = [\"status\", \"proof\"]\n",
+        )
+        .expect("parse");
+        c.validate().expect("valid");
+        assert_eq!(c.webhooks.subscriptions[0].kinds.len(), 2);
+        let printed = nodekit::redacted_toml(&c).expect("print");
+        assert!(!printed.contains("very-secret"), "{printed}");
+        assert!(printed.contains("orders.example"), "{printed}");
+        let twice = HubConfig {
+            webhooks: WebhookConfig {
+                subscriptions: vec![
+                    c.webhooks.subscriptions[0].clone(),
+                    c.webhooks.subscriptions[0].clone(),
+                ],
+                ..WebhookConfig::default()
+            },
+            ..HubConfig::default()
+        };
+        assert!(twice
+            .validate()
+            .expect_err("duplicate")
+            .to_string()
+            .contains("used twice"));
+    }
 
     #[test]
     fn defaults_validate_and_round_trip_through_toml() {

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod replication;
 pub mod serve;
 pub mod tracking;
+pub mod webhooks;
 
 use durable::{history, plans, store};
 use ingest::link;
@@ -243,6 +244,7 @@ pub async fn spawn_with_notifier(
 
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Arc::new(HubMetrics::new(&mut registry));
+    let webhook_metrics = Arc::new(metrics::WebhookMetrics::new(&mut registry));
     let handshakes = nodekit::HandshakeMetrics::register(&mut registry);
     let wt_gate = handshakes.gate("webtransport", config.webtransport_handshakes.clone());
     let https_gate = handshakes.gate("https", config.https_handshakes.clone());
@@ -254,6 +256,11 @@ pub async fn spawn_with_notifier(
     )?;
     store.ensure_history_tables()?;
     plans::ensure_tables(&store)?;
+    store.sync_configured_webhooks(&config.webhooks.subscriptions)?;
+    let webhook_client = webhooks::sender::http_client(
+        config.webhooks.ca.as_deref(),
+        Duration::from_millis(config.webhooks.request_timeout_ms),
+    )?;
     let clock = config.clock.clock();
     let now = clock.now_ms();
     // The one road graph of this hub: routes, ETAs and the browsers' map all use it.
@@ -513,6 +520,23 @@ pub async fn spawn_with_notifier(
     ];
     if let Some(task) = crumb_replicator {
         tasks.push(("breadcrumb replicator", task));
+    }
+    {
+        // Only the hub that owns a delivery sends its webhooks (a single hub owns all).
+        let owner = hub.clone();
+        let owns: webhooks::sender::Owns =
+            Arc::new(move |id: protocol::DeliveryId| owner.cluster().is_none_or(|c| c.is_mine(id)));
+        tasks.push((
+            "webhook sender",
+            webhooks::sender::spawn_webhook_sender(
+                hub.store().clone(),
+                webhooks::sender::SenderConfig::from_config(&config.webhooks),
+                webhook_client,
+                webhook_metrics,
+                owns,
+                shutdown.clone(),
+            ),
+        ));
     }
     tasks.extend(shard_workers.into_iter().map(|t| ("shard worker", t)));
     tasks.push((

@@ -314,3 +314,62 @@ impl Drop for ConsumerGauge {
         self.gauge.dec();
     }
 }
+
+/// Metrics of webhook delivery (`webhooks::sender`).
+#[derive(Debug, Default)]
+pub struct WebhookMetrics {
+    /// Webhooks answered with a 2xx.
+    pub sent: Counter,
+    /// Failed attempts, by `reason`: `4xx`, `5xx`, `3xx`, `timeout`, `connect`, `reset`.
+    pub failed: Family<ReasonLabel, Counter>,
+    /// Attempts scheduled again after a failure.
+    pub retried: Counter,
+    /// Rows given up on (`GET /api/v1/webhooks/dead-letters`).
+    pub dead_letters: Counter,
+    /// Rows waiting to be delivered (deliveries this hub owns).
+    pub pending: Gauge,
+    /// Age of the oldest row waiting, seconds (0 when none).
+    pub oldest_pending_age_seconds: Gauge,
+}
+
+impl WebhookMetrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        registry.register(
+            "hub_webhook_sent",
+            "Webhooks delivered (2xx answer)",
+            m.sent.clone(),
+        );
+        registry.register(
+            "hub_webhook_failed",
+            "Failed webhook attempts by reason (4xx, 5xx, timeout, connect, reset)",
+            m.failed.clone(),
+        );
+        registry.register(
+            "hub_webhook_retried",
+            "Webhook attempts scheduled again after a failure",
+            m.retried.clone(),
+        );
+        registry.register(
+            "hub_webhook_dead_letters",
+            "Webhooks given up on and moved to the dead letters",
+            m.dead_letters.clone(),
+        );
+        registry.register(
+            "hub_webhook_pending",
+            "Webhooks waiting to be delivered",
+            m.pending.clone(),
+        );
+        registry.register(
+            "hub_webhook_oldest_pending_age_seconds",
+            "Age of the oldest webhook waiting to be delivered",
+            m.oldest_pending_age_seconds.clone(),
+        );
+        // Every reason is exported from the start, so alerts and dashboards see zeros.
+        for reason in ["3xx", "4xx", "5xx", "timeout", "connect", "reset"] {
+            let _ = m.failed.get_or_create(&ReasonLabel { reason });
+        }
+        m
+    }
+}

@@ -3,5 +3,6 @@
 pub mod blobs;
 pub mod copies;
 pub mod history;
+pub mod outbox;
 pub mod plans;
 pub mod store;

@@ -1,6 +1,7 @@
 //! The durable event log in redb: status events, delivery records, idempotency keys, and the
 //! group-commit writer that appends them.
 
+use crate::durable::outbox::OutboxWriter;
 use crate::metrics::HubMetrics;
 use crate::tracking::anomaly::{Anomaly, AnomalyKind};
 use crate::tracking::deliveries::{DeliveryRecord, LogEntry, RecoveredDelivery, SideRecord};
@@ -78,6 +79,16 @@ impl StoreError {
 pub struct Store {
     db: Arc<parking_lot::Mutex<Option<Arc<Database>>>>,
     history: Arc<crate::durable::history::History>,
+    outbox: Arc<OutboxSignal>,
+}
+
+/// Tells the webhook sender what was committed to the outbox since it last looked, and that
+/// the subscriptions changed.
+#[derive(Debug, Default)]
+struct OutboxSignal {
+    fresh: parking_lot::Mutex<Vec<crate::webhooks::dispatch::Pending>>,
+    subscriptions_changed: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
 }
 
 /// Page cache of a store opened with [`Store::open`].
@@ -115,10 +126,45 @@ impl Store {
         tx.open_table(DEVICES).map_err(StoreError::db)?;
         tx.commit().map_err(StoreError::db)?;
         let history = crate::durable::history::History::open(&path.with_extension("history.redb"))?;
-        Ok(Self {
+        let store = Self {
             db: Arc::new(parking_lot::Mutex::new(Some(Arc::new(db)))),
             history: Arc::new(history),
-        })
+            outbox: Arc::default(),
+        };
+        store.ensure_webhook_tables()?;
+        Ok(store)
+    }
+
+    /// Hands rows just committed to the outbox to the webhook sender.
+    pub(crate) fn publish_outbox(&self, rows: Vec<crate::webhooks::dispatch::Pending>) {
+        if rows.is_empty() {
+            return;
+        }
+        self.outbox.fresh.lock().extend(rows);
+        self.outbox.notify.notify_one();
+    }
+
+    /// Tells the webhook sender to reload the subscriptions.
+    pub(crate) fn webhooks_changed(&self) {
+        self.outbox
+            .subscriptions_changed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.outbox.notify.notify_one();
+    }
+
+    /// Outbox rows committed since the last call, and whether the subscriptions changed.
+    pub fn take_outbox_news(&self) -> (Vec<crate::webhooks::dispatch::Pending>, bool) {
+        let rows = std::mem::take(&mut *self.outbox.fresh.lock());
+        let changed = self
+            .outbox
+            .subscriptions_changed
+            .swap(false, std::sync::atomic::Ordering::Relaxed);
+        (rows, changed)
+    }
+
+    /// Resolves when [`Store::take_outbox_news`] may have something.
+    pub async fn outbox_news(&self) {
+        self.outbox.notify.notified().await;
     }
 
     pub(crate) fn db(&self) -> Result<Arc<Database>, StoreError> {
@@ -161,7 +207,9 @@ impl Store {
     /// Appends entries in ONE write transaction, durable when this returns.
     pub fn append(&self, entries: &[&LogEntry]) -> Result<(), StoreError> {
         let tx = self.db()?.begin_write().map_err(StoreError::db)?;
-        {
+        let fresh = {
+            // Webhook rows go into the same transaction: committed together or not at all.
+            let mut hooks = OutboxWriter::open(&tx, nodekit::unix_ms())?;
             let mut events = tx.open_table(EVENTS).map_err(StoreError::db)?;
             let mut deliveries = tx.open_table(DELIVERIES).map_err(StoreError::db)?;
             let mut keys = tx.open_table(IDEMPOTENCY).map_err(StoreError::db)?;
@@ -181,6 +229,7 @@ impl Store {
                             anomalies
                                 .insert((a.ts_ms, a.delivery_id.0, kind), bytes.as_slice())
                                 .map_err(StoreError::db)?;
+                            hooks.anomaly(a)?;
                         }
                         SideRecord::Proof(p) => {
                             let bytes = serde_json::to_vec(p)
@@ -188,6 +237,7 @@ impl Store {
                             proofs
                                 .insert(p.delivery_id.0, bytes.as_slice())
                                 .map_err(StoreError::db)?;
+                            hooks.proof(p)?;
                         }
                         SideRecord::Device(d) => {
                             let key = format!("{}:{}", d.platform.as_str(), d.token);
@@ -211,14 +261,17 @@ impl Store {
                     events
                         .insert((id, ev.event_seq), bytes.as_slice())
                         .map_err(StoreError::db)?;
+                    hooks.status(ev)?;
                 }
                 if let (Some(key), Some(ev)) = (&entry.idempotency_key, entry.events.last()) {
                     keys.insert((id, key.as_str()), ev.event_seq)
                         .map_err(StoreError::db)?;
                 }
             }
-        }
+            hooks.finish()?
+        };
         tx.commit().map_err(StoreError::db)?;
+        self.publish_outbox(fresh);
         Ok(())
     }
 
@@ -310,7 +363,10 @@ impl Store {
     ) -> Result<Vec<DeliveryId>, StoreError> {
         let mut conflicts = Vec::new();
         let tx = self.db()?.begin_write().map_err(StoreError::db)?;
-        {
+        let fresh = {
+            // A copy carries its webhook rows with it: a successor that takes the delivery
+            // over has them pending (only events new here, so a re-sent copy adds none).
+            let mut hooks = OutboxWriter::open(&tx, nodekit::unix_ms())?;
             let mut events = tx.open_table(EVENTS).map_err(StoreError::db)?;
             let mut deliveries = tx.open_table(DELIVERIES).map_err(StoreError::db)?;
             let mut keys = tx.open_table(IDEMPOTENCY).map_err(StoreError::db)?;
@@ -359,6 +415,7 @@ impl Store {
                         events
                             .insert((id, ev.event_seq), enc(ev)?.as_slice())
                             .map_err(StoreError::db)?;
+                        hooks.status(ev)?;
                     }
                 }
                 for (key, seq) in &entry.idempotency {
@@ -372,9 +429,17 @@ impl Store {
                     }
                 }
                 for p in &entry.proofs {
+                    let known = proofs
+                        .get(id)
+                        .map_err(StoreError::db)?
+                        .and_then(|v| serde_json::from_slice::<ProofRecord>(v.value()).ok())
+                        .is_some_and(|old| old.sha256 == p.sha256);
                     proofs
                         .insert(id, enc(p)?.as_slice())
                         .map_err(StoreError::db)?;
+                    if !known {
+                        hooks.proof(p)?;
+                    }
                 }
                 for d in &entry.devices {
                     let key = format!("{}:{}", d.platform.as_str(), d.token);
@@ -383,8 +448,10 @@ impl Store {
                         .map_err(StoreError::db)?;
                 }
             }
-        }
+            hooks.finish()?
+        };
         tx.commit().map_err(StoreError::db)?;
+        self.publish_outbox(fresh);
         Ok(conflicts)
     }
 

@@ -127,6 +127,7 @@ pub(crate) fn routes(proof_body_limit: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(webtransport_info))
         .routes(routes!(openapi_json))
         .merge(crate::serve::api::routes(proof_body_limit))
+        .merge(crate::serve::hooks::routes())
         .merge(crate::serve::web::routes())
 }
 
