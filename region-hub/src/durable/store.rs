@@ -106,6 +106,25 @@ impl Store {
                 path: path.to_path_buf(),
                 source: e.into(),
             })?;
+        let history = crate::durable::history::History::open(&path.with_extension("history.redb"))?;
+        Self::with_db(db, history)
+    }
+
+    /// A store held in memory only (the cluster simulation, tests): gone when dropped.
+    pub fn in_memory() -> Result<Self, StoreError> {
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(|e| StoreError::Open {
+                path: ":memory:".into(),
+                source: e.into(),
+            })?;
+        Self::with_db(db, crate::durable::history::History::in_memory()?)
+    }
+
+    fn with_db(
+        db: Database,
+        history: crate::durable::history::History,
+    ) -> Result<Self, StoreError> {
         let tx = db.begin_write().map_err(StoreError::db)?;
         tx.open_table(EVENTS).map_err(StoreError::db)?;
         tx.open_table(DELIVERIES).map_err(StoreError::db)?;
@@ -114,7 +133,6 @@ impl Store {
         tx.open_table(PROOFS).map_err(StoreError::db)?;
         tx.open_table(DEVICES).map_err(StoreError::db)?;
         tx.commit().map_err(StoreError::db)?;
-        let history = crate::durable::history::History::open(&path.with_extension("history.redb"))?;
         Ok(Self {
             db: Arc::new(parking_lot::Mutex::new(Some(Arc::new(db)))),
             history: Arc::new(history),
