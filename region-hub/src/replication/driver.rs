@@ -128,6 +128,31 @@ async fn load_into_core(hub: &Arc<dyn Host>, id: DeliveryId) -> bool {
     }
 }
 
+/// Loads `id` from the local log into the live core unless the core already holds it at
+/// least as far (a takeover of a delivery held while another hub wrote to it).
+async fn load_if_newer(hub: &Arc<dyn Host>, id: DeliveryId) -> bool {
+    let store = hub.store().clone();
+    match tokio::task::spawn_blocking(move || store.load_delivery(id)).await {
+        Ok(Ok(Some(rec))) => {
+            let last = rec.events.last().map_or(0, |e| e.event_seq);
+            if hub.held(id).is_some_and(|held| held >= last) {
+                return false;
+            }
+            hub.restore(rec);
+            true
+        }
+        Ok(Ok(None)) => false,
+        Ok(Err(e)) => {
+            warn!(delivery_id = %id, error = %e, "delivery not loaded");
+            false
+        }
+        Err(e) => {
+            warn!(delivery_id = %id, error = %e, "delivery not loaded");
+            false
+        }
+    }
+}
+
 /// A delivery's whole durable state, as a hand-off entry ([`takeover::full_log`]).
 async fn full_log(hub: &Arc<dyn Host>, id: DeliveryId) -> Option<ReplicaEntry> {
     let store = hub.store().clone();
@@ -181,6 +206,10 @@ pub(crate) async fn run_rebalancer(
         }
         let load = hub.deliveries_held() as u64;
         cluster.node.control.set_load(load).await;
+        let copies = std::mem::take(&mut *cluster.live_copies.lock());
+        for (id, to) in &copies {
+            rebalancer.handle_live_copy(*id, to);
+        }
         let fenced: Vec<DeliveryId> = hub.take_fenced();
         if !fenced.is_empty() {
             rebalancer.handle_fenced(&fenced);
@@ -202,7 +231,12 @@ pub(crate) async fn run_rebalancer(
         dirty = !pass.settled;
         if !pass.takeovers.is_empty() {
             let _one = cluster.takeover_lock.lock().await;
-            take_over(&hub, &cluster, &pass.takeovers, false).await;
+            let waiting = take_over(&hub, &cluster, &pass.takeovers, false).await;
+            if !waiting.is_empty() {
+                // Planned again at the next pass.
+                rebalancer.handle_postponed(&waiting);
+                dirty = true;
+            }
         }
         let mut outstanding = 0usize;
         for send in &pass.sends {
@@ -257,25 +291,35 @@ pub(crate) async fn run_rebalancer(
     cluster.close();
 }
 
-/// Becomes the serving hub of `ids`: merges the newest copy every live peer holds into the
-/// local log (a peer may have written events while we were away), then loads each into the
-/// live core.
+/// Becomes the serving hub of `ids`: merges the newest copy every live peer (and every hub
+/// in doubt, [`takeover::InDoubt`]) holds into the local log (a peer may have written events
+/// while we were away), then loads each into the live core. Returns the ids postponed: a hub
+/// in doubt about them did not answer.
 async fn take_over(
     hub: &Arc<dyn Host>,
     cluster: &Arc<HubCluster>,
     ids: &[DeliveryId],
     await_history: bool,
-) {
-    let peers: Vec<HubInfo> = cluster
+) -> Vec<DeliveryId> {
+    let mut peers: Vec<HubInfo> = cluster
         .view()
         .live_hubs()
         .into_iter()
         .filter(|h| h.id != cluster.me)
         .collect();
+    for h in cluster.in_doubt.lock().peers(ids) {
+        if h.id != cluster.me && !peers.iter().any(|p| p.id == h.id) {
+            peers.push(h);
+        }
+    }
     let fetches = peers
         .iter()
         .map(|p| async move { (p, cluster.fetch(p, ids).await) });
+    let mut answered = Vec::new();
     for (peer, fetched) in futures::future::join_all(fetches).await {
+        if fetched.is_ok() {
+            answered.push(peer.id.clone());
+        }
         match fetched {
             Ok(entries) if !entries.is_empty() => {
                 let store = hub.store().clone();
@@ -296,8 +340,12 @@ async fn take_over(
             Err(e) => warn!(peer = %peer.id, error = %e, "could not fetch copies for a takeover"),
         }
     }
-    for id in ids {
-        if hub.held(*id).is_none() && load_into_core(hub, *id).await {
+    let waiting = cluster.in_doubt.lock().handle_fetched(ids, &answered);
+    if !waiting.is_empty() {
+        warn!(deliveries = ?waiting, "takeover postponed: a hub that may hold newer events did not answer");
+    }
+    for id in ids.iter().filter(|id| !waiting.contains(id)) {
+        if load_if_newer(hub, *id).await {
             info!(delivery_id = %id, "took over a delivery");
             cluster.metrics.takeovers.inc();
         }
@@ -310,6 +358,7 @@ async fn take_over(
     } else {
         tokio::spawn(fetch);
     }
+    waiting
 }
 
 /// Where a request about `id` is answered ([`super::placement::decide`]); a delivery this
@@ -328,7 +377,10 @@ pub(crate) async fn route(hub: &Arc<dyn Host>, id: DeliveryId) -> Route {
     let _one = cluster.takeover_lock.lock().await;
     if hub.held(id).is_none() {
         // A request is waiting (a tracking page, a history read): it gets the history too.
-        take_over(hub, cluster, &[id], true).await;
+        if !take_over(hub, cluster, &[id], true).await.is_empty() {
+            // A hub that may hold newer events did not answer: retry later.
+            return Route::Joining;
+        }
     }
     Route::Serve
 }

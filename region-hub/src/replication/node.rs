@@ -6,6 +6,7 @@
 use super::link::{ReplicaError, ReplicaLink};
 use super::metrics::ClusterMetrics;
 use super::plan::{settle, CopyOutcome, ReplicationPlan};
+use super::takeover::InDoubt;
 use super::view::View;
 use super::wire::{ReplicaFrame, ALPN_REPLICA, MAX_CRUMBS_PER_FRAME};
 use crate::config::ClusterHubConfig;
@@ -44,6 +45,11 @@ pub struct HubCluster {
     /// before that, the view may not show the peers yet, so a takeover could not fetch the
     /// newest copies and requests for deliveries it does not hold are refused (503).
     pub(crate) claimed: std::sync::atomic::AtomicBool,
+    /// Deliveries whose copy went unanswered, and to which hubs (see [`InDoubt`]).
+    pub(crate) in_doubt: parking_lot::Mutex<InDoubt>,
+    /// Live copies since the rebalancer last looked: (delivery, hub), for
+    /// `Rebalancer::handle_live_copy`.
+    pub(crate) live_copies: parking_lot::Mutex<Vec<(DeliveryId, String)>>,
 }
 
 /// Addresses the hub publishes (`host:port`).
@@ -135,6 +141,8 @@ pub(crate) async fn join(
         metrics,
         handoff: tokio::sync::watch::channel((false, usize::MAX)).0,
         claimed: std::sync::atomic::AtomicBool::new(false),
+        in_doubt: parking_lot::Mutex::new(InDoubt::default()),
+        live_copies: parking_lot::Mutex::new(Vec::new()),
     })
 }
 
@@ -279,11 +287,19 @@ impl HubCluster {
             );
             self.metrics.unreplicated.inc_by(plan.alone);
         }
+        self.live_copies.lock().extend(
+            plan.copies
+                .iter()
+                .flat_map(|c| c.entries.iter().map(|e| (e.delivery_id, c.to.id.clone()))),
+        );
         let sends = plan.copies.into_iter().map(|copy| async move {
             let outcome = match self.append(&copy.to, &copy.entries).await {
                 Ok(fenced) => CopyOutcome::Stored { fenced },
                 Err(e) => {
                     warn!(replica = %copy.to.id, error = %e, events = copy.events, "replication failed");
+                    self.in_doubt
+                        .lock()
+                        .handle_unanswered(&copy.to, copy.entries.iter().map(|e| e.delivery_id));
                     CopyOutcome::Failed
                 }
             };

@@ -45,6 +45,10 @@ pub struct Rebalancer {
     announced: bool,
     /// Deliveries we owned at the last pass (a takeover happens on becoming the owner).
     owned: HashSet<DeliveryId>,
+    /// Deliveries another hub owned at some pass since we last took them over: ours now
+    /// means a takeover even if we still hold them live (we held them while another hub
+    /// wrote, e.g. after a hand-off).
+    elsewhere: HashSet<DeliveryId>,
     /// Per delivery: the hub we last sent its whole log to, and whether as its new owner.
     /// A copy sent earlier does not stand for a hand-off to the same hub: the consumers
     /// must still be redirected.
@@ -59,6 +63,7 @@ impl Rebalancer {
             settle_at_ms: now_ms.saturating_add(join_grace_ms),
             announced: false,
             owned: HashSet::new(),
+            elsewhere: HashSet::new(),
             sent_to: HashMap::new(),
         }
     }
@@ -69,6 +74,24 @@ impl Rebalancer {
         for id in ids {
             self.owned.remove(id);
             self.sent_to.remove(id);
+        }
+    }
+
+    /// A live copy of `id` went to `to`: if that is not the hub its whole log was last sent
+    /// to, `to` may lack earlier events (the successor changed between two passes), so the
+    /// whole log is sent again at the next pass.
+    pub fn handle_live_copy(&mut self, id: DeliveryId, to: &str) {
+        if self.sent_to.get(&id).is_some_and(|(t, _)| t != to) {
+            self.sent_to.remove(&id);
+        }
+    }
+
+    /// Takeovers the driver could not complete (a hub in doubt did not answer): planned
+    /// again at the next pass, even if a stale copy is held live.
+    pub fn handle_postponed(&mut self, ids: &[DeliveryId]) {
+        for id in ids {
+            self.owned.remove(id);
+            self.elsewhere.insert(*id);
         }
     }
 
@@ -102,14 +125,19 @@ impl Rebalancer {
                     continue;
                 }
                 now_owned.insert(id);
-                if !self.owned.contains(&id) && !live {
+                let newly = !self.owned.contains(&id);
+                if newly && (!live || self.elsewhere.contains(&id)) {
                     pass.takeovers.push(id);
+                    self.elsewhere.remove(&id);
                 }
                 if let Some(succ) = owners.get(1) {
                     self.push_send(&mut pass, id, succ, false);
                 }
-            } else if live {
-                self.push_send(&mut pass, id, owner, true);
+            } else {
+                self.elsewhere.insert(id);
+                if live {
+                    self.push_send(&mut pass, id, owner, true);
+                }
             }
         }
         self.owned = now_owned;
@@ -224,6 +252,45 @@ mod tests {
             moving: false,
         });
         assert_eq!(r.plan(0, &view, &[d], |_| true).sends.len(), 1);
+    }
+
+    #[test]
+    fn a_delivery_held_while_another_hub_owned_it_is_taken_over_when_it_comes_back() {
+        let with_c = StaticView::of(&["a", "b", "c"]);
+        let without_c = StaticView::of(&["a", "b"]);
+        // A delivery c owns while it is there, a otherwise.
+        let d = (1..10_000)
+            .map(DeliveryId)
+            .find(|d| {
+                with_c.owner_of(*d).is_some_and(|h| h.id == "c")
+                    && without_c.owner_of(*d).is_some_and(|h| h.id == "a")
+            })
+            .expect("some delivery");
+        let mut r = Rebalancer::new("a", 0, 0);
+        assert!(r.plan(0, &without_c, &[d], |_| true).takeovers.is_empty(), "held and ours");
+        // c joins: a hands it off but still holds it; c writes; c leaves again.
+        let pass = r.plan(1, &with_c, &[d], |_| true);
+        assert!(pass.sends.iter().any(|s| s.moving && s.to.id == "c"));
+        assert_eq!(r.plan(2, &without_c, &[d], |_| true).takeovers, vec![d]);
+        // A delivery created here (never owned elsewhere) is not fetched again.
+        let mine = owned_by(&without_c, "a", 0);
+        assert!(r.plan(3, &without_c, &[d, mine], |_| true).takeovers.is_empty());
+    }
+
+    #[test]
+    fn a_live_copy_to_another_hub_than_the_last_whole_log_sends_it_again() {
+        let view = StaticView::of(&["a", "b", "c"]);
+        let mine = owned_by(&view, "a", 0);
+        let succ = view.owners_of(mine, 2)[1].id.clone();
+        let mut r = Rebalancer::new("a", 0, 0);
+        let pass = r.plan(0, &view, &[mine], |_| true);
+        r.handle_sent(&pass.sends[0]);
+        assert!(r.plan(1, &view, &[mine], |_| true).sends.is_empty());
+        r.handle_live_copy(mine, &succ);
+        assert!(r.plan(2, &view, &[mine], |_| true).sends.is_empty(), "same hub");
+        // Between two passes the successor was another hub, which got an event.
+        r.handle_live_copy(mine, "elsewhere");
+        assert_eq!(r.plan(3, &view, &[mine], |_| true).sends.len(), 1);
     }
 
     #[test]

@@ -4,7 +4,58 @@
 
 use crate::durable::copies::ReplicaEntry;
 use crate::durable::store::{Store, StoreError};
+use cluster::HubInfo;
 use protocol::DeliveryId;
+use std::collections::BTreeMap;
+
+/// Hubs that may hold events of a delivery this hub does not: a copy sent to them was not
+/// answered (lost, late, or its answer lost), so they may have stored an event this hub then
+/// failed. Taking the delivery over again (after the failure unloaded it) must first fetch
+/// from each of them, even when the view no longer lists them: otherwise the next event
+/// would reuse that seq and two events would share it.
+#[derive(Clone, Debug, Default)]
+pub struct InDoubt(BTreeMap<DeliveryId, BTreeMap<String, HubInfo>>);
+
+impl InDoubt {
+    /// A copy of `ids` to `to` was not answered.
+    pub fn handle_unanswered(&mut self, to: &HubInfo, ids: impl IntoIterator<Item = DeliveryId>) {
+        for id in ids {
+            self.0
+                .entry(id)
+                .or_default()
+                .insert(to.id.clone(), to.clone());
+        }
+    }
+
+    /// The hubs a takeover of `ids` must fetch from besides the live ones.
+    pub fn peers(&self, ids: &[DeliveryId]) -> Vec<HubInfo> {
+        let mut out: BTreeMap<String, HubInfo> = BTreeMap::new();
+        for id in ids {
+            for (k, h) in self.0.get(id).into_iter().flatten() {
+                out.insert(k.clone(), h.clone());
+            }
+        }
+        out.into_values().collect()
+    }
+
+    /// The takeover of `ids` fetched from `answered`: those are no longer in doubt. Returns
+    /// the ids still in doubt (a hub holding their possible extra event did not answer): they
+    /// are not taken over yet.
+    pub fn handle_fetched(&mut self, ids: &[DeliveryId], answered: &[String]) -> Vec<DeliveryId> {
+        let mut waiting = Vec::new();
+        for id in ids {
+            if let Some(hubs) = self.0.get_mut(id) {
+                hubs.retain(|k, _| !answered.contains(k));
+                if hubs.is_empty() {
+                    self.0.remove(id);
+                } else {
+                    waiting.push(*id);
+                }
+            }
+        }
+        waiting
+    }
+}
 
 /// A delivery's whole durable state in `store`, as a hand-off entry; `None` when it holds
 /// nothing of it.
@@ -32,4 +83,23 @@ pub fn full_log(store: &Store, id: DeliveryId) -> Result<Option<ReplicaEntry>, S
 /// hold (counted as conflicts; ours are kept).
 pub fn merge(store: &Store, copies: &[ReplicaEntry]) -> Result<Vec<DeliveryId>, StoreError> {
     store.apply_replica_checked(copies, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replication::view::hub_info;
+
+    #[test]
+    fn a_delivery_whose_copy_went_unanswered_waits_for_that_hub() {
+        let mut doubt = InDoubt::default();
+        let (d, e) = (DeliveryId(1), DeliveryId(2));
+        doubt.handle_unanswered(&hub_info("b"), [d]);
+        assert_eq!(doubt.peers(&[d, e]), vec![hub_info("b")]);
+        assert!(doubt.peers(&[e]).is_empty());
+        // b did not answer the fetch: d waits; e was never in doubt.
+        assert_eq!(doubt.handle_fetched(&[d, e], &["c".into()]), vec![d]);
+        assert_eq!(doubt.handle_fetched(&[d], &["b".into()]), Vec::<DeliveryId>::new());
+        assert!(doubt.peers(&[d]).is_empty());
+    }
 }

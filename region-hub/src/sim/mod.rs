@@ -78,6 +78,8 @@ impl Rng {
 pub struct Faults {
     /// Acknowledge on the owner's commit, before the successor's copy (broken on purpose).
     pub ack_before_copy: bool,
+    /// Frames may be held up and delivered after their sender gave up on them.
+    pub late_frames: bool,
 }
 
 /// A request between hubs (the frames of `replication::wire`, without the encoding).
@@ -105,6 +107,8 @@ struct SimHub {
     /// The live core: deliveries held, with their last event seq.
     held: BTreeMap<DeliveryId, u64>,
     claimed: bool,
+    /// Copies that went unanswered (memory: lost in a crash, like the hub's).
+    in_doubt: takeover::InDoubt,
 }
 
 /// A status event acknowledged to a client.
@@ -170,6 +174,7 @@ impl Sim {
                 store: Store::in_memory().map_err(err)?,
                 held: BTreeMap::new(),
                 claimed: true,
+                in_doubt: takeover::InDoubt::default(),
             });
         }
         let mut sim = Self {
@@ -251,7 +256,7 @@ impl Sim {
         {
             return Ok(None);
         }
-        if faulty && self.rng.chance(3) {
+        if faulty && self.rng.chance(3) && self.faults.late_frames {
             self.late.push((a, b, req));
             return Ok(None);
         }
@@ -420,11 +425,21 @@ impl Sim {
         );
         let mut ok = plan.refused.is_empty();
         for copy in &plan.copies {
+            for e in &copy.entries {
+                self.hubs[at]
+                    .rebalancer
+                    .handle_live_copy(e.delivery_id, &copy.to.id);
+            }
             let outcome = match self.exchange(at, &copy.to.id, Req::Append(copy.entries.clone()))? {
                 Some(Resp::Ack) => CopyOutcome::Stored { fenced: Vec::new() },
                 Some(Resp::Fenced(ids)) => CopyOutcome::Stored { fenced: ids },
                 _ => CopyOutcome::Failed,
             };
+            if outcome == CopyOutcome::Failed {
+                self.hubs[at]
+                    .in_doubt
+                    .handle_unanswered(&copy.to, copy.entries.iter().map(|e| e.delivery_id));
+            }
             ok &= settle(copy, &outcome, MIN_COPIES).refused.is_empty();
         }
         Ok(ok)
@@ -433,24 +448,33 @@ impl Sim {
     /// Hub `at` takes `ids` over: merge every live peer's copy, then load.
     fn take_over(&mut self, at: usize, ids: &[DeliveryId]) -> Result<(), String> {
         let me = self.hubs[at].id.clone();
-        let peers: Vec<String> = self
+        let mut peers: Vec<String> = self
             .view_of(at)
             .live_hubs()
             .into_iter()
             .map(|h| h.id)
             .filter(|p| *p != me)
             .collect();
+        for h in self.hubs[at].in_doubt.peers(ids) {
+            if h.id != me && !peers.contains(&h.id) {
+                peers.push(h.id);
+            }
+        }
+        let mut answered = Vec::new();
         for p in peers {
             if let Some(Resp::Entries(copies)) = self.exchange(at, &p, Req::Fetch(ids.to_vec()))? {
                 takeover::merge(&self.hubs[at].store, &copies).map_err(err)?;
+                answered.push(p);
             }
         }
-        for id in ids {
-            if !self.hubs[at].held.contains_key(id) {
-                load(&mut self.hubs[at], *id)?;
-            }
+        let waiting = self.hubs[at].in_doubt.handle_fetched(ids, &answered);
+        for id in ids.iter().filter(|id| !waiting.contains(id)) {
+            load(&mut self.hubs[at], *id)?;
         }
-        self.log.push(format!("  {me} took over {ids:?}"));
+        if !waiting.is_empty() {
+            self.hubs[at].rebalancer.handle_postponed(&waiting);
+        }
+        self.log.push(format!("  {me} took over {ids:?} (postponed: {waiting:?})"));
         Ok(())
     }
 
@@ -528,6 +552,7 @@ impl Sim {
         hub.up = false;
         hub.held.clear();
         hub.claimed = false;
+        hub.in_doubt = takeover::InDoubt::default();
         hub.rebalancer = Rebalancer::new(hub.id.clone(), now, JOIN_GRACE_MS);
         self.truth.draining.remove(&hub.id);
     }

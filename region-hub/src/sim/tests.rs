@@ -13,6 +13,7 @@ fn env_u64(name: &str) -> Option<u64> {
 fn faults_from_env() -> Faults {
     Faults {
         ack_before_copy: std::env::var("SIM_ACK_BEFORE_COPY").is_ok_and(|v| v == "1"),
+        late_frames: std::env::var("SIM_LATE_FRAMES").is_ok_and(|v| v == "1"),
     }
 }
 
@@ -64,6 +65,7 @@ fn simulated_schedules_keep_every_guarantee() {
 fn acknowledging_before_the_successors_copy_is_caught() {
     let broken = Faults {
         ack_before_copy: true,
+        ..Faults::default()
     };
     let caught = (0..2_000u64).find(|&seed| run(seed, broken).is_err());
     let seed = caught.expect("no schedule caught acknowledging before the copy");
@@ -85,4 +87,31 @@ fn a_schedule_replays_identically() {
     };
     assert_eq!(log(7), log(7));
     assert_ne!(log(7), log(8));
+}
+
+/// Not a check: counts which invariant the failing schedules break
+/// (`cargo test --release -p region-hub --lib sim::tests::survey -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn survey() {
+    let n = env_u64("SIM_SCHEDULES").unwrap_or(DEFAULT_SCHEDULES);
+    let base = env_u64("SIM_BASE_SEED").unwrap_or(0);
+    let mut kinds: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let started = std::time::Instant::now();
+    for seed in base..base + n {
+        if let Err((why, _)) = run(seed, faults_from_env()) {
+            let kind: String = why
+                .split_whitespace()
+                .filter(|w| !w.chars().any(|c| c.is_ascii_digit()))
+                .take(6)
+                .collect::<Vec<_>>()
+                .join(" ");
+            let e = kinds.entry(kind).or_insert((0, seed));
+            e.0 += 1;
+        }
+    }
+    println!("{n} schedules in {:.1?}", started.elapsed());
+    for (k, (count, first)) in kinds {
+        println!("{count:6} (first seed {first}): {k}");
+    }
 }
