@@ -415,6 +415,17 @@ impl Store {
             return Ok(None);
         };
         let events = self.events_after(delivery, 0)?;
+        let idempotency = self.idempotency_keys(delivery)?;
+        Ok(Some(RecoveredDelivery {
+            record,
+            events,
+            idempotency,
+        }))
+    }
+
+    /// The idempotency keys stored for `delivery` and the seq each produced (also for a
+    /// delivery whose record this hub does not hold: a replica that missed its creation).
+    pub fn idempotency_keys(&self, delivery: DeliveryId) -> Result<Vec<(String, u64)>, StoreError> {
         let tx = self.db()?.begin_read().map_err(StoreError::db)?;
         let keys = tx.open_table(IDEMPOTENCY).map_err(StoreError::db)?;
         let mut idempotency = Vec::new();
@@ -426,11 +437,7 @@ impl Store {
             }
             idempotency.push((key.to_owned(), v.value()));
         }
-        Ok(Some(RecoveredDelivery {
-            record,
-            events,
-            idempotency,
-        }))
+        Ok(idempotency)
     }
 
     /// Ids of every delivery with a stored record (own and replicated ones).

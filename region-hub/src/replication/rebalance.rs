@@ -45,10 +45,11 @@ pub struct Rebalancer {
     announced: bool,
     /// Deliveries we owned at the last pass (a takeover happens on becoming the owner).
     owned: HashSet<DeliveryId>,
-    /// Deliveries another hub owned at some pass since we last took them over: ours now
-    /// means a takeover even if we still hold them live (we held them while another hub
-    /// wrote, e.g. after a hand-off).
-    elsewhere: HashSet<DeliveryId>,
+    /// Deliveries of the local log seen at an earlier pass: becoming ours means a takeover
+    /// even if we hold them live (another hub may have written while we were not the
+    /// owner, e.g. after a hand-off, or while no hub was placeable). Those created here
+    /// since the last pass are not fetched.
+    known: HashSet<DeliveryId>,
     /// Per delivery: the hub we last sent its whole log to, and whether as its new owner.
     /// A copy sent earlier does not stand for a hand-off to the same hub: the consumers
     /// must still be redirected.
@@ -63,7 +64,7 @@ impl Rebalancer {
             settle_at_ms: now_ms.saturating_add(join_grace_ms),
             announced: false,
             owned: HashSet::new(),
-            elsewhere: HashSet::new(),
+            known: HashSet::new(),
             sent_to: HashMap::new(),
         }
     }
@@ -91,7 +92,7 @@ impl Rebalancer {
     pub fn handle_postponed(&mut self, ids: &[DeliveryId]) {
         for id in ids {
             self.owned.remove(id);
-            self.elsewhere.insert(*id);
+            self.known.insert(*id);
         }
     }
 
@@ -126,19 +127,18 @@ impl Rebalancer {
                 }
                 now_owned.insert(id);
                 let newly = !self.owned.contains(&id);
-                if newly && (!live || self.elsewhere.contains(&id)) {
+                if newly && (!live || self.known.contains(&id)) {
                     pass.takeovers.push(id);
-                    self.elsewhere.remove(&id);
                 }
                 if let Some(succ) = owners.get(1) {
                     self.push_send(&mut pass, id, succ, false);
                 }
-            } else {
-                self.elsewhere.insert(id);
-                if live {
-                    self.push_send(&mut pass, id, owner, true);
-                }
+            } else if live {
+                self.push_send(&mut pass, id, owner, true);
             }
+        }
+        if settled {
+            self.known.extend(ids.iter().copied());
         }
         self.owned = now_owned;
         if settled && !self.announced {
@@ -272,9 +272,13 @@ mod tests {
         let pass = r.plan(1, &with_c, &[d], |_| true);
         assert!(pass.sends.iter().any(|s| s.moving && s.to.id == "c"));
         assert_eq!(r.plan(2, &without_c, &[d], |_| true).takeovers, vec![d]);
-        // A delivery created here (never owned elsewhere) is not fetched again.
+        // A delivery created here since the last pass is not fetched.
         let mine = owned_by(&without_c, "a", 0);
         assert!(r.plan(3, &without_c, &[d, mine], |_| true).takeovers.is_empty());
+        // One owned, then without any placeable hub, then owned again, is.
+        let none = StaticView::of(&["a"]).draining("a");
+        assert!(r.plan(4, &none, &[d, mine], |_| true).takeovers.is_empty());
+        assert_eq!(r.plan(5, &without_c, &[d, mine], |_| true).takeovers, vec![d, mine]);
     }
 
     #[test]

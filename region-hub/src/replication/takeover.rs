@@ -58,24 +58,30 @@ impl InDoubt {
 }
 
 /// A delivery's whole durable state in `store`, as a hand-off entry; `None` when it holds
-/// nothing of it.
+/// nothing of it. A replica that missed the delivery's creation (and so holds no record)
+/// still sends the events and idempotency keys it holds: they may be the only other copy of
+/// events acknowledged after it became the successor.
 pub fn full_log(store: &Store, id: DeliveryId) -> Result<Option<ReplicaEntry>, StoreError> {
-    let rec = store.load_delivery(id)?;
-    let proof = store.proof(id)?;
+    let proofs: Vec<_> = store.proof(id)?.into_iter().collect();
     let devices = store
         .devices()?
         .into_iter()
         .filter(|(d, _)| *d == id)
         .map(|(_, t)| t)
         .collect::<Vec<_>>();
-    Ok(rec.map(|r| ReplicaEntry {
+    let (record, events, idempotency) = match store.load_delivery(id)? {
+        Some(r) => (Some(r.record), r.events, r.idempotency),
+        None => (None, store.events_after(id, 0)?, store.idempotency_keys(id)?),
+    };
+    let entry = ReplicaEntry {
         delivery_id: id,
-        record: Some(r.record),
-        events: r.events,
-        idempotency: r.idempotency,
-        proofs: proof.into_iter().collect(),
+        record,
+        events,
+        idempotency,
+        proofs,
         devices,
-    }))
+    };
+    Ok((!entry.is_empty()).then_some(entry))
 }
 
 /// Merges copies fetched from a peer into the local log (monotone: events and keys already
@@ -89,6 +95,31 @@ pub fn merge(store: &Store, copies: &[ReplicaEntry]) -> Result<Vec<DeliveryId>, 
 mod tests {
     use super::*;
     use crate::replication::view::hub_info;
+    use protocol::consumer::StatusEvent;
+
+    #[test]
+    fn a_replica_that_missed_the_creation_still_sends_its_later_events_and_keys() {
+        let store = Store::in_memory().expect("store");
+        let d = DeliveryId(5);
+        let later = ReplicaEntry {
+            delivery_id: d,
+            record: None,
+            events: vec![StatusEvent {
+                delivery_id: d,
+                event_seq: 4,
+                status: protocol::status::DeliveryStatus::EnRoute,
+                ts_ms: 1,
+                source: "api".into(),
+                metadata: serde_json::Value::Null,
+            }],
+            idempotency: vec![("retry-me".into(), 4)],
+            proofs: Vec::new(),
+            devices: Vec::new(),
+        };
+        store.apply_replica(std::slice::from_ref(&later)).expect("stored");
+        assert_eq!(full_log(&store, d).expect("read"), Some(later));
+        assert_eq!(full_log(&store, DeliveryId(6)).expect("read"), None);
+    }
 
     #[test]
     fn a_delivery_whose_copy_went_unanswered_waits_for_that_hub() {

@@ -80,6 +80,9 @@ pub struct Faults {
     pub ack_before_copy: bool,
     /// Frames may be held up and delivered after their sender gave up on them.
     pub late_frames: bool,
+    /// Faults may overlap (two hubs down, a partition during a crash): beyond what
+    /// `min_copies` 2 promises.
+    pub double_faults: bool,
 }
 
 /// A request between hubs (the frames of `replication::wire`, without the encoding).
@@ -573,12 +576,27 @@ impl Sim {
         (!from.is_empty()).then(|| from[self.rng.below(from.len() as u64) as usize])
     }
 
+    /// Whether a crash, cut, flap or drain is in force (the guarantees are for one at a time:
+    /// `min_copies` 2 survives one failure, not two).
+    fn faulty(&self) -> bool {
+        self.hubs.iter().any(|h| !h.up)
+            || !self.truth.cut.is_empty()
+            || !self.truth.flapped.is_empty()
+            || !self.truth.draining.is_empty()
+    }
+
     /// One random step of the schedule.
     pub fn step(&mut self) -> Result<(), String> {
         self.now_ms += self.rng.below(1_500);
         let n = self.hubs.len();
         let up = self.up_hubs();
-        let roll = self.rng.below(100);
+        let mut roll = self.rng.below(100);
+        if (70..=73).contains(&roll) || (80..=84).contains(&roll) || (90..=95).contains(&roll) {
+            if self.faulty() && !self.faults.double_faults {
+                // Another fault would make two: the step writes instead.
+                roll = 0;
+            }
+        }
         match roll {
             0..=34 => {
                 let d = self.deliveries[self.rng.below(self.deliveries.len() as u64) as usize];

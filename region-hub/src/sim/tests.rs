@@ -14,6 +14,7 @@ fn faults_from_env() -> Faults {
     Faults {
         ack_before_copy: std::env::var("SIM_ACK_BEFORE_COPY").is_ok_and(|v| v == "1"),
         late_frames: std::env::var("SIM_LATE_FRAMES").is_ok_and(|v| v == "1"),
+        double_faults: std::env::var("SIM_DOUBLE_FAULTS").is_ok_and(|v| v == "1"),
     }
 }
 
