@@ -38,10 +38,27 @@ impl InDoubt {
         out.into_values().collect()
     }
 
-    /// The takeover of `ids` fetched from `answered`: those are no longer in doubt. Returns
-    /// the ids still in doubt (a hub holding their possible extra event did not answer): they
-    /// are not taken over yet.
-    pub fn handle_fetched(&mut self, ids: &[DeliveryId], answered: &[String]) -> Vec<DeliveryId> {
+    /// The takeover of `ids` asked `asked` (the live peers and those in doubt) and heard
+    /// from `answered`: those are no longer in doubt. Returns the ids that must wait: all of
+    /// them when a peer asked did not answer (it may hold newer events of any of them), else
+    /// those still in doubt.
+    pub fn handle_fetched(
+        &mut self,
+        ids: &[DeliveryId],
+        asked: &[String],
+        answered: &[String],
+    ) -> Vec<DeliveryId> {
+        for id in ids {
+            if let Some(hubs) = self.0.get_mut(id) {
+                hubs.retain(|k, _| !answered.contains(k));
+                if hubs.is_empty() {
+                    self.0.remove(id);
+                }
+            }
+        }
+        if asked.iter().any(|a| !answered.contains(a)) {
+            return ids.to_vec();
+        }
         let mut waiting = Vec::new();
         for id in ids {
             if let Some(hubs) = self.0.get_mut(id) {
@@ -129,8 +146,12 @@ mod tests {
         assert_eq!(doubt.peers(&[d, e]), vec![hub_info("b")]);
         assert!(doubt.peers(&[e]).is_empty());
         // b did not answer the fetch: d waits; e was never in doubt.
-        assert_eq!(doubt.handle_fetched(&[d, e], &["c".into()]), vec![d]);
-        assert_eq!(doubt.handle_fetched(&[d], &["b".into()]), Vec::<DeliveryId>::new());
+        let c = vec!["c".to_owned()];
+        assert_eq!(doubt.handle_fetched(&[d, e], &c, &c), vec![d]);
+        let bc = vec!["b".to_owned(), "c".to_owned()];
+        assert_eq!(doubt.handle_fetched(&[d], &bc, &bc), Vec::<DeliveryId>::new());
         assert!(doubt.peers(&[d]).is_empty());
+        // A live peer that did not answer may hold newer events of any of them.
+        assert_eq!(doubt.handle_fetched(&[d, e], &bc, &c), vec![d, e]);
     }
 }

@@ -464,13 +464,16 @@ impl Sim {
             }
         }
         let mut answered = Vec::new();
+        let asked = peers.clone();
         for p in peers {
             if let Some(Resp::Entries(copies)) = self.exchange(at, &p, Req::Fetch(ids.to_vec()))? {
                 takeover::merge(&self.hubs[at].store, &copies).map_err(err)?;
                 answered.push(p);
             }
         }
-        let waiting = self.hubs[at].in_doubt.handle_fetched(ids, &answered);
+        let waiting = self.hubs[at]
+            .in_doubt
+            .handle_fetched(ids, &asked, &answered);
         for id in ids.iter().filter(|id| !waiting.contains(id)) {
             load(&mut self.hubs[at], *id)?;
         }
