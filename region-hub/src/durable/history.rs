@@ -635,7 +635,7 @@ pub struct BreadcrumbWriterConfig {
 /// Starts the breadcrumb writer: gathers breadcrumbs for `flush_interval` (or until
 /// `max_batch`), commits them in one transaction, repeats; on shutdown commits what is queued.
 /// Each committed batch is offered to `replicate` (cluster mode: copied to the successors by
-/// `replication::replica::spawn_breadcrumb_replicator`); a full queue sheds the copy, counted in
+/// `replication::crumbs::spawn_breadcrumb_replicator`); a full queue sheds the copy, counted in
 /// `hub_breadcrumbs_unreplicated_total`.
 pub fn spawn_breadcrumb_writer(
     store: Store,

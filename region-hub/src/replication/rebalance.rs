@@ -129,6 +129,8 @@ impl Rebalancer {
                 let newly = !self.owned.contains(&id);
                 if newly && (!live || self.known.contains(&id)) {
                     pass.takeovers.push(id);
+                    // The takeover may merge events the successor's copy lacks.
+                    self.sent_to.remove(&id);
                 }
                 if let Some(succ) = owners.get(1) {
                     self.push_send(&mut pass, id, succ, false);

@@ -3,8 +3,19 @@
 
 use super::*;
 
-/// Seeds (with `SIM_BASE_SEED` 0) that once broke an invariant; run every time.
-const REGRESSIONS: &[u64] = &[];
+/// Seeds that broke an invariant (default faults) until the bug they found was fixed; run
+/// every time. 18: a replica that missed a delivery's creation did not send its later events
+/// on a takeover's fetch (`takeover::full_log`). 367: a takeover went ahead although a live
+/// peer holding newer events did not answer its fetch. 53: after a takeover merged events,
+/// the successor's earlier whole-log copy was taken as current (`Rebalancer::plan`).
+const REGRESSIONS: &[u64] = &[18, 53, 367];
+
+/// Seeds that still break an invariant, through gaps not closed yet (docs/cluster.md, *The
+/// simulation*): a replica stores an event whose write then failed at the owner (its answer
+/// was lost), and the next takeover cannot know it, because the hub that knew crashed or the
+/// replica was down. The run skips them; `known_gaps_still_fail` checks they still fail, so a
+/// fix shows (then move the seed to [`REGRESSIONS`]).
+const KNOWN_GAPS: &[u64] = &[];
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
@@ -51,7 +62,11 @@ fn simulated_schedules_keep_every_guarantee() {
     let n = env_u64("SIM_SCHEDULES").unwrap_or(DEFAULT_SCHEDULES);
     let base = env_u64("SIM_BASE_SEED").unwrap_or(0);
     let started = std::time::Instant::now();
+    let default = !faults.ack_before_copy && !faults.late_frames && !faults.double_faults;
     for seed in base..base + n {
+        if default && KNOWN_GAPS.contains(&seed) {
+            continue;
+        }
         if let Err((why, log)) = run(seed, faults) {
             fail(seed, &why, &log);
         }
@@ -60,6 +75,16 @@ fn simulated_schedules_keep_every_guarantee() {
         "{n} schedules from seed {base} in {:.1?}",
         started.elapsed()
     );
+}
+
+#[test]
+fn known_gaps_still_fail() {
+    for &seed in KNOWN_GAPS {
+        assert!(
+            run(seed, Faults::default()).is_err(),
+            "seed {seed} passes now: move it from KNOWN_GAPS to REGRESSIONS"
+        );
+    }
 }
 
 #[test]
@@ -98,9 +123,11 @@ fn survey() {
     let n = env_u64("SIM_SCHEDULES").unwrap_or(DEFAULT_SCHEDULES);
     let base = env_u64("SIM_BASE_SEED").unwrap_or(0);
     let mut kinds: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let mut failing = Vec::new();
     let started = std::time::Instant::now();
     for seed in base..base + n {
         if let Err((why, _)) = run(seed, faults_from_env()) {
+            failing.push(seed);
             let kind: String = why
                 .split_whitespace()
                 .filter(|w| !w.chars().any(|c| c.is_ascii_digit()))
@@ -112,6 +139,7 @@ fn survey() {
         }
     }
     println!("{n} schedules in {:.1?}", started.elapsed());
+    println!("failing seeds: {failing:?}");
     for (k, (count, first)) in kinds {
         println!("{count:6} (first seed {first}): {k}");
     }
