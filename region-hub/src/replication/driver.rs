@@ -346,7 +346,10 @@ async fn take_over(
         .lock()
         .handle_fetched(ids, &asked, &answered);
     if !waiting.is_empty() {
-        warn!(deliveries = waiting.len(), "takeover postponed: a hub that may hold newer events did not answer");
+        warn!(
+            deliveries = waiting.len(),
+            "takeover postponed: a hub that may hold newer events did not answer"
+        );
     }
     for id in ids.iter().filter(|id| !waiting.contains(id)) {
         if load_if_newer(hub, *id).await {

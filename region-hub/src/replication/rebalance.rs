@@ -269,18 +269,27 @@ mod tests {
             })
             .expect("some delivery");
         let mut r = Rebalancer::new("a", 0, 0);
-        assert!(r.plan(0, &without_c, &[d], |_| true).takeovers.is_empty(), "held and ours");
+        assert!(
+            r.plan(0, &without_c, &[d], |_| true).takeovers.is_empty(),
+            "held and ours"
+        );
         // c joins: a hands it off but still holds it; c writes; c leaves again.
         let pass = r.plan(1, &with_c, &[d], |_| true);
         assert!(pass.sends.iter().any(|s| s.moving && s.to.id == "c"));
         assert_eq!(r.plan(2, &without_c, &[d], |_| true).takeovers, vec![d]);
         // A delivery created here since the last pass is not fetched.
         let mine = owned_by(&without_c, "a", 0);
-        assert!(r.plan(3, &without_c, &[d, mine], |_| true).takeovers.is_empty());
+        assert!(r
+            .plan(3, &without_c, &[d, mine], |_| true)
+            .takeovers
+            .is_empty());
         // One owned, then without any placeable hub, then owned again, is.
         let none = StaticView::of(&["a"]).draining("a");
         assert!(r.plan(4, &none, &[d, mine], |_| true).takeovers.is_empty());
-        assert_eq!(r.plan(5, &without_c, &[d, mine], |_| true).takeovers, vec![d, mine]);
+        assert_eq!(
+            r.plan(5, &without_c, &[d, mine], |_| true).takeovers,
+            vec![d, mine]
+        );
     }
 
     #[test]
@@ -293,7 +302,10 @@ mod tests {
         r.handle_sent(&pass.sends[0]);
         assert!(r.plan(1, &view, &[mine], |_| true).sends.is_empty());
         r.handle_live_copy(mine, &succ);
-        assert!(r.plan(2, &view, &[mine], |_| true).sends.is_empty(), "same hub");
+        assert!(
+            r.plan(2, &view, &[mine], |_| true).sends.is_empty(),
+            "same hub"
+        );
         // Between two passes the successor was another hub, which got an event.
         r.handle_live_copy(mine, "elsewhere");
         assert_eq!(r.plan(3, &view, &[mine], |_| true).sends.len(), 1);

@@ -88,7 +88,11 @@ pub fn full_log(store: &Store, id: DeliveryId) -> Result<Option<ReplicaEntry>, S
         .collect::<Vec<_>>();
     let (record, events, idempotency) = match store.load_delivery(id)? {
         Some(r) => (Some(r.record), r.events, r.idempotency),
-        None => (None, store.events_after(id, 0)?, store.idempotency_keys(id)?),
+        None => (
+            None,
+            store.events_after(id, 0)?,
+            store.idempotency_keys(id)?,
+        ),
     };
     let entry = ReplicaEntry {
         delivery_id: id,
@@ -133,7 +137,9 @@ mod tests {
             proofs: Vec::new(),
             devices: Vec::new(),
         };
-        store.apply_replica(std::slice::from_ref(&later)).expect("stored");
+        store
+            .apply_replica(std::slice::from_ref(&later))
+            .expect("stored");
         assert_eq!(full_log(&store, d).expect("read"), Some(later));
         assert_eq!(full_log(&store, DeliveryId(6)).expect("read"), None);
     }
@@ -149,7 +155,10 @@ mod tests {
         let c = vec!["c".to_owned()];
         assert_eq!(doubt.handle_fetched(&[d, e], &c, &c), vec![d]);
         let bc = vec!["b".to_owned(), "c".to_owned()];
-        assert_eq!(doubt.handle_fetched(&[d], &bc, &bc), Vec::<DeliveryId>::new());
+        assert_eq!(
+            doubt.handle_fetched(&[d], &bc, &bc),
+            Vec::<DeliveryId>::new()
+        );
         assert!(doubt.peers(&[d]).is_empty());
         // A live peer that did not answer may hold newer events of any of them.
         assert_eq!(doubt.handle_fetched(&[d, e], &bc, &c), vec![d, e]);

@@ -36,8 +36,8 @@ use protocol::status::DeliveryStatus;
 use protocol::DeliveryId;
 use std::collections::{BTreeMap, BTreeSet};
 
-/// Schedules run by `cargo test` unless `SIM_SCHEDULES` says otherwise.
-pub const DEFAULT_SCHEDULES: u64 = 2_000;
+/// Schedules run by `cargo test` unless `SIM_SCHEDULES` says otherwise (~55 s here).
+pub const DEFAULT_SCHEDULES: u64 = 10_000;
 
 /// Steps of one schedule before the cluster is healed and checked.
 const STEPS: usize = 80;
@@ -480,7 +480,8 @@ impl Sim {
         if !waiting.is_empty() {
             self.hubs[at].rebalancer.handle_postponed(&waiting);
         }
-        self.log.push(format!("  {me} took over {ids:?} (postponed: {waiting:?})"));
+        self.log
+            .push(format!("  {me} took over {ids:?} (postponed: {waiting:?})"));
         Ok(())
     }
 

@@ -10,12 +10,18 @@ use super::*;
 /// the successor's earlier whole-log copy was taken as current (`Rebalancer::plan`).
 const REGRESSIONS: &[u64] = &[18, 53, 367];
 
-/// Seeds that still break an invariant, through gaps not closed yet (docs/cluster.md, *The
-/// simulation*): a replica stores an event whose write then failed at the owner (its answer
-/// was lost), and the next takeover cannot know it, because the hub that knew crashed or the
-/// replica was down. The run skips them; `known_gaps_still_fail` checks they still fail, so a
-/// fix shows (then move the seed to [`REGRESSIONS`]).
-const KNOWN_GAPS: &[u64] = &[];
+/// Seeds among the first 10,000 that still break an invariant, through gaps not closed yet
+/// (docs/cluster.md, *The simulation*). Analysed: 667, a replica keeps an event whose write
+/// failed at the owner (its answer was lost) and the next takeover cannot know it, because
+/// the hub that knew crashed or the replica was down; 501, a hub that never saw itself lose
+/// ownership (no pass while it drained) serves its stale copy when ownership returns, because
+/// the hub that wrote meanwhile had unloaded the delivery and sends it nowhere. The others
+/// are not analysed yet. The run skips them; `known_gaps_still_fail` checks they still fail,
+/// so a fix shows (then move the seed to [`REGRESSIONS`]).
+const KNOWN_GAPS: &[u64] = &[
+    501, 667, 1281, 1978, 2546, 2668, 2734, 3102, 3728, 4009, 4103, 4172, 4186, 4943, 5086, 5231,
+    5579, 5950, 6237, 7024, 7577, 7612, 7847, 8119, 8227, 8767, 8851, 9562,
+];
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
@@ -89,16 +95,17 @@ fn known_gaps_still_fail() {
 
 #[test]
 fn acknowledging_before_the_successors_copy_is_caught() {
+    // Seed 10: the owner acknowledges #n, its copy is lost, it crashes before the successor
+    // has it; the successor takes over and the acknowledged event is gone.
     let broken = Faults {
         ack_before_copy: true,
         ..Faults::default()
     };
-    let caught = (0..2_000u64).find(|&seed| run(seed, broken).is_err());
-    let seed = caught.expect("no schedule caught acknowledging before the copy");
-    println!("first seed catching ack-before-copy: {seed}");
+    let (why, _) = run(10, broken).expect_err("acknowledging before the copy must be caught");
+    assert!(why.starts_with("acknowledged"), "{why}");
     assert!(
-        run(seed, Faults::default()).is_ok(),
-        "seed {seed} must pass with the guarantee kept"
+        run(10, Faults::default()).is_ok(),
+        "seed 10 passes with the guarantee kept"
     );
 }
 
