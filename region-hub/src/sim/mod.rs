@@ -17,9 +17,14 @@
 //! who it cannot hear, whom it wrongly declared down), timeouts (a lost frame or answer is
 //! known at once), and concurrency inside a hub (each step runs to completion).
 //!
+//! By default faults come one at a time (what `min_copies` 2 promises); frames are lost but
+//! never delivered late.
+//!
 //! `SIM_SCHEDULES=n` (default [`DEFAULT_SCHEDULES`]), `SIM_BASE_SEED=n`, `SIM_SEED=n` (replay
 //! one schedule and print it), `SIM_ACK_BEFORE_COPY=1` (a deliberately broken guarantee: the
-//! owner acknowledges before the successor's copy). See `docs/cluster.md`, *The simulation*.
+//! owner acknowledges before the successor's copy), `SIM_DOUBLE_FAULTS=1` (overlapping
+//! faults), `SIM_LATE_FRAMES=1` (requests delivered after their sender gave up). See
+//! `docs/cluster.md`, *The simulation*.
 
 use crate::durable::copies::ReplicaEntry;
 use crate::durable::store::Store;
@@ -355,7 +360,7 @@ impl Sim {
         let seq = last + 1;
         let entry = LogEntry {
             delivery_id: id,
-            record: create.then(|| DeliveryRecord {
+            record: create.then_some(DeliveryRecord {
                 id,
                 pickup: LatLng {
                     lat: 60.0,
@@ -595,11 +600,11 @@ impl Sim {
         let n = self.hubs.len();
         let up = self.up_hubs();
         let mut roll = self.rng.below(100);
-        if (70..=73).contains(&roll) || (80..=84).contains(&roll) || (90..=95).contains(&roll) {
-            if self.faulty() && !self.faults.double_faults {
-                // Another fault would make two: the step writes instead.
-                roll = 0;
-            }
+        let fault =
+            (70..=73).contains(&roll) || (80..=84).contains(&roll) || (90..=95).contains(&roll);
+        if fault && self.faulty() && !self.faults.double_faults {
+            // Another fault would make two: the step writes instead.
+            roll = 0;
         }
         match roll {
             0..=34 => {
