@@ -6,7 +6,8 @@
 use crate::durable::history::{Breadcrumb, BreadcrumbQueue};
 use crate::durable::store::{self, CommitSink, EventLogHandle, Store, SubmitError};
 use crate::metrics::{ConsumerGauge, HubMetrics};
-use crate::replication::replica::HubCluster;
+pub(crate) use crate::replication::placement::{consumer_redirect_url, Creation, Route};
+use crate::replication::HubCluster;
 use crate::tracking::anomaly::Anomaly;
 use crate::tracking::deliveries::{
     CoreError, DeliveryRecord, LogEntry, RecoveredDelivery, SideRecord,
@@ -353,6 +354,24 @@ impl Hub {
         self.cluster.as_ref()
     }
 
+    /// Where a request about `id` is answered (one decision for every transport,
+    /// `replication::placement::decide`): here, at its owner, or not yet (joining). A
+    /// delivery this hub owns but does not hold yet is taken over first.
+    pub async fn route(self: &Arc<Self>, id: DeliveryId) -> Route {
+        let host: Arc<dyn crate::replication::Host> = self.clone();
+        crate::replication::driver::route(&host, id).await
+    }
+
+    /// Where a new delivery is created (`replication::placement::create`): under the caller's
+    /// id or a random one this hub owns, else at another hub. `None` when the choice is not
+    /// this hub's to make (no cluster: the caller's id, or the core's own, is used).
+    pub fn place_new(&self, chosen: Option<DeliveryId>) -> Option<Creation> {
+        let c = self.cluster.as_ref()?;
+        // Random ids below 2^53 (exact in JavaScript).
+        let candidates = (0..10_000).map(|_| DeliveryId(rand::random::<u64>() >> 11 | 1));
+        crate::replication::placement::create(&c.me, c.view(), chosen, candidates)
+    }
+
     /// Cancelled when the hub starts draining.
     pub fn draining(&self) -> &tokio_util::sync::CancellationToken {
         &self.draining
@@ -629,11 +648,6 @@ impl Hub {
         }
     }
 
-    /// Sends every consumer of `id` a `redirect` to the URL `url` gives for its transport.
-    pub fn redirect_consumers(&self, id: DeliveryId, url: impl Fn(&'static str) -> String) {
-        self.shared.shards.publish_redirect(id, url);
-    }
-
     /// Deliveries a replica fenced since the last call.
     pub fn take_fenced(&self) -> Vec<DeliveryId> {
         std::mem::take(&mut *self.shared.fenced.lock())
@@ -762,5 +776,35 @@ impl ConsumerCursor {
                 return true;
             }
         }
+    }
+}
+
+impl crate::replication::Host for Hub {
+    fn store(&self) -> &Store {
+        &self.store
+    }
+    fn metrics(&self) -> &HubMetrics {
+        &self.shared.metrics
+    }
+    fn cluster(&self) -> Option<&Arc<HubCluster>> {
+        self.cluster.as_ref()
+    }
+    fn held(&self, id: DeliveryId) -> Option<u64> {
+        self.snapshot(id).map(|s| s.last_event_seq)
+    }
+    fn restore(&self, rec: RecoveredDelivery) {
+        Hub::restore(self, rec);
+    }
+    fn redirect_consumers(&self, id: DeliveryId, url: &dyn Fn(&'static str) -> String) {
+        self.shared.shards.publish_redirect(id, url);
+    }
+    fn take_fenced(&self) -> Vec<DeliveryId> {
+        Hub::take_fenced(self)
+    }
+    fn deliveries_held(&self) -> usize {
+        Hub::deliveries_held(self)
+    }
+    fn draining(&self) -> bool {
+        self.draining.is_cancelled()
     }
 }

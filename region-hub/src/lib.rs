@@ -11,12 +11,14 @@ pub mod ingest;
 pub mod metrics;
 pub mod replication;
 pub mod serve;
+#[cfg(test)]
+mod sim;
 pub mod tracking;
 pub mod webhooks;
 
 use durable::{history, plans, store};
 use ingest::link;
-use replication::replica;
+use replication as replica;
 use serve::{http, wt};
 use tracking::deliveries;
 

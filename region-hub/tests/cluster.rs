@@ -714,7 +714,7 @@ async fn only_hubs_may_open_the_replica_link() {
         edge.chain,
         edge.key,
         edge.roots,
-        &[region_hub::replication::replica::ALPN_REPLICA],
+        &[region_hub::replication::ALPN_REPLICA],
         certs::TlsFor::Quic,
     )
     .expect("client tls");

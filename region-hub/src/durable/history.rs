@@ -234,6 +234,22 @@ impl History {
                 path: path.to_path_buf(),
                 source: e.into(),
             })?;
+        Self::with_db(db, path)
+    }
+
+    /// A history held in memory only (the simulation, tests): gone when dropped.
+    pub(crate) fn in_memory() -> Result<Self, StoreError> {
+        let path = Path::new(":memory:");
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(|e| StoreError::Open {
+                path: path.to_path_buf(),
+                source: e.into(),
+            })?;
+        Self::with_db(db, path)
+    }
+
+    fn with_db(db: Database, path: &Path) -> Result<Self, StoreError> {
         let tx = db.begin_write().map_err(StoreError::db)?;
         tx.open_table(CRUMB_WAL).map_err(StoreError::db)?;
         tx.open_table(CRUMB_CHUNKS).map_err(StoreError::db)?;
@@ -619,7 +635,7 @@ pub struct BreadcrumbWriterConfig {
 /// Starts the breadcrumb writer: gathers breadcrumbs for `flush_interval` (or until
 /// `max_batch`), commits them in one transaction, repeats; on shutdown commits what is queued.
 /// Each committed batch is offered to `replicate` (cluster mode: copied to the successors by
-/// `replication::replica::spawn_breadcrumb_replicator`); a full queue sheds the copy, counted in
+/// `replication::crumbs::spawn_breadcrumb_replicator`); a full queue sheds the copy, counted in
 /// `hub_breadcrumbs_unreplicated_total`.
 pub fn spawn_breadcrumb_writer(
     store: Store,

@@ -117,6 +117,25 @@ impl Store {
                 path: path.to_path_buf(),
                 source: e.into(),
             })?;
+        let history = crate::durable::history::History::open(&path.with_extension("history.redb"))?;
+        Self::with_db(db, history)
+    }
+
+    /// A store held in memory only (the cluster simulation, tests): gone when dropped.
+    pub fn in_memory() -> Result<Self, StoreError> {
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(|e| StoreError::Open {
+                path: ":memory:".into(),
+                source: e.into(),
+            })?;
+        Self::with_db(db, crate::durable::history::History::in_memory()?)
+    }
+
+    fn with_db(
+        db: Database,
+        history: crate::durable::history::History,
+    ) -> Result<Self, StoreError> {
         let tx = db.begin_write().map_err(StoreError::db)?;
         tx.open_table(EVENTS).map_err(StoreError::db)?;
         tx.open_table(DELIVERIES).map_err(StoreError::db)?;
@@ -125,7 +144,6 @@ impl Store {
         tx.open_table(PROOFS).map_err(StoreError::db)?;
         tx.open_table(DEVICES).map_err(StoreError::db)?;
         tx.commit().map_err(StoreError::db)?;
-        let history = crate::durable::history::History::open(&path.with_extension("history.redb"))?;
         let store = Self {
             db: Arc::new(parking_lot::Mutex::new(Some(Arc::new(db)))),
             history: Arc::new(history),
@@ -464,6 +482,17 @@ impl Store {
             return Ok(None);
         };
         let events = self.events_after(delivery, 0)?;
+        let idempotency = self.idempotency_keys(delivery)?;
+        Ok(Some(RecoveredDelivery {
+            record,
+            events,
+            idempotency,
+        }))
+    }
+
+    /// The idempotency keys stored for `delivery` and the seq each produced (also for a
+    /// delivery whose record this hub does not hold: a replica that missed its creation).
+    pub fn idempotency_keys(&self, delivery: DeliveryId) -> Result<Vec<(String, u64)>, StoreError> {
         let tx = self.db()?.begin_read().map_err(StoreError::db)?;
         let keys = tx.open_table(IDEMPOTENCY).map_err(StoreError::db)?;
         let mut idempotency = Vec::new();
@@ -475,11 +504,7 @@ impl Store {
             }
             idempotency.push((key.to_owned(), v.value()));
         }
-        Ok(Some(RecoveredDelivery {
-            record,
-            events,
-            idempotency,
-        }))
+        Ok(idempotency)
     }
 
     /// Ids of every delivery with a stored record (own and replicated ones).

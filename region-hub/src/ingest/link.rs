@@ -19,10 +19,7 @@ pub fn server_config(tls: &nodekit::LoadedTls) -> Result<quinn::ServerConfig, ce
         tls.chain.clone(),
         tls.key.clone_key(),
         tls.roots.clone(),
-        &[
-            protocol::ALPN_HUB,
-            crate::replication::replica::ALPN_REPLICA,
-        ],
+        &[protocol::ALPN_HUB, crate::replication::ALPN_REPLICA],
         certs::TlsFor::Quic,
     )?;
     let mut config = certs::quinn_server_config(rustls)?;
@@ -108,10 +105,10 @@ async fn handle(
         .handshake_data()
         .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|h| h.protocol);
-    if alpn.as_deref() == Some(crate::replication::replica::ALPN_REPLICA) {
+    if alpn.as_deref() == Some(crate::replication::ALPN_REPLICA) {
         // A peer hub replicating to us; only hubs of a cluster may.
-        if hub.cluster().is_some() && crate::replication::replica::peer_is_hub(&conn) {
-            crate::replication::replica::spawn_serve(conn, hub);
+        if hub.cluster().is_some() && crate::replication::peer_is_hub(&conn) {
+            crate::replication::spawn_serve(conn, hub);
         } else {
             conn.close(
                 quinn::VarInt::from_u32(CloseCode::ProtocolViolation as u32),

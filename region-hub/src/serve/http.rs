@@ -2,7 +2,9 @@
 //! the WebTransport certificate info for browsers, and the router of every HTTP route with
 //! its OpenAPI description (`GET /api/v1/openapi.json`), both built from the same handlers.
 
-use crate::hub::{ApiFailure, AuthRefusal, ConsumerCursor, Hub};
+use crate::hub::{
+    consumer_redirect_url, ApiFailure, AuthRefusal, ConsumerCursor, Creation, Hub, Route,
+};
 use crate::serve::respond::{
     error, json_rejection, no_route, token, upgrade_rejection, wrong_method, ApiPath, ApiQuery,
 };
@@ -196,34 +198,30 @@ async fn placement(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let owner = hub
-        .cluster()
-        .zip(delivery_in_path(req.uri().path()))
-        .and_then(|(c, id)| c.other_owner(id));
+    let Some(id) = delivery_in_path(req.uri().path()) else {
+        return next.run(req).await;
+    };
     let upgrade = req.headers().contains_key(header::UPGRADE);
-    if owner.is_none() {
-        if let Some(id) = delivery_in_path(req.uri().path()) {
-            if !crate::replication::replica::ensure_loaded(&hub, id).await {
-                let mut r = error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "joining",
-                    "this hub is joining the cluster and has not claimed its deliveries yet; retry",
-                );
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-                return r;
-            }
-        }
-    }
-    match owner {
-        Some(owner) if !upgrade => {
+    match hub.route(id).await {
+        Route::Redirect(owner) if !upgrade => {
             let pq = req
                 .uri()
                 .path_and_query()
                 .map_or(req.uri().path(), |p| p.as_str());
             redirect_to(&format!("https://{}{pq}", owner.https_addr))
         }
-        _ => next.run(req).await,
+        Route::Joining => {
+            let mut r = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "joining",
+                "this hub is joining the cluster and has not claimed its deliveries yet; retry",
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            r
+        }
+        // WebSocket upgrades go on to `connect`, which redirects in-band.
+        Route::Redirect(_) | Route::Serve | Route::TakeOver => next.run(req).await,
     }
 }
 
@@ -278,34 +276,12 @@ async fn create_delivery(
         Ok(Json(r)) => r,
         Err(e) => return json_rejection(e),
     };
-    if let Some(c) = app.hub.cluster() {
-        match req.delivery_id {
-            // The caller chose the id: its owner creates it.
-            Some(id) => {
-                if let Some(owner) = c.other_owner(id) {
-                    return redirect_to(&format!("https://{}/api/v1/deliveries", owner.https_addr));
-                }
-            }
-            // Ours to choose: a random id (below 2^53, exact in JavaScript) that we own.
-            None => {
-                let any = DeliveryId(rand::random::<u64>() >> 11 | 1);
-                let id = (0..10_000)
-                    .map(|_| DeliveryId(rand::random::<u64>() >> 11 | 1))
-                    .find(|id| c.is_mine(*id));
-                match id {
-                    Some(id) => req.delivery_id = Some(id),
-                    // We own nothing (draining): the owner of a random id creates it.
-                    None => {
-                        if let Some(owner) = c.other_owner(any) {
-                            return redirect_to(&format!(
-                                "https://{}/api/v1/deliveries",
-                                owner.https_addr
-                            ));
-                        }
-                    }
-                }
-            }
+    match app.hub.place_new(req.delivery_id) {
+        Some(Creation::Here(id)) => req.delivery_id = Some(id),
+        Some(Creation::Redirect(owner)) => {
+            return redirect_to(&format!("https://{}/api/v1/deliveries", owner.https_addr));
         }
+        None => {}
     }
     match app.hub.create_delivery(&req).await {
         Ok(created) => (StatusCode::CREATED, Json(created)).into_response(),
@@ -457,8 +433,8 @@ async fn connect(
         Err(e) => return upgrade_rejection(e),
     };
     // Browsers' WebSocket does not follow HTTP redirects: the redirect goes in-band.
-    if let Some(owner) = app.hub.cluster().and_then(|c| c.other_owner(id)) {
-        let url = crate::replication::replica::consumer_redirect_url(&owner, id, false);
+    if let Route::Redirect(owner) = app.hub.route(id).await {
+        let url = consumer_redirect_url(&owner, id, false);
         return ws.on_upgrade(move |mut socket| async move {
             let frame = protocol::consumer::ConsumerFrame::Redirect { url }.to_json();
             let _ = socket.send(Message::Text(frame.into())).await;

@@ -1,7 +1,7 @@
 //! WebTransport endpoint for consumers: `/api/v1/tracking/{id}/wt?token=..&last_event_seq=N`;
 //! reliable frames as newline-delimited JSON on one uni stream, positions as datagrams.
 
-use crate::hub::{ConsumerCursor, Hub};
+use crate::hub::{consumer_redirect_url, ConsumerCursor, Hub, Route};
 use crate::tracking::fanout::{DatagramOut, DatagramSent, FrameKind};
 use nodekit::handshake::{Decision, HandshakePermit, ListenerGate, RefuseReason};
 use protocol::DeliveryId;
@@ -210,16 +210,18 @@ async fn session(
         }
         None => None,
     };
-    if let Some(owner) = hub.cluster().and_then(|c| c.other_owner(id)) {
-        let url = crate::replication::replica::consumer_redirect_url(&owner, id, true);
-        redirect(request, url).await;
-        return;
-    }
-    if !crate::replication::replica::ensure_loaded(&hub, id).await {
-        // Joining the cluster: not yet able to serve it from the newest copy; retry.
-        hub.metrics().reject("joining");
-        request.too_many_requests().await;
-        return;
+    match hub.route(id).await {
+        Route::Redirect(owner) => {
+            redirect(request, consumer_redirect_url(&owner, id, true)).await;
+            return;
+        }
+        Route::Joining => {
+            // Joining the cluster: not yet able to serve it from the newest copy; retry.
+            hub.metrics().reject("joining");
+            request.too_many_requests().await;
+            return;
+        }
+        Route::Serve | Route::TakeOver => {}
     }
     if hub.snapshot(id).is_none() {
         debug!("no such delivery");

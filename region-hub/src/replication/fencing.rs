@@ -1,0 +1,157 @@
+//! Fencing of copies received from another hub: a delivery this hub serves as its owner is not
+//! written by another hub (the sender's view is stale, or ours is): its live copies are
+//! refused, so the sender's write fails and is retried at the owner. And which received
+//! copies must be (re)loaded into the live core.
+
+use super::view::View;
+use crate::durable::copies::ReplicaEntry;
+use protocol::DeliveryId;
+
+/// Whether this hub serves `id` as its owner: it owns it in its view and holds it live.
+pub fn serving(me: &str, view: &dyn View, id: DeliveryId, held: bool) -> bool {
+    held && view.owner_of(id).is_none_or(|h| h.id == me)
+}
+
+/// Splits received entries into those to store and the deliveries fenced. Only live
+/// replication (`Append`) is fenced; hand-offs and full copies are merged monotonically.
+/// `held`: whether this hub holds a delivery live.
+pub fn fence(
+    me: &str,
+    view: &dyn View,
+    live: bool,
+    entries: Vec<ReplicaEntry>,
+    held: impl Fn(DeliveryId) -> bool,
+) -> (Vec<ReplicaEntry>, Vec<DeliveryId>) {
+    if !live {
+        return (entries, Vec::new());
+    }
+    let mut fenced = Vec::new();
+    let kept = entries
+        .into_iter()
+        .filter(|e| {
+            let s = serving(me, view, e.delivery_id, held(e.delivery_id));
+            if s {
+                fenced.push(e.delivery_id);
+            }
+            !s
+        })
+        .collect();
+    (kept, fenced)
+}
+
+/// Whether a stored copy must be (re)loaded into the live core: a delivery held live is
+/// reloaded only when the copy is newer than what it serves (we took over a stale copy); one
+/// not held is loaded when this hub owns it (a hand-off to us).
+/// `held_last_seq`: the last event seq of the live delivery, if held.
+pub fn must_load(
+    me: &str,
+    view: &dyn View,
+    entry: &ReplicaEntry,
+    held_last_seq: Option<u64>,
+) -> bool {
+    let newest = entry.events.last().map_or(0, |ev| ev.event_seq);
+    match held_last_seq {
+        Some(last) => newest > last,
+        None => view.owner_of(entry.delivery_id).is_none_or(|h| h.id == me),
+    }
+}
+
+/// After storing `kept` (with `apply_replica_checked(kept, live)`): live copies that
+/// conflicted (the store holds other events under their seqs: another hub wrote them) are
+/// fenced too. Returns the entries stored and every fenced delivery.
+pub fn with_conflicts(
+    kept: Vec<ReplicaEntry>,
+    mut fenced: Vec<DeliveryId>,
+    conflicts: &[DeliveryId],
+    live: bool,
+) -> (Vec<ReplicaEntry>, Vec<DeliveryId>) {
+    if live {
+        fenced.extend(conflicts.iter().copied());
+    }
+    let stored = kept
+        .into_iter()
+        .filter(|e| !fenced.contains(&e.delivery_id))
+        .collect();
+    (stored, fenced)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replication::view::StaticView;
+    use protocol::consumer::StatusEvent;
+
+    fn copy(id: u64, seq: u64) -> ReplicaEntry {
+        ReplicaEntry {
+            delivery_id: DeliveryId(id),
+            record: None,
+            events: vec![StatusEvent {
+                delivery_id: DeliveryId(id),
+                event_seq: seq,
+                status: protocol::status::DeliveryStatus::EnRoute,
+                ts_ms: 1,
+                source: "test".into(),
+                metadata: serde_json::Value::Null,
+            }],
+            idempotency: Vec::new(),
+            proofs: Vec::new(),
+            devices: Vec::new(),
+        }
+    }
+
+    fn owned_by(view: &StaticView, hub: &str) -> u64 {
+        (1..1000)
+            .find(|d| view.owner_of(DeliveryId(*d)).is_some_and(|h| h.id == hub))
+            .expect("some delivery")
+    }
+
+    #[test]
+    fn live_copies_of_a_delivery_this_hub_serves_are_fenced() {
+        let view = StaticView::of(&["a", "b"]);
+        let mine = owned_by(&view, "a");
+        let theirs = owned_by(&view, "b");
+        let (kept, fenced) = fence(
+            "a",
+            &view,
+            true,
+            vec![copy(mine, 3), copy(theirs, 3)],
+            |_| true,
+        );
+        assert_eq!(fenced, vec![DeliveryId(mine)]);
+        assert_eq!(kept, vec![copy(theirs, 3)]);
+    }
+
+    #[test]
+    fn a_delivery_owned_but_not_held_and_hand_offs_are_not_fenced() {
+        let view = StaticView::of(&["a", "b"]);
+        let mine = owned_by(&view, "a");
+        let (kept, fenced) = fence("a", &view, true, vec![copy(mine, 3)], |_| false);
+        assert!(fenced.is_empty());
+        assert_eq!(kept.len(), 1);
+        let (kept, fenced) = fence("a", &view, false, vec![copy(mine, 3)], |_| true);
+        assert!(fenced.is_empty(), "a hand-off is merged, never fenced");
+        assert_eq!(kept.len(), 1);
+    }
+
+    #[test]
+    fn a_held_delivery_is_reloaded_only_from_a_newer_copy_and_an_unheld_one_only_if_owned() {
+        let view = StaticView::of(&["a", "b"]);
+        let mine = owned_by(&view, "a");
+        let theirs = owned_by(&view, "b");
+        assert!(must_load("a", &view, &copy(mine, 5), Some(4)));
+        assert!(!must_load("a", &view, &copy(mine, 5), Some(5)));
+        assert!(must_load("a", &view, &copy(mine, 5), None));
+        assert!(!must_load("a", &view, &copy(theirs, 5), None));
+    }
+
+    #[test]
+    fn a_conflicting_live_copy_is_fenced_and_a_conflicting_hand_off_is_kept() {
+        let kept = vec![copy(1, 2), copy(3, 4)];
+        let (stored, fenced) = with_conflicts(kept.clone(), vec![], &[DeliveryId(3)], true);
+        assert_eq!(stored, vec![copy(1, 2)]);
+        assert_eq!(fenced, vec![DeliveryId(3)]);
+        let (stored, fenced) = with_conflicts(kept.clone(), vec![], &[DeliveryId(3)], false);
+        assert_eq!(stored, kept);
+        assert!(fenced.is_empty());
+    }
+}

@@ -1,0 +1,166 @@
+//! Taking a delivery over: what a hub's whole log of a delivery is (sent on a hand-off, a
+//! successor's copy, or as the answer to a takeover's fetch), and merging the copies peers
+//! answered with into the local log.
+
+use crate::durable::copies::ReplicaEntry;
+use crate::durable::store::{Store, StoreError};
+use cluster::HubInfo;
+use protocol::DeliveryId;
+use std::collections::BTreeMap;
+
+/// Hubs that may hold events of a delivery this hub does not: a copy sent to them was not
+/// answered (lost, late, or its answer lost), so they may have stored an event this hub then
+/// failed. Taking the delivery over again (after the failure unloaded it) must first fetch
+/// from each of them, even when the view no longer lists them: otherwise the next event
+/// would reuse that seq and two events would share it.
+#[derive(Clone, Debug, Default)]
+pub struct InDoubt(BTreeMap<DeliveryId, BTreeMap<String, HubInfo>>);
+
+impl InDoubt {
+    /// A copy of `ids` to `to` was not answered.
+    pub fn handle_unanswered(&mut self, to: &HubInfo, ids: impl IntoIterator<Item = DeliveryId>) {
+        for id in ids {
+            self.0
+                .entry(id)
+                .or_default()
+                .insert(to.id.clone(), to.clone());
+        }
+    }
+
+    /// The hubs a takeover of `ids` must fetch from besides the live ones.
+    pub fn peers(&self, ids: &[DeliveryId]) -> Vec<HubInfo> {
+        let mut out: BTreeMap<String, HubInfo> = BTreeMap::new();
+        for id in ids {
+            for (k, h) in self.0.get(id).into_iter().flatten() {
+                out.insert(k.clone(), h.clone());
+            }
+        }
+        out.into_values().collect()
+    }
+
+    /// The takeover of `ids` asked `asked` (the live peers and those in doubt) and heard
+    /// from `answered`: those are no longer in doubt. Returns the ids that must wait: all of
+    /// them when a peer asked did not answer (it may hold newer events of any of them), else
+    /// those still in doubt.
+    pub fn handle_fetched(
+        &mut self,
+        ids: &[DeliveryId],
+        asked: &[String],
+        answered: &[String],
+    ) -> Vec<DeliveryId> {
+        for id in ids {
+            if let Some(hubs) = self.0.get_mut(id) {
+                hubs.retain(|k, _| !answered.contains(k));
+                if hubs.is_empty() {
+                    self.0.remove(id);
+                }
+            }
+        }
+        if asked.iter().any(|a| !answered.contains(a)) {
+            return ids.to_vec();
+        }
+        let mut waiting = Vec::new();
+        for id in ids {
+            if let Some(hubs) = self.0.get_mut(id) {
+                hubs.retain(|k, _| !answered.contains(k));
+                if hubs.is_empty() {
+                    self.0.remove(id);
+                } else {
+                    waiting.push(*id);
+                }
+            }
+        }
+        waiting
+    }
+}
+
+/// A delivery's whole durable state in `store`, as a hand-off entry; `None` when it holds
+/// nothing of it. A replica that missed the delivery's creation (and so holds no record)
+/// still sends the events and idempotency keys it holds: they may be the only other copy of
+/// events acknowledged after it became the successor.
+pub fn full_log(store: &Store, id: DeliveryId) -> Result<Option<ReplicaEntry>, StoreError> {
+    let proofs: Vec<_> = store.proof(id)?.into_iter().collect();
+    let devices = store
+        .devices()?
+        .into_iter()
+        .filter(|(d, _)| *d == id)
+        .map(|(_, t)| t)
+        .collect::<Vec<_>>();
+    let (record, events, idempotency) = match store.load_delivery(id)? {
+        Some(r) => (Some(r.record), r.events, r.idempotency),
+        None => (
+            None,
+            store.events_after(id, 0)?,
+            store.idempotency_keys(id)?,
+        ),
+    };
+    let entry = ReplicaEntry {
+        delivery_id: id,
+        record,
+        events,
+        idempotency,
+        proofs,
+        devices,
+    };
+    Ok((!entry.is_empty()).then_some(entry))
+}
+
+/// Merges copies fetched from a peer into the local log (monotone: events and keys already
+/// stored are kept). Returns the deliveries whose copies held other events under seqs we
+/// hold (counted as conflicts; ours are kept).
+pub fn merge(store: &Store, copies: &[ReplicaEntry]) -> Result<Vec<DeliveryId>, StoreError> {
+    store.apply_replica_checked(copies, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replication::view::hub_info;
+    use protocol::consumer::StatusEvent;
+
+    #[test]
+    fn a_replica_that_missed_the_creation_still_sends_its_later_events_and_keys() {
+        let store = Store::in_memory().expect("store");
+        let d = DeliveryId(5);
+        let later = ReplicaEntry {
+            delivery_id: d,
+            record: None,
+            events: vec![StatusEvent {
+                delivery_id: d,
+                event_seq: 4,
+                status: protocol::status::DeliveryStatus::EnRoute,
+                ts_ms: 1,
+                source: "api".into(),
+                metadata: serde_json::Value::Null,
+            }],
+            idempotency: vec![("retry-me".into(), 4)],
+            proofs: Vec::new(),
+            devices: Vec::new(),
+        };
+        store
+            .apply_replica(std::slice::from_ref(&later))
+            .expect("stored");
+        assert_eq!(full_log(&store, d).expect("read"), Some(later));
+        assert_eq!(full_log(&store, DeliveryId(6)).expect("read"), None);
+    }
+
+    #[test]
+    fn a_delivery_whose_copy_went_unanswered_waits_for_that_hub() {
+        let mut doubt = InDoubt::default();
+        let (d, e) = (DeliveryId(1), DeliveryId(2));
+        doubt.handle_unanswered(&hub_info("b"), [d]);
+        assert_eq!(doubt.peers(&[d, e]), vec![hub_info("b")]);
+        assert!(doubt.peers(&[e]).is_empty());
+        // b did not answer the fetch: d waits; e was never in doubt.
+        let c = vec!["c".to_owned()];
+        assert_eq!(doubt.handle_fetched(&[d, e], &c, &c), vec![d]);
+        let bc = vec!["b".to_owned(), "c".to_owned()];
+        assert_eq!(
+            doubt.handle_fetched(&[d], &bc, &bc),
+            Vec::<DeliveryId>::new()
+        );
+        assert!(doubt.peers(&[d]).is_empty());
+        // A live peer that did not answer may hold newer events of any of them.
+        assert_eq!(doubt.handle_fetched(&[d, e], &bc, &c), vec![d, e]);
+    }
+}
