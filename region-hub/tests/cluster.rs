@@ -93,11 +93,11 @@ impl Three {
 
 async fn three_hubs(name: &str) -> Three {
     let dir = TestDir::new(name);
-    let pki = Pki::new(&dir.0);
-    let a = start_with(hub_config(&dir.0, &pki, "hub-a", vec![])).await;
+    let pki = Pki::new(&dir);
+    let a = start_with(hub_config(&dir, &pki, "hub-a", vec![])).await;
     let seed = a.cluster().expect("cluster").gossip.advertise_addr();
-    let b = start_with(hub_config(&dir.0, &pki, "hub-b", vec![seed])).await;
-    let c = start_with(hub_config(&dir.0, &pki, "hub-c", vec![seed])).await;
+    let b = start_with(hub_config(&dir, &pki, "hub-b", vec![seed])).await;
+    let c = start_with(hub_config(&dir, &pki, "hub-c", vec![seed])).await;
     let t = Three {
         _dir: dir,
         pki,
@@ -626,7 +626,7 @@ async fn a_hub_restarted_after_draining_gets_its_deliveries_back_with_the_events
     // hub-a comes back on the same data dir: it owns the delivery again, and must serve the
     // newest state (fetched from its peers), not its stale copy.
     let seed = t.hub(succ).cluster().expect("c").gossip.advertise_addr();
-    let mut config = hub_config(&t._dir.0, &t.pki, name, vec![seed]);
+    let mut config = hub_config(&t._dir, &t.pki, name, vec![seed]);
     // Long enough that the first request surely comes before the hub claims its deliveries.
     config.cluster_hub.join_grace_ms = 2_000;
     t.hubs[owner] = Some(start_with(config).await);
@@ -784,8 +784,8 @@ async fn admin_drain_answers_at_once_then_the_hub_drains_and_stops() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clustered_hub_is_ready_only_after_claiming_its_deliveries() {
     let dir = TestDir::new("ready-after-claim");
-    let pki = Pki::new(&dir.0);
-    let mut config = hub_config(&dir.0, &pki, "hub-a", vec![]);
+    let pki = Pki::new(&dir);
+    let mut config = hub_config(&dir, &pki, "hub-a", vec![]);
     config.cluster_hub.join_grace_ms = 3_000;
     let hub = start_with(config).await;
     let readyz = format!("http://{}/readyz", hub.admin_addr());

@@ -163,8 +163,8 @@ type Acked = Arc<Mutex<BTreeMap<DeliveryId, BTreeMap<u64, DeliveryStatus>>>>;
 async fn sigkill_mid_run_loses_no_acknowledged_event_and_consumers_resume_without_gaps() {
     certs::install_default_crypto_provider();
     let dir = TestDir::new("crash");
-    let pki = Pki::new(&dir.0);
-    let data = dir.0.join("data");
+    let pki = Pki::new(&dir);
+    let data = dir.join("data");
     let key_path = data.join("token.pk8");
     let signer: TokenSigner =
         region_hub::load_or_create_signing_key(&key_path, 1).expect("signing key");
@@ -179,7 +179,7 @@ async fn sigkill_mid_run_loses_no_acknowledged_event_and_consumers_resume_withou
         token_signing_key: key_path,
         ..HubConfig::default()
     };
-    let config_path = dir.0.join("hub.toml");
+    let config_path = dir.join("hub.toml");
     std::fs::write(&config_path, toml::to_string(&config).expect("toml")).expect("write config");
     let op = signer.sign(Subject::Operator, nodekit::unix_s(), 3_600);
     let http = http_client(&pki);

@@ -14,8 +14,8 @@ use support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edge_fixes_reach_websocket_webtransport_and_rest_consumers_in_order() {
     let dir = TestDir::new("push");
-    let pki = Pki::new(&dir.0);
-    let hub = start(&dir.0, &pki).await;
+    let pki = Pki::new(&dir);
+    let hub = start(&dir, &pki).await;
     let http = http_client(&pki);
     let created = create(&hub, &http, Some(7)).await;
     let id = created.delivery_id;
@@ -109,8 +109,8 @@ async fn edge_fixes_reach_websocket_webtransport_and_rest_consumers_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumers_without_a_valid_token_get_401_or_403_and_no_data() {
     let dir = TestDir::new("auth");
-    let pki = Pki::new(&dir.0);
-    let hub = start(&dir.0, &pki).await;
+    let pki = Pki::new(&dir);
+    let hub = start(&dir, &pki).await;
     let http = http_client(&pki);
     let a = create(&hub, &http, None).await;
     let b = create(&hub, &http, None).await;
@@ -202,8 +202,8 @@ async fn consumers_without_a_valid_token_get_401_or_403_and_no_data() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_transitions_are_409_unknown_deliveries_404_and_keys_replay() {
     let dir = TestDir::new("api");
-    let pki = Pki::new(&dir.0);
-    let hub = start(&dir.0, &pki).await;
+    let pki = Pki::new(&dir);
+    let hub = start(&dir, &pki).await;
     let http = http_client(&pki);
     let d = create(&hub, &http, None).await;
     let id = d.delivery_id;
@@ -317,8 +317,8 @@ async fn refused_transitions_are_409_unknown_deliveries_404_and_keys_replay() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_status_events_survive_a_restart_and_resume_after_last_event_seq() {
     let dir = TestDir::new("restart");
-    let pki = Pki::new(&dir.0);
-    let hub = start(&dir.0, &pki).await;
+    let pki = Pki::new(&dir);
+    let hub = start(&dir, &pki).await;
     let http = http_client(&pki);
     let d = create(&hub, &http, None).await;
     let id = d.delivery_id;
@@ -335,7 +335,7 @@ async fn acknowledged_status_events_survive_a_restart_and_resume_after_last_even
         .await
         .expect("hub stops");
 
-    let hub = start(&dir.0, &pki).await;
+    let hub = start(&dir, &pki).await;
     let r = http
         .get(url(&hub, &format!("/api/v1/tracking/{id}/status")))
         .bearer_auth(&d.tracking_token)
@@ -428,8 +428,8 @@ async fn acknowledged_status_events_survive_a_restart_and_resume_after_last_even
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edges_without_a_cluster_certificate_are_refused() {
     let dir = TestDir::new("mtls");
-    let pki = Pki::new(&dir.0);
-    let hub = start(&dir.0, &pki).await;
+    let pki = Pki::new(&dir);
+    let hub = start(&dir, &pki).await;
     let client =
         certs::client_config_with_roots(pki.ca(), &[protocol::ALPN_HUB], certs::TlsFor::Quic)
             .expect("tls");
@@ -456,10 +456,10 @@ async fn edges_without_a_cluster_certificate_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumers_hear_when_the_driver_goes_silent() {
     let dir = TestDir::new("silent");
-    let pki = Pki::new(&dir.0);
+    let pki = Pki::new(&dir);
     let hub = start_with(HubConfig {
         location_unavailable_after_s: 1,
-        ..config(&dir.0, &pki)
+        ..config(&dir, &pki)
     })
     .await;
     let http = http_client(&pki);
@@ -537,8 +537,8 @@ async fn api_error(req: reqwest::RequestBuilder) -> (u16, ApiError) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_paths_queries_bodies_routes_and_methods_answer_json_api_errors() {
     let dir = TestDir::new("api-errors");
-    let pki = Pki::new(&dir.0);
-    let hub = start(&dir.0, &pki).await;
+    let pki = Pki::new(&dir);
+    let hub = start(&dir, &pki).await;
     let http = http_client_unpooled(&pki);
     let op = hub.mint_token(Subject::Operator, 600);
 
@@ -615,8 +615,8 @@ async fn rejected_paths_queries_bodies_routes_and_methods_answer_json_api_errors
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_served_description_lists_exactly_the_methods_each_path_takes() {
     let dir = TestDir::new("openapi");
-    let pki = Pki::new(&dir.0);
-    let hub = start(&dir.0, &pki).await;
+    let pki = Pki::new(&dir);
+    let hub = start(&dir, &pki).await;
     let http = http_client_unpooled(&pki);
     let r = http
         .get(url(&hub, "/api/v1/openapi.json"))
@@ -667,8 +667,8 @@ async fn the_served_description_lists_exactly_the_methods_each_path_takes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webtransport_handshakes_are_retried_then_refused_past_the_gate() {
     let dir = TestDir::new("wt-gate");
-    let pki = Pki::new(&dir.0);
-    let mut config = config(&dir.0, &pki);
+    let pki = Pki::new(&dir);
+    let mut config = config(&dir, &pki);
     config.webtransport_handshakes = nodekit::HandshakeGateConfig {
         max_in_flight: 8,
         retry_above_in_flight: 0,

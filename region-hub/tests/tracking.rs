@@ -64,8 +64,8 @@ fn path_to(s: DeliveryStatus) -> &'static [DeliveryStatus] {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_invalid_transition_is_refused_with_409_and_leaves_the_log_unchanged() {
     let dir = TestDir::new("transitions");
-    let pki = Pki::new(&dir.0);
-    let hub = start(&dir.0, &pki).await;
+    let pki = Pki::new(&dir);
+    let hub = start(&dir, &pki).await;
     let http = http_client(&pki);
     let mut refused = 0;
     for from in DeliveryStatus::ALL {
@@ -111,8 +111,8 @@ async fn every_invalid_transition_is_refused_with_409_and_leaves_the_log_unchang
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_keep_their_source_and_metadata_in_the_log_and_on_resume() {
     let dir = TestDir::new("metadata");
-    let pki = Pki::new(&dir.0);
-    let hub = start(&dir.0, &pki).await;
+    let pki = Pki::new(&dir);
+    let hub = start(&dir, &pki).await;
     let http = http_client(&pki);
     let d = create(&hub, &http, Some(7)).await;
     let op = hub.mint_token(Subject::Operator, 600);
@@ -180,8 +180,8 @@ async fn events_keep_their_source_and_metadata_in_the_log_and_on_resume() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn geofences_move_the_order_to_picked_up_en_route_and_arriving() {
     let dir = TestDir::new("geofence");
-    let pki = Pki::new(&dir.0);
-    let hub = start(&dir.0, &pki).await;
+    let pki = Pki::new(&dir);
+    let hub = start(&dir, &pki).await;
     let http = http_client(&pki);
     let d = create(&hub, &http, Some(7)).await;
     let mut ws = ws_connect(
@@ -288,8 +288,8 @@ async fn ws_path(hub: &HubHandle, pki: &Pki, path: &str) -> Result<OpWs, u16> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stationary_and_moving_away_drivers_are_stored_counted_listed_and_streamed() {
     let dir = TestDir::new("anomaly");
-    let pki = Pki::new(&dir.0);
-    let hub = start(&dir.0, &pki).await;
+    let pki = Pki::new(&dir);
+    let hub = start(&dir, &pki).await;
     let http = http_client(&pki);
     let d = create(&hub, &http, Some(8)).await;
     let op = hub.mint_token(Subject::Operator, 600);
@@ -392,8 +392,8 @@ async fn stationary_and_moving_away_drivers_are_stored_counted_listed_and_stream
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_accepted_fix_is_stored_and_history_pages_through_breadcrumbs_and_events() {
     let dir = TestDir::new("history");
-    let pki = Pki::new(&dir.0);
-    let hub = start(&dir.0, &pki).await;
+    let pki = Pki::new(&dir);
+    let hub = start(&dir, &pki).await;
     let http = http_client(&pki);
     let d = create(&hub, &http, Some(9)).await;
     let other = create(&hub, &http, None).await;
@@ -497,10 +497,10 @@ async fn every_accepted_fix_is_stored_and_history_pages_through_breadcrumbs_and_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_eta_keeps_counting_down_while_the_location_is_unavailable() {
     let dir = TestDir::new("countdown");
-    let pki = Pki::new(&dir.0);
+    let pki = Pki::new(&dir);
     let hub = start_with(HubConfig {
         location_unavailable_after_s: 1,
-        ..config(&dir.0, &pki)
+        ..config(&dir, &pki)
     })
     .await;
     let http = http_client(&pki);
@@ -581,8 +581,8 @@ fn multipart(parts: &[Part<'_>]) -> (String, Vec<u8>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn photo_proof_is_checked_stored_and_marks_the_order_delivered() {
     let dir = TestDir::new("proof");
-    let pki = Pki::new(&dir.0);
-    let mut cfg = config(&dir.0, &pki);
+    let pki = Pki::new(&dir);
+    let mut cfg = config(&dir, &pki);
     cfg.proof.max_bytes = 4096;
     let hub = start_with(cfg).await;
     // Uploads below are refused before their bodies are read: one connection each.
@@ -726,7 +726,7 @@ async fn photo_proof_is_checked_stored_and_marks_the_order_delivered() {
     assert_eq!(r.status(), 200);
     let again: ProofAccepted = r.json().await.expect("json");
     assert_eq!((again.event_seq, again.replayed), (4, true));
-    let blob = dir.0.join(format!("data/proofs/{}.jpg", ok.sha256));
+    let blob = dir.join(format!("data/proofs/{}.jpg", ok.sha256));
     assert_eq!(std::fs::read(&blob).expect("blob"), jpeg);
     // A different photo after delivery is a conflict.
     let (lat2, lng2) = (near.lat.to_string(), near.lng.to_string());
@@ -765,8 +765,8 @@ async fn photo_proof_is_checked_stored_and_marks_the_order_delivered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proof_taken_at_the_door_is_not_flagged_and_gps_may_come_as_json() {
     let dir = TestDir::new("proof-near");
-    let pki = Pki::new(&dir.0);
-    let hub = start(&dir.0, &pki).await;
+    let pki = Pki::new(&dir);
+    let hub = start(&dir, &pki).await;
     let http = http_client(&pki);
     let d = create(&hub, &http, Some(5)).await;
     let id = d.delivery_id;
@@ -856,8 +856,8 @@ async fn start_recording(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registered_devices_get_a_push_at_each_milestone_and_survive_a_restart() {
     let dir = TestDir::new("push");
-    let pki = Pki::new(&dir.0);
-    let (hub, mut pushes) = start_recording(config(&dir.0, &pki)).await;
+    let pki = Pki::new(&dir);
+    let (hub, mut pushes) = start_recording(config(&dir, &pki)).await;
     let http = http_client(&pki);
     let a = create(&hub, &http, None).await;
     let b = create(&hub, &http, None).await;
@@ -926,7 +926,7 @@ async fn registered_devices_get_a_push_at_each_milestone_and_survive_a_restart()
     stop(hub).await;
 
     // The registration of `b` is durable: after a restart its first milestone is pushed.
-    let (hub, mut pushes) = start_recording(config(&dir.0, &pki)).await;
+    let (hub, mut pushes) = start_recording(config(&dir, &pki)).await;
     assert_eq!(
         change(&hub, &http, b.delivery_id, DriverAssigned, Some(4), None)
             .await

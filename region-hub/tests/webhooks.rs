@@ -395,9 +395,9 @@ const PATH: [DeliveryStatus; 6] = [
 async fn sigkill_while_webhooks_fail_loses_nothing_and_each_event_arrives_once_after_dedupe() {
     certs::install_default_crypto_provider();
     let dir = TestDir::new("webhooks-crash");
-    let pki = Pki::new(&dir.0);
+    let pki = Pki::new(&dir);
     let receiver = Receiver::start(&pki, FLAKY).await;
-    let data = dir.0.join("data");
+    let data = dir.join("data");
     let key_path = data.join("token.pk8");
     let signer: TokenSigner =
         region_hub::load_or_create_signing_key(&key_path, 1).expect("signing key");
@@ -413,7 +413,7 @@ async fn sigkill_while_webhooks_fail_loses_nothing_and_each_event_arrives_once_a
         webhooks: fast_webhooks(&pki, vec![subscription("orders", receiver.url("/hook"))]),
         ..HubConfig::default()
     };
-    let config_path = dir.0.join("hub.toml");
+    let config_path = dir.join("hub.toml");
     std::fs::write(&config_path, toml::to_string(&config).expect("toml")).expect("write config");
     let op = signer.sign(Subject::Operator, nodekit::unix_s(), 3_600);
     let http = http_client(&pki);
@@ -541,9 +541,9 @@ async fn sigkill_while_webhooks_fail_loses_nothing_and_each_event_arrives_once_a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_webhooks_are_dead_lettered_visible_in_the_api_and_metrics_and_can_be_redriven() {
     let dir = TestDir::new("webhooks-dead");
-    let pki = Pki::new(&dir.0);
+    let pki = Pki::new(&dir);
     let receiver = Receiver::start(&pki, ALWAYS_500).await;
-    let mut config = support::config(&dir.0, &pki);
+    let mut config = support::config(&dir, &pki);
     config.webhooks = WebhookConfig {
         dead_letter_after_s: 1,
         ..fast_webhooks(
@@ -624,9 +624,9 @@ async fn failing_webhooks_are_dead_lettered_visible_in_the_api_and_metrics_and_c
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operator_api_manages_subscriptions_without_ever_returning_the_secret() {
     let dir = TestDir::new("webhooks-api");
-    let pki = Pki::new(&dir.0);
+    let pki = Pki::new(&dir);
     let receiver = Receiver::start(&pki, SUCCEED).await;
-    let mut config = support::config(&dir.0, &pki);
+    let mut config = support::config(&dir, &pki);
     config.webhooks = fast_webhooks(&pki, Vec::new());
     let hub = support::start_with(config).await;
     let http = http_client(&pki);
@@ -775,11 +775,11 @@ fn cluster_hub_config(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_webhooks_follow_a_delivery_to_its_successor_when_the_owner_goes_away() {
     let dir = TestDir::new("webhooks-cluster");
-    let pki = Pki::new(&dir.0);
+    let pki = Pki::new(&dir);
     let receiver = Receiver::start(&pki, ALWAYS_500).await;
     let hooks = fast_webhooks(&pki, vec![subscription("orders", receiver.url("/hook"))]);
     let a = support::start_with(cluster_hub_config(
-        &dir.0,
+        &dir,
         &pki,
         "hub-a",
         vec![],
@@ -788,7 +788,7 @@ async fn pending_webhooks_follow_a_delivery_to_its_successor_when_the_owner_goes
     .await;
     let seed = a.cluster().expect("cluster").gossip.advertise_addr();
     let b = support::start_with(cluster_hub_config(
-        &dir.0,
+        &dir,
         &pki,
         "hub-b",
         vec![seed],

@@ -13,7 +13,7 @@ use protocol::wire::{EdgeToHub, Fix, HubToEdge, RoutedFix};
 use protocol::{DeliveryId, DriverId};
 use region_hub::{HubConfig, HubHandle};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncBufReadExt;
@@ -23,62 +23,8 @@ pub const WAIT: Duration = Duration::from_secs(10);
 pub const PICKUP: LatLng = LatLng::new(60.170, 24.940);
 pub const DROPOFF: LatLng = LatLng::new(60.175, 24.950);
 
-/// A temp directory with a dev PKI, removed on drop.
-pub struct TestDir(pub PathBuf);
-
-impl TestDir {
-    pub fn new(name: &str) -> Self {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static N: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "trackline-hub-it-{}-{}-{name}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create test dir");
-        Self(dir)
-    }
-}
-
-impl Drop for TestDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-pub struct Pki {
-    pub pki: certs::DevPki,
-    pub dir: PathBuf,
-}
-
-impl Pki {
-    pub fn new(dir: &Path) -> Self {
-        let pki_dir = dir.join("pki");
-        let pki = certs::DevPki::load_or_create(&pki_dir).expect("dev pki");
-        Self { pki, dir: pki_dir }
-    }
-
-    pub fn sans() -> Vec<String> {
-        vec!["localhost".into(), "127.0.0.1".into()]
-    }
-
-    pub fn node(&self, name: &str, role: certs::NodeRole) -> nodekit::TlsFiles {
-        let (cert, key) =
-            certs::NodeCert::load_or_issue(&self.pki, &self.dir, name, &Self::sans(), role)
-                .map(|_| certs::NodeCert::paths(&self.dir, name))
-                .expect("issue");
-        nodekit::TlsFiles {
-            cert,
-            key,
-            ca: self.dir.join("ca.pem"),
-        }
-    }
-
-    pub fn ca(&self) -> Vec<rustls::pki_types::CertificateDer<'static>> {
-        vec![self.pki.ca_cert_der()]
-    }
-}
+/// A temp directory (removed on drop) and a dev PKI in it: shared with the other crates' tests.
+pub use testkit::{Pki, TestDir};
 
 pub fn config(dir: &Path, pki: &Pki) -> HubConfig {
     let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
