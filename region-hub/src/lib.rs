@@ -259,7 +259,7 @@ pub async fn spawn_with_notifier(
     store.ensure_history_tables()?;
     plans::ensure_tables(&store)?;
     store.sync_configured_webhooks(&config.webhooks.subscriptions)?;
-    let webhook_client = webhooks::sender::http_client(
+    let webhook_client = serve::webhook_sender::http_client(
         config.webhooks.ca.as_deref(),
         Duration::from_millis(config.webhooks.request_timeout_ms),
     )?;
@@ -526,13 +526,13 @@ pub async fn spawn_with_notifier(
     {
         // Only the hub that owns a delivery sends its webhooks (a single hub owns all).
         let owner = hub.clone();
-        let owns: webhooks::sender::Owns =
+        let owns: serve::webhook_sender::Owns =
             Arc::new(move |id: protocol::DeliveryId| owner.cluster().is_none_or(|c| c.is_mine(id)));
         tasks.push((
             "webhook sender",
-            webhooks::sender::spawn_webhook_sender(
+            serve::webhook_sender::spawn_webhook_sender(
                 hub.store().clone(),
-                webhooks::sender::SenderConfig::from_config(&config.webhooks),
+                serve::webhook_sender::SenderConfig::from_config(&config.webhooks),
                 webhook_client,
                 webhook_metrics,
                 owns,

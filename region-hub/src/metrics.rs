@@ -315,7 +315,7 @@ impl Drop for ConsumerGauge {
     }
 }
 
-/// Metrics of webhook delivery (`webhooks::sender`).
+/// Metrics of webhook delivery (`serve::webhook_sender`).
 #[derive(Debug, Default)]
 pub struct WebhookMetrics {
     /// Webhooks answered with a 2xx.

@@ -1,8 +1,10 @@
-//! Consumer transports and the HTTP API: WebSocket, WebTransport, REST, the web pages.
+//! Bytes to and from the outside: consumer transports (WebSocket, WebTransport), the HTTP API,
+//! the web pages, and the webhook sender (the order service's side of the outbox).
 
 pub mod api;
 pub mod hooks;
 pub(crate) mod http;
 pub(crate) mod respond;
 pub mod web;
+pub mod webhook_sender;
 pub mod wt;

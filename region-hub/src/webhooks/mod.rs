@@ -1,10 +1,10 @@
-//! Signed webhooks from a durable outbox: subscriptions, the outbox rows written with each
-//! commit (`durable::outbox`), the sans-IO [`dispatch::Dispatcher`] deciding what to send and
-//! when, the HMAC signature, and the task that moves the bytes (`docs/operations.md`,
-//! *Webhooks*).
+//! Signed webhooks from a durable outbox, the decisions and types: subscriptions, the sans-IO
+//! [`dispatch::Dispatcher`] deciding what to send and when, and the HMAC signature. The outbox
+//! rows are written with each commit by `durable::outbox`; the task that moves the bytes is
+//! `serve::webhook_sender` (`docs/operations.md`, *Webhooks*). This module depends on no other
+//! module of the hub.
 
 pub mod dispatch;
-pub mod sender;
 pub mod sign;
 pub mod subscription;
 
