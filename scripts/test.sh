@@ -14,6 +14,9 @@ bash scripts/setup.sh
 stage "format"
 cargo fmt --all -- --check
 
+stage "region-hub module layout (no cycles between its top-level modules)"
+python3 scripts/module-cycles.py region-hub/src
+
 stage "clippy"
 cargo clippy --workspace --all-targets --release -- -D warnings
 
