@@ -7,4 +7,4 @@ pub mod eta;
 pub mod fanout;
 pub mod geofence;
 pub mod proof;
-pub(crate) mod shards;
+pub mod shards;

@@ -93,7 +93,7 @@ pub struct Committed {
 }
 
 /// The sharded state.
-pub(crate) struct Shards {
+pub struct Shards {
     shards: Box<[Mutex<Shard>]>,
     /// Driver -> bit set of the shards holding its active deliveries.
     routing: RwLock<HashMap<DriverId, u64>>,
