@@ -32,33 +32,7 @@ where
 }
 
 fn hub_config(dir: &std::path::Path, pki: &Pki, name: &str, seeds: Vec<SocketAddr>) -> HubConfig {
-    let mut c = config(&dir.join(name), pki);
-    c.hub_id = name.into();
-    c.tls = pki.node(name, certs::NodeRole::Hub);
-    // One order service: every hub signs and trusts the same key.
-    c.token_signing_key = dir.join("token.pk8");
-    c.cluster = Some(cluster::ClusterConfig {
-        node_id: name.into(),
-        role: cluster::Role::Hub,
-        region: "eu".into(),
-        seeds,
-        profile: cluster::Profile::Fast,
-        expected_nodes: 4,
-        gossip: cluster::GossipConfig {
-            bind_addr: ([127, 0, 0, 1], 0).into(),
-            reconnect_backoff_ms: 100,
-            ..cluster::GossipConfig::default()
-        },
-        control: cluster::ControlConfig {
-            cluster_id: "trackline-eu-test".into(),
-            gossip_interval_ms: 50,
-            ..cluster::ControlConfig::default()
-        },
-        ..cluster::ClusterConfig::default()
-    });
-    c.cluster_hub.rebalance_interval_ms = 200;
-    c.cluster_hub.join_grace_ms = 100;
-    c
+    cluster_hub_config(dir, pki, name, seeds, "trackline-eu-test")
 }
 
 struct Three {

@@ -12,14 +12,11 @@ use protocol::token::{Subject, TokenSigner};
 use protocol::{DeliveryId, DriverId};
 use region_hub::HubConfig;
 use std::collections::{BTreeMap, HashMap};
-use std::io::BufRead;
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use support::{http_client, Pki, TestDir, DROPOFF, PICKUP, WAIT};
+use support::{http_client, HubProcess, Pki, TestDir, DROPOFF, PICKUP, WAIT};
 use tokio_tungstenite::tungstenite::Message;
 
 /// Deliveries driven concurrently, and the statuses each goes through after creation.
@@ -35,84 +32,6 @@ const PATH: [DeliveryStatus; 6] = [
 ];
 /// The hub is killed once this many status changes were acknowledged.
 const KILL_AFTER_ACKS: usize = 90;
-
-/// The hub binary running as a child process; killed with SIGKILL when dropped.
-struct HubProcess {
-    child: Child,
-    https: SocketAddr,
-}
-
-impl HubProcess {
-    fn start(config: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_region-hub"))
-            .arg("--config")
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start region-hub");
-        let log = child.stderr.take().expect("stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
-        // Reads the log until the start line, then keeps draining it so the hub never blocks.
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in std::io::BufReader::new(log).lines() {
-                let Ok(line) = line else { break };
-                let line = strip_ansi(&line);
-                if line.contains("hub started") {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(line);
-                    }
-                }
-            }
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the hub logs its start");
-        let https = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("https="))
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no https address in {line:?}"));
-        Self { child, https }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("https://localhost:{}{path}", self.https.port())
-    }
-
-    /// SIGKILL: no shutdown path runs.
-    fn kill(mut self) {
-        self.child.kill().expect("SIGKILL");
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for HubProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;

@@ -14,14 +14,11 @@ use region_hub::webhooks::sign;
 use region_hub::webhooks::{EventKind, Subscription};
 use region_hub::HubConfig;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::BufRead;
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use support::{http_client, Pki, TestDir, DROPOFF, PICKUP};
+use support::{http_client, metric, metrics_page, HubProcess, Pki, TestDir, DROPOFF, PICKUP};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SECRET: &str = "test-secret-0123456789";
@@ -301,85 +298,6 @@ fn fast_webhooks(pki: &Pki, subscriptions: Vec<Subscription>) -> WebhookConfig {
         max_in_flight: 8,
         ca: Some(pki.dir.join("ca.pem")),
     }
-}
-
-/// The hub binary as a child process; SIGKILLed when dropped.
-struct HubProcess {
-    child: Child,
-    https: SocketAddr,
-    admin: SocketAddr,
-}
-
-impl HubProcess {
-    fn start(config: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_region-hub"))
-            .arg("--config")
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start region-hub");
-        let log = child.stderr.take().expect("stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in std::io::BufReader::new(log).lines() {
-                let Ok(line) = line else { break };
-                if line.contains("hub started") {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(line);
-                    }
-                }
-            }
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the hub logs its start");
-        let addr = |name: &str| -> SocketAddr {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(name))
-                .and_then(|a| a.parse().ok())
-                .unwrap_or_else(|| panic!("no {name} address in {line:?}"))
-        };
-        Self {
-            https: addr("https="),
-            admin: addr("admin="),
-            child,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("https://localhost:{}{path}", self.https.port())
-    }
-
-    fn kill(mut self) {
-        self.child.kill().expect("SIGKILL");
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for HubProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A metric's value in a Prometheus text page.
-fn metric(page: &str, name: &str) -> Option<f64> {
-    page.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
-async fn metrics_page(admin: SocketAddr) -> String {
-    reqwest::get(format!("http://{admin}/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text")
 }
 
 const PATH: [DeliveryStatus; 6] = [
@@ -735,65 +653,26 @@ fn kinds_serialize_as_documented() {
     );
 }
 
-/// A clustered hub's config (as `tests/cluster.rs` makes them) with `webhooks`.
-fn cluster_hub_config(
-    dir: &Path,
-    pki: &Pki,
-    name: &str,
-    seeds: Vec<SocketAddr>,
-    webhooks: WebhookConfig,
-) -> HubConfig {
-    let mut c = support::config(&dir.join(name), pki);
-    c.hub_id = name.into();
-    c.tls = pki.node(name, certs::NodeRole::Hub);
-    c.token_signing_key = dir.join("token.pk8");
-    c.cluster = Some(cluster::ClusterConfig {
-        node_id: name.into(),
-        role: cluster::Role::Hub,
-        region: "eu".into(),
-        seeds,
-        profile: cluster::Profile::Fast,
-        expected_nodes: 4,
-        gossip: cluster::GossipConfig {
-            bind_addr: ([127, 0, 0, 1], 0).into(),
-            reconnect_backoff_ms: 100,
-            ..cluster::GossipConfig::default()
-        },
-        control: cluster::ControlConfig {
-            cluster_id: "trackline-eu-webhooks".into(),
-            gossip_interval_ms: 50,
-            ..cluster::ControlConfig::default()
-        },
-        ..cluster::ClusterConfig::default()
-    });
-    c.cluster_hub.rebalance_interval_ms = 200;
-    c.cluster_hub.join_grace_ms = 100;
-    c.webhooks = webhooks;
-    c
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_webhooks_follow_a_delivery_to_its_successor_when_the_owner_goes_away() {
     let dir = TestDir::new("webhooks-cluster");
     let pki = Pki::new(&dir);
     let receiver = Receiver::start(&pki, ALWAYS_500).await;
     let hooks = fast_webhooks(&pki, vec![subscription("orders", receiver.url("/hook"))]);
-    let a = support::start_with(cluster_hub_config(
-        &dir,
-        &pki,
-        "hub-a",
-        vec![],
-        hooks.clone(),
-    ))
+    let a = support::start_with({
+        let mut c =
+            support::cluster_hub_config(&dir, &pki, "hub-a", vec![], "trackline-eu-webhooks");
+        c.webhooks = hooks.clone();
+        c
+    })
     .await;
     let seed = a.cluster().expect("cluster").gossip.advertise_addr();
-    let b = support::start_with(cluster_hub_config(
-        &dir,
-        &pki,
-        "hub-b",
-        vec![seed],
-        hooks.clone(),
-    ))
+    let b = support::start_with({
+        let mut c =
+            support::cluster_hub_config(&dir, &pki, "hub-b", vec![seed], "trackline-eu-webhooks");
+        c.webhooks = hooks.clone();
+        c
+    })
     .await;
     let mut hubs = vec![Some(a), Some(b)];
     let deadline = tokio::time::Instant::now() + PATIENCE;

@@ -331,3 +331,143 @@ pub fn status_seq(f: &ConsumerFrame) -> Option<(u64, DeliveryStatus)> {
         _ => None,
     }
 }
+
+/// The hub binary as a child process (`--config <path>`); SIGKILLed when dropped.
+pub struct HubProcess {
+    child: std::process::Child,
+    pub https: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl HubProcess {
+    /// Starts the binary and waits for its start line, which names its addresses.
+    pub fn start(config: &Path) -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_region-hub"))
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start region-hub");
+        let log = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Reads the log until the start line, then keeps draining it so the hub never blocks.
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in std::io::BufReader::new(log).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("hub started") {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(strip_ansi(&line));
+                    }
+                }
+            }
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the hub logs its start");
+        let addr = |name: &str| -> SocketAddr {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| panic!("no {name} address in {line:?}"))
+        };
+        Self {
+            https: addr("https="),
+            admin: addr("admin="),
+            child,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.https.port())
+    }
+
+    /// SIGKILL: no shutdown path runs.
+    pub fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for HubProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `s` without ANSI escape sequences (log lines may be coloured).
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A clustered hub's config: `name` is its node id and certificate name, `seeds` the gossip
+/// seeds, `cluster_id` keeps one test's cluster apart from another's. Every hub of a test
+/// signs and trusts the same token key (one order service).
+pub fn cluster_hub_config(
+    dir: &Path,
+    pki: &Pki,
+    name: &str,
+    seeds: Vec<SocketAddr>,
+    cluster_id: &str,
+) -> HubConfig {
+    let mut c = config(&dir.join(name), pki);
+    c.hub_id = name.into();
+    c.tls = pki.node(name, certs::NodeRole::Hub);
+    c.token_signing_key = dir.join("token.pk8");
+    c.cluster = Some(cluster::ClusterConfig {
+        node_id: name.into(),
+        role: cluster::Role::Hub,
+        region: "eu".into(),
+        seeds,
+        profile: cluster::Profile::Fast,
+        expected_nodes: 4,
+        gossip: cluster::GossipConfig {
+            bind_addr: ([127, 0, 0, 1], 0).into(),
+            reconnect_backoff_ms: 100,
+            ..cluster::GossipConfig::default()
+        },
+        control: cluster::ControlConfig {
+            cluster_id: cluster_id.into(),
+            gossip_interval_ms: 50,
+            ..cluster::ControlConfig::default()
+        },
+        ..cluster::ClusterConfig::default()
+    });
+    c.cluster_hub.rebalance_interval_ms = 200;
+    c.cluster_hub.join_grace_ms = 100;
+    c
+}
+
+/// A metric's value in a Prometheus text page (`name` with its labels, if any).
+pub fn metric(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// The admin listener's /metrics page.
+pub async fn metrics_page(admin: SocketAddr) -> String {
+    reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text")
+}
