@@ -87,7 +87,6 @@ fn main() {
     // Deliveries between random road nodes 1.5-5 km apart; each driver starts at its pickup.
     let mut rng = StdRng::seed_from_u64(7);
     let nodes = graph.nodes();
-    let consumer = Arc::new(CountingConsumer::default());
     let mut tracks = Vec::with_capacity(deliveries);
     let mut subscriptions = Vec::with_capacity(deliveries);
     while tracks.len() < deliveries {
@@ -111,6 +110,8 @@ fn main() {
             .expect("created");
         queued.expect("queued");
         shards.commit(&entry);
+        // One consumer per delivery, as each has its own connection.
+        let consumer = Arc::new(CountingConsumer::default());
         let (_, sub) = shards
             .open(
                 entry.delivery_id,
@@ -119,7 +120,7 @@ fn main() {
                 Some(consumer.clone()),
             )
             .expect("subscribed");
-        subscriptions.push(sub);
+        subscriptions.push((sub, consumer));
         tracks.push((driver, route));
     }
 
@@ -200,7 +201,10 @@ fn main() {
     });
     let wall = started.elapsed().as_secs_f64();
     let cpu = cpu_s() - before_cpu;
-    drop(subscriptions);
+    let datagram_bytes: u64 = subscriptions
+        .iter()
+        .map(|(_, c)| c.0.load(Ordering::Relaxed))
+        .sum();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "shard_throughput deliveries={deliveries} shards={} threads={threads} cores_allowed={cores} \
@@ -209,6 +213,6 @@ fn main() {
         shards.count(),
         applied as f64 / wall,
         applied as f64 / cpu.max(1e-9),
-        consumer.0.load(Ordering::Relaxed),
+        datagram_bytes,
     );
 }

@@ -9,7 +9,9 @@
 //!
 //! Two things are shared by every shard:
 //! - the speed model, read-only while a batch of fixes is handled; what the batch taught is
-//!   applied afterwards (`roadnet::SpeedSample`), under a short write lock;
+//!   applied afterwards (`roadnet::SpeedSample`) under a short write lock that a worker never
+//!   waits for: while another shard reads the model, the samples stay with the shard until
+//!   its next batch;
 //! - the routing index from a driver to the shards holding its active deliveries, kept up to
 //!   date from each shard's own index ([`Deliveries::drain_routing_changes`]) and read once per
 //!   batch of fixes to split it.
@@ -37,9 +39,14 @@ pub const MAX_SHARDS: usize = 64;
 /// Live data of the speed model is pruned after this many applied samples.
 const PRUNE_EVERY_SAMPLES: u64 = 50_000;
 
+/// Speed samples a shard keeps while the shared model is busy, before it waits for it.
+const MAX_UNLEARNT: usize = 4_096;
+
 struct Shard {
     core: Deliveries,
     fanout: Fanout,
+    /// Speed samples learnt here and not yet in the shared model (it was busy).
+    unlearnt: Vec<SpeedSample>,
 }
 
 /// The fixes of one batch that concern one shard.
@@ -128,6 +135,7 @@ impl Shards {
                     Mutex::new(Shard {
                         core: core(),
                         fanout: Fanout::new(consumer_queue),
+                        unlearnt: Vec::new(),
                     })
                 })
                 .collect(),
@@ -367,18 +375,17 @@ impl Shards {
         let Some(lock) = self.shards.get(k) else {
             return;
         };
-        let samples = {
-            let mut shard = lock.lock();
-            let speeds = self.speeds.read();
-            for (fix, learn) in &batch.fixes {
-                let out = shard.core.handle_fix(now_ms, fix, &speeds, *learn);
-                self.publish_fix(&mut shard, out, &mut submit, effects);
-            }
-            drop(speeds);
-            self.sync_routing(k, &mut shard);
-            shard.core.eta_model_mut().take_samples()
-        };
-        self.learn(&samples, now_ms);
+        let mut shard = lock.lock();
+        let speeds = self.speeds.read();
+        for (fix, learn) in &batch.fixes {
+            let out = shard.core.handle_fix(now_ms, fix, &speeds, *learn);
+            self.publish_fix(&mut shard, out, &mut submit, effects);
+        }
+        drop(speeds);
+        self.sync_routing(k, &mut shard);
+        let Shard { core, unlearnt, .. } = &mut *shard;
+        unlearnt.extend(core.eta_model_mut().take_samples());
+        self.learn(unlearnt, now_ms);
     }
 
     fn publish_fix<E: std::fmt::Display>(
@@ -425,19 +432,27 @@ impl Shards {
         }
     }
 
-    /// Applies speed samples to the shared model.
-    fn learn(&self, samples: &[SpeedSample], now_ms: u64) {
+    /// Moves a shard's speed samples into the shared model, without waiting for it: while
+    /// another shard holds it the samples stay with the shard for its next batch (a worker
+    /// waiting here for another's batch to end would serialise the workers), unless
+    /// [`MAX_UNLEARNT`] have piled up.
+    fn learn(&self, samples: &mut Vec<SpeedSample>, now_ms: u64) {
         if samples.is_empty() {
             return;
         }
+        let mut speeds = match self.speeds.try_write() {
+            Some(w) => w,
+            None if samples.len() < MAX_UNLEARNT => return,
+            None => self.speeds.write(),
+        };
         let before = self
             .applied_samples
             .fetch_add(samples.len() as u64, Ordering::Relaxed);
-        let mut speeds = self.speeds.write();
         speeds.apply(samples);
         if before / PRUNE_EVERY_SAMPLES != (before + samples.len() as u64) / PRUNE_EVERY_SAMPLES {
             speeds.prune_live(now_ms as f64 / 1000.0);
         }
+        samples.clear();
     }
 
     // ---- periodic work
@@ -449,7 +464,7 @@ impl Shards {
         let mut expired = Vec::new();
         for k in 0..self.shards.len() {
             let mut shard = self.shards[k].lock();
-            let Shard { core, fanout } = &mut *shard;
+            let Shard { core, fanout, .. } = &mut *shard;
             for frame in core.tick(now_ms) {
                 let id = match &frame {
                     ConsumerFrame::LocationUnavailable { delivery_id, .. } => *delivery_id,
@@ -595,6 +610,33 @@ mod tests {
             fix: Fix::from_units(1, ts_ms, PICKUP.lat, PICKUP.lng, 0.0, speed_mps, 5.0),
             edge_rx_ms: ts_ms,
         }
+    }
+
+    #[test]
+    fn a_worker_does_not_wait_for_the_speed_model_and_keeps_what_it_learnt_until_it_is_free() {
+        let s = shards(2);
+        let cell = roadnet::cell_of(PICKUP).expect("cell");
+        let sample = SpeedSample::Historical {
+            cell,
+            hour_of_week: 10,
+            speed_mps: 9.0,
+        };
+        let mut pending = vec![sample.clone(); 3];
+        assert!(3 < MAX_UNLEARNT);
+        {
+            // Another worker is reading the model: the samples stay with the shard.
+            let _reader = s.speeds.read();
+            s.learn(&mut pending, T0);
+            assert_eq!(pending.len(), 3);
+        }
+        assert!(s.export_speeds().is_empty());
+        // Free again: they are applied, with the next ones.
+        pending.push(sample.clone());
+        s.learn(&mut pending, T0);
+        assert!(pending.is_empty());
+        let rows = s.export_speeds();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].3, 4, "all four samples counted once");
     }
 
     #[test]
