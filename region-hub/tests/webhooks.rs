@@ -6,8 +6,10 @@
 mod support;
 
 use protocol::api::{ChangeStatus, CreateDelivery, DeliveryCreated, StatusChanged};
+use protocol::geo::destination;
 use protocol::status::DeliveryStatus::{self, *};
 use protocol::token::{Subject, TokenSigner};
+use protocol::wire::{Fix, RoutedFix};
 use protocol::DriverId;
 use region_hub::config::WebhookConfig;
 use region_hub::webhooks::sign;
@@ -537,6 +539,76 @@ async fn failing_webhooks_are_dead_lettered_visible_in_the_api_and_metrics_and_c
         .is_empty());
     hub.shutdown();
     hub.join().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anomaly_from_the_drivers_fixes_arrives_once_signed_and_only_where_subscribed() {
+    let dir = TestDir::new("webhooks-anomaly");
+    let pki = Pki::new(&dir);
+    let receiver = Receiver::start(&pki, SUCCEED).await;
+    let mut ops = subscription("ops", receiver.url("/ops"));
+    ops.kinds = vec![EventKind::Anomaly];
+    let mut orders = subscription("orders", receiver.url("/orders"));
+    orders.kinds = vec![EventKind::Status];
+    let mut config = support::config(&dir, &pki);
+    config.webhooks = fast_webhooks(&pki, vec![ops, orders]);
+    let hub = support::start_with(config).await;
+    let http = http_client(&pki);
+    let d = support::create(&hub, &http, Some(8)).await;
+
+    // Parked 600 m west of the pickup (far from both stops) for 5.5 minutes: one stationary
+    // anomaly, detected by the hub from the fixes that come through the edge link.
+    let spot = destination(PICKUP, 270.0, 600.0);
+    let t0 = nodekit::unix_ms() - 900_000;
+    let fixes = (0..=11u64)
+        .map(|i| {
+            let at = destination(spot, (i * 77 % 360) as f64, (i % 2) as f64 * 5.0);
+            RoutedFix {
+                driver_id: DriverId(8),
+                fix: Fix::from_units(
+                    i as u32 + 1,
+                    t0 + i * 30_000,
+                    at.lat,
+                    at.lng,
+                    90.0,
+                    0.0,
+                    4.0,
+                ),
+                edge_rx_ms: t0 + i * 30_000,
+            }
+        })
+        .collect();
+    let mut edge = support::Edge::connect(&hub, &pki).await;
+    edge.send_fixes(fixes).await;
+
+    receiver
+        .wait_for("the anomaly and the creation's status webhooks", |s| {
+            s.accepted.keys().any(|(path, _)| path == "/ops")
+                && s.accepted.keys().any(|(path, _)| path == "/orders")
+        })
+        .await;
+    let seen = receiver.seen.lock().expect("lock");
+    let anomalies: Vec<(&String, &Vec<u8>)> = seen
+        .accepted
+        .iter()
+        .filter(|((path, _), _)| path == "/ops")
+        .map(|((_, key), body)| (key, body))
+        .collect();
+    assert_eq!(anomalies.len(), 1, "{seen:?}");
+    let (key, body) = anomalies[0];
+    assert!(key.starts_with("anomaly:"), "{key}");
+    let v: serde_json::Value = serde_json::from_slice(body).expect("json");
+    assert_eq!(v["kind"], "anomaly");
+    assert_eq!(v["delivery_id"], d.delivery_id.0);
+    assert_eq!(v["data"]["kind"], "stationary", "{v}");
+    // The status subscription got the creation's events and never the anomaly.
+    assert!(seen
+        .accepted
+        .iter()
+        .filter(|((path, _), _)| path == "/orders")
+        .all(|((_, key), _)| key.starts_with("status:")));
+    assert!(seen.bad_signatures.is_empty(), "{seen:?}");
+    assert!(seen.changed_bodies.is_empty(), "{seen:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
