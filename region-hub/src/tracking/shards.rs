@@ -523,6 +523,11 @@ impl Shards {
         self.shards.iter().map(|s| s.lock().core.len()).sum()
     }
 
+    /// True when no shard holds a delivery.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Snapshots of every durable delivery held (only open ones unless `all`), by id.
     pub fn snapshots(&self, now_ms: u64, all: bool) -> Vec<Snapshot> {
         let mut v = Vec::new();
@@ -621,8 +626,7 @@ mod tests {
             hour_of_week: 10,
             speed_mps: 9.0,
         };
-        let mut pending = vec![sample.clone(); 3];
-        assert!(3 < MAX_UNLEARNT);
+        let mut pending = vec![sample; 3];
         {
             // Another worker is reading the model: the samples stay with the shard.
             let _reader = s.speeds.read();
@@ -631,7 +635,7 @@ mod tests {
         }
         assert!(s.export_speeds().is_empty());
         // Free again: they are applied, with the next ones.
-        pending.push(sample.clone());
+        pending.push(sample);
         s.learn(&mut pending, T0);
         assert!(pending.is_empty());
         let rows = s.export_speeds();
