@@ -262,14 +262,23 @@ impl Sim {
             || self.truth.cut.contains(&(a.clone(), b.clone()))
             || (faulty && self.rng.chance(3))
         {
+            self.log
+                .push(format!("  {a} -> {b} {} lost", req_name(&req)));
             return Ok(None);
         }
         if faulty && self.rng.chance(3) && self.faults.late_frames {
             self.late.push((a, b, req));
             return Ok(None);
         }
+        // Drawn before the answer (handling it draws nothing, and cuts no link).
+        let answer_lost =
+            self.truth.cut.contains(&(b.clone(), a.clone())) || (faulty && self.rng.chance(3));
+        let name = answer_lost.then(|| req_name(&req));
         let resp = self.handle(t, req)?;
-        if self.truth.cut.contains(&(b, a)) || (faulty && self.rng.chance(3)) {
+        if let Some(name) = name {
+            self.log.push(format!(
+                "  {a} -> {b} {name} answered {resp:?}, answer lost"
+            ));
             return Ok(None);
         }
         Ok(Some(resp))
@@ -723,7 +732,14 @@ impl Sim {
         self.quiet = true;
         self.truth.cut.clear();
         self.truth.flapped.clear();
-        self.truth.draining.clear();
+        // A drain cannot be undone: a draining hub stops once drained (`POST /drain`, SIGTERM)
+        // and comes back as a new process, its memory gone.
+        for id in std::mem::take(&mut self.truth.draining) {
+            let h = self.idx(&id);
+            self.log
+                .push(format!("  {id} stops drained and starts again"));
+            self.crash(h);
+        }
         self.late.clear();
         for h in 0..self.hubs.len() {
             if !self.hubs[h].up {
@@ -841,6 +857,28 @@ fn load(hub: &mut SimHub, id: DeliveryId) -> Result<(), String> {
         hub.held.insert(id, last);
     }
     Ok(())
+}
+
+/// A request's kind and deliveries, for the schedule's log.
+fn req_name(req: &Req) -> String {
+    let brief = |es: &[ReplicaEntry]| {
+        es.iter()
+            .map(|e| {
+                let seqs: Vec<String> = e
+                    .events
+                    .iter()
+                    .map(|ev| format!("{}={}", ev.event_seq, key_of(ev)))
+                    .collect();
+                format!("{}[{}]", e.delivery_id, seqs.join(","))
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    match req {
+        Req::Append(es) => format!("append {}", brief(es)),
+        Req::Handoff(es) => format!("handoff {}", brief(es)),
+        Req::Fetch(ids) => format!("fetch {ids:?}"),
+    }
 }
 
 fn key_of(ev: &StatusEvent) -> String {
