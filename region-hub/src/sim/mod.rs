@@ -28,7 +28,7 @@
 
 use crate::durable::copies::ReplicaEntry;
 use crate::durable::store::Store;
-use crate::replication::fencing;
+use crate::replication::fencing::{self, LiveCore};
 use crate::replication::placement::{self, Route};
 use crate::replication::plan::{settle, CopyOutcome, ReplicationPlan};
 use crate::replication::rebalance::Rebalancer;
@@ -310,8 +310,14 @@ impl Sim {
         };
         let (stored, fenced) = fencing::with_conflicts(kept, fenced, &conflicts, live);
         for e in &stored {
-            if fencing::must_load(&hub.id, &view, e, hub.held.get(&e.delivery_id).copied()) {
-                load(hub, e.delivery_id)?;
+            let held = hub.held.get(&e.delivery_id).copied();
+            match fencing::after_store(&hub.id, &view, e, held) {
+                LiveCore::Load => load(hub, e.delivery_id)?,
+                LiveCore::Unload => {
+                    hub.held.remove(&e.delivery_id);
+                    hub.rebalancer.handle_fenced(&[e.delivery_id]);
+                }
+                LiveCore::Keep => {}
             }
         }
         Ok(if fenced.is_empty() {
