@@ -88,7 +88,8 @@ pub(crate) async fn answer(hub: &Arc<dyn Host>, frame: ReplicaFrame) -> ReplicaF
         cluster.metrics.received.inc_by(n);
         let live_core = |e: &ReplicaEntry| {
             let held = hub.held(e.delivery_id);
-            fencing::after_store(&cluster.me, cluster.view(), e, held)
+            let doubt = cluster.in_doubt.lock().holds(e.delivery_id);
+            fencing::after_store(&cluster.me, cluster.view(), e, held, doubt)
         };
         for e in entries.iter().filter(|e| live_core(e) == LiveCore::Unload) {
             debug!(delivery_id = %e.delivery_id, %from, "another hub writes a delivery held here; unloaded");

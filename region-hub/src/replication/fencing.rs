@@ -57,17 +57,22 @@ pub enum LiveCore {
 /// reloading its copies would serve a log with the gaps of every copy that went elsewhere
 /// (the successor changes with the view) when the delivery becomes ours again without a
 /// rebalancer pass in between; one not held is loaded when this hub owns it (a hand-off to
-/// us). `held_last_seq`: the last event seq of the live delivery, if held.
+/// us). A delivery in doubt here (`in_doubt`: a copy this hub sent of it went unanswered,
+/// [`super::takeover::InDoubt`]) is never loaded from a copy: the hub in doubt may hold an
+/// event under the next seq, so only a takeover that heard from it loads the delivery.
+/// `held_last_seq`: the last event seq of the live delivery, if held.
 pub fn after_store(
     me: &str,
     view: &dyn View,
     entry: &ReplicaEntry,
     held_last_seq: Option<u64>,
+    in_doubt: bool,
 ) -> LiveCore {
     let ours = view.owner_of(entry.delivery_id).is_none_or(|h| h.id == me);
     let newest = entry.events.last().map_or(0, |ev| ev.event_seq);
     match held_last_seq {
         Some(_) if !ours => LiveCore::Unload,
+        _ if in_doubt => LiveCore::Keep,
         Some(last) if newest > last => LiveCore::Load,
         None if ours => LiveCore::Load,
         _ => LiveCore::Keep,
@@ -157,19 +162,19 @@ mod tests {
         let mine = owned_by(&view, "a");
         let theirs = owned_by(&view, "b");
         assert_eq!(
-            after_store("a", &view, &copy(mine, 5), Some(4)),
+            after_store("a", &view, &copy(mine, 5), Some(4), false),
             LiveCore::Load
         );
         assert_eq!(
-            after_store("a", &view, &copy(mine, 5), Some(5)),
+            after_store("a", &view, &copy(mine, 5), Some(5), false),
             LiveCore::Keep
         );
         assert_eq!(
-            after_store("a", &view, &copy(mine, 5), None),
+            after_store("a", &view, &copy(mine, 5), None, false),
             LiveCore::Load
         );
         assert_eq!(
-            after_store("a", &view, &copy(theirs, 5), None),
+            after_store("a", &view, &copy(theirs, 5), None, false),
             LiveCore::Keep
         );
     }
@@ -183,11 +188,33 @@ mod tests {
         let view = StaticView::of(&["a", "b"]);
         let theirs = owned_by(&view, "b");
         assert_eq!(
-            after_store("a", &view, &copy(theirs, 8), Some(6)),
+            after_store("a", &view, &copy(theirs, 8), Some(6), false),
             LiveCore::Unload
         );
         assert_eq!(
-            after_store("a", &view, &copy(theirs, 3), Some(6)),
+            after_store("a", &view, &copy(theirs, 3), Some(6), false),
+            LiveCore::Unload
+        );
+    }
+
+    #[test]
+    fn a_hand_off_of_a_delivery_in_doubt_does_not_load_it() {
+        // Seed 1281: a's copy of #4 to c went unanswered (c stored it), a failed the write;
+        // another hub handed a the log up to #3, a loaded it and wrote another event as #4
+        // without asking c first.
+        let view = StaticView::of(&["a", "b"]);
+        let mine = owned_by(&view, "a");
+        assert_eq!(
+            after_store("a", &view, &copy(mine, 3), None, true),
+            LiveCore::Keep
+        );
+        assert_eq!(
+            after_store("a", &view, &copy(mine, 5), Some(3), true),
+            LiveCore::Keep
+        );
+        let theirs = owned_by(&view, "b");
+        assert_eq!(
+            after_store("a", &view, &copy(theirs, 5), Some(3), true),
             LiveCore::Unload
         );
     }

@@ -311,7 +311,8 @@ impl Sim {
         let (stored, fenced) = fencing::with_conflicts(kept, fenced, &conflicts, live);
         for e in &stored {
             let held = hub.held.get(&e.delivery_id).copied();
-            match fencing::after_store(&hub.id, &view, e, held) {
+            let doubt = hub.in_doubt.holds(e.delivery_id);
+            match fencing::after_store(&hub.id, &view, e, held, doubt) {
                 LiveCore::Load => load(hub, e.delivery_id)?,
                 LiveCore::Unload => {
                     hub.held.remove(&e.delivery_id);
