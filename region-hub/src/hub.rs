@@ -798,6 +798,11 @@ impl crate::replication::Host for Hub {
     fn redirect_consumers(&self, id: DeliveryId, url: &dyn Fn(&'static str) -> String) {
         self.shared.shards.publish_redirect(id, url);
     }
+    fn unload(&self, id: DeliveryId) {
+        if self.shared.shards.unload(id) {
+            self.shared.fenced.lock().push(id);
+        }
+    }
     fn take_fenced(&self) -> Vec<DeliveryId> {
         Hub::take_fenced(self)
     }

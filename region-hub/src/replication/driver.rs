@@ -4,7 +4,7 @@
 //! [`super::takeover`].
 
 use super::crumbs::{copy_breadcrumbs, fetch_history, handoff_breadcrumbs, store_breadcrumbs};
-use super::fencing;
+use super::fencing::{self, LiveCore};
 use super::host::Host;
 use super::node::HubCluster;
 use super::placement::{consumer_redirect_url, Route};
@@ -86,14 +86,19 @@ pub(crate) async fn answer(hub: &Arc<dyn Host>, frame: ReplicaFrame) -> ReplicaF
     debug!(%from, entries = n, "stored replica entries");
     if let Some(cluster) = hub.cluster() {
         cluster.metrics.received.inc_by(n);
-        let reload = |e: &ReplicaEntry| {
+        let live_core = |e: &ReplicaEntry| {
             let held = hub.held(e.delivery_id);
-            fencing::must_load(&cluster.me, cluster.view(), e, held)
+            let doubt = cluster.in_doubt.lock().holds(e.delivery_id);
+            fencing::after_store(&cluster.me, cluster.view(), e, held, doubt)
         };
+        for e in entries.iter().filter(|e| live_core(e) == LiveCore::Unload) {
+            debug!(delivery_id = %e.delivery_id, %from, "another hub writes a delivery held here; unloaded");
+            hub.unload(e.delivery_id);
+        }
         // Plain replication (the common case) never waits for a takeover in progress.
-        if entries.iter().any(reload) {
+        if entries.iter().any(|e| live_core(e) == LiveCore::Load) {
             let _one = cluster.takeover_lock.lock().await;
-            for e in entries.iter().filter(|e| reload(e)) {
+            for e in entries.iter().filter(|e| live_core(e) == LiveCore::Load) {
                 if load_into_core(hub, e.delivery_id).await {
                     debug!(delivery_id = %e.delivery_id, "loaded a delivery handed to us");
                 }

@@ -1,7 +1,7 @@
 //! Fencing of copies received from another hub: a delivery this hub serves as its owner is not
 //! written by another hub (the sender's view is stale, or ours is): its live copies are
-//! refused, so the sender's write fails and is retried at the owner. And which received
-//! copies must be (re)loaded into the live core.
+//! refused, so the sender's write fails and is retried at the owner. And what a received
+//! copy means for the live core (load, unload, keep).
 
 use super::view::View;
 use crate::durable::copies::ReplicaEntry;
@@ -39,20 +39,43 @@ pub fn fence(
     (kept, fenced)
 }
 
-/// Whether a stored copy must be (re)loaded into the live core: a delivery held live is
+/// What a stored copy means for the live core.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LiveCore {
+    /// Nothing changes.
+    Keep,
+    /// (Re)load the delivery from the log.
+    Load,
+    /// Another hub writes the delivery: forget it here (its consumers reconnect to the
+    /// owner) until it is ours again and taken over afresh.
+    Unload,
+}
+
+/// What a stored copy means for the live core. A delivery held live and owned here is
 /// reloaded only when the copy is newer than what it serves (we took over a stale copy); one
-/// not held is loaded when this hub owns it (a hand-off to us).
+/// held live but owned by another hub in our view is unloaded: that hub writes it, and
+/// reloading its copies would serve a log with the gaps of every copy that went elsewhere
+/// (the successor changes with the view) when the delivery becomes ours again without a
+/// rebalancer pass in between; one not held is loaded when this hub owns it (a hand-off to
+/// us). A delivery in doubt here (`in_doubt`: a copy this hub sent of it went unanswered,
+/// [`super::takeover::InDoubt`]) is never loaded from a copy: the hub in doubt may hold an
+/// event under the next seq, so only a takeover that heard from it loads the delivery.
 /// `held_last_seq`: the last event seq of the live delivery, if held.
-pub fn must_load(
+pub fn after_store(
     me: &str,
     view: &dyn View,
     entry: &ReplicaEntry,
     held_last_seq: Option<u64>,
-) -> bool {
+    in_doubt: bool,
+) -> LiveCore {
+    let ours = view.owner_of(entry.delivery_id).is_none_or(|h| h.id == me);
     let newest = entry.events.last().map_or(0, |ev| ev.event_seq);
     match held_last_seq {
-        Some(last) => newest > last,
-        None => view.owner_of(entry.delivery_id).is_none_or(|h| h.id == me),
+        Some(_) if !ours => LiveCore::Unload,
+        _ if in_doubt => LiveCore::Keep,
+        Some(last) if newest > last => LiveCore::Load,
+        None if ours => LiveCore::Load,
+        _ => LiveCore::Keep,
     }
 }
 
@@ -138,10 +161,62 @@ mod tests {
         let view = StaticView::of(&["a", "b"]);
         let mine = owned_by(&view, "a");
         let theirs = owned_by(&view, "b");
-        assert!(must_load("a", &view, &copy(mine, 5), Some(4)));
-        assert!(!must_load("a", &view, &copy(mine, 5), Some(5)));
-        assert!(must_load("a", &view, &copy(mine, 5), None));
-        assert!(!must_load("a", &view, &copy(theirs, 5), None));
+        assert_eq!(
+            after_store("a", &view, &copy(mine, 5), Some(4), false),
+            LiveCore::Load
+        );
+        assert_eq!(
+            after_store("a", &view, &copy(mine, 5), Some(5), false),
+            LiveCore::Keep
+        );
+        assert_eq!(
+            after_store("a", &view, &copy(mine, 5), None, false),
+            LiveCore::Load
+        );
+        assert_eq!(
+            after_store("a", &view, &copy(theirs, 5), None, false),
+            LiveCore::Keep
+        );
+    }
+
+    #[test]
+    fn a_copy_of_a_delivery_held_live_but_owned_elsewhere_unloads_it() {
+        // Seeds 5950, 7577, 7847: a hub took a delivery over while partitioned from its owner;
+        // after the heal it received the owner's copies as its successor and reloaded them,
+        // gap and all (an event acknowledged while another hub was the successor); when the
+        // owner went away it served that log without a takeover.
+        let view = StaticView::of(&["a", "b"]);
+        let theirs = owned_by(&view, "b");
+        assert_eq!(
+            after_store("a", &view, &copy(theirs, 8), Some(6), false),
+            LiveCore::Unload
+        );
+        assert_eq!(
+            after_store("a", &view, &copy(theirs, 3), Some(6), false),
+            LiveCore::Unload
+        );
+    }
+
+    #[test]
+    fn a_hand_off_of_a_delivery_in_doubt_does_not_load_it() {
+        // Seed 1281: a's copy of #4 to c went unanswered (c stored it), a failed the write;
+        // another hub handed a the log up to #3, a loaded it and wrote another event as #4
+        // without asking c first.
+        let view = StaticView::of(&["a", "b"]);
+        let mine = owned_by(&view, "a");
+        assert_eq!(
+            after_store("a", &view, &copy(mine, 3), None, true),
+            LiveCore::Keep
+        );
+        assert_eq!(
+            after_store("a", &view, &copy(mine, 5), Some(3), true),
+            LiveCore::Keep
+        );
+        let theirs = owned_by(&view, "b");
+        assert_eq!(
+            after_store("a", &view, &copy(theirs, 5), Some(3), true),
+            LiveCore::Unload
+        );
     }
 
     #[test]

@@ -23,7 +23,11 @@ pub trait Host: Send + Sync + 'static {
     fn restore(&self, rec: RecoveredDelivery);
     /// Sends every consumer of `id` a redirect to the URL `url` gives for its transport.
     fn redirect_consumers(&self, id: DeliveryId, url: &dyn Fn(&'static str) -> String);
-    /// Deliveries a replica fenced since the last call.
+    /// Another hub writes `id`: forgets it in the live core (its consumers are cut off and
+    /// reconnect to the owner) and reports it with the fenced ones, so the rebalancer takes
+    /// it over afresh when it is ours again.
+    fn unload(&self, id: DeliveryId);
+    /// Deliveries a replica fenced (or [`Host::unload`] forgot) since the last call.
     fn take_fenced(&self) -> Vec<DeliveryId>;
     /// How many deliveries the live core holds (the load published to the cluster).
     fn deliveries_held(&self) -> usize;

@@ -27,6 +27,11 @@ impl InDoubt {
         }
     }
 
+    /// Whether a copy of `id` went unanswered and no takeover has heard from that hub since.
+    pub fn holds(&self, id: DeliveryId) -> bool {
+        self.0.contains_key(&id)
+    }
+
     /// The hubs a takeover of `ids` must fetch from besides the live ones.
     pub fn peers(&self, ids: &[DeliveryId]) -> Vec<HubInfo> {
         let mut out: BTreeMap<String, HubInfo> = BTreeMap::new();

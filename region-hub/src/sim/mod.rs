@@ -28,7 +28,7 @@
 
 use crate::durable::copies::ReplicaEntry;
 use crate::durable::store::Store;
-use crate::replication::fencing;
+use crate::replication::fencing::{self, LiveCore};
 use crate::replication::placement::{self, Route};
 use crate::replication::plan::{settle, CopyOutcome, ReplicationPlan};
 use crate::replication::rebalance::Rebalancer;
@@ -262,14 +262,23 @@ impl Sim {
             || self.truth.cut.contains(&(a.clone(), b.clone()))
             || (faulty && self.rng.chance(3))
         {
+            self.log
+                .push(format!("  {a} -> {b} {} lost", req_name(&req)));
             return Ok(None);
         }
         if faulty && self.rng.chance(3) && self.faults.late_frames {
             self.late.push((a, b, req));
             return Ok(None);
         }
+        // Drawn before the answer (handling it draws nothing, and cuts no link).
+        let answer_lost =
+            self.truth.cut.contains(&(b.clone(), a.clone())) || (faulty && self.rng.chance(3));
+        let name = answer_lost.then(|| req_name(&req));
         let resp = self.handle(t, req)?;
-        if self.truth.cut.contains(&(b, a)) || (faulty && self.rng.chance(3)) {
+        if let Some(name) = name {
+            self.log.push(format!(
+                "  {a} -> {b} {name} answered {resp:?}, answer lost"
+            ));
             return Ok(None);
         }
         Ok(Some(resp))
@@ -301,8 +310,15 @@ impl Sim {
         };
         let (stored, fenced) = fencing::with_conflicts(kept, fenced, &conflicts, live);
         for e in &stored {
-            if fencing::must_load(&hub.id, &view, e, hub.held.get(&e.delivery_id).copied()) {
-                load(hub, e.delivery_id)?;
+            let held = hub.held.get(&e.delivery_id).copied();
+            let doubt = hub.in_doubt.holds(e.delivery_id);
+            match fencing::after_store(&hub.id, &view, e, held, doubt) {
+                LiveCore::Load => load(hub, e.delivery_id)?,
+                LiveCore::Unload => {
+                    hub.held.remove(&e.delivery_id);
+                    hub.rebalancer.handle_fenced(&[e.delivery_id]);
+                }
+                LiveCore::Keep => {}
             }
         }
         Ok(if fenced.is_empty() {
@@ -723,7 +739,14 @@ impl Sim {
         self.quiet = true;
         self.truth.cut.clear();
         self.truth.flapped.clear();
-        self.truth.draining.clear();
+        // A drain cannot be undone: a draining hub stops once drained (`POST /drain`, SIGTERM)
+        // and comes back as a new process, its memory gone.
+        for id in std::mem::take(&mut self.truth.draining) {
+            let h = self.idx(&id);
+            self.log
+                .push(format!("  {id} stops drained and starts again"));
+            self.crash(h);
+        }
         self.late.clear();
         for h in 0..self.hubs.len() {
             if !self.hubs[h].up {
@@ -841,6 +864,28 @@ fn load(hub: &mut SimHub, id: DeliveryId) -> Result<(), String> {
         hub.held.insert(id, last);
     }
     Ok(())
+}
+
+/// A request's kind and deliveries, for the schedule's log.
+fn req_name(req: &Req) -> String {
+    let brief = |es: &[ReplicaEntry]| {
+        es.iter()
+            .map(|e| {
+                let seqs: Vec<String> = e
+                    .events
+                    .iter()
+                    .map(|ev| format!("{}={}", ev.event_seq, key_of(ev)))
+                    .collect();
+                format!("{}[{}]", e.delivery_id, seqs.join(","))
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    match req {
+        Req::Append(es) => format!("append {}", brief(es)),
+        Req::Handoff(es) => format!("handoff {}", brief(es)),
+        Req::Fetch(ids) => format!("fetch {ids:?}"),
+    }
 }
 
 fn key_of(ev: &StatusEvent) -> String {
