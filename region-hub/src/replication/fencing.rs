@@ -96,6 +96,8 @@ mod tests {
             idempotency: Vec::new(),
             proofs: Vec::new(),
             devices: Vec::new(),
+            tracking: None,
+            plan: None,
         }
     }
 
