@@ -72,3 +72,22 @@ impl ReplicaEntry {
             && self.plan.is_none()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_copy_from_a_hub_that_sends_no_tracking_state_or_plan_still_decodes() {
+        let old = r#"{"delivery_id":4,"record":null,"events":[],"idempotency":[],"proofs":[],"devices":[]}"#;
+        let e: ReplicaEntry = serde_json::from_str(old).expect("decodes");
+        assert!(e.tracking.is_none() && e.plan.is_none());
+        assert!(e.is_empty());
+        // And a copy without them is sent without them (an older hub reads it).
+        let back = serde_json::to_string(&e).expect("json");
+        assert!(
+            !back.contains("tracking") && !back.contains("plan"),
+            "{back}"
+        );
+    }
+}

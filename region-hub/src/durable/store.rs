@@ -1197,4 +1197,71 @@ mod tests {
         assert!(s.events_after(DeliveryId(2), 1).expect("after").is_empty());
         let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
     }
+
+    #[test]
+    fn zone_state_and_plans_are_logged_replicated_newest_first_and_loaded_with_the_delivery() {
+        use crate::durable::copies::ReplicaEntry;
+        use crate::tracking::eta::StoredPlan;
+        let path = temp_db("tracking");
+        let s = Store::open(&path).expect("open");
+        let id = DeliveryId(3);
+        s.append(&[&entry(3, &[(1, DeliveryStatus::Confirmed)], None, true)])
+            .expect("create");
+        let loaded = s.load_delivery(id).expect("load").expect("held");
+        assert_eq!(
+            (loaded.tracking, loaded.plan),
+            (None, None),
+            "a log without them loads"
+        );
+        let state = |version: u64, inside: bool| {
+            let mut t = TrackingState {
+                version,
+                ..TrackingState::default()
+            };
+            t.geofence.pickup.inside = inside;
+            t.geofence.pickup.was_inside = true;
+            t
+        };
+        let graph =
+            roadnet::RoadGraph::grid_city(3, 3, 100.0, crate::config::GRID_ORIGIN).expect("grid");
+        let n = graph.nodes();
+        let plan = |version: u32| StoredPlan {
+            route: graph.route(n[0], n[8]).expect("route"),
+            pickup_segment: None,
+            version,
+        };
+        // Logged by the owner with the event that goes with it.
+        let mut exit = entry(3, &[(2, DeliveryStatus::PickedUp)], None, false);
+        exit.side = vec![
+            SideRecord::Tracking(state(2, false)),
+            SideRecord::Plan(plan(2)),
+        ];
+        s.append(&[&exit]).expect("append");
+        // A stale copy (an older version of both) does not overwrite them ...
+        let stale = ReplicaEntry {
+            tracking: Some(state(1, true)),
+            plan: Some(plan(1)),
+            ..ReplicaEntry::from(&entry(3, &[], None, false))
+        };
+        s.apply_replica(std::slice::from_ref(&stale))
+            .expect("replica");
+        let loaded = s.load_delivery(id).expect("load").expect("held");
+        assert_eq!(loaded.tracking, Some(state(2, false)));
+        assert_eq!(loaded.plan.map(|p| p.version), Some(2));
+        // ... a newer one does.
+        let newer = ReplicaEntry {
+            tracking: Some(state(3, true)),
+            plan: Some(plan(3)),
+            ..stale
+        };
+        s.apply_replica(std::slice::from_ref(&newer))
+            .expect("replica");
+        drop(s);
+        let s = Store::open(&path).expect("reopen");
+        let all = s.load_all().expect("load all");
+        assert_eq!(all[0].tracking, Some(state(3, true)));
+        let loaded = s.load_delivery(id).expect("load").expect("held");
+        assert_eq!(loaded.plan.map(|p| p.version), Some(3));
+        let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
+    }
 }
