@@ -453,8 +453,9 @@ async fn after_a_takeover_the_successor_follows_the_owners_plans_without_plannin
             region_hub::durable::plans::load_plan(hubs[i].as_ref().expect("hub").store(), id)
                 .expect("read plan")
         };
-        wait_until("the successor to hold a copy of the plan", || {
-            let ok = stored(succ).is_some();
+        // (The copy is stored before the owner's own commit: wait for both.)
+        wait_until("the owner and its successor to hold the plan", || {
+            let ok = stored(succ).is_some() && stored(owner).is_some();
             async move { ok }
         })
         .await;
