@@ -96,7 +96,7 @@ impl CommitSink for Shared {
                         // No operator listening is fine.
                         let _ = self.anomalies.send(a.clone());
                     }
-                    SideRecord::Proof(_) => {}
+                    SideRecord::Proof(_) | SideRecord::Tracking(_) | SideRecord::Plan(_) => {}
                     SideRecord::Device(d) => {
                         if let Err(e) = self
                             .push

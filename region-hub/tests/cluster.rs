@@ -308,6 +308,8 @@ async fn replicas_fence_writes_from_a_hub_that_does_not_serve_the_delivery() {
         idempotency: Vec::new(),
         proofs: Vec::new(),
         devices: Vec::new(),
+        tracking: None,
+        plan: None,
     };
 
     // The owner serves it: the next seq written by another hub is refused.

@@ -1,9 +1,12 @@
 //! The ETA's durable state in redb: each delivery's planned route (table `plans`) and the
 //! fleet-learnt historical speed table (table `speeds`), and the task that saves them.
 //!
-//! Plans are written within a second of being made (a restart keeps them; a plan lost in a
-//! crash is simply made again at the next fix); the speed table is rewritten every
-//! `SPEEDS_EVERY` and at shutdown, and loaded at start.
+//! Plans go to the event log as side records of the fix that made them
+//! (`SideRecord::Plan`): written by its group-commit writer and replicated with the delivery's
+//! events, so a restart and the hub that takes a delivery over both follow the same plan (a
+//! plan lost in a crash is simply made again at the next fix). The saver below still writes
+//! any plan handed to it. The speed table is rewritten every `SPEEDS_EVERY` and at shutdown,
+//! and loaded at start.
 
 use crate::durable::store::{Store, StoreError};
 use crate::metrics::HubMetrics;
@@ -24,6 +27,66 @@ const SPEEDS: TableDefinition<(u64, u8), (f32, u32)> = TableDefinition::new("spe
 const PLANS_EVERY: Duration = Duration::from_secs(1);
 /// How often the historical speed table is written.
 pub const SPEEDS_EVERY: Duration = Duration::from_secs(30);
+
+/// Creates the tables when missing, inside `tx`.
+pub(crate) fn create_tables(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
+    tx.open_table(PLANS).map_err(StoreError::db)?;
+    tx.open_table(SPEEDS).map_err(StoreError::db)?;
+    Ok(())
+}
+
+/// The plans table inside a write transaction (the event log's writer stores plans with it).
+pub(crate) fn open_plans(
+    tx: &redb::WriteTransaction,
+) -> Result<redb::Table<'_, u64, &'static [u8]>, StoreError> {
+    tx.open_table(PLANS).map_err(StoreError::db)
+}
+
+/// Writes (or replaces) one plan.
+pub(crate) fn put_plan(
+    table: &mut redb::Table<'_, u64, &'static [u8]>,
+    id: DeliveryId,
+    plan: &StoredPlan,
+) -> Result<(), StoreError> {
+    let bytes = postcard::to_stdvec(plan).map_err(|e| StoreError::Encode(e.to_string()))?;
+    table
+        .insert(id.0, bytes.as_slice())
+        .map_err(StoreError::db)?;
+    Ok(())
+}
+
+/// Writes a plan copied from another hub unless the stored one is newer (a higher version).
+pub(crate) fn put_newer_plan(
+    table: &mut redb::Table<'_, u64, &'static [u8]>,
+    id: DeliveryId,
+    plan: &StoredPlan,
+) -> Result<(), StoreError> {
+    let stored = table
+        .get(id.0)
+        .map_err(StoreError::db)?
+        .and_then(|v| postcard::from_bytes::<StoredPlan>(v.value()).ok())
+        .map(|p| p.version);
+    if stored.is_some_and(|v| v > plan.version) {
+        return Ok(());
+    }
+    put_plan(table, id, plan)
+}
+
+/// The stored plan of one delivery.
+pub fn load_plan(store: &Store, id: DeliveryId) -> Result<Option<StoredPlan>, StoreError> {
+    let tx = store.db()?.begin_read().map_err(StoreError::db)?;
+    let t = tx.open_table(PLANS).map_err(StoreError::db)?;
+    let Some(v) = t.get(id.0).map_err(StoreError::db)? else {
+        return Ok(None);
+    };
+    postcard::from_bytes(v.value())
+        .map(Some)
+        .map_err(|e| StoreError::Corrupt {
+            what: "route plan",
+            id: id.0,
+            reason: e.to_string(),
+        })
+}
 
 /// Creates the tables when missing.
 pub fn ensure_tables(store: &Store) -> Result<(), StoreError> {

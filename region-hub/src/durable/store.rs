@@ -4,7 +4,9 @@
 use crate::durable::outbox::OutboxWriter;
 use crate::metrics::HubMetrics;
 use crate::tracking::anomaly::{Anomaly, AnomalyKind};
-use crate::tracking::deliveries::{DeliveryRecord, LogEntry, RecoveredDelivery, SideRecord};
+use crate::tracking::deliveries::{
+    DeliveryRecord, LogEntry, RecoveredDelivery, SideRecord, TrackingState,
+};
 use crate::tracking::proof::ProofRecord;
 use protocol::consumer::StatusEvent;
 use protocol::DeliveryId;
@@ -29,6 +31,8 @@ const PROOFS: TableDefinition<u64, &[u8]> = TableDefinition::new("proofs");
 const DEVICES: TableDefinition<(u64, &str), ()> = TableDefinition::new("devices");
 /// `(ts_ms, delivery_id, kind)` -> JSON [`Anomaly`].
 const ANOMALIES: TableDefinition<(u64, u64, u8), &[u8]> = TableDefinition::new("anomalies");
+/// `delivery_id` -> (version, JSON [`TrackingState`]): the newest zone and anomaly state.
+const TRACKING: TableDefinition<u64, (u64, &[u8])> = TableDefinition::new("tracking");
 
 /// Why the log could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +147,8 @@ impl Store {
         tx.open_table(ANOMALIES).map_err(StoreError::db)?;
         tx.open_table(PROOFS).map_err(StoreError::db)?;
         tx.open_table(DEVICES).map_err(StoreError::db)?;
+        tx.open_table(TRACKING).map_err(StoreError::db)?;
+        crate::durable::plans::create_tables(&tx)?;
         tx.commit().map_err(StoreError::db)?;
         let store = Self {
             db: Arc::new(parking_lot::Mutex::new(Some(Arc::new(db)))),
@@ -234,6 +240,8 @@ impl Store {
             let mut anomalies = tx.open_table(ANOMALIES).map_err(StoreError::db)?;
             let mut proofs = tx.open_table(PROOFS).map_err(StoreError::db)?;
             let mut devices = tx.open_table(DEVICES).map_err(StoreError::db)?;
+            let mut tracking = tx.open_table(TRACKING).map_err(StoreError::db)?;
+            let mut plans = crate::durable::plans::open_plans(&tx)?;
             for entry in entries {
                 for side in &entry.side {
                     match side {
@@ -262,6 +270,12 @@ impl Store {
                             devices
                                 .insert((entry.delivery_id.0, key.as_str()), ())
                                 .map_err(StoreError::db)?;
+                        }
+                        SideRecord::Tracking(t) => {
+                            put_tracking(&mut tracking, entry.delivery_id.0, t)?;
+                        }
+                        SideRecord::Plan(p) => {
+                            crate::durable::plans::put_plan(&mut plans, entry.delivery_id, p)?;
                         }
                     }
                 }
@@ -299,6 +313,7 @@ impl Store {
         let deliveries = tx.open_table(DELIVERIES).map_err(StoreError::db)?;
         let events = tx.open_table(EVENTS).map_err(StoreError::db)?;
         let keys = tx.open_table(IDEMPOTENCY).map_err(StoreError::db)?;
+        let tracking = tx.open_table(TRACKING).map_err(StoreError::db)?;
         let mut out: BTreeMap<u64, RecoveredDelivery> = BTreeMap::new();
         for row in deliveries.iter().map_err(StoreError::db)? {
             let (k, v) = row.map_err(StoreError::db)?;
@@ -315,8 +330,18 @@ impl Store {
                     record,
                     events: Vec::new(),
                     idempotency: Vec::new(),
+                    tracking: None,
+                    // Plans are loaded on their own at start (`durable::plans::load_plans`).
+                    plan: None,
                 },
             );
+        }
+        for row in tracking.iter().map_err(StoreError::db)? {
+            let (k, v) = row.map_err(StoreError::db)?;
+            let id = k.value();
+            if let Some(d) = out.get_mut(&id) {
+                d.tracking = Some(decode_tracking(id, v.value().1)?);
+            }
         }
         for row in events.iter().map_err(StoreError::db)? {
             let (k, v) = row.map_err(StoreError::db)?;
@@ -390,6 +415,8 @@ impl Store {
             let mut keys = tx.open_table(IDEMPOTENCY).map_err(StoreError::db)?;
             let mut proofs = tx.open_table(PROOFS).map_err(StoreError::db)?;
             let mut devices = tx.open_table(DEVICES).map_err(StoreError::db)?;
+            let mut tracking = tx.open_table(TRACKING).map_err(StoreError::db)?;
+            let mut plans = crate::durable::plans::open_plans(&tx)?;
             for entry in entries {
                 let id = entry.delivery_id.0;
                 let mut conflict = false;
@@ -465,6 +492,12 @@ impl Store {
                         .insert((id, key.as_str()), ())
                         .map_err(StoreError::db)?;
                 }
+                if let Some(t) = &entry.tracking {
+                    put_tracking(&mut tracking, id, t)?;
+                }
+                if let Some(p) = &entry.plan {
+                    crate::durable::plans::put_newer_plan(&mut plans, entry.delivery_id, p)?;
+                }
             }
             hooks.finish()?
         };
@@ -487,7 +520,19 @@ impl Store {
             record,
             events,
             idempotency,
+            tracking: self.tracking(delivery)?,
+            plan: crate::durable::plans::load_plan(self, delivery)?,
         }))
+    }
+
+    /// The newest stored zone and anomaly state of `delivery`, if any.
+    pub fn tracking(&self, delivery: DeliveryId) -> Result<Option<TrackingState>, StoreError> {
+        let tx = self.db()?.begin_read().map_err(StoreError::db)?;
+        let table = tx.open_table(TRACKING).map_err(StoreError::db)?;
+        let Some(v) = table.get(delivery.0).map_err(StoreError::db)? else {
+            return Ok(None);
+        };
+        decode_tracking(delivery.0, v.value().1).map(Some)
     }
 
     /// The idempotency keys stored for `delivery` and the seq each produced (also for a
@@ -518,6 +563,30 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// Stores `t` unless a state of the same or a newer version is stored.
+fn put_tracking(
+    table: &mut redb::Table<u64, (u64, &[u8])>,
+    id: u64,
+    t: &TrackingState,
+) -> Result<(), StoreError> {
+    let stored = table.get(id).map_err(StoreError::db)?.map(|v| v.value().0);
+    if stored.is_some_and(|v| v >= t.version) {
+        return Ok(());
+    }
+    table
+        .insert(id, (t.version, enc(t)?.as_slice()))
+        .map_err(StoreError::db)?;
+    Ok(())
+}
+
+fn decode_tracking(id: u64, bytes: &[u8]) -> Result<TrackingState, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        what: "zone and anomaly state",
+        id,
+        reason: e.to_string(),
+    })
 }
 
 fn enc<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
@@ -1126,6 +1195,73 @@ mod tests {
             vec![2, 3]
         );
         assert!(s.events_after(DeliveryId(2), 1).expect("after").is_empty());
+        let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
+    }
+
+    #[test]
+    fn zone_state_and_plans_are_logged_replicated_newest_first_and_loaded_with_the_delivery() {
+        use crate::durable::copies::ReplicaEntry;
+        use crate::tracking::eta::StoredPlan;
+        let path = temp_db("tracking");
+        let s = Store::open(&path).expect("open");
+        let id = DeliveryId(3);
+        s.append(&[&entry(3, &[(1, DeliveryStatus::Confirmed)], None, true)])
+            .expect("create");
+        let loaded = s.load_delivery(id).expect("load").expect("held");
+        assert_eq!(
+            (loaded.tracking, loaded.plan),
+            (None, None),
+            "a log without them loads"
+        );
+        let state = |version: u64, inside: bool| {
+            let mut t = TrackingState {
+                version,
+                ..TrackingState::default()
+            };
+            t.geofence.pickup.inside = inside;
+            t.geofence.pickup.was_inside = true;
+            t
+        };
+        let graph =
+            roadnet::RoadGraph::grid_city(3, 3, 100.0, crate::config::GRID_ORIGIN).expect("grid");
+        let n = graph.nodes();
+        let plan = |version: u32| StoredPlan {
+            route: graph.route(n[0], n[8]).expect("route"),
+            pickup_segment: None,
+            version,
+        };
+        // Logged by the owner with the event that goes with it.
+        let mut exit = entry(3, &[(2, DeliveryStatus::PickedUp)], None, false);
+        exit.side = vec![
+            SideRecord::Tracking(state(2, false)),
+            SideRecord::Plan(plan(2)),
+        ];
+        s.append(&[&exit]).expect("append");
+        // A stale copy (an older version of both) does not overwrite them ...
+        let stale = ReplicaEntry {
+            tracking: Some(state(1, true)),
+            plan: Some(plan(1)),
+            ..ReplicaEntry::from(&entry(3, &[], None, false))
+        };
+        s.apply_replica(std::slice::from_ref(&stale))
+            .expect("replica");
+        let loaded = s.load_delivery(id).expect("load").expect("held");
+        assert_eq!(loaded.tracking, Some(state(2, false)));
+        assert_eq!(loaded.plan.map(|p| p.version), Some(2));
+        // ... a newer one does.
+        let newer = ReplicaEntry {
+            tracking: Some(state(3, true)),
+            plan: Some(plan(3)),
+            ..stale
+        };
+        s.apply_replica(std::slice::from_ref(&newer))
+            .expect("replica");
+        drop(s);
+        let s = Store::open(&path).expect("reopen");
+        let all = s.load_all().expect("load all");
+        assert_eq!(all[0].tracking, Some(state(3, true)));
+        let loaded = s.load_delivery(id).expect("load").expect("held");
+        assert_eq!(loaded.plan.map(|p| p.version), Some(3));
         let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
     }
 }

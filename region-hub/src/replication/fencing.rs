@@ -119,6 +119,8 @@ mod tests {
             idempotency: Vec::new(),
             proofs: Vec::new(),
             devices: Vec::new(),
+            tracking: None,
+            plan: None,
         }
     }
 

@@ -91,12 +91,14 @@ pub fn full_log(store: &Store, id: DeliveryId) -> Result<Option<ReplicaEntry>, S
         .filter(|(d, _)| *d == id)
         .map(|(_, t)| t)
         .collect::<Vec<_>>();
-    let (record, events, idempotency) = match store.load_delivery(id)? {
-        Some(r) => (Some(r.record), r.events, r.idempotency),
+    let (record, events, idempotency, tracking, plan) = match store.load_delivery(id)? {
+        Some(r) => (Some(r.record), r.events, r.idempotency, r.tracking, r.plan),
         None => (
             None,
             store.events_after(id, 0)?,
             store.idempotency_keys(id)?,
+            store.tracking(id)?,
+            crate::durable::plans::load_plan(store, id)?,
         ),
     };
     let entry = ReplicaEntry {
@@ -106,6 +108,8 @@ pub fn full_log(store: &Store, id: DeliveryId) -> Result<Option<ReplicaEntry>, S
         idempotency,
         proofs,
         devices,
+        tracking,
+        plan,
     };
     Ok((!entry.is_empty()).then_some(entry))
 }
@@ -141,6 +145,8 @@ mod tests {
             idempotency: vec![("retry-me".into(), 4)],
             proofs: Vec::new(),
             devices: Vec::new(),
+            tracking: None,
+            plan: None,
         };
         store
             .apply_replica(std::slice::from_ref(&later))

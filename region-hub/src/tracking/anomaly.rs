@@ -1,6 +1,12 @@
 //! Sans-IO anomaly detection on a delivery's fixes: a driver stationary for too long away from
 //! the pickup and drop-off, and a driver moving away from the current target for a sustained
 //! stretch. Time comes from the fixes (`ts_ms`); each anomaly is reported once per episode.
+//!
+//! The detector's state moves with almost every fix, so it is not stored at each fix: the
+//! caller stores [`AnomalyDetector::state`] with the delivery's log when an anomaly is reported
+//! (and with each zone change), so that an episode already reported is not reported again by
+//! the same hub after a restart or by the hub that takes the delivery over. An episode not yet
+//! reported starts its clock afresh there.
 
 use protocol::geo::{haversine_m, LatLng};
 use protocol::DeliveryId;
@@ -92,14 +98,14 @@ pub struct AnomalyInput {
     pub target: Target,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct Anchor {
     at: LatLng,
     since_ms: u64,
     reported: bool,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct Closest {
     target: Target,
     distance_m: f64,
@@ -107,14 +113,26 @@ struct Closest {
     reported: bool,
 }
 
-/// Per-delivery detector state.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// Per-delivery detector state (also its durable form: [`AnomalyDetector::state`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct AnomalyDetector {
+    #[serde(default)]
     anchor: Option<Anchor>,
+    #[serde(default)]
     closest: Option<Closest>,
 }
 
 impl AnomalyDetector {
+    /// A detector put back from its stored state.
+    pub fn from_state(state: AnomalyDetector) -> Self {
+        state
+    }
+
+    /// The state to store with the delivery's log (when an anomaly was reported).
+    pub fn state(&self) -> AnomalyDetector {
+        self.clone()
+    }
+
     /// Feeds one fix (in time order); returns the anomalies it reveals.
     pub fn handle_fix(&mut self, config: &AnomalyConfig, input: &AnomalyInput) -> Vec<Anomaly> {
         let mut out = Vec::new();
@@ -234,6 +252,32 @@ mod tests {
             ));
         }
         assert_eq!(found.len(), 2);
+    }
+
+    #[test]
+    fn a_reported_episode_is_not_reported_again_by_a_detector_put_back_from_its_state() {
+        let c = AnomalyConfig::default();
+        let mut d = AnomalyDetector::default();
+        let spot = destination(PICKUP, 0.0, 500.0);
+        let mut found = Vec::new();
+        for i in 0..=31u64 {
+            found.extend(d.handle_fix(&c, &input(spot, T0 + i * 10_000, Target::Dropoff)));
+        }
+        assert_eq!(found.len(), 1);
+        let stored = serde_json::to_string(&d.state()).expect("json");
+        let mut back = AnomalyDetector::from_state(serde_json::from_str(&stored).expect("decode"));
+        assert_eq!(back, d);
+        for i in 32..=80u64 {
+            assert!(back
+                .handle_fix(&c, &input(spot, T0 + i * 10_000, Target::Dropoff))
+                .is_empty());
+        }
+        // A fresh detector (what a restart used to give) reports the same stop again.
+        let mut fresh = AnomalyDetector::default();
+        let again: Vec<_> = (32..=80u64)
+            .flat_map(|i| fresh.handle_fix(&c, &input(spot, T0 + i * 10_000, Target::Dropoff)))
+            .collect();
+        assert_eq!(again.len(), 1);
     }
 
     #[test]

@@ -4,10 +4,16 @@
 //! reserves the next event (`change_status` returns a [`LogEntry`]), the caller appends it to the
 //! durable log and then calls [`Deliveries::commit`] (or [`Deliveries::abort`] on failure). Only
 //! committed events are visible in snapshots and pushed to consumers.
+//!
+//! What a delivery's fixes build up and must outlive the hub that holds it travels the same
+//! way, as side records of log entries: the zone and anomaly state ([`TrackingState`], written
+//! only when a zone change is believed or an anomaly reported; a zone change that gives
+//! `picked_up` is stored in the same entry as that event) and the route plan (written when it is
+//! made or re-routed). Both are replicated with the log and put back by [`Deliveries::restore`].
 
 use crate::tracking::anomaly::{Anomaly, AnomalyConfig, AnomalyDetector, AnomalyInput, Target};
 use crate::tracking::eta::{EtaConfig, EtaInput, EtaModel, EtaTracker, StoredPlan};
-use crate::tracking::geofence::{Geofence, GeofenceConfig, ZoneEvent};
+use crate::tracking::geofence::{Geofence, GeofenceConfig, GeofenceState, ZoneEvent};
 use crate::tracking::proof::ProofRecord;
 use protocol::api::{ChangeStatus, CreateDelivery};
 use protocol::consumer::{ConsumerFrame, Eta, Position, Snapshot, StatusEvent};
@@ -84,6 +90,23 @@ pub enum SideRecord {
     Proof(ProofRecord),
     /// A device that wants push notifications about the entry's delivery.
     Device(notify::DeviceToken),
+    /// The delivery's zone and anomaly state after the fix that reserved the entry (own
+    /// table, replicated; newest `version` wins).
+    Tracking(TrackingState),
+    /// The delivery's route plan, made or re-routed by the fix (table `plans`, replicated).
+    Plan(StoredPlan),
+}
+
+/// What a delivery's fixes taught the geofences and the anomaly detector, stored with its log
+/// whenever it changes in a way worth keeping, so a restart or a takeover resumes it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TrackingState {
+    /// +1 per change of this delivery's state (carried across takeovers): a stale copy never
+    /// replaces a newer one.
+    pub version: u64,
+    pub geofence: GeofenceState,
+    pub anomaly: AnomalyDetector,
 }
 
 impl LogEntry {
@@ -134,8 +157,9 @@ pub struct FixOutcome {
     /// False when the driver has no active delivery.
     pub matched: bool,
     pub updates: Vec<FixUpdate>,
-    /// Geofence status changes, reserved like API ones: append each to the log in order,
-    /// then [`Deliveries::commit`] or [`Deliveries::abort`] it.
+    /// Geofence status changes, reserved like API ones, then entries of side records only
+    /// (zone/anomaly state, route plans): append each to the log in order, then
+    /// [`Deliveries::commit`] or [`Deliveries::abort`] it.
     pub status_changes: Vec<LogEntry>,
     /// Anomalies revealed by the fix.
     pub anomalies: Vec<Anomaly>,
@@ -149,6 +173,10 @@ pub struct RecoveredDelivery {
     pub events: Vec<StatusEvent>,
     /// Idempotency keys and the event seq each produced.
     pub idempotency: Vec<(String, u64)>,
+    /// The newest stored zone and anomaly state (none before the first zone change).
+    pub tracking: Option<TrackingState>,
+    /// The stored route plan, if any.
+    pub plan: Option<StoredPlan>,
 }
 
 #[derive(Clone, Debug)]
@@ -177,6 +205,10 @@ struct DeliveryState {
     unavailable_reported: bool,
     geofence: Geofence,
     anomalies: AnomalyDetector,
+    /// Version of the newest [`TrackingState`] reserved for the log.
+    tracking_version: u64,
+    /// The zone state last made durable: what an aborted entry rolls the geofence back to.
+    committed_geofence: GeofenceState,
     /// See [`LogEntry::generation`].
     generation: u64,
 }
@@ -282,9 +314,11 @@ impl Deliveries {
         self.by_id.is_empty()
     }
 
-    /// Restores a delivery from the log; the current status is the last event's.
+    /// Restores a delivery from the log; the current status is the last event's. Its zone and
+    /// anomaly state and its route plan are put back when the log holds them.
     pub fn restore(&mut self, now_ms: u64, rec: RecoveredDelivery) {
         let id = rec.record.id;
+        let tracking = rec.tracking.unwrap_or_default();
         self.next_id = self.next_id.max(id.0.saturating_add(1));
         let last = rec.events.last();
         let status = last.map(|e| e.status).unwrap_or(DeliveryStatus::Confirmed);
@@ -303,7 +337,7 @@ impl Deliveries {
                     .map(|e| (k, e.clone()))
             })
             .collect();
-        let state = DeliveryState {
+        let mut state = DeliveryState {
             record: rec.record,
             status,
             event_seq: seq,
@@ -317,10 +351,15 @@ impl Deliveries {
             last_update_ms: last_update_ms.min(now_ms),
             eta: EtaTracker::default(),
             unavailable_reported: false,
-            geofence: Geofence::default(),
-            anomalies: AnomalyDetector::default(),
+            geofence: Geofence::from_state(tracking.geofence),
+            anomalies: AnomalyDetector::from_state(tracking.anomaly),
+            tracking_version: tracking.version,
+            committed_geofence: tracking.geofence,
             generation: self.bump_generation(),
         };
+        if let Some(plan) = rec.plan {
+            state.eta.restore_plan(&self.config.eta, plan);
+        }
         if let Some(old) = self.by_id.insert(id, state) {
             self.unindex(id, old.active_driver());
         }
@@ -405,6 +444,8 @@ impl Deliveries {
             unavailable_reported: false,
             geofence: Geofence::default(),
             anomalies: AnomalyDetector::default(),
+            tracking_version: 0,
+            committed_geofence: GeofenceState::default(),
             generation: self.bump_generation(),
         };
         self.by_id.insert(id, state);
@@ -503,6 +544,11 @@ impl Deliveries {
         let Some(st) = self.by_id.get_mut(&entry.delivery_id) else {
             return;
         };
+        for side in &entry.side {
+            if let SideRecord::Tracking(t) = side {
+                st.committed_geofence = t.geofence;
+            }
+        }
         for ev in &entry.events {
             if ev.event_seq > st.committed_seq {
                 st.committed_seq = ev.event_seq;
@@ -520,6 +566,18 @@ impl Deliveries {
         let Some(st) = self.by_id.get_mut(&id) else {
             return;
         };
+        if entry
+            .side
+            .iter()
+            .any(|s| matches!(s, SideRecord::Tracking(_)))
+        {
+            // The zone change was not stored: believe the stored state again, so the next
+            // fixes see the change (and reserve its events) afresh.
+            st.geofence = Geofence::from_state(st.committed_geofence);
+        }
+        if entry.events.is_empty() {
+            return; // side records only: no status to roll back
+        }
         if st.committed_status.is_none() {
             // A creation that never became durable: forget the delivery.
             if let Some(old) = self.by_id.remove(&id) {
@@ -612,6 +670,8 @@ impl Deliveries {
                 },
             );
             out.updates.push(FixUpdate { position, eta });
+            let zones_before = st.geofence.state();
+            let anomalies_before = out.anomalies.len();
             let target = if matches!(
                 st.status,
                 DeliveryStatus::Confirmed
@@ -640,11 +700,47 @@ impl Deliveries {
                 here,
                 f.accuracy_m(),
             );
+            let changed =
+                st.geofence.state() != zones_before || out.anomalies.len() > anomalies_before;
+            let first_change = out.status_changes.len();
             for zone in zones {
                 self.geofence_status(now_ms, id, zone, &mut out.status_changes);
             }
+            if changed {
+                self.reserve_tracking(id, &mut out.status_changes, first_change);
+            }
+        }
+        // Plans made or re-routed by this fix go to the log too (replicated with it).
+        for (id, plan) in self.eta.take_dirty_plans() {
+            let generation = self.by_id.get(&id).map_or(0, |st| st.generation);
+            out.status_changes.push(LogEntry {
+                generation,
+                ..LogEntry::side_only(id, vec![SideRecord::Plan(plan)])
+            });
         }
         out
+    }
+
+    /// Adds the delivery's new [`TrackingState`] to the log: in the first entry the fix
+    /// reserved for it (from `first`), so a zone exit is durable with its `picked_up`, or in
+    /// an entry of its own.
+    fn reserve_tracking(&mut self, id: DeliveryId, entries: &mut Vec<LogEntry>, first: usize) {
+        let Some(st) = self.by_id.get_mut(&id) else {
+            return;
+        };
+        st.tracking_version += 1;
+        let side = SideRecord::Tracking(TrackingState {
+            version: st.tracking_version,
+            geofence: st.geofence.state(),
+            anomaly: st.anomalies.state(),
+        });
+        match entries.get_mut(first..).and_then(|e| e.first_mut()) {
+            Some(e) => e.side.push(side),
+            None => entries.push(LogEntry {
+                generation: st.generation,
+                ..LogEntry::side_only(id, vec![side])
+            }),
+        }
     }
 
     /// Reserves the status events a zone change implies, where the status machine allows them:
@@ -813,6 +909,7 @@ mod tests {
     use super::*;
     use protocol::geo::{destination, haversine_m};
     use protocol::wire::Fix;
+    use std::sync::Arc;
     use DeliveryStatus::*;
 
     const PICKUP: LatLng = LatLng::new(60.170, 24.940);
@@ -1062,7 +1159,12 @@ mod tests {
         for (i, m) in [20.0, 10.0, 120.0, 150.0, 300.0].iter().enumerate() {
             let ts = T0 + 1_000 * (i as u64 + 1);
             let out = handle(&mut c, ts, &fix(5, ts, destination(PICKUP, 200.0, *m)));
-            reserved.extend(out.status_changes);
+            // Entries of side records only (the zone state) are not status changes.
+            reserved.extend(
+                out.status_changes
+                    .into_iter()
+                    .filter(|e| !e.events.is_empty()),
+            );
         }
         assert_eq!(
             reserved
@@ -1078,6 +1180,215 @@ mod tests {
         assert_eq!(c.snapshot(id, T0 + 6_000).expect("snap").status, PickedUp);
         c.commit(&reserved[0]);
         assert_eq!(c.snapshot(id, T0 + 6_000).expect("snap").status, EnRoute);
+    }
+
+    /// The zone state stored so far: what the log holds after committing `entries`.
+    fn stored_tracking(entries: &[LogEntry]) -> Option<TrackingState> {
+        entries
+            .iter()
+            .flat_map(|e| &e.side)
+            .filter_map(|s| match s {
+                SideRecord::Tracking(t) => Some(t.clone()),
+                _ => None,
+            })
+            .max_by_key(|t| t.version)
+    }
+
+    /// A hub restarted on (or taking over) the log of `c`'s delivery `id`: the record, the
+    /// committed events and the stored state.
+    fn recovered(
+        c: &Deliveries,
+        id: DeliveryId,
+        events: Vec<StatusEvent>,
+        tracking: Option<TrackingState>,
+    ) -> RecoveredDelivery {
+        RecoveredDelivery {
+            record: c.record(id).expect("held").clone(),
+            events,
+            idempotency: Vec::new(),
+            tracking,
+            plan: None,
+        }
+    }
+
+    fn feed_metres(c: &mut Deliveries, t0: u64, metres: &[f64]) -> Vec<LogEntry> {
+        let mut all = Vec::new();
+        for (i, m) in metres.iter().enumerate() {
+            let ts = t0 + 1_000 * (i as u64 + 1);
+            let out = handle(c, ts, &fix(5, ts, destination(PICKUP, 200.0, *m)));
+            for e in &out.status_changes {
+                c.commit(e);
+            }
+            all.extend(out.status_changes);
+        }
+        all
+    }
+
+    fn statuses(entries: &[LogEntry]) -> Vec<DeliveryStatus> {
+        entries
+            .iter()
+            .flat_map(|e| &e.events)
+            .map(|e| e.status)
+            .collect()
+    }
+
+    #[test]
+    fn entering_the_pickup_zone_is_stored_and_a_restarted_core_still_gives_picked_up_once() {
+        let mut c = core();
+        let id = create(&mut c, Some(5));
+        let base = vec![
+            event(id, 1, Confirmed, T0, "api", serde_json::Value::Null),
+            event(id, 2, DriverAssigned, T0, "api", serde_json::Value::Null),
+        ];
+        // Two fixes inside the pickup zone: no status event, one zone record.
+        let entered = feed_metres(&mut c, T0, &[20.0, 10.0]);
+        assert!(statuses(&entered).is_empty());
+        let stored = stored_tracking(&entered).expect("the zone entry is logged");
+        assert!(stored.geofence.pickup.inside && stored.version == 1);
+        // Fixes that change no zone write nothing.
+        assert!(feed_metres(&mut c, T0 + 2_000, &[15.0, 20.0]).is_empty());
+
+        // The hub dies while the driver is inside; a new core restores from the log.
+        let mut back = core();
+        back.restore(T0 + 5_000, recovered(&c, id, base.clone(), Some(stored)));
+        let left = feed_metres(&mut back, T0 + 5_000, &[150.0, 200.0, 300.0, 400.0]);
+        assert_eq!(statuses(&left), vec![PickedUp, EnRoute]);
+        // The zone exit is durable in the same entry as its picked_up.
+        let exit = &left[0];
+        assert_eq!(exit.events[0].status, PickedUp);
+        let t = stored_tracking(std::slice::from_ref(exit)).expect("zone state with the event");
+        assert!(!t.geofence.pickup.inside && t.geofence.pickup.was_inside);
+        assert_eq!(t.version, 2, "versions continue after the restart");
+
+        // Restarted again after the exit: no second picked_up, whatever the driver does.
+        let mut events = base.clone();
+        events.extend(left.iter().flat_map(|e| e.events.clone()));
+        let mut again = core();
+        again.restore(
+            T0 + 10_000,
+            recovered(&back, id, events, stored_tracking(&left)),
+        );
+        let more = feed_metres(&mut again, T0 + 10_000, &[20.0, 10.0, 200.0, 300.0]);
+        assert!(statuses(&more).is_empty(), "{:?}", statuses(&more));
+
+        // Without the stored zone state (how a restart used to be) the pickup is lost.
+        let mut amnesic = core();
+        amnesic.restore(T0 + 5_000, recovered(&c, id, base, None));
+        let lost = feed_metres(&mut amnesic, T0 + 5_000, &[150.0, 200.0, 300.0, 400.0]);
+        assert!(statuses(&lost).is_empty());
+    }
+
+    #[test]
+    fn a_zone_exit_whose_entry_failed_is_seen_again_at_the_next_fixes() {
+        let mut c = core();
+        let id = create(&mut c, Some(5));
+        feed_metres(&mut c, T0, &[20.0, 10.0]);
+        let mut reserved = Vec::new();
+        for (i, m) in [150.0, 200.0].iter().enumerate() {
+            let ts = T0 + 10_000 + 1_000 * i as u64;
+            reserved.extend(
+                handle(&mut c, ts, &fix(5, ts, destination(PICKUP, 200.0, *m))).status_changes,
+            );
+        }
+        assert_eq!(statuses(&reserved), vec![PickedUp, EnRoute]);
+        for e in reserved.iter().rev() {
+            c.abort(e);
+        }
+        assert_eq!(c.snapshot(id, T0).expect("snap").status, DriverAssigned);
+        let retried = feed_metres(&mut c, T0 + 20_000, &[250.0, 300.0]);
+        assert_eq!(statuses(&retried), vec![PickedUp, EnRoute]);
+        assert_eq!(c.snapshot(id, T0).expect("snap").status, EnRoute);
+    }
+
+    #[test]
+    fn a_reported_anomaly_is_stored_with_the_detector_state_and_not_reported_again_after_a_restart()
+    {
+        let mut c = core();
+        let id = create(&mut c, Some(5));
+        let spot = destination(PICKUP, 90.0, 2_000.0);
+        let mut log = Vec::new();
+        let mut found = 0;
+        for i in 0..=31u64 {
+            let ts = T0 + i * 10_000;
+            let out = handle(&mut c, ts, &fix(5, ts, spot));
+            found += out.anomalies.len();
+            log.extend(out.status_changes);
+        }
+        assert!(found >= 1);
+        let stored = stored_tracking(&log).expect("stored with the anomaly");
+        let base = vec![
+            event(id, 1, Confirmed, T0, "api", serde_json::Value::Null),
+            event(id, 2, DriverAssigned, T0, "api", serde_json::Value::Null),
+        ];
+        let mut back = core();
+        back.restore(T0 + 320_000, recovered(&c, id, base, Some(stored)));
+        for i in 32..=80u64 {
+            let ts = T0 + i * 10_000;
+            let out = handle(&mut back, ts, &fix(5, ts, spot));
+            assert!(
+                out.anomalies.is_empty(),
+                "reported again: {:?}",
+                out.anomalies
+            );
+        }
+    }
+
+    #[test]
+    fn a_plan_goes_to_the_log_and_a_core_given_it_follows_it_without_planning_again() {
+        let graph = Arc::new(roadnet::RoadGraph::default_city().expect("embedded city"));
+        let with_graph = || {
+            let mut c = core();
+            c.eta_model_mut().set_graph(graph.clone());
+            c
+        };
+        let plans = |entries: &[LogEntry]| -> Vec<StoredPlan> {
+            entries
+                .iter()
+                .flat_map(|e| &e.side)
+                .filter_map(|s| match s {
+                    SideRecord::Plan(p) => Some(p.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        let mut c = with_graph();
+        let id = create(&mut c, Some(5));
+        let start = destination(PICKUP, 200.0, 600.0);
+        let out = handle(&mut c, T0, &fix(5, T0, start));
+        let made = plans(&out.status_changes);
+        assert_eq!(made.len(), 1, "planned at the first fix, and logged");
+        assert_eq!(c.eta_model_mut().take_stats().plans, 1);
+        assert!(
+            c.eta_model_mut().take_dirty_plans().is_empty(),
+            "handed to the log, not kept for the saver"
+        );
+        // The next owner (or a restart) gets the plan with the delivery.
+        let on_route = made[0].route.point_at(100.0).expect("a point on the route");
+        let next = LatLng::new(on_route.lat, on_route.lng);
+        let mut rec = recovered(
+            &c,
+            id,
+            vec![
+                event(id, 1, Confirmed, T0, "api", serde_json::Value::Null),
+                event(id, 2, DriverAssigned, T0, "api", serde_json::Value::Null),
+            ],
+            None,
+        );
+        rec.plan = Some(made[0].clone());
+        let mut succ = with_graph();
+        succ.restore(T0 + 1_000, rec.clone());
+        let out = handle(&mut succ, T0 + 12_000, &fix(5, T0 + 12_000, next));
+        assert!(plans(&out.status_changes).is_empty(), "no new plan");
+        let stats = succ.eta_model_mut().take_stats();
+        assert_eq!((stats.plans, stats.reroutes), (0, 0));
+        assert!(out.updates[0].eta.is_some());
+        // Without it, the next owner plans again at the first fix.
+        rec.plan = None;
+        let mut fresh = with_graph();
+        fresh.restore(T0 + 1_000, rec);
+        let out = handle(&mut fresh, T0 + 12_000, &fix(5, T0 + 12_000, next));
+        assert_eq!(plans(&out.status_changes).len(), 1);
+        assert_eq!(fresh.eta_model_mut().take_stats().plans, 1);
     }
 
     #[test]
@@ -1171,6 +1482,8 @@ mod tests {
                 record,
                 events,
                 idempotency: vec![("k".into(), 3)],
+                tracking: None,
+                plan: None,
             },
         );
         let s = c.snapshot(id, T0 + 10).expect("snap");

@@ -7,6 +7,12 @@
 //! status events: leaving the pickup zone after having been inside it gives `picked_up`
 //! followed by `en_route` (two events, each where the status machine allows it); entering the
 //! drop-off zone gives `arriving`.
+//!
+//! What must survive a restart or a takeover is small and changes only on a zone change:
+//! [`GeofenceState`] (inside / has been inside, per zone). The caller stores it with the
+//! delivery's log whenever [`Geofence::state`] changes and puts it back with
+//! [`Geofence::from_state`]; the consecutive-fix streak is not kept (a restart only asks for
+//! `min_fixes` agreeing fixes again).
 
 use protocol::geo::{haversine_m, LatLng};
 use serde::{Deserialize, Serialize};
@@ -46,6 +52,22 @@ pub enum ZoneEvent {
     EnteredDropoff { distance_m: f64 },
 }
 
+/// The durable part of one zone's state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ZoneState {
+    /// The driver is believed inside.
+    pub inside: bool,
+    /// The driver has been believed inside at some point.
+    pub was_inside: bool,
+}
+
+/// The durable part of a delivery's zone state: stored with its log when it changes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GeofenceState {
+    pub pickup: ZoneState,
+    pub dropoff: ZoneState,
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 struct Zone {
     inside: bool,
@@ -75,6 +97,21 @@ impl Zone {
         self.was_inside |= candidate;
         Some(candidate)
     }
+
+    fn state(&self) -> ZoneState {
+        ZoneState {
+            inside: self.inside,
+            was_inside: self.was_inside,
+        }
+    }
+
+    fn from_state(s: ZoneState) -> Self {
+        Self {
+            inside: s.inside,
+            was_inside: s.was_inside || s.inside,
+            streak: 0,
+        }
+    }
 }
 
 /// Zone state of one delivery.
@@ -85,6 +122,23 @@ pub struct Geofence {
 }
 
 impl Geofence {
+    /// Zone state put back from what [`Geofence::state`] returned (after a restart or on the
+    /// hub that took the delivery over).
+    pub fn from_state(state: GeofenceState) -> Self {
+        Self {
+            pickup: Zone::from_state(state.pickup),
+            dropoff: Zone::from_state(state.dropoff),
+        }
+    }
+
+    /// The part of the zone state worth keeping: changes only when a zone change is believed.
+    pub fn state(&self) -> GeofenceState {
+        GeofenceState {
+            pickup: self.pickup.state(),
+            dropoff: self.dropoff.state(),
+        }
+    }
+
     /// Feeds one fix; returns the zone changes it confirms.
     pub fn handle_fix(
         &mut self,
@@ -153,6 +207,48 @@ mod tests {
         assert!(!g.in_pickup());
         // Wobbling back to 60 m does not re-enter.
         assert!(feed(&mut g, &c, PICKUP, &[60.0, 60.0, 200.0]).is_empty());
+    }
+
+    #[test]
+    fn zone_state_put_back_from_its_durable_part_still_gives_the_pickup() {
+        let c = GeofenceConfig::default();
+        let mut g = Geofence::default();
+        let before = g.state();
+        assert!(feed(&mut g, &c, PICKUP, &[30.0]).is_empty());
+        assert_eq!(
+            g.state(),
+            before,
+            "a fix that changes no zone changes no state"
+        );
+        assert!(feed(&mut g, &c, PICKUP, &[20.0]).is_empty());
+        let inside = g.state();
+        assert!(inside.pickup.inside && inside.pickup.was_inside);
+        // The hub restarts (or another takes over): only the durable part is left.
+        let mut back = Geofence::from_state(inside);
+        assert_eq!(back.state(), inside);
+        assert!(back.in_pickup());
+        let ev = feed(&mut back, &c, PICKUP, &[150.0, 200.0]);
+        assert!(matches!(ev[..], [ZoneEvent::LeftPickup { .. }]), "{ev:?}");
+        // A fresh geofence (what a restart used to give) never sees the pickup.
+        let mut fresh = Geofence::default();
+        assert!(feed(&mut fresh, &c, PICKUP, &[150.0, 200.0, 300.0]).is_empty());
+    }
+
+    #[test]
+    fn zone_state_round_trips_through_json() {
+        let s = GeofenceState {
+            pickup: ZoneState {
+                inside: false,
+                was_inside: true,
+            },
+            dropoff: ZoneState {
+                inside: true,
+                was_inside: true,
+            },
+        };
+        let back: GeofenceState =
+            serde_json::from_str(&serde_json::to_string(&s).expect("json")).expect("decode");
+        assert_eq!(back, s);
     }
 
     #[test]
