@@ -11,25 +11,8 @@ use protocol::status::DeliveryStatus;
 use protocol::token::Subject;
 use protocol::DeliveryId;
 use region_hub::{HubConfig, HubHandle};
-use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Duration;
 use support::*;
-
-const DEADLINE: Duration = Duration::from_secs(20);
-
-/// Polls `cond` every 20 ms until it holds; panics with `what` after [`DEADLINE`].
-async fn wait_until<F, Fut>(what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let start = tokio::time::Instant::now();
-    while !cond().await {
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 fn hub_config(dir: &std::path::Path, pki: &Pki, name: &str, seeds: Vec<SocketAddr>) -> HubConfig {
     cluster_hub_config(dir, pki, name, seeds, "trackline-eu-test")

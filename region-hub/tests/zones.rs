@@ -11,193 +11,17 @@ mod support;
 use futures::StreamExt;
 use protocol::api::{CreateDelivery, DeliveryCreated};
 use protocol::consumer::{ConsumerFrame, Snapshot};
-use protocol::framing::{frame_bytes, FrameDecoder, MAX_HUB_FRAME};
 use protocol::geo::{destination, LatLng};
 use protocol::status::DeliveryStatus::{self, *};
 use protocol::token::{Subject, TokenSigner};
-use protocol::wire::{EdgeToHub, Fix, HubToEdge, RoutedFix};
 use protocol::DriverId;
 use region_hub::{HubConfig, HubHandle};
-use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
-use support::{http_client, Pki, TestDir, DROPOFF, PICKUP, WAIT};
+use support::{http_client, wait_until, Edge, HubProcess, Pki, TestDir, DROPOFF, PICKUP, WAIT};
 use tokio_tungstenite::tungstenite::Message;
-
-const DEADLINE: Duration = Duration::from_secs(30);
-
-/// Polls `cond` every 20 ms until it holds; panics with `what` after [`DEADLINE`].
-async fn wait_until<F, Fut>(what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = tokio::time::Instant::now();
-    while !cond().await {
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-// ---- the real binary
-
-/// The hub binary as a child process; SIGKILLed when dropped.
-struct HubProcess {
-    child: Child,
-    https: SocketAddr,
-    link: SocketAddr,
-}
-
-impl HubProcess {
-    fn start(config: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_region-hub"))
-            .arg("--config")
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start region-hub");
-        let log = child.stderr.take().expect("stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
-        // Reads the log until the start line, then keeps draining it so the hub never blocks.
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in std::io::BufReader::new(log).lines() {
-                let Ok(line) = line else { break };
-                if line.contains("hub started") {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(line);
-                    }
-                }
-            }
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the hub logs its start");
-        let addr = |key: &str| -> SocketAddr {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(key))
-                .and_then(|a| a.parse().ok())
-                .unwrap_or_else(|| panic!("no {key} address in {line:?}"))
-        };
-        Self {
-            https: addr("https="),
-            link: addr("link="),
-            child,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("https://localhost:{}{path}", self.https.port())
-    }
-
-    /// SIGKILL: no shutdown path runs.
-    fn kill(mut self) {
-        self.child.kill().expect("SIGKILL");
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for HubProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A real edge (quinn, cluster certificate) connected to the hub link at `addr`.
-struct Edge {
-    _endpoint: quinn::Endpoint,
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
-    decoder: FrameDecoder,
-    batch_seq: u64,
-    /// Time of the last fix sent: fixes are a second apart (a fix no newer than the last
-    /// one is dropped by the hub).
-    last_ts_ms: u64,
-}
-
-impl Edge {
-    async fn connect(addr: SocketAddr, pki: &Pki) -> Self {
-        let tls = pki
-            .node("edge-1", certs::NodeRole::Edge)
-            .load()
-            .expect("edge tls");
-        let client = certs::mtls_client_config(
-            tls.chain,
-            tls.key,
-            tls.roots,
-            &[protocol::ALPN_HUB],
-            certs::TlsFor::Quic,
-        )
-        .expect("client tls");
-        let mut endpoint =
-            quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
-        endpoint
-            .set_default_client_config(certs::quinn_client_config(client).expect("quinn config"));
-        let conn = endpoint
-            .connect(addr, "localhost")
-            .expect("connect")
-            .await
-            .expect("handshake");
-        let (mut send, recv) = conn.open_bi().await.expect("open bi");
-        send.write_all(&frame_bytes(&EdgeToHub::Hello {
-            edge_id: "edge-1".into(),
-        }))
-        .await
-        .expect("hello");
-        let mut edge = Self {
-            _endpoint: endpoint,
-            send,
-            recv,
-            decoder: FrameDecoder::new(MAX_HUB_FRAME),
-            batch_seq: 0,
-            last_ts_ms: nodekit::unix_ms() - 120_000,
-        };
-        assert!(matches!(edge.next().await, HubToEdge::Welcome { .. }));
-        edge
-    }
-
-    async fn next(&mut self) -> HubToEdge {
-        let mut buf = vec![0u8; 4096];
-        loop {
-            if let Some(f) = self.decoder.next_frame::<HubToEdge>().expect("frame") {
-                return f;
-            }
-            let n = tokio::time::timeout(WAIT, self.recv.read(&mut buf))
-                .await
-                .expect("hub answers")
-                .expect("read");
-            self.decoder.push(&buf[..n.expect("stream open")]);
-        }
-    }
-
-    /// Sends one fix of `driver` at `at` and waits for the batch's ack.
-    async fn send_fix(&mut self, driver: u64, at: LatLng) {
-        self.batch_seq += 1;
-        self.last_ts_ms += 1_000;
-        let ts = self.last_ts_ms;
-        let fix = RoutedFix {
-            driver_id: DriverId(driver),
-            fix: Fix::from_units(self.batch_seq as u32, ts, at.lat, at.lng, 90.0, 8.0, 4.0),
-            edge_rx_ms: ts,
-        };
-        let seq = self.batch_seq;
-        self.send
-            .write_all(&frame_bytes(&EdgeToHub::Batch {
-                batch_seq: seq,
-                fixes: vec![fix],
-            }))
-            .await
-            .expect("batch");
-        assert_eq!(self.next().await, HubToEdge::Ack { batch_seq: seq });
-    }
-}
 
 async fn snapshot_of(http: &reqwest::Client, url: &str, token: &str) -> Option<Snapshot> {
     let r = http.get(url).bearer_auth(token).send().await.ok()?;
@@ -301,7 +125,7 @@ async fn sigkill_while_the_driver_is_inside_the_pickup_zone_still_gives_picked_u
     assert_eq!(d.status, DriverAssigned);
     let status_url = hub.url(&format!("/api/v1/tracking/{}/status", d.delivery_id));
     // The driver arrives at the pickup: two fixes inside the zone (its enter radius is 50 m).
-    let mut edge = Edge::connect(hub.link, &pki).await;
+    let mut edge = Edge::connect_to(hub.link, &pki).await;
     edge.send_fix(driver, inside(300.0)).await;
     edge.send_fix(driver, inside(20.0)).await;
     edge.send_fix(driver, inside(10.0)).await;
@@ -322,7 +146,7 @@ async fn sigkill_while_the_driver_is_inside_the_pickup_zone_still_gives_picked_u
     // Restart on the same data directory; the driver, still inside, then leaves the zone.
     let hub = HubProcess::start(&config_path);
     let status_url = hub.url(&format!("/api/v1/tracking/{}/status", d.delivery_id));
-    let mut edge = Edge::connect(hub.link, &pki).await;
+    let mut edge = Edge::connect_to(hub.link, &pki).await;
     edge.send_fix(driver, inside(15.0)).await;
     for m in [150.0, 200.0, 300.0, 400.0] {
         edge.send_fix(driver, inside(m)).await;
@@ -357,32 +181,7 @@ async fn sigkill_while_the_driver_is_inside_the_pickup_zone_still_gives_picked_u
 // ---- three hubs in one process
 
 fn hub_config(dir: &Path, pki: &Pki, name: &str, seeds: Vec<SocketAddr>) -> HubConfig {
-    let mut c = support::config(&dir.join(name), pki);
-    c.hub_id = name.into();
-    c.tls = pki.node(name, certs::NodeRole::Hub);
-    c.token_signing_key = dir.join("token.pk8");
-    c.cluster = Some(cluster::ClusterConfig {
-        node_id: name.into(),
-        role: cluster::Role::Hub,
-        region: "eu".into(),
-        seeds,
-        profile: cluster::Profile::Fast,
-        expected_nodes: 4,
-        gossip: cluster::GossipConfig {
-            bind_addr: ([127, 0, 0, 1], 0).into(),
-            reconnect_backoff_ms: 100,
-            ..cluster::GossipConfig::default()
-        },
-        control: cluster::ControlConfig {
-            cluster_id: "trackline-eu-test".into(),
-            gossip_interval_ms: 50,
-            ..cluster::ControlConfig::default()
-        },
-        ..cluster::ClusterConfig::default()
-    });
-    c.cluster_hub.rebalance_interval_ms = 200;
-    c.cluster_hub.join_grace_ms = 100;
-    c
+    support::cluster_hub_config(dir, pki, name, seeds, "trackline-eu-zones")
 }
 
 /// The same plan, give or take the last bit of a coordinate (copies travel as JSON).
@@ -434,7 +233,7 @@ async fn after_a_takeover_the_successor_follows_the_owners_plans_without_plannin
     // the pickup: the first fix plans each route at the owner.
     let drivers = [7u64, 8, 9];
     let mut created = Vec::new();
-    let mut edge = Edge::connect(owner_hub.link_addr(), &pki).await;
+    let mut edge = Edge::connect_to(owner_hub.link_addr(), &pki).await;
     for &driver in &drivers {
         let d = support::create(owner_hub, &http, Some(driver)).await;
         edge.send_fix(driver, destination(PICKUP, 200.0, 800.0))
@@ -485,7 +284,7 @@ async fn after_a_takeover_the_successor_follows_the_owners_plans_without_plannin
         })
         .await;
         let along = plan.route.point_at(150.0).expect("a point on the route");
-        let mut edge = Edge::connect(succ_hub.link_addr(), &pki).await;
+        let mut edge = Edge::connect_to(succ_hub.link_addr(), &pki).await;
         edge.send_fix(*driver, LatLng::new(along.lat, along.lng))
             .await;
         let snap = loop {

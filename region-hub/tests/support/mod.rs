@@ -125,10 +125,18 @@ pub struct Edge {
     recv: quinn::RecvStream,
     decoder: FrameDecoder,
     batch_seq: u64,
+    /// Time of the last fix [`Edge::send_fix`] sent: its fixes are a second apart (a fix no
+    /// newer than the last one is dropped by the hub).
+    last_ts_ms: u64,
 }
 
 impl Edge {
     pub async fn connect(hub: &HubHandle, pki: &Pki) -> Self {
+        Self::connect_to(hub.link_addr(), pki).await
+    }
+
+    /// Connects to the hub link at `addr` (a hub in another process).
+    pub async fn connect_to(addr: SocketAddr, pki: &Pki) -> Self {
         let files = pki.node("edge-1", certs::NodeRole::Edge);
         let tls = files.load().expect("edge tls");
         let client = certs::mtls_client_config(
@@ -144,7 +152,7 @@ impl Edge {
         endpoint
             .set_default_client_config(certs::quinn_client_config(client).expect("quinn config"));
         let conn = endpoint
-            .connect(hub.link_addr(), "localhost")
+            .connect(addr, "localhost")
             .expect("connect")
             .await
             .expect("handshake");
@@ -160,6 +168,7 @@ impl Edge {
             recv,
             decoder: FrameDecoder::new(MAX_HUB_FRAME),
             batch_seq: 0,
+            last_ts_ms: nodekit::unix_ms() - 120_000,
         };
         assert!(matches!(edge.next().await, HubToEdge::Welcome { .. }));
         edge
@@ -191,6 +200,26 @@ impl Edge {
             .await
             .expect("batch");
         assert_eq!(self.next().await, HubToEdge::Ack { batch_seq: seq });
+    }
+
+    /// Sends one fix of `driver` at `at`, a second after the last one, and waits for its ack.
+    pub async fn send_fix(&mut self, driver: u64, at: LatLng) {
+        self.last_ts_ms += 1_000;
+        let ts = self.last_ts_ms;
+        let fix = RoutedFix {
+            driver_id: DriverId(driver),
+            fix: Fix::from_units(
+                self.batch_seq as u32 + 1,
+                ts,
+                at.lat,
+                at.lng,
+                90.0,
+                8.0,
+                4.0,
+            ),
+            edge_rx_ms: ts,
+        };
+        self.send_fixes(vec![fix]).await;
     }
 }
 
@@ -337,6 +366,8 @@ pub struct HubProcess {
     child: std::process::Child,
     pub https: SocketAddr,
     pub admin: SocketAddr,
+    /// The edge link (QUIC).
+    pub link: SocketAddr,
 }
 
 impl HubProcess {
@@ -378,6 +409,7 @@ impl HubProcess {
         Self {
             https: addr("https="),
             admin: addr("admin="),
+            link: addr("link="),
             child,
         }
     }
@@ -470,4 +502,20 @@ pub async fn metrics_page(admin: SocketAddr) -> String {
         .text()
         .await
         .expect("text")
+}
+
+/// How long [`wait_until`] waits.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Polls `cond` every 20 ms until it holds; panics with `what` after [`DEADLINE`].
+pub async fn wait_until<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = tokio::time::Instant::now();
+    while !cond().await {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
