@@ -46,7 +46,7 @@ impl Default for BandConfig {
             high_quantile: 0.90,
             prior_low: 0.85,
             prior_high: 1.30,
-            min_samples: 200,
+            min_samples: crate::xenv("ETA_X_BANDMIN", 200.0) as u32, // XXX-TEMP
             max_samples: 20_000,
             min_half_width_s: 30.0,
         }

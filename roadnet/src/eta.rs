@@ -27,6 +27,11 @@ pub struct EtaConfig {
     pub smoothing_alpha: f64,
     /// A fix farther than this from the route means the driver left it, in metres.
     pub deviation_threshold_m: f64,
+    /// A fix farther than this from the route (but not yet a deviation) does not move
+    /// progress: the nearest point of the route may be far ahead of a driver who took a wrong
+    /// turn. The time to get back to the route (the distance to it at the expected speed
+    /// there) is added instead, in metres.
+    pub off_route_hold_m: f64,
     /// Local offset from UTC used for the hour of week, in seconds.
     pub utc_offset_s: i32,
     /// Snapping tuning.
@@ -40,6 +45,7 @@ impl Default for EtaConfig {
             pickup_arrival_radius_m: 30.0,
             smoothing_alpha: 0.3,
             deviation_threshold_m: 500.0,
+            off_route_hold_m: 100.0,
             utc_offset_s: 0,
             snap: SnapConfig::default(),
         }
@@ -226,10 +232,11 @@ impl EtaEngine {
             (None, None) => 0.0,
         };
         let deviated = off_route_m > self.config.deviation_threshold_m;
-        if let (Some(s), false) = (&snap, deviated) {
+        let off_route = off_route_m > self.config.off_route_hold_m;
+        if let (Some(s), false) = (&snap, off_route) {
             self.progress_m = s.progress_m;
         }
-        let segment_index = match (&snap, deviated) {
+        let segment_index = match (&snap, off_route) {
             (Some(s), false) => Some(s.segment_index),
             _ => self.snapper.segment_at(self.progress_m),
         };
@@ -242,7 +249,15 @@ impl EtaEngine {
                 .map_or(0.0, |t| (now_s - t).max(0.0));
             (self.config.pickup_dwell_s - waited_s).max(0.0)
         };
-        let raw_eta_s = self.driving_time_s(segment_index) + dwell_s;
+        let back_s = if off_route && !deviated {
+            let v = segment_index
+                .and_then(|i| self.expected_mps.get(i).copied())
+                .map_or(MIN_SPEED_MPS, f64::from);
+            off_route_m / v.max(MIN_SPEED_MPS)
+        } else {
+            0.0
+        };
+        let raw_eta_s = self.driving_time_s(segment_index) + back_s + dwell_s;
         let smoothed_eta_s = self.smooth(now_s, raw_eta_s);
         EtaUpdate {
             raw_eta_s,

@@ -74,3 +74,12 @@ pub enum RoadError {
         to: LatLng,
     },
 }
+
+// XXX-TEMP experiment knobs, removed before the final commit.
+#[doc(hidden)]
+pub fn xenv(name: &str, default: f64) -> f64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}

@@ -6,8 +6,9 @@
 //! road segment itself, and a (cell, road class, hour of week). Each level's estimate is its own
 //! mean shrunk towards the level above it (`n / (n + ratio_prior_weight)`), so a segment nobody
 //! drove yet gets its area's congestion and a well-driven one its own. Time of week enters as a
-//! city-wide factor per hour (its ratio over the all-hours ratio) applied to the levels that are
-//! not per hour, so a new hour is not a cold start; the per-hour level comes last.
+//! city-wide factor per hour (its ratio over the all-hours ratio) applied
+//! to the segment's estimate, itself adjusted by the (cell, road class, hour of week) level:
+//! that hour's ratio there over its all-hours ratio. So a new hour is not a cold start.
 //!
 //! Also kept: the older table of mean speeds per (H3 cell, hour of week), persisted by the hub
 //! and used only while no ratio has been learnt, and a live correction factor per cell.
@@ -72,11 +73,11 @@ impl Default for SpeedModelConfig {
             min_samples: 20,
             max_weight: 1000,
             live_window_s: 300.0,
-            live_min_samples: 3,
+            live_min_samples: crate::xenv("ETA_X_LIVE", 3.0) as u32, // XXX-TEMP
             live_factor_min: 0.3,
             live_factor_max: 1.5,
             utc_offset_s: 0,
-            ratio_prior_weight: 5.0,
+            ratio_prior_weight: crate::xenv("ETA_X_K", 5.0), // XXX-TEMP
         }
     }
 }
@@ -319,11 +320,18 @@ impl SpeedModel {
                 est = m.shrink(est, k);
             }
         }
-        est *= time_factor;
-        if let Some(m) = levels[4].and_then(|l| self.ratios.get(&l)) {
-            est = m.shrink(est, k);
-        }
-        est
+        // The hour: this (cell, class)'s own ratio in that hour over its all-hours ratio,
+        // shrunk towards the city's factor for the hour.
+        let local = levels[2]
+            .and_then(|l| self.ratios.get(&l))
+            .zip(levels[4].and_then(|l| self.ratios.get(&l)))
+            .filter(|(cc, _)| cc.mean > 0.0)
+            .map(|(cc, cch)| RatioMean {
+                mean: cch.mean / cc.mean,
+                count: cch.count,
+            });
+        let time_factor = local.map_or(time_factor, |m| m.shrink(time_factor, k));
+        est * time_factor
     }
 
     /// The expected speed on a segment with free speed `free_speed_mps` before the live
@@ -665,5 +673,76 @@ mod tests {
             Err(SpeedImportError::InvalidHour { .. })
         ));
         assert_eq!(n.export_historical(), rows);
+    }
+
+    fn key_at(lat: f64, lng: f64, class: RoadClass) -> SegmentKey {
+        SegmentKey::of(
+            LatLng::new(lat, lng),
+            LatLng::new(lat + 0.0003, lng),
+            class,
+        )
+    }
+
+    #[test]
+    fn a_segment_nobody_drove_gets_its_neighbours_ratio_and_a_driven_one_its_own() {
+        let mut m = SpeedModel::default();
+        let driven = key_at(60.1699, 24.9384, RoadClass::Primary);
+        let next_door = key_at(60.1702, 24.9384, RoadClass::Primary);
+        assert_eq!(driven.cell, next_door.cell, "same H3 cell");
+        assert_ne!(driven.segment, next_door.segment);
+        assert_eq!(m.expected_ratio(&driven, 10), 1.0, "nothing learnt: free speed");
+        for _ in 0..50 {
+            m.observe_ratio(&driven, 10, 0.6);
+        }
+        let own = m.expected_ratio(&driven, 10);
+        assert!((own - 0.6).abs() < 0.02, "{own}");
+        // The neighbour shares the cell's (and class's) slowness.
+        let near = m.expected_ratio(&next_door, 10);
+        assert!((near - 0.6).abs() < 0.05, "{near}");
+        // Far away, only the city-wide ratio is known.
+        let far = key_at(60.20, 24.90, RoadClass::Residential);
+        let city = m.expected_ratio(&far, 10);
+        assert!((city - 0.6).abs() < 0.05, "{city}");
+        // A fast segment next door pulls its own estimate up, not the driven one's much.
+        for _ in 0..50 {
+            m.observe_ratio(&next_door, 10, 1.0);
+        }
+        assert!(m.expected_ratio(&next_door, 10) > 0.9);
+        assert!(m.expected_ratio(&driven, 10) < 0.7);
+        // Speeds: free speed x ratio.
+        let v = m.segment_speed_mps(&driven, 10, 10.0);
+        assert!((v - 10.0 * m.expected_ratio(&driven, 10)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_new_hour_starts_from_the_city_wide_factor_of_that_hour_not_from_scratch() {
+        let mut m = SpeedModel::default();
+        let here = key_at(60.1699, 24.9384, RoadClass::Secondary);
+        let elsewhere = key_at(60.19, 24.95, RoadClass::Secondary);
+        // Hour 10: this segment is at 0.8 of free speed, the city at 0.8 too.
+        for _ in 0..200 {
+            m.observe_ratio(&here, 10, 0.8);
+            m.observe_ratio(&elsewhere, 10, 0.8);
+        }
+        // Hour 11: rush hour elsewhere, 0.6 (three quarters of hour 10).
+        for _ in 0..200 {
+            m.observe_ratio(&elsewhere, 11, 0.6);
+        }
+        // Nobody drove here in hour 11: its own ratio x the city's hour-11 factor.
+        let r = m.expected_ratio(&here, 11);
+        assert!((0.55..0.7).contains(&r), "{r}");
+        assert!(m.expected_ratio(&here, 10) > r);
+    }
+
+    #[test]
+    fn implausible_ratios_are_ignored() {
+        let mut m = SpeedModel::default();
+        let k = key_at(60.1699, 24.9384, RoadClass::Primary);
+        m.observe_ratio(&k, 1, f64::NAN);
+        m.observe_ratio(&k, 1, 9.0);
+        m.observe_ratio(&k, 200, 0.5);
+        assert!(!m.has_ratios());
+        m.observe_ratio(&k, 1, 0.5);
+        assert!(m.has_ratios());
     }
 }

@@ -38,6 +38,9 @@ pub struct EtaConfig {
     pub dwell: roadnet::DwellConfig,
     /// Fixes slower than this do not teach the speed model (parked, waiting at the pickup).
     pub min_learn_speed_mps: f64,
+    /// Fixes farther than this from the route do not teach the speed ratios of the segment
+    /// they were snapped to (the driver is on another road), metres.
+    pub max_learn_offset_m: f64,
     /// A fix this close (straight line) to the pickup means the driver has arrived there and
     /// the dwell starts counting down, metres.
     pub pickup_arrival_m: f64,
@@ -66,6 +69,7 @@ impl Default for EtaConfig {
             speed_model: roadnet::SpeedModelConfig::default(),
             dwell: roadnet::DwellConfig::default(),
             min_learn_speed_mps: 1.0,
+            max_learn_offset_m: 40.0,
             pickup_arrival_m: 40.0,
             pickup_leave_m: 80.0,
             dropoff_arrival_m: 40.0,
@@ -463,7 +467,9 @@ impl EtaTracker {
                     }
                 }
                 if let (Some(i), Some(p)) = (u.segment_index, self.planned.as_ref()) {
-                    if !u.deviated && input.speed_mps >= config.min_learn_speed_mps {
+                    if u.off_route_m <= config.max_learn_offset_m
+                        && input.speed_mps >= config.min_learn_speed_mps
+                    {
                         // The segment the ETA reads this speed for: its speed ratio, and the
                         // live factor of its cell against what the ETA expected there.
                         if let (Some(free_mps), Some(key)) =
