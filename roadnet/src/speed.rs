@@ -73,11 +73,11 @@ impl Default for SpeedModelConfig {
             min_samples: 20,
             max_weight: 1000,
             live_window_s: 300.0,
-            live_min_samples: crate::xenv("ETA_X_LIVE", 3.0) as u32, // XXX-TEMP
+            live_min_samples: 3,
             live_factor_min: 0.3,
             live_factor_max: 1.5,
             utc_offset_s: 0,
-            ratio_prior_weight: crate::xenv("ETA_X_K", 5.0), // XXX-TEMP
+            ratio_prior_weight: 5.0,
         }
     }
 }
@@ -271,8 +271,7 @@ impl SpeedModel {
     /// Record a fix on the segment `key` at `ratio` = its speed / the segment's free speed,
     /// during `hour_of_week`. Ratios outside 0.05-2.5 and hours >= 168 are ignored.
     pub fn observe_ratio(&mut self, key: &SegmentKey, hour_of_week: u8, ratio: f64) {
-        if !(ratio.is_finite() && RATIO_RANGE.contains(&ratio)) || hour_of_week >= HOURS_PER_WEEK
-        {
+        if !(ratio.is_finite() && RATIO_RANGE.contains(&ratio)) || hour_of_week >= HOURS_PER_WEEK {
             return;
         }
         let max = self.config.max_weight;
@@ -337,7 +336,12 @@ impl SpeedModel {
     /// The expected speed on a segment with free speed `free_speed_mps` before the live
     /// factor: free speed x [`SpeedModel::expected_ratio`] once ratios are learnt, otherwise
     /// the older (cell, hour) table ([`SpeedModel::expected_speed_mps`]).
-    pub fn segment_speed_mps(&self, key: &SegmentKey, hour_of_week: u8, free_speed_mps: f64) -> f64 {
+    pub fn segment_speed_mps(
+        &self,
+        key: &SegmentKey,
+        hour_of_week: u8,
+        free_speed_mps: f64,
+    ) -> f64 {
         if self.has_ratios() {
             free_speed_mps * self.expected_ratio(key, hour_of_week)
         } else {
@@ -676,11 +680,7 @@ mod tests {
     }
 
     fn key_at(lat: f64, lng: f64, class: RoadClass) -> SegmentKey {
-        SegmentKey::of(
-            LatLng::new(lat, lng),
-            LatLng::new(lat + 0.0003, lng),
-            class,
-        )
+        SegmentKey::of(LatLng::new(lat, lng), LatLng::new(lat + 0.0003, lng), class)
     }
 
     #[test]
@@ -690,7 +690,11 @@ mod tests {
         let next_door = key_at(60.1702, 24.9384, RoadClass::Primary);
         assert_eq!(driven.cell, next_door.cell, "same H3 cell");
         assert_ne!(driven.segment, next_door.segment);
-        assert_eq!(m.expected_ratio(&driven, 10), 1.0, "nothing learnt: free speed");
+        assert_eq!(
+            m.expected_ratio(&driven, 10),
+            1.0,
+            "nothing learnt: free speed"
+        );
         for _ in 0..50 {
             m.observe_ratio(&driven, 10, 0.6);
         }

@@ -265,7 +265,10 @@ fn worked_example_in_docs_eta_md_holds() {
 #[test]
 fn each_segment_ahead_is_read_for_the_hour_the_driver_will_reach_it() {
     // Three 1 km segments at 10 m/s free speed: 100 s each at free flow.
-    let route = route_through(&[(0.0, 0.0), (1000.0, 0.0), (2000.0, 0.0), (3000.0, 0.0)], 10.0);
+    let route = route_through(
+        &[(0.0, 0.0), (1000.0, 0.0), (2000.0, 0.0), (3000.0, 0.0)],
+        10.0,
+    );
     let mut model = SpeedModel::default();
     // Learnt elsewhere in the city: free flow in hour 0, half speed in hour 1.
     let far = roadnet::SegmentKey::of(

@@ -877,7 +877,11 @@ mod tests {
         assert_eq!(w.handle_fix(&c, &mut d, 140.0, far, p, assigned), 0.0);
         assert_eq!(d.samples(), 1.0);
         let p = w.progress_m;
-        assert_eq!(w.handle_fix(&c, &mut d, 141.0, at, p, assigned), 0.0, "sticky");
+        assert_eq!(
+            w.handle_fix(&c, &mut d, 141.0, at, p, assigned),
+            0.0,
+            "sticky"
+        );
         assert_eq!(d.samples(), 1.0, "learnt once");
         // A status past the pickup ends the dwell too.
         let mut w2 = PickupWait::new(&route, k, at);
