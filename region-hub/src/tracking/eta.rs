@@ -306,8 +306,15 @@ impl PickupWait {
                 self.arrived_s.get_or_insert(now_s);
                 self.last_near_s = Some(now_s);
             }
+            // Progress alone does not end the wait of a driver who has not been at the pickup
+            // unless they are far from it: where the route comes back the same way after the
+            // pickup, a driver on the way there can be snapped onto the way back (client-sim:
+            // ~12 % of Helsinki trips lost their dwell so).
+            let beyond = progress_m > self.progress_m + 2.0 * config.pickup_leave_m
+                && d > config.pickup_leave_m
+                && (self.arrived_s.is_some() || d > PICKUP_BYPASS_M);
             if !before_pickup(status)
-                || progress_m > self.progress_m + 2.0 * config.pickup_leave_m
+                || beyond
                 || (self.arrived_s.is_some() && d > config.pickup_leave_m)
             {
                 // Picked up (status), clearly beyond it on the route, or left it.
@@ -324,6 +331,10 @@ impl PickupWait {
         }
     }
 }
+
+/// A driver who never came within `pickup_arrival_m` of the pickup has passed it (by
+/// progress along the route) only this far from it, metres.
+const PICKUP_BYPASS_M: f64 = 400.0;
 
 /// The displayed ETA: `s = alpha * raw + (1 - alpha) * max(s_prev - dt, 0)` (docs/eta.md 5).
 fn smooth(prev: Option<(f64, f64)>, alpha: f64, now_s: f64, raw_s: f64) -> (f64, f64) {
