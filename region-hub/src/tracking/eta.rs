@@ -270,6 +270,9 @@ struct PickupWait {
     arrived_s: Option<f64>,
     /// The last fix within `pickup_arrival_m` of the pickup.
     last_near_s: Option<f64>,
+    /// The status said "picked up" before the driver was seen at the pickup (a geofence
+    /// crossed on the way there): from then on only the driver's position ends the wait.
+    status_early: bool,
     passed: bool,
 }
 
@@ -285,6 +288,7 @@ impl PickupWait {
             progress_m,
             arrived_s: None,
             last_near_s: None,
+            status_early: false,
             passed: false,
         }
     }
@@ -302,7 +306,11 @@ impl PickupWait {
     ) -> f64 {
         if !self.passed {
             let d = haversine_m(here, self.at);
-            if d <= config.pickup_arrival_m {
+            // Near the pickup in a straight line and along the route: a route that loops past
+            // the pickup on the way there (a one-way block) brings the driver within 40 m
+            // before they are there.
+            let along_m = (progress_m - self.progress_m).abs();
+            if d <= config.pickup_arrival_m && along_m <= PICKUP_ALONG_ROUTE_M {
                 self.arrived_s.get_or_insert(now_s);
                 self.last_near_s = Some(now_s);
             }
@@ -313,11 +321,15 @@ impl PickupWait {
             let beyond = progress_m > self.progress_m + 2.0 * config.pickup_leave_m
                 && d > config.pickup_leave_m
                 && (self.arrived_s.is_some() || d > PICKUP_BYPASS_M);
-            if !before_pickup(status)
+            let status_past = !before_pickup(status);
+            if status_past && self.arrived_s.is_none() {
+                self.status_early = true;
+            }
+            if (status_past && !self.status_early)
                 || beyond
                 || (self.arrived_s.is_some() && d > config.pickup_leave_m)
             {
-                // Picked up (status), clearly beyond it on the route, or left it.
+                // Picked up (status, once there), clearly beyond it on the route, or left it.
                 self.passed = true;
                 if let (Some(a), Some(b)) = (self.arrived_s, self.last_near_s) {
                     dwells.record(self.place, b - a);
@@ -331,6 +343,11 @@ impl PickupWait {
         }
     }
 }
+
+/// A fix near the pickup counts as being there only this close to it along the route, metres
+/// (generous: where the route doubles back at the pickup, snapping may put the driver on
+/// either pass).
+const PICKUP_ALONG_ROUTE_M: f64 = 200.0;
 
 /// A driver who never came within `pickup_arrival_m` of the pickup has passed it (by
 /// progress along the route) only this far from it, metres.
@@ -894,10 +911,54 @@ mod tests {
             "sticky"
         );
         assert_eq!(d.samples(), 1.0, "learnt once");
-        // A status past the pickup ends the dwell too.
+        // A status past the pickup ends the dwell too, once the driver has been there.
         let mut w2 = PickupWait::new(&route, k, at);
         let picked = DeliveryStatus::PickedUp;
-        assert_eq!(w2.handle_fix(&c, &mut d, 0.0, far, 0.0, picked), 0.0);
+        let pk = w2.progress_m;
+        assert_eq!(w2.handle_fix(&c, &mut d, 0.0, at, pk, assigned), 120.0);
+        assert_eq!(w2.handle_fix(&c, &mut d, 30.0, at, pk, picked), 0.0);
+        // Before that (a geofence crossed on the way there) it does not: the driver still has
+        // the wait ahead, which ends when they leave the pickup.
+        let mut w3 = PickupWait::new(&route, k, at);
+        assert_eq!(w3.handle_fix(&c, &mut d, 0.0, far, 0.0, picked), 120.0);
+        w3.handle_fix(&c, &mut d, 10.0, at, pk, picked);
+        assert_eq!(w3.handle_fix(&c, &mut d, 40.0, at, pk, picked), 90.0);
+        assert_eq!(w3.handle_fix(&c, &mut d, 50.0, far, pk, picked), 0.0);
+    }
+
+    #[test]
+    fn driving_past_the_pickup_on_the_way_there_neither_starts_nor_ends_the_wait() {
+        let c = EtaConfig::default();
+        let g = RoadGraph::default_city().expect("city");
+        let route = Route::concat(&[
+            g.route(START, PICKUP).expect("leg"),
+            g.route(PICKUP, DROPOFF).expect("leg"),
+        ]);
+        let k = g.route(START, PICKUP).expect("leg").segments.len();
+        let at = route.segments[k].start;
+        let at = LatLng::new(at.lat, at.lng);
+        let mut w = PickupWait::new(&route, k, at);
+        let mut d = DwellModel::new(c.dwell.clone());
+        let assigned = DeliveryStatus::DriverAssigned;
+        let near = LatLng::new(at.lat + 0.0003, at.lng); // ~33 m away
+        let far = LatLng::new(at.lat + 0.002, at.lng); // ~220 m away
+                                                       // A loop of the route passes 33 m from the pickup 600 m before reaching it, then
+                                                       // leads away (the snapped progress says where the driver is on the route).
+        let before = (w.progress_m - 600.0).max(0.0);
+        assert_eq!(w.handle_fix(&c, &mut d, 0.0, near, before, assigned), 120.0);
+        assert_eq!(
+            w.handle_fix(&c, &mut d, 20.0, far, before + 150.0, assigned),
+            120.0
+        );
+        assert!(w.arrived_s.is_none() && !w.passed);
+        // Snapped onto a pass of the route beyond the pickup while still 220 m from it and
+        // never there: not passed.
+        let beyond = w.progress_m + 300.0;
+        assert_eq!(w.handle_fix(&c, &mut d, 30.0, far, beyond, assigned), 120.0);
+        // Really there: the countdown starts.
+        let pk = w.progress_m;
+        w.handle_fix(&c, &mut d, 40.0, at, pk, assigned);
+        assert_eq!(w.handle_fix(&c, &mut d, 70.0, at, pk, assigned), 90.0);
     }
 
     #[test]
@@ -915,18 +976,19 @@ mod tests {
         let assigned = DeliveryStatus::DriverAssigned;
         let mut d = DwellModel::new(c.dwell.clone());
         // Forty pickups here where drivers waited 200 s each (first to last fix nearby).
+        let pk = PickupWait::new(&route, k, at).progress_m;
         for _ in 0..40 {
             let mut w = PickupWait::new(&route, k, at);
-            w.handle_fix(&c, &mut d, 0.0, at, 0.0, assigned);
-            w.handle_fix(&c, &mut d, 200.0, at, 0.0, assigned);
-            w.handle_fix(&c, &mut d, 210.0, far, 0.0, assigned);
+            w.handle_fix(&c, &mut d, 0.0, at, pk, assigned);
+            w.handle_fix(&c, &mut d, 200.0, at, pk, assigned);
+            w.handle_fix(&c, &mut d, 210.0, far, pk, assigned);
         }
         let mut w = PickupWait::new(&route, k, at);
         let ahead = w.handle_fix(&c, &mut d, 0.0, far, 0.0, assigned);
         assert!((195.0..=205.0).contains(&ahead), "{ahead}");
-        w.handle_fix(&c, &mut d, 10.0, at, 0.0, assigned);
+        w.handle_fix(&c, &mut d, 10.0, at, pk, assigned);
         // 150 s into the wait: ~50 s left, where the 120 s prior would say none.
-        let left = w.handle_fix(&c, &mut d, 160.0, at, 0.0, assigned);
+        let left = w.handle_fix(&c, &mut d, 160.0, at, pk, assigned);
         assert!((45.0..=55.0).contains(&left), "{left}");
     }
 
