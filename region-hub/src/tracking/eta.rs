@@ -775,8 +775,9 @@ mod tests {
             }
             (t, last.expect("frames"))
         };
-        // Before any arrival: the prior (0.85x-1.3x, at least 30 s either side).
-        assert_eq!(m.band.band(120.0), (99.0, 159.0));
+        // Before any arrival: the prior (0.85x-1.3x, at least 15 s either side).
+        assert_eq!(m.band.band(120.0), (102.0, 156.0));
+        assert_eq!(m.band.band(40.0), (27.5, 57.5));
         let (t, _) = trip(&mut m, 1, T0);
         // The arrival scored the kept estimates, once.
         assert!(t.band_samples.arrived && t.band_samples.kept.is_empty());
