@@ -777,7 +777,7 @@ mod tests {
         };
         // Before any arrival: the prior (0.85x-1.3x, at least 15 s either side).
         assert_eq!(m.band.band(120.0), (102.0, 156.0));
-        assert_eq!(m.band.band(40.0), (27.5, 57.5));
+        assert_eq!(m.band.band(40.0), (28.0, 58.0));
         let (t, _) = trip(&mut m, 1, T0);
         // The arrival scored the kept estimates, once.
         assert!(t.band_samples.arrived && t.band_samples.kept.is_empty());
