@@ -342,7 +342,7 @@ impl EtaEngine {
         let mut times = vec![0.0f32; n + 1];
         let mut ahead_s = 0.0;
         let mut cell_live: Option<(u64, f64)> = None;
-        for i in 0..n {
+        for (i, time) in times.iter_mut().enumerate().take(n) {
             if i >= here && Some(i) == pickup_segment {
                 ahead_s += self.config.pickup_dwell_s;
             }
@@ -369,7 +369,7 @@ impl EtaEngine {
             self.expected_mps[i] = expected as f32;
             let len = self.snapper.span(i).map_or(0.0, |(_, l)| l);
             let t = len / (expected * live).max(MIN_SPEED_MPS);
-            times[i] = t as f32;
+            *time = t as f32;
             if i >= here {
                 ahead_s += t;
             }

@@ -769,7 +769,7 @@ mod tests {
                 i.delivery_id = DeliveryId(id);
                 i.status = DeliveryStatus::EnRoute;
                 if let Some(e) = t.handle_fix(&c, m, &speeds, now, &i) {
-                    assert!(e.eta_low_s < e.eta_high_s && e.eta_high_s >= 30.0, "{e:?}");
+                    assert!(e.eta_low_s < e.eta_high_s && e.eta_high_s >= 15.0, "{e:?}");
                     last = Some(e);
                 }
             }
