@@ -295,6 +295,7 @@ impl QualityBook {
     }
 
     /// Per-trip midpoint figures, for analysis: (start, duration, ETA error, baseline error,
+    /// when the driver reached and left the pickup, the moment scored,
     /// at the pickup, deviations), sorted by start.
     pub fn trip_details(&self) -> Vec<serde_json::Value> {
         let trips = self.trips.lock();
@@ -318,6 +319,9 @@ impl QualityBook {
                     "delivery": id, "start_s": start, "duration_s": tl.duration_s,
                     "truth_left_s": left, "pred_left_s": pred - ts,
                     "dwell_s": tl.pickup_departure_s - tl.pickup_arrival_s,
+                    "pickup_arrival_s": tl.pickup_arrival_s,
+                    "pickup_departure_s": tl.pickup_departure_s,
+                    "at_s": ts - start,
                     "at_pickup": ts - start >= tl.pickup_arrival_s && ts - start < tl.pickup_departure_s,
                     "picked_up": here.picked_up, "deviations": t.deviations,
                     "reroute_latencies_s": t.latencies_s, "unprompted": t.unprompted,

@@ -46,9 +46,9 @@ impl Default for BandConfig {
             high_quantile: 0.90,
             prior_low: 0.85,
             prior_high: 1.30,
-            min_samples: 200,
+            min_samples: 50,
             max_samples: 20_000,
-            min_half_width_s: 30.0,
+            min_half_width_s: 15.0,
         }
     }
 }

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::geo::{haversine_m, LatLng};
 use crate::route::Route;
 use crate::snap::{RouteSnapper, SnapConfig};
-use crate::speed::{cell_of, hour_of_week, SpeedModel};
+use crate::speed::{hour_of_week, SegmentKey, SpeedModel};
 
 /// Speeds below this are treated as this when dividing (a cell learnt while stopped), in m/s.
 const MIN_SPEED_MPS: f64 = 1.0;
@@ -27,6 +27,11 @@ pub struct EtaConfig {
     pub smoothing_alpha: f64,
     /// A fix farther than this from the route means the driver left it, in metres.
     pub deviation_threshold_m: f64,
+    /// A fix farther than this from the route (but not yet a deviation) does not move
+    /// progress: the nearest point of the route may be far ahead of a driver who took a wrong
+    /// turn. The time to get back to the route (the distance to it at the expected speed
+    /// there) is added instead, in metres.
+    pub off_route_hold_m: f64,
     /// Local offset from UTC used for the hour of week, in seconds.
     pub utc_offset_s: i32,
     /// Snapping tuning.
@@ -40,6 +45,7 @@ impl Default for EtaConfig {
             pickup_arrival_radius_m: 30.0,
             smoothing_alpha: 0.3,
             deviation_threshold_m: 500.0,
+            off_route_hold_m: 100.0,
             utc_offset_s: 0,
             snap: SnapConfig::default(),
         }
@@ -75,22 +81,24 @@ struct Smoothed {
 }
 
 /// ETA for one delivery. Build it at dispatch from the planned route. It keeps what it needs
-/// of the route compactly (the snapper's projected vertices, a free speed per segment and the
-/// H3 cells as runs of segments), not the [`Route`] itself: a hub holds one per active
-/// delivery.
+/// of the route compactly (the snapper's projected vertices, a free speed and a [`SegmentKey`]
+/// per segment), not the [`Route`] itself: a hub holds one per active delivery.
 #[derive(Debug, Clone)]
 pub struct EtaEngine {
     config: EtaConfig,
     snapper: RouteSnapper,
     /// Free-flow speed of each segment, m/s.
     free_speed_mps: Vec<f32>,
-    /// `(first segment, H3 cell)` of each run of consecutive segments in one cell (0: none).
-    cell_runs: Vec<(u32, u64)>,
-    /// Driving time from the start of each run to the end of the route, as of `times_at`
-    /// (fix time, s) and its hour of week: a fix adds only its own run's part. Refreshed every
+    /// Where each segment's speed is learnt.
+    keys: Vec<SegmentKey>,
+    /// Expected speed of each segment (before the live factor) as of `times_at`, each read for
+    /// the hour of week the driver is expected to reach it, m/s.
+    expected_mps: Vec<f32>,
+    /// Driving time from the start of each segment to the end of the route, as of `times_at`
+    /// (fix time, s): a fix adds only its own segment's part. Refreshed every
     /// [`RUN_TIMES_REFRESH_S`] and when the hour changes, so speeds learnt in the meantime
     /// reach the ETA within that.
-    run_times_s: Vec<f32>,
+    suffix_s: Vec<f32>,
     times_at: Option<(f64, u8)>,
     length_m: f64,
     pickup_progress_m: Option<f64>,
@@ -109,8 +117,9 @@ impl EtaEngine {
         let mut engine = Self {
             config,
             free_speed_mps: Vec::new(),
-            cell_runs: Vec::new(),
-            run_times_s: Vec::new(),
+            keys: Vec::new(),
+            expected_mps: Vec::new(),
+            suffix_s: Vec::new(),
             times_at: None,
             length_m: 0.0,
             pickup_progress_m: None,
@@ -130,19 +139,13 @@ impl EtaEngine {
             .iter()
             .map(|s| s.free_speed_mps as f32)
             .collect();
-        self.cell_runs.clear();
-        for (i, s) in route.segments.iter().enumerate() {
-            let cell = cell_of(LatLng::new(
-                (s.start.lat + s.end.lat) / 2.0,
-                (s.start.lng + s.end.lng) / 2.0,
-            ))
-            .unwrap_or(0);
-            if self.cell_runs.last().is_none_or(|(_, c)| *c != cell) {
-                self.cell_runs.push((i as u32, cell));
-            }
-        }
-        self.cell_runs.shrink_to_fit();
-        self.run_times_s.clear();
+        self.keys = route
+            .segments
+            .iter()
+            .map(|s| SegmentKey::of(s.start, s.end, s.class))
+            .collect();
+        self.expected_mps.clear();
+        self.suffix_s.clear();
         self.times_at = None;
         self.length_m = route.length_m;
         self.pickup_progress_m = pickup_segment.map(|k| {
@@ -177,11 +180,21 @@ impl EtaEngine {
 
     /// The H3 cell (resolution 9) segment `i` of the route is counted in.
     pub fn segment_cell(&self, i: usize) -> Option<u64> {
-        let k = self
-            .cell_runs
-            .partition_point(|(start, _)| *start as usize <= i)
-            .checked_sub(1)?;
-        self.cell_runs.get(k).map(|r| r.1).filter(|c| *c != 0)
+        self.keys.get(i).map(|k| k.cell).filter(|c| *c != 0)
+    }
+
+    /// Where segment `i`'s speed is learnt.
+    pub fn segment_key(&self, i: usize) -> Option<&SegmentKey> {
+        self.keys.get(i)
+    }
+
+    /// The speed the ETA expects on segment `i` before the live factor (as of the last refresh;
+    /// the free speed before the first fix), m/s.
+    pub fn expected_speed_mps(&self, i: usize) -> Option<f64> {
+        self.expected_mps
+            .get(i)
+            .or(self.free_speed_mps.get(i))
+            .map(|v| f64::from(*v))
     }
 
     /// Free-flow speed of segment `i` of the route being followed, m/s.
@@ -219,10 +232,11 @@ impl EtaEngine {
             (None, None) => 0.0,
         };
         let deviated = off_route_m > self.config.deviation_threshold_m;
-        if let (Some(s), false) = (&snap, deviated) {
+        let off_route = off_route_m > self.config.off_route_hold_m;
+        if let (Some(s), false) = (&snap, off_route) {
             self.progress_m = s.progress_m;
         }
-        let segment_index = match (&snap, deviated) {
+        let segment_index = match (&snap, off_route) {
             (Some(s), false) => Some(s.segment_index),
             _ => self.snapper.segment_at(self.progress_m),
         };
@@ -235,7 +249,15 @@ impl EtaEngine {
                 .map_or(0.0, |t| (now_s - t).max(0.0));
             (self.config.pickup_dwell_s - waited_s).max(0.0)
         };
-        let raw_eta_s = self.driving_time_s(now_s, segment_index, model) + dwell_s;
+        let back_s = if off_route && !deviated {
+            let v = segment_index
+                .and_then(|i| self.expected_mps.get(i).copied())
+                .map_or(MIN_SPEED_MPS, f64::from);
+            off_route_m / v.max(MIN_SPEED_MPS)
+        } else {
+            0.0
+        };
+        let raw_eta_s = self.driving_time_s(segment_index) + back_s + dwell_s;
         let smoothed_eta_s = self.smooth(now_s, raw_eta_s);
         EtaUpdate {
             raw_eta_s,
@@ -297,49 +319,10 @@ impl EtaEngine {
         next.eta_s
     }
 
-    /// The speeds of run `k` of segments: (weight of the historical mean, the mean, the live
-    /// factor) of its cell.
-    fn run_speeds(&self, k: usize, now_s: f64, hour: u8, model: &SpeedModel) -> (f64, f64, f64) {
-        match self.cell_runs.get(k) {
-            Some(&(_, cell)) if cell != 0 => {
-                let (w, mean) = model.historical_weight(cell, hour);
-                (w, mean, model.live_factor(cell, now_s))
-            }
-            _ => (0.0, 0.0, 1.0),
-        }
-    }
-
-    /// Segments `[start, end)` of run `k`.
-    fn run_range(&self, k: usize) -> (usize, usize) {
-        let start = self.cell_runs.get(k).map_or(0, |r| r.0 as usize);
-        let end = self
-            .cell_runs
-            .get(k + 1)
-            .map_or(self.free_speed_mps.len(), |r| r.0 as usize);
-        (start, end)
-    }
-
-    /// Driving time over segments `from..end` of run `k`, the first only from `progress_m`.
-    fn run_time_s(&self, k: usize, from: usize, speeds: (f64, f64, f64), progress_m: f64) -> f64 {
-        let (w, mean, live) = speeds;
-        let (_, end) = self.run_range(k);
-        let mut total_s = 0.0;
-        for i in from..end {
-            let Some((cum, len)) = self.snapper.span(i) else {
-                continue;
-            };
-            let left_m = (cum + len - progress_m).clamp(0.0, len);
-            if left_m <= 0.0 {
-                continue;
-            }
-            let free = f64::from(self.free_speed_mps[i]);
-            let speed_mps = (w * mean + (1.0 - w) * free) * live;
-            total_s += left_m / speed_mps.max(MIN_SPEED_MPS);
-        }
-        total_s
-    }
-
-    /// Recomputes the driving time from each run to the end when due.
+    /// Recomputes the expected speed of every segment and the driving time from each to the
+    /// end when due. Each segment ahead is read for the hour of week the driver is expected to
+    /// reach it (the time so far along the remaining route, plus the pickup dwell once past
+    /// the pickup).
     fn refresh_run_times(&mut self, now_s: f64, model: &SpeedModel) {
         let hour = hour_of_week(now_s, self.config.utc_offset_s);
         let due = match self.times_at {
@@ -349,34 +332,73 @@ impl EtaEngine {
         if !due {
             return;
         }
-        let runs = self.cell_runs.len();
-        let mut times = vec![0.0f32; runs + 1];
-        for k in (0..runs).rev() {
-            let (start, _) = self.run_range(k);
-            let speeds = self.run_speeds(k, now_s, hour, model);
-            let t = self.run_time_s(k, start, speeds, f64::NEG_INFINITY);
-            times[k] = times[k + 1] + t as f32;
+        let n = self.free_speed_mps.len();
+        let here = self.snapper.segment_at(self.progress_m).unwrap_or(0);
+        let pickup_segment = self
+            .pickup_progress_m
+            .filter(|_| !self.pickup_passed)
+            .and_then(|m| self.snapper.segment_at(m));
+        self.expected_mps.resize(n, 0.0);
+        let mut times = vec![0.0f32; n + 1];
+        let mut ahead_s = 0.0;
+        let mut cell_live: Option<(u64, f64)> = None;
+        for (i, time) in times.iter_mut().enumerate().take(n) {
+            if i >= here && Some(i) == pickup_segment {
+                ahead_s += self.config.pickup_dwell_s;
+            }
+            let at_hour = if i > here {
+                hour_of_week(now_s + ahead_s, self.config.utc_offset_s)
+            } else {
+                hour
+            };
+            let key = &self.keys[i];
+            let free = f64::from(self.free_speed_mps[i]);
+            let expected = model.segment_speed_mps(key, at_hour, free);
+            let live = match cell_live {
+                Some((c, f)) if c == key.cell => f,
+                _ => {
+                    let f = if key.cell == 0 {
+                        1.0
+                    } else {
+                        model.live_factor(key.cell, now_s)
+                    };
+                    cell_live = Some((key.cell, f));
+                    f
+                }
+            };
+            self.expected_mps[i] = expected as f32;
+            let len = self.snapper.span(i).map_or(0.0, |(_, l)| l);
+            let t = len / (expected * live).max(MIN_SPEED_MPS);
+            *time = t as f32;
+            if i >= here {
+                ahead_s += t;
+            }
         }
-        self.run_times_s = times;
+        for i in (0..n).rev() {
+            times[i] += times[i + 1];
+        }
+        self.suffix_s = times;
         self.times_at = Some((now_s, hour));
     }
 
     /// Driving time from the current progress to the end of the route, in seconds: the rest
-    /// of the current run from the speed model, the runs after it from the refreshed table.
-    fn driving_time_s(&self, now_s: f64, segment_index: Option<usize>, model: &SpeedModel) -> f64 {
-        let Some(first) = segment_index else {
+    /// of the current segment, then the refreshed times of the segments after it.
+    fn driving_time_s(&self, segment_index: Option<usize>) -> f64 {
+        let Some(i) = segment_index else {
             return 0.0;
         };
-        let Some(k) = self
-            .cell_runs
-            .partition_point(|(start, _)| *start as usize <= first)
-            .checked_sub(1)
-        else {
+        let Some((cum, len)) = self.snapper.span(i) else {
             return 0.0;
         };
-        let hour = hour_of_week(now_s, self.config.utc_offset_s);
-        let speeds = self.run_speeds(k, now_s, hour, model);
-        let here = self.run_time_s(k, first, speeds, self.progress_m);
-        here + f64::from(self.run_times_s.get(k + 1).copied().unwrap_or(0.0))
+        let whole = |k: usize| {
+            f64::from(self.suffix_s.get(k).copied().unwrap_or(0.0))
+                - f64::from(self.suffix_s.get(k + 1).copied().unwrap_or(0.0))
+        };
+        let left = if len > 0.0 {
+            ((cum + len - self.progress_m) / len).clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        left * whole(i) + f64::from(self.suffix_s.get(i + 1).copied().unwrap_or(0.0))
     }
 }

