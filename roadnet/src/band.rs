@@ -180,7 +180,8 @@ mod tests {
             "{lo} {hi}"
         );
         let (lo, hi) = band.band(20.0);
-        assert_eq!((lo, hi), (0.0, 51.5));
+        // 17-26 s widened to the 30 s minimum around its midpoint.
+        assert_eq!((lo, hi), (6.5, 36.5));
     }
 
     #[test]
