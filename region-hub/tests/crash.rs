@@ -8,11 +8,8 @@ use futures::StreamExt;
 use protocol::api::{ChangeStatus, CreateDelivery, DeliveryCreated, StatusChanged};
 use protocol::consumer::{ConsumerFrame, Snapshot};
 use protocol::status::DeliveryStatus::{self, *};
-use protocol::token::{Subject, TokenSigner};
 use protocol::{DeliveryId, DriverId};
-use region_hub::HubConfig;
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -83,24 +80,7 @@ async fn sigkill_mid_run_loses_no_acknowledged_event_and_consumers_resume_withou
     certs::install_default_crypto_provider();
     let dir = TestDir::new("crash");
     let pki = Pki::new(&dir);
-    let data = dir.join("data");
-    let key_path = data.join("token.pk8");
-    let signer: TokenSigner =
-        region_hub::load_or_create_signing_key(&key_path, 1).expect("signing key");
-    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-    let config = HubConfig {
-        link_listen: any,
-        webtransport_listen: any,
-        https_listen: any,
-        admin_listen: any,
-        data_dir: data.clone(),
-        tls: pki.node("hub", certs::NodeRole::Hub),
-        token_signing_key: key_path,
-        ..HubConfig::default()
-    };
-    let config_path = dir.join("hub.toml");
-    std::fs::write(&config_path, toml::to_string(&config).expect("toml")).expect("write config");
-    let op = signer.sign(Subject::Operator, nodekit::unix_s(), 3_600);
+    let (config_path, op) = support::write_process_config(&dir, &pki, |_| {});
     let http = http_client(&pki);
 
     let hub = HubProcess::start(&config_path);

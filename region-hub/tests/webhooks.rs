@@ -8,15 +8,13 @@ mod support;
 use protocol::api::{ChangeStatus, CreateDelivery, DeliveryCreated, StatusChanged};
 use protocol::geo::destination;
 use protocol::status::DeliveryStatus::{self, *};
-use protocol::token::{Subject, TokenSigner};
+use protocol::token::Subject;
 use protocol::wire::{Fix, RoutedFix};
 use protocol::DriverId;
 use region_hub::config::WebhookConfig;
 use region_hub::webhooks::sign;
 use region_hub::webhooks::{EventKind, Subscription};
-use region_hub::HubConfig;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -317,25 +315,9 @@ async fn sigkill_while_webhooks_fail_loses_nothing_and_each_event_arrives_once_a
     let dir = TestDir::new("webhooks-crash");
     let pki = Pki::new(&dir);
     let receiver = Receiver::start(&pki, FLAKY).await;
-    let data = dir.join("data");
-    let key_path = data.join("token.pk8");
-    let signer: TokenSigner =
-        region_hub::load_or_create_signing_key(&key_path, 1).expect("signing key");
-    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-    let config = HubConfig {
-        link_listen: any,
-        webtransport_listen: any,
-        https_listen: any,
-        admin_listen: any,
-        data_dir: data,
-        tls: pki.node("hub", certs::NodeRole::Hub),
-        token_signing_key: key_path,
-        webhooks: fast_webhooks(&pki, vec![subscription("orders", receiver.url("/hook"))]),
-        ..HubConfig::default()
-    };
-    let config_path = dir.join("hub.toml");
-    std::fs::write(&config_path, toml::to_string(&config).expect("toml")).expect("write config");
-    let op = signer.sign(Subject::Operator, nodekit::unix_s(), 3_600);
+    let (config_path, op) = support::write_process_config(&dir, &pki, |c| {
+        c.webhooks = fast_webhooks(&pki, vec![subscription("orders", receiver.url("/hook"))]);
+    });
     let http = http_client(&pki);
 
     let hub = HubProcess::start(&config_path);

@@ -13,7 +13,6 @@ use protocol::api::{CreateDelivery, DeliveryCreated};
 use protocol::consumer::{ConsumerFrame, Snapshot};
 use protocol::geo::{destination, LatLng};
 use protocol::status::DeliveryStatus::{self, *};
-use protocol::token::{Subject, TokenSigner};
 use protocol::DriverId;
 use region_hub::{HubConfig, HubHandle};
 use std::net::SocketAddr;
@@ -98,24 +97,7 @@ async fn sigkill_while_the_driver_is_inside_the_pickup_zone_still_gives_picked_u
     certs::install_default_crypto_provider();
     let dir = TestDir::new("zones-crash");
     let pki = Pki::new(&dir);
-    let data = dir.join("data");
-    let key_path = data.join("token.pk8");
-    let signer: TokenSigner =
-        region_hub::load_or_create_signing_key(&key_path, 1).expect("signing key");
-    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-    let config = HubConfig {
-        link_listen: any,
-        webtransport_listen: any,
-        https_listen: any,
-        admin_listen: any,
-        data_dir: data.clone(),
-        tls: pki.node("hub", certs::NodeRole::Hub),
-        token_signing_key: key_path,
-        ..HubConfig::default()
-    };
-    let config_path = dir.join("hub.toml");
-    std::fs::write(&config_path, toml::to_string(&config).expect("toml")).expect("write config");
-    let op = signer.sign(Subject::Operator, nodekit::unix_s(), 3_600);
+    let (config_path, op) = support::write_process_config(&dir, &pki, |_| {});
     let http = http_client(&pki);
     let driver = 42;
     let inside = |m: f64| destination(PICKUP, 200.0, m);

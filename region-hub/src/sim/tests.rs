@@ -104,11 +104,18 @@ fn simulated_schedules_keep_every_guarantee() {
 
 #[test]
 fn known_gaps_still_fail() {
+    // Prints why each still fails (run with --nocapture), and writes each schedule to
+    // `$SIM_LOG_DIR/<seed>.txt` when set.
+    let dir = std::env::var("SIM_LOG_DIR").ok().filter(|d| !d.is_empty());
     for &seed in KNOWN_GAPS {
-        assert!(
-            run(seed, Faults::default()).is_err(),
-            "seed {seed} passes now: move it from KNOWN_GAPS to REGRESSIONS"
-        );
+        let Err((why, log)) = run(seed, Faults::default()) else {
+            panic!("seed {seed} passes now: move it from KNOWN_GAPS to REGRESSIONS");
+        };
+        println!("{seed}: {why}");
+        if let Some(dir) = &dir {
+            let _ = std::fs::create_dir_all(dir);
+            let _ = std::fs::write(format!("{dir}/{seed}.txt"), log.join("\n") + "\n" + &why);
+        }
     }
 }
 
@@ -168,27 +175,5 @@ fn survey() {
     println!("failing seeds: {failing:?}");
     for (k, (count, first)) in kinds {
         println!("{count:6} (first seed {first}): {k}");
-    }
-}
-
-/// Not a check: prints why each of [`KNOWN_GAPS`] still fails, and writes each schedule to
-/// `$SIM_LOG_DIR/<seed>.txt` when set
-/// (`cargo test --release -p region-hub --lib sim::tests::known_gaps_why -- --ignored --nocapture`).
-#[test]
-#[ignore]
-fn known_gaps_why() {
-    let dir = std::env::var("SIM_LOG_DIR").ok();
-    for &seed in KNOWN_GAPS {
-        match run(seed, Faults::default()) {
-            Ok(()) => println!("{seed}: passes"),
-            Err((why, log)) => {
-                println!("{seed}: {why}");
-                if let Some(dir) = &dir {
-                    let _ = std::fs::create_dir_all(dir);
-                    let text = log.join("\n") + "\n" + &why;
-                    let _ = std::fs::write(format!("{dir}/{seed}.txt"), text);
-                }
-            }
-        }
     }
 }

@@ -519,3 +519,32 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A hub config for the binary (`HubProcess`): every listener on port 0, data under
+/// `dir/data`, and the token key there (created now), changed by `edit`; written to
+/// `dir/hub.toml`. Returns its path and an operator token signed with that key.
+pub fn write_process_config(
+    dir: &Path,
+    pki: &Pki,
+    edit: impl FnOnce(&mut HubConfig),
+) -> (std::path::PathBuf, String) {
+    let data = dir.join("data");
+    let key_path = data.join("token.pk8");
+    let signer = region_hub::load_or_create_signing_key(&key_path, 1).expect("signing key");
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let mut config = HubConfig {
+        link_listen: any,
+        webtransport_listen: any,
+        https_listen: any,
+        admin_listen: any,
+        data_dir: data,
+        tls: pki.node("hub", certs::NodeRole::Hub),
+        token_signing_key: key_path,
+        ..HubConfig::default()
+    };
+    edit(&mut config);
+    let config_path = dir.join("hub.toml");
+    std::fs::write(&config_path, toml::to_string(&config).expect("toml")).expect("write config");
+    let op = signer.sign(Subject::Operator, nodekit::unix_s(), 3_600);
+    (config_path, op)
+}
