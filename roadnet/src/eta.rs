@@ -319,8 +319,8 @@ impl EtaEngine {
         next.eta_s
     }
 
-    /// Recomputes the expected speed of every segment and the driving time from each to the
-    /// end when due. Each segment ahead is read for the hour of week the driver is expected to
+    /// Recomputes the expected speed of every segment from the driver's on and the driving
+    /// time from each to the end when due. Each segment ahead is read for the hour of week the driver is expected to
     /// reach it (the time so far along the remaining route, plus the pickup dwell once past
     /// the pickup).
     fn refresh_run_times(&mut self, now_s: f64, model: &SpeedModel) {
@@ -333,16 +333,27 @@ impl EtaEngine {
             return;
         }
         let n = self.free_speed_mps.len();
-        let here = self.snapper.segment_at(self.progress_m).unwrap_or(0);
+        let here = self.snapper.segment_at(self.progress_m).unwrap_or(0).min(n);
         let pickup_segment = self
             .pickup_progress_m
             .filter(|_| !self.pickup_passed)
             .and_then(|m| self.snapper.segment_at(m));
-        self.expected_mps.resize(n, 0.0);
-        let mut times = vec![0.0f32; n + 1];
+        // Only the segments from the driver's on are read again (the speed model lookups are
+        // the cost); those behind keep their times, in case snapping noise puts the driver
+        // back on one. The first refresh of a route reads them all.
+        let first = if self.suffix_s.len() == n + 1 && self.expected_mps.len() == n {
+            here
+        } else {
+            self.expected_mps.clear();
+            self.expected_mps.resize(n, 0.0);
+            self.suffix_s.clear();
+            self.suffix_s.resize(n + 1, 0.0);
+            0
+        };
+        let old_first = self.suffix_s[first];
         let mut ahead_s = 0.0;
         let mut cell_live: Option<(u64, f64)> = None;
-        for (i, time) in times.iter_mut().enumerate().take(n) {
+        for i in first..n {
             if i >= here && Some(i) == pickup_segment {
                 ahead_s += self.config.pickup_dwell_s;
             }
@@ -369,15 +380,21 @@ impl EtaEngine {
             self.expected_mps[i] = expected as f32;
             let len = self.snapper.span(i).map_or(0.0, |(_, l)| l);
             let t = len / (expected * live).max(MIN_SPEED_MPS);
-            *time = t as f32;
+            // The segment's own time for now; summed from the end below.
+            self.suffix_s[i] = t as f32;
             if i >= here {
                 ahead_s += t;
             }
         }
-        for i in (0..n).rev() {
-            times[i] += times[i + 1];
+        self.suffix_s[n] = 0.0;
+        for i in (first..n).rev() {
+            self.suffix_s[i] += self.suffix_s[i + 1];
         }
-        self.suffix_s = times;
+        // The segments behind keep their own times: their suffix moves by what changed ahead.
+        let delta = self.suffix_s[first] - old_first;
+        for t in &mut self.suffix_s[..first] {
+            *t += delta;
+        }
         self.times_at = Some((now_s, hour));
     }
 

@@ -202,7 +202,7 @@ impl RouteSnapper {
     /// fix just behind a vertex does not look like progress up to the vertex.
     fn within(&self, p: [f64; 2], r: f64) -> Vec<Candidate> {
         let n = self.segments();
-        let mut out: Vec<Candidate> = Vec::new();
+        let mut out: Vec<Candidate> = Vec::with_capacity(8);
         for k in (0..self.blocks.len()).filter(|&k| self.block_dist2(k, p) <= r * r) {
             for i in k * BLOCK..((k + 1) * BLOCK).min(n) {
                 let c = self.candidate(i, p);
@@ -260,11 +260,8 @@ impl RouteSnapper {
     pub fn snap(&self, pos: LatLng, hint_progress_m: f64) -> Option<Snap> {
         let p = self.projection.project(pos);
         let floor_m = hint_progress_m - self.config.back_tolerance_m;
-        let qualifying: Vec<Candidate> = self
-            .within(p, self.config.radius_m)
-            .into_iter()
-            .filter(|c| c.progress_m >= floor_m)
-            .collect();
+        let mut qualifying = self.within(p, self.config.radius_m);
+        qualifying.retain(|c| c.progress_m >= floor_m);
         let chosen = if qualifying.is_empty() {
             self.nearest(p)?
         } else {

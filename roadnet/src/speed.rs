@@ -14,6 +14,8 @@
 //! and used only while no ratio has been learnt, and a live correction factor per cell.
 
 use std::collections::HashMap;
+
+use foldhash::fast::RandomState;
 use std::hash::{Hash, Hasher};
 
 use h3o::{CellIndex, Resolution};
@@ -239,10 +241,12 @@ pub enum SpeedSample {
 #[derive(Debug, Clone, Default)]
 pub struct SpeedModel {
     config: SpeedModelConfig,
-    historical: HashMap<(u64, u8), Mean>,
-    live: HashMap<u64, [LiveBucket; LIVE_BUCKETS]>,
+    // foldhash, not SipHash: the ETA reads up to five of these per road segment of a route
+    // each refresh, and the keys come from the road graph and H3, seeded per process.
+    historical: HashMap<(u64, u8), Mean, RandomState>,
+    live: HashMap<u64, [LiveBucket; LIVE_BUCKETS], RandomState>,
     /// Speed ratios per level (see the module documentation).
-    ratios: HashMap<RatioLevel, RatioMean>,
+    ratios: HashMap<RatioLevel, RatioMean, RandomState>,
     /// City-wide ratio per hour of week, and over all hours.
     ratio_hours: Vec<RatioMean>,
     ratio_all: RatioMean,
@@ -260,9 +264,9 @@ impl SpeedModel {
     pub fn new(config: SpeedModelConfig) -> Self {
         Self {
             config,
-            historical: HashMap::new(),
-            live: HashMap::new(),
-            ratios: HashMap::new(),
+            historical: HashMap::default(),
+            live: HashMap::default(),
+            ratios: HashMap::default(),
             ratio_hours: vec![RatioMean::default(); usize::from(HOURS_PER_WEEK)],
             ratio_all: RatioMean::default(),
         }
@@ -545,7 +549,7 @@ impl SpeedModel {
     /// Replace the historical table with `rows` (as made by [`SpeedModel::export_historical`]).
     /// Nothing changes when a row is invalid.
     pub fn import_historical(&mut self, rows: &[SpeedRow]) -> Result<(), SpeedImportError> {
-        let mut table = HashMap::with_capacity(rows.len());
+        let mut table = HashMap::with_capacity_and_hasher(rows.len(), RandomState::default());
         for (row, &(cell, hour, mean_mps, count)) in rows.iter().enumerate() {
             if CellIndex::try_from(cell).is_err() {
                 return Err(SpeedImportError::InvalidCell { row, cell });

@@ -307,3 +307,34 @@ fn a_fix_well_off_the_route_holds_progress_and_adds_the_way_back() {
     let u = eta.handle_fix(T0 + 30.0, at(260.0, 3.0), &model);
     assert!(close(u.progress_m, 260.0), "{u:?}");
 }
+
+#[test]
+fn a_refresh_reads_the_segments_ahead_and_a_segment_behind_keeps_its_time() {
+    let route = three_segments();
+    let mut model = SpeedModel::default();
+    let mut eta = EtaEngine::new(route.clone(), None, EtaConfig::default());
+    // Free flow: 10 s a segment.
+    let u = eta.handle_fix(T0, at(150.0, 0.0), &model);
+    assert!(close(u.raw_eta_s, 15.0), "{u:?}");
+    // The city turns out to be slower than free flow everywhere.
+    let keys: Vec<_> = (0..3).map(|i| *eta.segment_key(i).expect("key")).collect();
+    for _ in 0..500 {
+        for k in &keys {
+            model.observe_ratio(k, hour_of_week(T0, 0), 0.5);
+        }
+    }
+    // Onto the third segment (no refresh yet), then 40 s on (past the 30 s refresh): what is
+    // ahead of the driver's last position is read again, as a new engine reads it.
+    eta.handle_fix(T0 + 5.0, at(205.0, 0.0), &model);
+    let u = eta.handle_fix(T0 + 40.0, at(210.0, 0.0), &model);
+    let mut fresh = EtaEngine::new(route, None, EtaConfig::default());
+    let f = fresh.handle_fix(T0 + 40.0, at(210.0, 0.0), &model);
+    assert!(close(u.raw_eta_s, f.raw_eta_s), "{u:?} vs {f:?}");
+    assert!(f.raw_eta_s > 9.0 * 1.5, "slower than free flow: {f:?}");
+    let third_s = f.raw_eta_s / 0.9;
+    // Noise puts the driver 20 m back, on the second segment: its 10 m left count at the time
+    // it had (1 s), then the third segment's new time.
+    let u = eta.handle_fix(T0 + 41.0, at(190.0, 0.0), &model);
+    assert_eq!(u.segment_index, Some(1), "{u:?}");
+    assert!(close(u.raw_eta_s, 1.0 + third_s), "{u:?}, third {third_s}");
+}

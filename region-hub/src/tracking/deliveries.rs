@@ -23,6 +23,7 @@ use protocol::wire::RoutedFix;
 use protocol::{DeliveryId, DriverId};
 use roadnet::SpeedModel;
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 use std::collections::{BTreeSet, HashMap};
 
 /// Longest idempotency key accepted.
@@ -626,7 +627,8 @@ impl Deliveries {
             matched: !ids.is_empty(),
             ..FixOutcome::default()
         };
-        let ids: Vec<DeliveryId> = ids.iter().copied().collect();
+        // Most drivers carry one delivery: no allocation per fix for them.
+        let ids: SmallVec<[DeliveryId; 4]> = ids.iter().copied().collect();
         let f = fix.fix;
         let here = f.position();
         if !here.is_valid() {
