@@ -30,6 +30,13 @@ pub struct EtaConfig {
     /// ETA frames are pushed at most this often per delivery (also the countdown's period);
     /// a frame carrying a new route is pushed at once.
     pub push_interval_ms: u64,
+    /// A delivery's estimate is worked out from at most one fix in this long (fix time);
+    /// fixes in between are relayed as positions only, unless the driver moved more than
+    /// `engine.off_route_hold_m` since the last one worked out. Fixes come every ~4 s at the
+    /// design rate (and every second in client-sim), so this changes nothing there, with room
+    /// for jitter; a driver sending 4 fixes a second costs one estimate in three fixes, while
+    /// pushes stay at `push_interval_ms`.
+    pub min_fix_interval_ms: u64,
     /// The road-network ETA engine (dwell, smoothing alpha 0.3, 500 m deviation threshold).
     pub engine: roadnet::EtaConfig,
     /// The speed model (speed ratios per segment, cell, area and hour of week; live factor).
@@ -57,6 +64,7 @@ impl Default for EtaConfig {
             speed_mps: 8.0,
             smoothing: 0.3,
             push_interval_ms: 2_000,
+            min_fix_interval_ms: 750,
             engine: roadnet::EtaConfig {
                 // Where a route doubles back at the pickup, a slow driver's noisy fix must not
                 // be snapped onto the way back (fixes are at most ~4 s apart: 100 m covers it).
@@ -431,6 +439,8 @@ pub struct EtaTracker {
     /// Version of the plan whose polyline consumers were last sent.
     sent_version: u32,
     current: Option<Eta>,
+    /// Where the driver was at the last fix worked out.
+    worked_at: Option<LatLng>,
     seq: u64,
     last_push_ms: Option<u64>,
 }
@@ -475,6 +485,19 @@ impl EtaTracker {
         now_ms: u64,
         input: &EtaInput,
     ) -> Option<Eta> {
+        // Too soon after the last fix worked out, unless the driver jumped (off the route,
+        // maybe: that re-routes at once).
+        let soon = self
+            .current
+            .as_ref()
+            .is_some_and(|c| input.fix_ts_ms < c.ts_ms.saturating_add(config.min_fix_interval_ms));
+        let near = self
+            .worked_at
+            .is_some_and(|p| haversine_m(p, input.here) <= config.engine.off_route_hold_m);
+        if self.planned.is_some() && soon && near {
+            return None;
+        }
+        self.worked_at = Some(input.here);
         let now_s = input.fix_ts_ms as f64 / 1000.0;
         let here = input.here;
         if self.planned.is_none() {
@@ -748,6 +771,42 @@ mod tests {
         assert!(b.seq > a.seq && a.seq > first.seq);
         assert_eq!(b.ts_ms, T0 + 42_000);
         assert_eq!(t.current(), Some(first.clone()));
+    }
+
+    #[test]
+    fn fixes_closer_than_the_minimum_interval_are_positions_only() {
+        let c = EtaConfig::default();
+        let mut m = helsinki();
+        let speeds = SpeedModel::default();
+        let mut t = EtaTracker::default();
+        t.handle_fix(&c, &mut m, &speeds, T0, &input(START, T0))
+            .expect("first is pushed");
+        let route = m.take_dirty_plans().remove(0).1.route;
+        let first = t.current().expect("an estimate");
+        // Four fixes a second along the route: one in three is worked out.
+        assert_eq!(c.min_fix_interval_ms, 750);
+        let mut worked = 0;
+        for k in 1..=12u64 {
+            let ts = T0 + k * 250;
+            let here = route.point_at(k as f64 * 2.0).expect("on the route");
+            let before = t.current().map(|e| e.seq);
+            t.handle_fix(&c, &mut m, &speeds, ts, &input(here, ts));
+            if t.current().map(|e| e.seq) != before {
+                worked += 1;
+                assert_eq!((ts - T0) % 750, 0, "worked out at {ts}");
+            }
+        }
+        assert_eq!(worked, 4);
+        let last = t.current().expect("an estimate");
+        assert_eq!(last.ts_ms, T0 + 3_000);
+        assert!(
+            last.seq == first.seq + 4 && last.eta_s < first.eta_s,
+            "{last:?}"
+        );
+        // A fix a second apart is always worked out.
+        let here = route.point_at(30.0).expect("on the route");
+        t.handle_fix(&c, &mut m, &speeds, T0 + 4_000, &input(here, T0 + 4_000));
+        assert_eq!(t.current().map(|e| e.ts_ms), Some(T0 + 4_000));
     }
 
     #[test]
