@@ -33,6 +33,12 @@ const DEVICES: TableDefinition<(u64, &str), ()> = TableDefinition::new("devices"
 const ANOMALIES: TableDefinition<(u64, u64, u8), &[u8]> = TableDefinition::new("anomalies");
 /// `delivery_id` -> (version, JSON [`TrackingState`]): the newest zone and anomaly state.
 const TRACKING: TableDefinition<u64, (u64, &[u8])> = TableDefinition::new("tracking");
+/// `(delivery_id, event_seq)` -> the write epoch the event was written under, when above 0
+/// (absent: 0, which is also every event of a log from before epochs).
+const EVENT_EPOCHS: TableDefinition<(u64, u64), u64> = TableDefinition::new("event_epochs");
+/// `delivery_id` -> (the highest write epoch this hub knows of the delivery, the epoch this
+/// hub writes it under since its last takeover). See [`Store::begin_epoch`].
+const EPOCHS: TableDefinition<u64, (u64, u64)> = TableDefinition::new("epochs");
 
 /// Why the log could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +154,8 @@ impl Store {
         tx.open_table(PROOFS).map_err(StoreError::db)?;
         tx.open_table(DEVICES).map_err(StoreError::db)?;
         tx.open_table(TRACKING).map_err(StoreError::db)?;
+        tx.open_table(EVENT_EPOCHS).map_err(StoreError::db)?;
+        tx.open_table(EPOCHS).map_err(StoreError::db)?;
         crate::durable::plans::create_tables(&tx)?;
         tx.commit().map_err(StoreError::db)?;
         let store = Self {
@@ -242,7 +250,24 @@ impl Store {
             let mut devices = tx.open_table(DEVICES).map_err(StoreError::db)?;
             let mut tracking = tx.open_table(TRACKING).map_err(StoreError::db)?;
             let mut plans = crate::durable::plans::open_plans(&tx)?;
+            let mut event_epochs = tx.open_table(EVENT_EPOCHS).map_err(StoreError::db)?;
+            let epochs = tx.open_table(EPOCHS).map_err(StoreError::db)?;
             for entry in entries {
+                let epoch = if entry.events.is_empty() {
+                    0
+                } else {
+                    epochs
+                        .get(entry.delivery_id.0)
+                        .map_err(StoreError::db)?
+                        .map_or(0, |v| v.value().1)
+                };
+                if epoch > 0 {
+                    for ev in &entry.events {
+                        event_epochs
+                            .insert((entry.delivery_id.0, ev.event_seq), epoch)
+                            .map_err(StoreError::db)?;
+                    }
+                }
                 for side in &entry.side {
                     match side {
                         SideRecord::Anomaly(a) => {
@@ -384,7 +409,9 @@ impl Store {
 
 impl Store {
     /// Stores entries received from another hub (replication or hand-off) in ONE write
-    /// transaction, durable when this returns. Monotone: an event seq already stored is kept,
+    /// transaction, durable when this returns. Monotone: an event seq already stored is kept
+    /// (unless the copy's event under it has a higher write epoch: see
+    /// [`Store::apply_replica_checked`]),
     /// a record is replaced only when the entry reaches at least the stored last seq, and an
     /// idempotency key already stored is kept, so a stale copy never overwrites newer state.
     pub fn apply_replica(
@@ -395,16 +422,20 @@ impl Store {
     }
 
     /// [`Store::apply_replica`] that first checks each entry's events against the stored
-    /// ones: an entry holding an event whose seq is stored with different contents (another
-    /// hub wrote that seq) is a conflict. With `strict` (live replication) conflicting entries
-    /// are not stored and their deliveries are returned; otherwise (hand-off, takeover merge)
-    /// they are stored monotonically as usual and still returned, to be counted.
+    /// ones. Two different events under one seq are told apart by their write epochs
+    /// (`docs/cluster.md`, *Write epochs*): a stored event under a LOWER epoch than the copy's
+    /// is a stray (written by an owner that a later takeover superseded, never acknowledged)
+    /// and is replaced, together with every stored event after it under a lower epoch and
+    /// their idempotency keys ([`Applied::superseded`]); one under the same or a higher epoch
+    /// is a conflict ([`Applied::conflicts`]). With `strict` (live replication) conflicting
+    /// entries are not stored at all; otherwise (hand-off, takeover merge) they are stored
+    /// monotonically (the stored event kept) and still reported, to be counted.
     pub fn apply_replica_checked(
         &self,
         entries: &[crate::durable::copies::ReplicaEntry],
         strict: bool,
-    ) -> Result<Vec<DeliveryId>, StoreError> {
-        let mut conflicts = Vec::new();
+    ) -> Result<Applied, StoreError> {
+        let mut applied = Applied::default();
         let tx = self.db()?.begin_write().map_err(StoreError::db)?;
         let fresh = {
             // A copy carries its webhook rows with it: a successor that takes the delivery
@@ -417,19 +448,25 @@ impl Store {
             let mut devices = tx.open_table(DEVICES).map_err(StoreError::db)?;
             let mut tracking = tx.open_table(TRACKING).map_err(StoreError::db)?;
             let mut plans = crate::durable::plans::open_plans(&tx)?;
+            let mut event_epochs = tx.open_table(EVENT_EPOCHS).map_err(StoreError::db)?;
+            let mut epochs = tx.open_table(EPOCHS).map_err(StoreError::db)?;
             for entry in entries {
                 let id = entry.delivery_id.0;
                 let mut conflict = false;
-                for ev in &entry.events {
+                for (i, ev) in entry.events.iter().enumerate() {
                     if let Some(stored) = events.get((id, ev.event_seq)).map_err(StoreError::db)? {
-                        if stored.value() != enc(ev)?.as_slice() {
+                        let ours = event_epochs
+                            .get((id, ev.event_seq))
+                            .map_err(StoreError::db)?
+                            .map_or(0, |v| v.value());
+                        if stored.value() != enc(ev)?.as_slice() && ours >= entry.epoch_of(i) {
                             conflict = true;
                             break;
                         }
                     }
                 }
                 if conflict {
-                    conflicts.push(entry.delivery_id);
+                    applied.conflicts.push(entry.delivery_id);
                     if strict {
                         continue;
                     }
@@ -451,16 +488,85 @@ impl Store {
                             .map_err(StoreError::db)?;
                     }
                 }
-                for ev in &entry.events {
-                    if events
+                let mut superseded = false;
+                for (i, ev) in entry.events.iter().enumerate() {
+                    let epoch = entry.epoch_of(i);
+                    let bytes = enc(ev)?;
+                    let stored = events
                         .get((id, ev.event_seq))
                         .map_err(StoreError::db)?
-                        .is_none()
-                    {
-                        events
-                            .insert((id, ev.event_seq), enc(ev)?.as_slice())
+                        .map(|v| v.value().to_vec());
+                    match stored {
+                        Some(s) if s == bytes => continue,
+                        Some(_) => {
+                            let ours = event_epochs
+                                .get((id, ev.event_seq))
+                                .map_err(StoreError::db)?
+                                .map_or(0, |v| v.value());
+                            if ours >= epoch {
+                                continue; // a conflict: ours kept
+                            }
+                            // A stray: it and every later event under a lower epoch go.
+                            let mut gone = Vec::new();
+                            for row in events
+                                .range((id, ev.event_seq)..=(id, u64::MAX))
+                                .map_err(StoreError::db)?
+                            {
+                                let (k, _) = row.map_err(StoreError::db)?;
+                                let seq = k.value().1;
+                                let e = event_epochs
+                                    .get((id, seq))
+                                    .map_err(StoreError::db)?
+                                    .map_or(0, |v| v.value());
+                                if e < epoch {
+                                    gone.push(seq);
+                                }
+                            }
+                            for seq in &gone {
+                                events.remove((id, *seq)).map_err(StoreError::db)?;
+                                event_epochs.remove((id, *seq)).map_err(StoreError::db)?;
+                            }
+                            let mut stale_keys = Vec::new();
+                            for row in keys.range((id, "")..).map_err(StoreError::db)? {
+                                let (k, v) = row.map_err(StoreError::db)?;
+                                let (kid, key) = k.value();
+                                if kid != id {
+                                    break;
+                                }
+                                if gone.contains(&v.value()) {
+                                    stale_keys.push(key.to_owned());
+                                }
+                            }
+                            for key in &stale_keys {
+                                keys.remove((id, key.as_str())).map_err(StoreError::db)?;
+                            }
+                            superseded = true;
+                        }
+                        None => {}
+                    }
+                    events
+                        .insert((id, ev.event_seq), bytes.as_slice())
+                        .map_err(StoreError::db)?;
+                    if epoch > 0 {
+                        event_epochs
+                            .insert((id, ev.event_seq), epoch)
                             .map_err(StoreError::db)?;
-                        hooks.status(ev)?;
+                    }
+                    hooks.status(ev)?;
+                }
+                if superseded {
+                    applied.superseded.push(entry.delivery_id);
+                }
+                let known = (0..entry.events.len())
+                    .map(|i| entry.epoch_of(i))
+                    .fold(entry.epoch, u64::max);
+                if known > 0 {
+                    let (k, w) = epochs
+                        .get(id)
+                        .map_err(StoreError::db)?
+                        .map_or((0, 0), |v| v.value());
+                    if known > k {
+                        epochs.insert(id, (known, w)).map_err(StoreError::db)?;
                     }
                 }
                 for (key, seq) in &entry.idempotency {
@@ -503,7 +609,74 @@ impl Store {
         };
         tx.commit().map_err(StoreError::db)?;
         self.publish_outbox(fresh);
-        Ok(conflicts)
+        Ok(applied)
+    }
+
+    /// Starts a new write epoch of `id` on taking it over (a takeover, or loading a hand-off):
+    /// one above every epoch this hub knows of it (its own earlier ones, and those of every
+    /// copy it stored or merged, so a takeover merges the peers' copies first). Durable when
+    /// this returns; the events this hub writes of `id` from now on carry it.
+    pub fn begin_epoch(&self, id: DeliveryId) -> Result<u64, StoreError> {
+        let tx = self.db()?.begin_write().map_err(StoreError::db)?;
+        let epoch = {
+            let mut epochs = tx.open_table(EPOCHS).map_err(StoreError::db)?;
+            let known = epochs
+                .get(id.0)
+                .map_err(StoreError::db)?
+                .map_or(0, |v| v.value().0);
+            let epoch = known.saturating_add(1);
+            epochs.insert(id.0, (epoch, epoch)).map_err(StoreError::db)?;
+            epoch
+        };
+        tx.commit().map_err(StoreError::db)?;
+        Ok(epoch)
+    }
+
+    /// The epochs this hub writes `ids` under (0 for a delivery it never took over: created
+    /// here, or a log from before epochs), for the copies of a batch.
+    pub fn write_epochs(
+        &self,
+        ids: impl IntoIterator<Item = DeliveryId>,
+    ) -> Result<HashMap<DeliveryId, u64>, StoreError> {
+        let tx = self.db()?.begin_read().map_err(StoreError::db)?;
+        let epochs = tx.open_table(EPOCHS).map_err(StoreError::db)?;
+        let mut out = HashMap::new();
+        for id in ids {
+            let w = epochs
+                .get(id.0)
+                .map_err(StoreError::db)?
+                .map_or(0, |v| v.value().1);
+            if w > 0 {
+                out.insert(id, w);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The highest write epoch this hub knows of `id`, and the write epoch of each of `seqs`
+    /// (0 when unrecorded), for a whole-log copy.
+    pub fn epochs_of(
+        &self,
+        id: DeliveryId,
+        seqs: impl IntoIterator<Item = u64>,
+    ) -> Result<(u64, Vec<u64>), StoreError> {
+        let tx = self.db()?.begin_read().map_err(StoreError::db)?;
+        let epochs = tx.open_table(EPOCHS).map_err(StoreError::db)?;
+        let event_epochs = tx.open_table(EVENT_EPOCHS).map_err(StoreError::db)?;
+        let known = epochs
+            .get(id.0)
+            .map_err(StoreError::db)?
+            .map_or(0, |v| v.value().0);
+        let mut per_event = Vec::new();
+        for seq in seqs {
+            per_event.push(
+                event_epochs
+                    .get((id.0, seq))
+                    .map_err(StoreError::db)?
+                    .map_or(0, |v| v.value()),
+            );
+        }
+        Ok((known, per_event))
     }
 
     /// One delivery's durable state (record, events, idempotency keys), for a takeover.
@@ -563,6 +736,17 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// What storing copies did ([`Store::apply_replica_checked`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Deliveries whose copy held another event under a seq stored here under the same or a
+    /// higher write epoch: ours is kept (with `strict`, nothing of the entry is stored).
+    pub conflicts: Vec<DeliveryId>,
+    /// Deliveries whose copy replaced a stray: an event stored here under a lower write epoch
+    /// than the copy's event under the same seq (with every later one under a lower epoch).
+    pub superseded: Vec<DeliveryId>,
 }
 
 /// Stores `t` unless a state of the same or a newer version is stored.
@@ -786,7 +970,13 @@ pub struct WriterConfig {
 pub trait Replicate: Send + Sync + 'static {
     /// Returns once the entries are durable on the replica, or replication was given up;
     /// the result names the deliveries whose entries must not be committed, and why.
-    fn replicate<'a>(&'a self, entries: &'a [LogEntry]) -> Refused<'a>;
+    /// `epochs`: the write epoch of each delivery ([`Store::write_epochs`]; absent: 0), which
+    /// the copies carry.
+    fn replicate<'a>(
+        &'a self,
+        entries: &'a [LogEntry],
+        epochs: &'a HashMap<DeliveryId, u64>,
+    ) -> Refused<'a>;
 }
 
 /// [`spawn_event_log_replicated`] without replication (a single hub).
@@ -855,12 +1045,20 @@ pub fn spawn_event_log_replicated(
             let mut fenced: HashMap<DeliveryId, Refusal> =
                 entries.iter().filter(|e| stale(e)).map(|e| (e.delivery_id, Refusal::Fenced)).collect();
             if let Some(r) = &replicator {
+                // The copies carry the epoch each delivery is written under (a small read).
+                let epochs = match store.write_epochs(entries.iter().filter(|e| !e.events.is_empty()).map(|e| e.delivery_id)) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "write epochs not read; copies carry epoch 0");
+                        HashMap::new()
+                    }
+                };
                 // The batch as it is in the common case (nothing stale), without copying it.
                 let refused = if fenced.is_empty() {
-                    r.replicate(&entries).await
+                    r.replicate(&entries, &epochs).await
                 } else {
                     let live: Vec<LogEntry> = entries.iter().filter(|e| !stale(e)).cloned().collect();
-                    if live.is_empty() { Vec::new() } else { r.replicate(&live).await }
+                    if live.is_empty() { Vec::new() } else { r.replicate(&live, &epochs).await }
                 };
                 for (id, why) in refused {
                     fenced.entry(id).or_insert(why);
@@ -989,7 +1187,11 @@ mod tests {
     }
 
     impl Replicate for FenceOnce {
-        fn replicate<'a>(&'a self, entries: &'a [LogEntry]) -> Refused<'a> {
+        fn replicate<'a>(
+            &'a self,
+            entries: &'a [LogEntry],
+            _epochs: &'a HashMap<DeliveryId, u64>,
+        ) -> Refused<'a> {
             Box::pin(async move {
                 let mut seen = self.seen.lock();
                 for e in entries {

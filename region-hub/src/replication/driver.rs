@@ -70,18 +70,22 @@ pub(crate) async fn answer(hub: &Arc<dyn Host>, frame: ReplicaFrame) -> ReplicaF
         let kept = kept.clone();
         tokio::task::spawn_blocking(move || store.apply_replica_checked(&kept, live)).await
     };
-    let conflicts = match stored {
-        Ok(Ok(c)) => c,
+    let applied = match stored {
+        Ok(Ok(a)) => a,
         Ok(Err(e)) => return refused(e.to_string()),
         Err(e) => return refused(e.to_string()),
     };
+    let conflicts = &applied.conflicts;
     if !conflicts.is_empty() {
         warn!(%from, deliveries = ?conflicts, live, "copy holds other events under seqs we hold");
         if let Some(c) = hub.cluster() {
             c.metrics.conflicts.inc_by(conflicts.len() as u64);
         }
     }
-    let (entries, fenced) = fencing::with_conflicts(kept, fenced, &conflicts, live);
+    if !applied.superseded.is_empty() {
+        info!(%from, deliveries = ?applied.superseded, "copy written under a later epoch replaced stray events");
+    }
+    let (entries, fenced) = fencing::with_conflicts(kept, fenced, conflicts, live);
     let n = entries.len() as u64;
     debug!(%from, entries = n, "stored replica entries");
     if let Some(cluster) = hub.cluster() {
@@ -89,7 +93,8 @@ pub(crate) async fn answer(hub: &Arc<dyn Host>, frame: ReplicaFrame) -> ReplicaF
         let live_core = |e: &ReplicaEntry| {
             let held = hub.held(e.delivery_id);
             let doubt = cluster.in_doubt.lock().holds(e.delivery_id);
-            fencing::after_store(&cluster.me, cluster.view(), e, held, doubt)
+            let superseded = applied.superseded.contains(&e.delivery_id);
+            fencing::after_store(&cluster.me, cluster.view(), e, held, doubt, superseded)
         };
         for e in entries.iter().filter(|e| live_core(e) == LiveCore::Unload) {
             debug!(delivery_id = %e.delivery_id, %from, "another hub writes a delivery held here; unloaded");
@@ -99,6 +104,10 @@ pub(crate) async fn answer(hub: &Arc<dyn Host>, frame: ReplicaFrame) -> ReplicaF
         if entries.iter().any(|e| live_core(e) == LiveCore::Load) {
             let _one = cluster.takeover_lock.lock().await;
             for e in entries.iter().filter(|e| live_core(e) == LiveCore::Load) {
+                // Written here from now on: under a new epoch, above the sender's.
+                if !begin_epoch(hub, e.delivery_id).await {
+                    continue;
+                }
                 if load_into_core(hub, e.delivery_id).await {
                     debug!(delivery_id = %e.delivery_id, "loaded a delivery handed to us");
                 }
@@ -110,6 +119,26 @@ pub(crate) async fn answer(hub: &Arc<dyn Host>, frame: ReplicaFrame) -> ReplicaF
     } else {
         debug!(%from, deliveries = ?fenced, "fenced entries from another hub");
         ReplicaFrame::Fenced { ids: fenced }
+    }
+}
+
+/// Starts a new write epoch of `id` ([`takeover::begin`]) before it is loaded to be written
+/// here; false (and not to be loaded) when the log could not be written.
+async fn begin_epoch(hub: &Arc<dyn Host>, id: DeliveryId) -> bool {
+    let store = hub.store().clone();
+    match tokio::task::spawn_blocking(move || takeover::begin(&store, id)).await {
+        Ok(Ok(epoch)) => {
+            debug!(delivery_id = %id, epoch, "new write epoch");
+            true
+        }
+        Ok(Err(e)) => {
+            warn!(delivery_id = %id, error = %e, "write epoch not stored; delivery not loaded");
+            false
+        }
+        Err(e) => {
+            warn!(delivery_id = %id, error = %e, "write epoch not stored; delivery not loaded");
+            false
+        }
     }
 }
 
@@ -321,19 +350,25 @@ async fn take_over(
         .iter()
         .map(|p| async move { (p, cluster.fetch(p, ids).await) });
     let mut answered = Vec::new();
+    let mut copies: Vec<(HubInfo, Vec<ReplicaEntry>)> = Vec::new();
     for (peer, fetched) in futures::future::join_all(fetches).await {
         if fetched.is_ok() {
             answered.push(peer.id.clone());
         }
         match fetched {
             Ok(entries) if !entries.is_empty() => {
+                copies.push((peer.clone(), entries.clone()));
                 let store = hub.store().clone();
                 let n = entries.len();
                 match tokio::task::spawn_blocking(move || takeover::merge(&store, &entries)).await {
-                    Ok(Ok(conflicts)) => {
+                    Ok(Ok(applied)) => {
+                        let conflicts = applied.conflicts;
                         if !conflicts.is_empty() {
                             warn!(peer = %peer.id, deliveries = ?conflicts, "peer copy holds other events under seqs we hold; kept ours");
                             cluster.metrics.conflicts.inc_by(conflicts.len() as u64);
+                        }
+                        if !applied.superseded.is_empty() {
+                            info!(peer = %peer.id, deliveries = ?applied.superseded, "peer copy written under a later epoch replaced stray events");
                         }
                         debug!(peer = %peer.id, deliveries = n, "merged peer copies");
                     }
@@ -346,7 +381,7 @@ async fn take_over(
         }
     }
     let asked: Vec<String> = peers.iter().map(|p| p.id.clone()).collect();
-    let waiting = cluster
+    let mut waiting = cluster
         .in_doubt
         .lock()
         .handle_fetched(ids, &asked, &answered);
@@ -356,10 +391,42 @@ async fn take_over(
             "takeover postponed: a hub that may hold newer events did not answer"
         );
     }
+    let mut unwritable = Vec::new();
     for id in ids.iter().filter(|id| !waiting.contains(id)) {
+        if !begin_epoch(hub, *id).await {
+            unwritable.push(*id); // retried at the next pass
+            continue;
+        }
         if load_if_newer(hub, *id).await {
             info!(delivery_id = %id, "took over a delivery");
             cluster.metrics.takeovers.inc();
+        }
+    }
+    // A peer whose copy kept strays (or other events under our seqs) gets the merged log.
+    for (peer, mut copy) in copies {
+        copy.retain(|e| !waiting.contains(&e.delivery_id) && !unwritable.contains(&e.delivery_id));
+        let store = hub.store().clone();
+        let stale = match tokio::task::spawn_blocking(move || takeover::stale_copies(&store, &copy)).await {
+            Ok(Ok(stale)) => stale,
+            Ok(Err(e)) => {
+                warn!(peer = %peer.id, error = %e, "peer copies not compared");
+                continue;
+            }
+            Err(e) => {
+                warn!(peer = %peer.id, error = %e, "peer copies not compared");
+                continue;
+            }
+        };
+        let mut logs = Vec::new();
+        for id in stale {
+            logs.extend(full_log(hub, id).await);
+        }
+        if logs.is_empty() {
+            continue;
+        }
+        match cluster.send(&peer, &logs).await {
+            Ok(()) => info!(peer = %peer.id, deliveries = logs.len(), "sent the merged log to a peer holding strays"),
+            Err(e) => warn!(peer = %peer.id, error = %e, "merged log not sent to a peer holding strays"),
         }
     }
     // The history comes after: in the background for the rebalancer's bulk takeovers (serving
@@ -370,6 +437,7 @@ async fn take_over(
     } else {
         tokio::spawn(fetch);
     }
+    waiting.extend(unwritable);
     waiting
 }
 

@@ -3,7 +3,7 @@
 //! answered with into the local log.
 
 use crate::durable::copies::ReplicaEntry;
-use crate::durable::store::{Store, StoreError};
+use crate::durable::store::{Applied, Store, StoreError};
 use cluster::HubInfo;
 use protocol::DeliveryId;
 use std::collections::BTreeMap;
@@ -101,6 +101,10 @@ pub fn full_log(store: &Store, id: DeliveryId) -> Result<Option<ReplicaEntry>, S
             crate::durable::plans::load_plan(store, id)?,
         ),
     };
+    let (epoch, mut epochs) = store.epochs_of(id, events.iter().map(|e| e.event_seq))?;
+    if epochs.iter().all(|e| *e == 0) {
+        epochs.clear();
+    }
     let entry = ReplicaEntry {
         delivery_id: id,
         record,
@@ -110,15 +114,51 @@ pub fn full_log(store: &Store, id: DeliveryId) -> Result<Option<ReplicaEntry>, S
         devices,
         tracking,
         plan,
+        epochs,
+        epoch,
     };
     Ok((!entry.is_empty()).then_some(entry))
 }
 
-/// Merges copies fetched from a peer into the local log (monotone: events and keys already
-/// stored are kept). Returns the deliveries whose copies held other events under seqs we
-/// hold (counted as conflicts; ours are kept).
-pub fn merge(store: &Store, copies: &[ReplicaEntry]) -> Result<Vec<DeliveryId>, StoreError> {
+/// Merges copies fetched from a peer into the local log: monotone (events and keys already
+/// stored are kept), except that an event stored under a lower write epoch than the copy's
+/// event under the same seq is a stray and is replaced ([`Applied::superseded`]); other
+/// events under seqs we hold are conflicts (ours kept, [`Applied::conflicts`]). The epochs
+/// the copies report raise what this hub knows, so [`begin`] picks a higher one.
+pub fn merge(store: &Store, copies: &[ReplicaEntry]) -> Result<Applied, StoreError> {
     store.apply_replica_checked(copies, false)
+}
+
+/// After a takeover merged the peers' copies: the deliveries of `copies` (one peer's answer)
+/// holding an event the merged local log does not hold as it is, under its seq: a stray
+/// replaced by an event of a later write epoch, or another event than ours under one epoch.
+/// That peer is sent the merged log of those deliveries (merged there like a hand-off, so its
+/// strays are replaced in turn): otherwise it would keep another event under a seq for good,
+/// since it may never be the delivery's successor again.
+pub fn stale_copies(store: &Store, copies: &[ReplicaEntry]) -> Result<Vec<DeliveryId>, StoreError> {
+    let mut stale = Vec::new();
+    for copy in copies {
+        if copy.events.is_empty() {
+            continue;
+        }
+        let ours = store.events_after(copy.delivery_id, 0)?;
+        let differs = copy.events.iter().any(|ev| {
+            ours.iter()
+                .find(|o| o.event_seq == ev.event_seq)
+                .is_none_or(|o| o != ev)
+        });
+        if differs {
+            stale.push(copy.delivery_id);
+        }
+    }
+    Ok(stale)
+}
+
+/// Taking `id` over, once every peer asked has answered and its copy is merged: this hub
+/// writes it from now on under a new write epoch, higher than any it or those peers knew
+/// (so a stray written under an earlier epoch loses to what this hub writes under its seq).
+pub fn begin(store: &Store, id: DeliveryId) -> Result<u64, StoreError> {
+    store.begin_epoch(id)
 }
 
 #[cfg(test)]
@@ -147,6 +187,8 @@ mod tests {
             devices: Vec::new(),
             tracking: None,
             plan: None,
+            epochs: Vec::new(),
+            epoch: 0,
         };
         store
             .apply_replica(std::slice::from_ref(&later))

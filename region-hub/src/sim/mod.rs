@@ -304,16 +304,20 @@ impl Sim {
         let held = hub.held.clone();
         let (kept, fenced) =
             fencing::fence(&hub.id, &view, live, entries, |id| held.contains_key(&id));
-        let conflicts = match hub.store.apply_replica_checked(&kept, live) {
-            Ok(c) => c,
+        let applied = match hub.store.apply_replica_checked(&kept, live) {
+            Ok(a) => a,
             Err(_) => return Ok(Resp::Refused),
         };
-        let (stored, fenced) = fencing::with_conflicts(kept, fenced, &conflicts, live);
+        let (stored, fenced) = fencing::with_conflicts(kept, fenced, &applied.conflicts, live);
         for e in &stored {
             let held = hub.held.get(&e.delivery_id).copied();
             let doubt = hub.in_doubt.holds(e.delivery_id);
-            match fencing::after_store(&hub.id, &view, e, held, doubt) {
-                LiveCore::Load => load(hub, e.delivery_id)?,
+            let superseded = applied.superseded.contains(&e.delivery_id);
+            match fencing::after_store(&hub.id, &view, e, held, doubt, superseded) {
+                LiveCore::Load => {
+                    takeover::begin(&hub.store, e.delivery_id).map_err(err)?;
+                    load(hub, e.delivery_id)?
+                }
                 LiveCore::Unload => {
                     hub.held.remove(&e.delivery_id);
                     hub.rebalancer.handle_fenced(&[e.delivery_id]);
@@ -441,11 +445,16 @@ impl Sim {
     /// Copies `entry` as planned; whether it may be committed.
     fn replicate(&mut self, at: usize, entry: &LogEntry) -> Result<bool, String> {
         let view = self.view_of(at);
+        let epochs = self.hubs[at]
+            .store
+            .write_epochs([entry.delivery_id])
+            .map_err(err)?;
         let plan = ReplicationPlan::new(
             &self.hubs[at].id,
             &view,
             MIN_COPIES,
             std::slice::from_ref(entry),
+            &epochs,
         );
         let mut ok = plan.refused.is_empty();
         for copy in &plan.copies {
@@ -486,9 +495,11 @@ impl Sim {
         }
         let mut answered = Vec::new();
         let asked = peers.clone();
+        let mut fetched = Vec::new();
         for p in peers {
             if let Some(Resp::Entries(copies)) = self.exchange(at, &p, Req::Fetch(ids.to_vec()))? {
                 takeover::merge(&self.hubs[at].store, &copies).map_err(err)?;
+                fetched.push((p.clone(), copies));
                 answered.push(p);
             }
         }
@@ -496,7 +507,21 @@ impl Sim {
             .in_doubt
             .handle_fetched(ids, &asked, &answered);
         for id in ids.iter().filter(|id| !waiting.contains(id)) {
+            takeover::begin(&self.hubs[at].store, *id).map_err(err)?;
             load(&mut self.hubs[at], *id)?;
+        }
+        // A peer whose copy kept strays gets the merged log (`driver::take_over`).
+        for (p, mut copies) in fetched {
+            copies.retain(|e| !waiting.contains(&e.delivery_id));
+            let store = &self.hubs[at].store;
+            let mut logs = Vec::new();
+            for id in takeover::stale_copies(store, &copies).map_err(err)? {
+                logs.extend(takeover::full_log(store, id).map_err(err)?);
+            }
+            if !logs.is_empty() {
+                self.log.push(format!("  {me} repairs {p}: {}", req_name(&Req::Handoff(logs.clone()))));
+                self.exchange(at, &p, Req::Handoff(logs))?;
+            }
         }
         if !waiting.is_empty() {
             self.hubs[at].rebalancer.handle_postponed(&waiting);
