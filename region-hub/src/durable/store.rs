@@ -422,14 +422,17 @@ impl Store {
     }
 
     /// [`Store::apply_replica`] that first checks each entry's events against the stored
-    /// ones. Two different events under one seq are told apart by their write epochs
-    /// (`docs/cluster.md`, *Write epochs*): a stored event under a LOWER epoch than the copy's
-    /// is a stray (written by an owner that a later takeover superseded, never acknowledged)
-    /// and is replaced, together with every stored event after it under a lower epoch and
-    /// their idempotency keys ([`Applied::superseded`]); one under the same or a higher epoch
-    /// is a conflict ([`Applied::conflicts`]). With `strict` (live replication) conflicting
-    /// entries are not stored at all; otherwise (hand-off, takeover merge) they are stored
-    /// monotonically (the stored event kept) and still reported, to be counted.
+    /// ones. With `strict` (live replication) an entry holding another event under a stored
+    /// seq is a conflict ([`Applied::conflicts`]) and is not stored at all: the writer is
+    /// fenced, whatever the epochs (two hubs both believing they own the delivery must not
+    /// overwrite each other's acknowledged events on the replica they share). Otherwise
+    /// (hand-off, takeover merge, a takeover's repair) two different events under one seq are
+    /// told apart by their write epochs (`docs/cluster.md`, *Write epochs*): a stored event
+    /// under a LOWER epoch than the copy's is a stray (its live copy went unanswered, so it
+    /// was never acknowledged; a later takeover wrote that seq again) and is replaced, with
+    /// every stored event after it under a lower epoch and their idempotency keys
+    /// ([`Applied::superseded`]); one under the same or a higher epoch is kept and reported
+    /// as a conflict, to be counted.
     pub fn apply_replica_checked(
         &self,
         entries: &[crate::durable::copies::ReplicaEntry],
@@ -459,7 +462,7 @@ impl Store {
                             .get((id, ev.event_seq))
                             .map_err(StoreError::db)?
                             .map_or(0, |v| v.value());
-                        if stored.value() != enc(ev)?.as_slice() && ours >= entry.epoch_of(i) {
+                        if stored.value() != enc(ev)?.as_slice() && (strict || ours >= entry.epoch_of(i)) {
                             conflict = true;
                             break;
                         }
@@ -725,16 +728,35 @@ impl Store {
         Ok(idempotency)
     }
 
-    /// Ids of every delivery with a stored record (own and replicated ones).
+    /// Ids of every delivery with a stored record or stored events (own and replicated ones:
+    /// a replica that missed a delivery's creation holds events without the record), in order.
     pub fn delivery_ids(&self) -> Result<Vec<DeliveryId>, StoreError> {
         let tx = self.db()?.begin_read().map_err(StoreError::db)?;
         let table = tx.open_table(DELIVERIES).map_err(StoreError::db)?;
-        let mut out = Vec::new();
+        let mut out = std::collections::BTreeSet::new();
         for row in table.iter().map_err(StoreError::db)? {
             let (k, _) = row.map_err(StoreError::db)?;
-            out.push(DeliveryId(k.value()));
+            out.insert(k.value());
         }
-        Ok(out)
+        // One lookup per delivery, not per event: skip to the next delivery's first event.
+        let events = tx.open_table(EVENTS).map_err(StoreError::db)?;
+        let mut from = 0u64;
+        loop {
+            let next = events
+                .range((from, 0)..)
+                .map_err(StoreError::db)?
+                .next()
+                .transpose()
+                .map_err(StoreError::db)?
+                .map(|(k, _)| k.value().0);
+            let Some(id) = next else { break };
+            out.insert(id);
+            match id.checked_add(1) {
+                Some(n) => from = n,
+                None => break,
+            }
+        }
+        Ok(out.into_iter().map(DeliveryId).collect())
     }
 }
 

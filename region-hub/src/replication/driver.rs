@@ -306,6 +306,9 @@ pub(crate) async fn run_rebalancer(
                 }
             }
         }
+        if !sync_copies(&hub, &cluster, &mut rebalancer, &pass.syncs).await {
+            dirty = true;
+        }
         cluster
             .handoff
             .send_replace((pass.draining_seen, outstanding));
@@ -323,6 +326,57 @@ pub(crate) async fn run_rebalancer(
         }
     }
     cluster.close();
+}
+
+/// Brings copies of deliveries other hubs own in step with their owner ([`Rebalancer`]'s
+/// `syncs`): fetches the owner's log ([`MAX_FETCH_IDS`] at a time) and merges it, so a stray
+/// held here (an event whose copy went unanswered, written again by a later owner that did
+/// not hear from this hub) is replaced. Returns false when some owner did not answer (retried
+/// at the next pass).
+async fn sync_copies(
+    hub: &Arc<dyn Host>,
+    cluster: &Arc<HubCluster>,
+    rebalancer: &mut Rebalancer,
+    syncs: &[super::rebalance::Transfer],
+) -> bool {
+    let mut by_owner: std::collections::BTreeMap<&str, Vec<&super::rebalance::Transfer>> =
+        std::collections::BTreeMap::new();
+    for s in syncs {
+        by_owner.entry(s.to.id.as_str()).or_default().push(s);
+    }
+    let mut all = true;
+    for batch in by_owner.values().flat_map(|v| v.chunks(MAX_FETCH_IDS)) {
+        let owner = &batch[0].to;
+        let ids: Vec<DeliveryId> = batch.iter().map(|s| s.id).collect();
+        let copies = match cluster.fetch(owner, &ids).await {
+            Ok(c) => c,
+            Err(e) => {
+                debug!(owner = %owner.id, error = %e, "copies not synced with their owner; retrying");
+                all = false;
+                continue;
+            }
+        };
+        let store = hub.store().clone();
+        match tokio::task::spawn_blocking(move || takeover::merge(&store, &copies)).await {
+            Ok(Ok(applied)) => {
+                if !applied.superseded.is_empty() {
+                    info!(owner = %owner.id, deliveries = ?applied.superseded, "synced with the owner: stray events replaced");
+                }
+                for s in batch {
+                    rebalancer.handle_synced(s);
+                }
+            }
+            Ok(Err(e)) => {
+                warn!(owner = %owner.id, error = %e, "owner's copies not stored");
+                all = false;
+            }
+            Err(e) => {
+                warn!(owner = %owner.id, error = %e, "owner's copies not stored");
+                all = false;
+            }
+        }
+    }
+    all
 }
 
 /// Becomes the serving hub of `ids`: merges the newest copy every live peer (and every hub

@@ -33,6 +33,11 @@ pub struct Pass {
     pub draining_seen: bool,
     /// The first settled pass: the hub has claimed its deliveries and may say it is ready.
     pub announce: bool,
+    /// Copies of deliveries another hub owns, not yet brought in step with that owner: fetch
+    /// the owner's log and merge it (strays of an earlier write epoch are replaced). A hub
+    /// that was away (down, cut off) when the owner took a delivery over may hold an event
+    /// that owner never heard of, and may never be its successor again.
+    pub syncs: Vec<Transfer>,
 }
 
 /// The rebalancer's memory between passes.
@@ -54,6 +59,8 @@ pub struct Rebalancer {
     /// A copy sent earlier does not stand for a hand-off to the same hub: the consumers
     /// must still be redirected.
     sent_to: HashMap<DeliveryId, (String, bool)>,
+    /// Per delivery owned elsewhere: the owner whose log was last merged here ([`Pass::syncs`]).
+    synced: HashMap<DeliveryId, String>,
 }
 
 impl Rebalancer {
@@ -66,6 +73,7 @@ impl Rebalancer {
             owned: HashSet::new(),
             known: HashSet::new(),
             sent_to: HashMap::new(),
+            synced: HashMap::new(),
         }
     }
 
@@ -137,6 +145,12 @@ impl Rebalancer {
                 }
             } else if live {
                 self.push_send(&mut pass, id, owner, true);
+            } else if settled && self.synced.get(&id) != Some(&owner.id) {
+                pass.syncs.push(Transfer {
+                    id,
+                    to: owner.clone(),
+                    moving: false,
+                });
             }
         }
         if settled {
@@ -164,6 +178,11 @@ impl Rebalancer {
     pub fn handle_sent(&mut self, send: &Transfer) {
         self.sent_to
             .insert(send.id, (send.to.id.clone(), send.moving));
+    }
+
+    /// A sync of the pass was answered and merged: not repeated until the owner changes.
+    pub fn handle_synced(&mut self, sync: &Transfer) {
+        self.synced.insert(sync.id, sync.to.id.clone());
     }
 
     /// Deliveries this hub owned at the last pass.

@@ -31,7 +31,7 @@ use crate::durable::store::Store;
 use crate::replication::fencing::{self, LiveCore};
 use crate::replication::placement::{self, Route};
 use crate::replication::plan::{settle, CopyOutcome, ReplicationPlan};
-use crate::replication::rebalance::Rebalancer;
+use crate::replication::rebalance::{self, Rebalancer};
 use crate::replication::takeover;
 use crate::replication::view::{hub_info, StaticView, View};
 use crate::tracking::deliveries::{DeliveryRecord, LogEntry};
@@ -555,6 +555,28 @@ impl Sim {
                 self.hubs[at].rebalancer.handle_sent(&send);
             }
         }
+        // Copies brought in step with their owner (`driver::run_rebalancer`): one fetch per owner.
+        let mut by_owner: BTreeMap<String, Vec<rebalance::Transfer>> = BTreeMap::new();
+        for sync in pass.syncs {
+            by_owner.entry(sync.to.id.clone()).or_default().push(sync);
+        }
+        for (owner, syncs) in by_owner {
+            let ids: Vec<DeliveryId> = syncs.iter().map(|s| s.id).collect();
+            self.log
+                .push(format!("  {} syncs {ids:?} with {owner}", self.hubs[at].id));
+            if let Some(Resp::Entries(copies)) = self.exchange(at, &owner, Req::Fetch(ids))? {
+                let applied = takeover::merge(&self.hubs[at].store, &copies).map_err(err)?;
+                if !applied.superseded.is_empty() {
+                    self.log.push(format!(
+                        "  {} synced {:?} from {owner}: strays replaced",
+                        self.hubs[at].id, applied.superseded
+                    ));
+                }
+                for sync in &syncs {
+                    self.hubs[at].rebalancer.handle_synced(sync);
+                }
+            }
+        }
         Ok(())
     }
 
@@ -823,9 +845,18 @@ impl Sim {
                     let k = key_of(&e);
                     match by_seq.get(&e.event_seq) {
                         Some((k0, h0)) if *k0 != k => {
+                            let epoch = |hub: &str| {
+                                let s = &self.hubs[self.idx(hub)].store;
+                                s.epochs_of(d, [e.event_seq])
+                                    .map(|(_, per)| per[0])
+                                    .unwrap_or(0)
+                            };
                             return Err(format!(
-                                "{d}#{} is {k0} at {h0} but {k} at {}",
-                                e.event_seq, h.id
+                                "{d}#{} is {k0} at {h0} but {k} at {} (write epochs {} and {})",
+                                e.event_seq,
+                                h.id,
+                                epoch(h0),
+                                epoch(&h.id)
                             ));
                         }
                         Some(_) => {}
