@@ -1159,6 +1159,7 @@ pub fn spawn_event_log_replicated(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::durable::copies::ReplicaEntry;
     use protocol::geo::LatLng;
     use protocol::status::DeliveryStatus;
 
@@ -1199,6 +1200,106 @@ mod tests {
             side: Vec::new(),
             generation: 1,
         }
+    }
+
+    /// A copy of `seq` for delivery 1 with status `st` under write epoch `epoch`, keyed `key`.
+    fn written(seq: u64, st: DeliveryStatus, key: &str, epoch: u64) -> ReplicaEntry {
+        ReplicaEntry::written(&entry(1, &[(seq, st)], Some(key), false), epoch)
+    }
+
+    fn statuses(s: &Store) -> Vec<(u64, DeliveryStatus)> {
+        s.events_after(DeliveryId(1), 0)
+            .expect("events")
+            .iter()
+            .map(|e| (e.event_seq, e.status))
+            .collect()
+    }
+
+    #[test]
+    fn a_copy_under_a_later_epoch_replaces_a_stray_but_a_live_copy_is_fenced_whatever_its_epoch() {
+        // Seed 667 & co.: the replica stored #2 (epoch 1) from an owner whose write then failed
+        // (the answer was lost); a later takeover (epoch 2) wrote another #2.
+        use DeliveryStatus::*;
+        let s = Store::in_memory().expect("store");
+        let created = ReplicaEntry::written(&entry(1, &[(1, Confirmed)], Some("k1"), true), 0);
+        s.apply_replica(&[created]).expect("apply");
+        let stray = written(2, EnRoute, "stray", 1);
+        assert_eq!(s.apply_replica_checked(&[stray], true).expect("apply"), Applied::default());
+        let after_stray = written(3, Arriving, "stray-3", 1);
+        s.apply_replica_checked(&[after_stray], true).expect("apply");
+        let legit = written(2, PickedUp, "legit", 2);
+        // Live: fenced like any conflict (two hubs that both think they own the delivery must
+        // not overwrite each other's acknowledged events on the replica they share).
+        let live = s.apply_replica_checked(std::slice::from_ref(&legit), true).expect("apply");
+        assert_eq!(live.conflicts, vec![DeliveryId(1)]);
+        assert_eq!(statuses(&s), vec![(1, Confirmed), (2, EnRoute), (3, Arriving)]);
+        // The same seq under the same or a lower epoch, merged: ours kept, a conflict.
+        let same = s.apply_replica_checked(&[written(2, PickedUp, "same", 1)], false).expect("apply");
+        assert_eq!((same.conflicts, same.superseded), (vec![DeliveryId(1)], vec![]));
+        assert_eq!(statuses(&s)[1], (2, EnRoute));
+        // Merged (hand-off, takeover, sync): the later epoch wins; the stray and every later
+        // event of a lower epoch go, with their idempotency keys.
+        let merged = s.apply_replica_checked(&[legit], false).expect("apply");
+        assert_eq!(merged.superseded, vec![DeliveryId(1)]);
+        assert!(merged.conflicts.is_empty());
+        assert_eq!(statuses(&s), vec![(1, Confirmed), (2, PickedUp)]);
+        let mut keys = s.idempotency_keys(DeliveryId(1)).expect("keys");
+        keys.sort();
+        assert_eq!(keys, vec![("k1".to_owned(), 1), ("legit".to_owned(), 2)]);
+        assert_eq!(s.epochs_of(DeliveryId(1), [1, 2]).expect("epochs"), (2, vec![0, 2]));
+        // The stray arriving again (a late frame, a stale peer) does not come back.
+        let again = s.apply_replica_checked(&[written(2, EnRoute, "stray", 1)], false).expect("apply");
+        assert_eq!(again.conflicts, vec![DeliveryId(1)]);
+        assert_eq!(statuses(&s), vec![(1, Confirmed), (2, PickedUp)]);
+    }
+
+    #[test]
+    fn a_takeover_writes_under_an_epoch_above_every_one_it_merged_and_old_logs_are_epoch_0() {
+        use DeliveryStatus::*;
+        let s = Store::in_memory().expect("store");
+        // A log from before epochs (or a delivery created here): everything at 0.
+        s.append(&[&entry(1, &[(1, Confirmed)], Some("a"), true)]).expect("append");
+        assert!(s.write_epochs([DeliveryId(1)]).expect("read").is_empty());
+        assert_eq!(s.epochs_of(DeliveryId(1), [1]).expect("read"), (0, vec![0]));
+        // A peer's copy says epoch 4 was seen: the takeover writes under 5, durably.
+        let mut peer = written(2, EnRoute, "b", 3);
+        peer.epoch = 4;
+        s.apply_replica(&[peer]).expect("merge");
+        assert_eq!(s.begin_epoch(DeliveryId(1)).expect("begin"), 5);
+        assert_eq!(s.write_epochs([DeliveryId(1)]).expect("read")[&DeliveryId(1)], 5);
+        s.append(&[&entry(1, &[(3, PickedUp)], Some("c"), false)]).expect("append");
+        assert_eq!(s.epochs_of(DeliveryId(1), [1, 2, 3]).expect("read"), (5, vec![0, 3, 5]));
+        // Copies merged later raise what is known, not the epoch this hub writes under.
+        let mut later = written(4, Delivered, "d", 7);
+        later.epoch = 7;
+        s.apply_replica(&[later]).expect("merge");
+        assert_eq!(s.write_epochs([DeliveryId(1)]).expect("read")[&DeliveryId(1)], 5);
+        assert_eq!(s.begin_epoch(DeliveryId(1)).expect("begin"), 8);
+    }
+
+    #[test]
+    fn a_log_written_before_epochs_reopens_and_reads_at_epoch_0() {
+        use DeliveryStatus::*;
+        let path = temp_db("pre-epochs");
+        {
+            // The tables of a log from before epochs: no epoch tables at all.
+            std::fs::create_dir_all(path.parent().expect("dir")).expect("dir");
+            let db = Database::create(&path).expect("db");
+            let tx = db.begin_write().expect("tx");
+            {
+                let mut events = tx.open_table(EVENTS).expect("events");
+                let ev = &entry(1, &[(1, Confirmed)], None, false).events[0];
+                events
+                    .insert((1, 1), serde_json::to_vec(ev).expect("json").as_slice())
+                    .expect("insert");
+            }
+            tx.commit().expect("commit");
+        }
+        let s = Store::open(&path).expect("reopens");
+        assert_eq!(s.events_after(DeliveryId(1), 0).expect("events").len(), 1);
+        assert_eq!(s.epochs_of(DeliveryId(1), [1]).expect("read"), (0, vec![0]));
+        assert_eq!(s.delivery_ids().expect("ids"), vec![DeliveryId(1)]);
+        assert_eq!(s.begin_epoch(DeliveryId(1)).expect("begin"), 1);
     }
 
     /// A replica that fences delivery 1 once, and records what it was sent.
@@ -1332,7 +1433,6 @@ mod tests {
 
     #[test]
     fn replicated_entries_merge_monotonically_and_keep_their_idempotency_keys() {
-        use crate::durable::copies::ReplicaEntry;
         let path = temp_db("replica");
         let s = Store::open(&path).expect("open");
         let copy = |e: &LogEntry, keys: &[(&str, u64)]| ReplicaEntry {
@@ -1424,7 +1524,6 @@ mod tests {
 
     #[test]
     fn zone_state_and_plans_are_logged_replicated_newest_first_and_loaded_with_the_delivery() {
-        use crate::durable::copies::ReplicaEntry;
         use crate::tracking::eta::StoredPlan;
         let path = temp_db("tracking");
         let s = Store::open(&path).expect("open");

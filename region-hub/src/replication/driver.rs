@@ -357,12 +357,17 @@ async fn sync_copies(
             }
         };
         let store = hub.store().clone();
-        match tokio::task::spawn_blocking(move || takeover::merge(&store, &copies)).await {
-            Ok(Ok(applied)) => {
+        let merged = tokio::task::spawn_blocking(move || {
+            let applied = takeover::merge(&store, &copies)?;
+            Ok::<_, crate::durable::store::StoreError>((applied, takeover::ahead_of(&store, &copies)?))
+        });
+        match merged.await {
+            Ok(Ok((applied, ahead))) => {
                 if !applied.superseded.is_empty() {
                     info!(owner = %owner.id, deliveries = ?applied.superseded, "synced with the owner: stray events replaced");
                 }
-                for s in batch {
+                // Those we hold more of than the owner are synced again at the next pass.
+                for s in batch.iter().filter(|s| !ahead.contains(&s.id)) {
                     rebalancer.handle_synced(s);
                 }
             }

@@ -228,6 +228,22 @@ mod tests {
     }
 
     #[test]
+    fn a_held_delivery_whose_events_a_later_epoch_replaced_is_unloaded() {
+        // The live core holds the stray the copy replaced: a later owner wrote the delivery.
+        let view = StaticView::of(&["a", "b"]);
+        let mine = owned_by(&view, "a");
+        assert_eq!(
+            after_store("a", &view, &copy(mine, 5), Some(5), false, true),
+            LiveCore::Unload
+        );
+        assert_eq!(
+            after_store("a", &view, &copy(mine, 5), None, false, true),
+            LiveCore::Load,
+            "not held and ours: loaded as before"
+        );
+    }
+
+    #[test]
     fn a_conflicting_live_copy_is_fenced_and_a_conflicting_hand_off_is_kept() {
         let kept = vec![copy(1, 2), copy(3, 4)];
         let (stored, fenced) = with_conflicts(kept.clone(), vec![], &[DeliveryId(3)], true);

@@ -331,6 +331,41 @@ mod tests {
     }
 
     #[test]
+    fn a_copy_of_a_delivery_owned_elsewhere_is_synced_with_each_new_owner() {
+        // Seed 2668 & co.: this hub stored a stray (#2 of a write that failed) and was down
+        // while the owner took the delivery over and wrote another #2; it is not the
+        // successor, so nothing would ever send it that log.
+        let view = StaticView::of(&["a", "b", "c"]);
+        let theirs = owned_by(&view, "b", 0);
+        let mut r = Rebalancer::new("a", 0, 1_000);
+        assert!(
+            r.plan(0, &view, &[theirs], |_| false).syncs.is_empty(),
+            "not before join grace"
+        );
+        let pass = r.plan(1_000, &view, &[theirs], |_| false);
+        assert_eq!(pass.syncs.len(), 1);
+        assert_eq!(pass.syncs[0].to.id, "b");
+        // Not answered: asked again.
+        assert_eq!(r.plan(1_001, &view, &[theirs], |_| false).syncs.len(), 1);
+        r.handle_synced(&pass.syncs[0]);
+        assert!(r.plan(1_002, &view, &[theirs], |_| false).syncs.is_empty());
+        // Held live: handed off instead; owned here: taken over instead.
+        assert!(r.plan(1_003, &view, &[theirs], |_| true).syncs.is_empty());
+        // Another owner: synced with it.
+        let without_b = StaticView::of(&["a", "c"]);
+        let pass = r.plan(1_004, &without_b, &[theirs], |_| false);
+        let owner = without_b.owner_of(theirs).expect("owner").id;
+        if owner == "a" {
+            assert!(pass.syncs.is_empty());
+        } else {
+            assert_eq!(pass.syncs[0].to.id, owner);
+        }
+        // A restarted hub (a new rebalancer) syncs everything it holds again.
+        let mut fresh = Rebalancer::new("a", 0, 0);
+        assert_eq!(fresh.plan(0, &view, &[theirs], |_| false).syncs.len(), 1);
+    }
+
+    #[test]
     fn a_fenced_delivery_is_taken_over_afresh() {
         let view = StaticView::of(&["a", "b"]);
         let mine = owned_by(&view, "a", 0);

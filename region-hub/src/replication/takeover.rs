@@ -154,6 +154,26 @@ pub fn stale_copies(store: &Store, copies: &[ReplicaEntry]) -> Result<Vec<Delive
     Ok(stale)
 }
 
+/// After a sync merged the owner's `copies`: the deliveries of which this hub still holds
+/// events past the end of the owner's log. Synced again at the next pass: such an event may
+/// be a stray that the owner has not written another event over YET (it took the delivery
+/// over without hearing from this hub), and only the owner's event under that seq replaces
+/// it. Rare: otherwise the owner's log is never behind a copy's.
+pub fn ahead_of(store: &Store, copies: &[ReplicaEntry]) -> Result<Vec<DeliveryId>, StoreError> {
+    let mut ahead = Vec::new();
+    for copy in copies {
+        let theirs = copy.events.last().map_or(0, |e| e.event_seq);
+        if store
+            .events_after(copy.delivery_id, theirs)?
+            .first()
+            .is_some()
+        {
+            ahead.push(copy.delivery_id);
+        }
+    }
+    Ok(ahead)
+}
+
 /// Taking `id` over, once every peer asked has answered and its copy is merged: this hub
 /// writes it from now on under a new write epoch, higher than any it or those peers knew
 /// (so a stray written under an earlier epoch loses to what this hub writes under its seq).
@@ -195,6 +215,59 @@ mod tests {
             .expect("stored");
         assert_eq!(full_log(&store, d).expect("read"), Some(later));
         assert_eq!(full_log(&store, DeliveryId(6)).expect("read"), None);
+    }
+
+    fn event(seq: u64, status: protocol::status::DeliveryStatus) -> StatusEvent {
+        StatusEvent {
+            delivery_id: DeliveryId(5),
+            event_seq: seq,
+            status,
+            ts_ms: 1,
+            source: "api".into(),
+            metadata: serde_json::Value::Null,
+        }
+    }
+
+    fn copy(events: Vec<StatusEvent>, epochs: Vec<u64>) -> ReplicaEntry {
+        ReplicaEntry {
+            delivery_id: DeliveryId(5),
+            record: None,
+            events,
+            idempotency: Vec::new(),
+            proofs: Vec::new(),
+            devices: Vec::new(),
+            tracking: None,
+            plan: None,
+            epoch: epochs.iter().copied().max().unwrap_or(0),
+            epochs,
+        }
+    }
+
+    #[test]
+    fn a_takeover_prefers_the_later_epoch_and_names_the_peers_holding_strays() {
+        use protocol::status::DeliveryStatus::*;
+        let store = Store::in_memory().expect("store");
+        // Our copy: #1, and a stray #2 (epoch 1) whose write failed.
+        let ours = copy(vec![event(1, Confirmed), event(2, EnRoute)], vec![0, 1]);
+        store.apply_replica(&[ours.clone()]).expect("stored");
+        // A peer holds #2 as written by a later owner (epoch 2), and one an older #1 only.
+        let later = copy(vec![event(1, Confirmed), event(2, PickedUp)], vec![0, 2]);
+        let behind = copy(vec![event(1, Confirmed)], vec![0]);
+        let applied = merge(&store, &[later.clone()]).expect("merged");
+        assert_eq!(applied.superseded, vec![DeliveryId(5)]);
+        assert_eq!(
+            store.events_after(DeliveryId(5), 0).expect("events"),
+            later.events
+        );
+        assert_eq!(begin(&store, DeliveryId(5)).expect("begin"), 3);
+        // The peer that answered with the stray gets the merged log; the others need nothing.
+        assert_eq!(
+            stale_copies(&store, &[ours]).expect("compared"),
+            vec![DeliveryId(5)]
+        );
+        assert!(stale_copies(&store, &[later, behind])
+            .expect("compared")
+            .is_empty());
     }
 
     #[test]

@@ -572,7 +572,8 @@ impl Sim {
                         self.hubs[at].id, applied.superseded
                     ));
                 }
-                for sync in &syncs {
+                let ahead = takeover::ahead_of(&self.hubs[at].store, &copies).map_err(err)?;
+                for sync in syncs.iter().filter(|s| !ahead.contains(&s.id)) {
                     self.hubs[at].rebalancer.handle_synced(sync);
                 }
             }
