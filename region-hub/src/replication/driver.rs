@@ -331,8 +331,9 @@ pub(crate) async fn run_rebalancer(
 /// Brings copies of deliveries other hubs own in step with their owner ([`Rebalancer`]'s
 /// `syncs`): fetches the owner's log ([`MAX_FETCH_IDS`] at a time) and merges it, so a stray
 /// held here (an event whose copy went unanswered, written again by a later owner that did
-/// not hear from this hub) is replaced. Returns false when some owner did not answer (retried
-/// at the next pass).
+/// not hear from this hub) is replaced; what this hub holds past the owner's log is sent to
+/// the owner, which merges it (as a takeover that heard from this hub would have). Returns
+/// false when some owner did not answer (retried at the next pass).
 async fn sync_copies(
     hub: &Arc<dyn Host>,
     cluster: &Arc<HubCluster>,
@@ -366,9 +367,19 @@ async fn sync_copies(
                 if !applied.superseded.is_empty() {
                     info!(owner = %owner.id, deliveries = ?applied.superseded, "synced with the owner: stray events replaced");
                 }
-                // Those we hold more of than the owner are synced again at the next pass.
+                // Those we hold more of than the owner are synced again at the next pass, and
+                // the owner gets our log of them (it merges what it lacks).
                 for s in batch.iter().filter(|s| !ahead.contains(&s.id)) {
                     rebalancer.handle_synced(s);
+                }
+                let mut logs = Vec::new();
+                for id in ahead {
+                    logs.extend(full_log(hub, id).await);
+                }
+                if !logs.is_empty() {
+                    if let Err(e) = cluster.send(owner, &logs).await {
+                        debug!(owner = %owner.id, error = %e, "log past the owner's not sent; retrying");
+                    }
                 }
             }
             Ok(Err(e)) => {

@@ -576,6 +576,19 @@ impl Sim {
                 for sync in syncs.iter().filter(|s| !ahead.contains(&s.id)) {
                     self.hubs[at].rebalancer.handle_synced(sync);
                 }
+                // The owner gets what we hold past its log (`driver::sync_copies`).
+                let mut logs = Vec::new();
+                for id in ahead {
+                    logs.extend(takeover::full_log(&self.hubs[at].store, id).map_err(err)?);
+                }
+                if !logs.is_empty() {
+                    self.log.push(format!(
+                        "  {} sends {owner} what it holds past its log: {}",
+                        self.hubs[at].id,
+                        req_name(&Req::Handoff(logs.clone()))
+                    ));
+                    self.exchange(at, &owner, Req::Handoff(logs))?;
+                }
             }
         }
         Ok(())
