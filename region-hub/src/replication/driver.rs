@@ -94,7 +94,7 @@ pub(crate) async fn answer(hub: &Arc<dyn Host>, frame: ReplicaFrame) -> ReplicaF
             let held = hub.held(e.delivery_id);
             let doubt = cluster.in_doubt.lock().holds(e.delivery_id);
             let superseded = applied.superseded.contains(&e.delivery_id);
-            fencing::after_store(&cluster.me, cluster.view(), e, held, doubt, superseded)
+            fencing::after_store(&cluster.me, cluster.view(), e, held, doubt, superseded, live)
         };
         for e in entries.iter().filter(|e| live_core(e) == LiveCore::Unload) {
             debug!(delivery_id = %e.delivery_id, %from, "another hub writes a delivery held here; unloaded");

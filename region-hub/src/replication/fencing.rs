@@ -63,7 +63,10 @@ pub enum LiveCore {
 /// `held_last_seq`: the last event seq of the live delivery, if held. `superseded`: the copy
 /// replaced events of the local log (strays under a lower write epoch,
 /// [`crate::durable::store::Applied::superseded`]): a live core holding them is unloaded,
-/// since a later owner wrote the delivery; it is taken over afresh when ours.
+/// since a later owner wrote the delivery; it is taken over afresh when ours. `live`: the copy
+/// is live replication (`Append`): its sender writes the delivery, so one not held here is not
+/// loaded from it even when ours in our view (the views disagree; the local log may lack
+/// events the sender's successor got meanwhile): the rebalancer's takeover fetches first.
 pub fn after_store(
     me: &str,
     view: &dyn View,
@@ -71,6 +74,7 @@ pub fn after_store(
     held_last_seq: Option<u64>,
     in_doubt: bool,
     superseded: bool,
+    live: bool,
 ) -> LiveCore {
     let ours = view.owner_of(entry.delivery_id).is_none_or(|h| h.id == me);
     let newest = entry.events.last().map_or(0, |ev| ev.event_seq);
@@ -78,7 +82,7 @@ pub fn after_store(
         Some(_) if !ours || superseded => LiveCore::Unload,
         _ if in_doubt => LiveCore::Keep,
         Some(last) if newest > last => LiveCore::Load,
-        None if ours => LiveCore::Load,
+        None if ours && !live => LiveCore::Load,
         _ => LiveCore::Keep,
     }
 }
@@ -170,19 +174,19 @@ mod tests {
         let mine = owned_by(&view, "a");
         let theirs = owned_by(&view, "b");
         assert_eq!(
-            after_store("a", &view, &copy(mine, 5), Some(4), false, false),
+            after_store("a", &view, &copy(mine, 5), Some(4), false, false, false),
             LiveCore::Load
         );
         assert_eq!(
-            after_store("a", &view, &copy(mine, 5), Some(5), false, false),
+            after_store("a", &view, &copy(mine, 5), Some(5), false, false, false),
             LiveCore::Keep
         );
         assert_eq!(
-            after_store("a", &view, &copy(mine, 5), None, false, false),
+            after_store("a", &view, &copy(mine, 5), None, false, false, false),
             LiveCore::Load
         );
         assert_eq!(
-            after_store("a", &view, &copy(theirs, 5), None, false, false),
+            after_store("a", &view, &copy(theirs, 5), None, false, false, false),
             LiveCore::Keep
         );
     }
@@ -196,11 +200,11 @@ mod tests {
         let view = StaticView::of(&["a", "b"]);
         let theirs = owned_by(&view, "b");
         assert_eq!(
-            after_store("a", &view, &copy(theirs, 8), Some(6), false, false),
+            after_store("a", &view, &copy(theirs, 8), Some(6), false, false, false),
             LiveCore::Unload
         );
         assert_eq!(
-            after_store("a", &view, &copy(theirs, 3), Some(6), false, false),
+            after_store("a", &view, &copy(theirs, 3), Some(6), false, false, false),
             LiveCore::Unload
         );
     }
@@ -213,17 +217,29 @@ mod tests {
         let view = StaticView::of(&["a", "b"]);
         let mine = owned_by(&view, "a");
         assert_eq!(
-            after_store("a", &view, &copy(mine, 3), None, true, false),
+            after_store("a", &view, &copy(mine, 3), None, true, false, false),
             LiveCore::Keep
         );
         assert_eq!(
-            after_store("a", &view, &copy(mine, 5), Some(3), true, false),
+            after_store("a", &view, &copy(mine, 5), Some(3), true, false, false),
             LiveCore::Keep
         );
         let theirs = owned_by(&view, "b");
         assert_eq!(
-            after_store("a", &view, &copy(theirs, 5), Some(3), true, false),
+            after_store("a", &view, &copy(theirs, 5), Some(3), true, false, false),
             LiveCore::Unload
+        );
+    }
+
+    #[test]
+    fn a_live_copy_of_a_delivery_owned_here_but_not_held_does_not_load_it() {
+        // Seed 6617: a flap made b believe it owned a delivery a still wrote; a's live copy
+        // of #7 loaded b's log, which lacked #6 (copied to another successor meanwhile).
+        let view = StaticView::of(&["a", "b"]);
+        let mine = owned_by(&view, "a");
+        assert_eq!(
+            after_store("a", &view, &copy(mine, 7), None, false, false, true),
+            LiveCore::Keep
         );
     }
 
@@ -233,11 +249,11 @@ mod tests {
         let view = StaticView::of(&["a", "b"]);
         let mine = owned_by(&view, "a");
         assert_eq!(
-            after_store("a", &view, &copy(mine, 5), Some(5), false, true),
+            after_store("a", &view, &copy(mine, 5), Some(5), false, true, false),
             LiveCore::Unload
         );
         assert_eq!(
-            after_store("a", &view, &copy(mine, 5), None, false, true),
+            after_store("a", &view, &copy(mine, 5), None, false, true, false),
             LiveCore::Load,
             "not held and ours: loaded as before"
         );

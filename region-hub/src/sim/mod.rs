@@ -313,7 +313,7 @@ impl Sim {
             let held = hub.held.get(&e.delivery_id).copied();
             let doubt = hub.in_doubt.holds(e.delivery_id);
             let superseded = applied.superseded.contains(&e.delivery_id);
-            match fencing::after_store(&hub.id, &view, e, held, doubt, superseded) {
+            match fencing::after_store(&hub.id, &view, e, held, doubt, superseded, live) {
                 LiveCore::Load => {
                     takeover::begin(&hub.store, e.delivery_id).map_err(err)?;
                     load(hub, e.delivery_id)?
