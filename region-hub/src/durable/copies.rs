@@ -128,7 +128,10 @@ mod tests {
         let mut e: ReplicaEntry = serde_json::from_str(old).expect("decodes");
         assert_eq!((e.epoch, e.epoch_of(0), e.epoch_of(5)), (0, 0, 0));
         let back = serde_json::to_string(&e).expect("json");
-        assert!(!back.contains("epoch"), "sent as an older hub reads it: {back}");
+        assert!(
+            !back.contains("epoch"),
+            "sent as an older hub reads it: {back}"
+        );
         e.epochs = vec![3];
         e.epoch = 4;
         let json = serde_json::to_string(&e).expect("json");

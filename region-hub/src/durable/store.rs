@@ -462,7 +462,9 @@ impl Store {
                             .get((id, ev.event_seq))
                             .map_err(StoreError::db)?
                             .map_or(0, |v| v.value());
-                        if stored.value() != enc(ev)?.as_slice() && (strict || ours >= entry.epoch_of(i)) {
+                        if stored.value() != enc(ev)?.as_slice()
+                            && (strict || ours >= entry.epoch_of(i))
+                        {
                             conflict = true;
                             break;
                         }
@@ -628,7 +630,9 @@ impl Store {
                 .map_err(StoreError::db)?
                 .map_or(0, |v| v.value().0);
             let epoch = known.saturating_add(1);
-            epochs.insert(id.0, (epoch, epoch)).map_err(StoreError::db)?;
+            epochs
+                .insert(id.0, (epoch, epoch))
+                .map_err(StoreError::db)?;
             epoch
         };
         tx.commit().map_err(StoreError::db)?;
@@ -1224,18 +1228,32 @@ mod tests {
         let created = ReplicaEntry::written(&entry(1, &[(1, Confirmed)], Some("k1"), true), 0);
         s.apply_replica(&[created]).expect("apply");
         let stray = written(2, EnRoute, "stray", 1);
-        assert_eq!(s.apply_replica_checked(&[stray], true).expect("apply"), Applied::default());
+        assert_eq!(
+            s.apply_replica_checked(&[stray], true).expect("apply"),
+            Applied::default()
+        );
         let after_stray = written(3, Arriving, "stray-3", 1);
-        s.apply_replica_checked(&[after_stray], true).expect("apply");
+        s.apply_replica_checked(&[after_stray], true)
+            .expect("apply");
         let legit = written(2, PickedUp, "legit", 2);
         // Live: fenced like any conflict (two hubs that both think they own the delivery must
         // not overwrite each other's acknowledged events on the replica they share).
-        let live = s.apply_replica_checked(std::slice::from_ref(&legit), true).expect("apply");
+        let live = s
+            .apply_replica_checked(std::slice::from_ref(&legit), true)
+            .expect("apply");
         assert_eq!(live.conflicts, vec![DeliveryId(1)]);
-        assert_eq!(statuses(&s), vec![(1, Confirmed), (2, EnRoute), (3, Arriving)]);
+        assert_eq!(
+            statuses(&s),
+            vec![(1, Confirmed), (2, EnRoute), (3, Arriving)]
+        );
         // The same seq under the same or a lower epoch, merged: ours kept, a conflict.
-        let same = s.apply_replica_checked(&[written(2, PickedUp, "same", 1)], false).expect("apply");
-        assert_eq!((same.conflicts, same.superseded), (vec![DeliveryId(1)], vec![]));
+        let same = s
+            .apply_replica_checked(&[written(2, PickedUp, "same", 1)], false)
+            .expect("apply");
+        assert_eq!(
+            (same.conflicts, same.superseded),
+            (vec![DeliveryId(1)], vec![])
+        );
         assert_eq!(statuses(&s)[1], (2, EnRoute));
         // Merged (hand-off, takeover, sync): the later epoch wins; the stray and every later
         // event of a lower epoch go, with their idempotency keys.
@@ -1246,9 +1264,14 @@ mod tests {
         let mut keys = s.idempotency_keys(DeliveryId(1)).expect("keys");
         keys.sort();
         assert_eq!(keys, vec![("k1".to_owned(), 1), ("legit".to_owned(), 2)]);
-        assert_eq!(s.epochs_of(DeliveryId(1), [1, 2]).expect("epochs"), (2, vec![0, 2]));
+        assert_eq!(
+            s.epochs_of(DeliveryId(1), [1, 2]).expect("epochs"),
+            (2, vec![0, 2])
+        );
         // The stray arriving again (a late frame, a stale peer) does not come back.
-        let again = s.apply_replica_checked(&[written(2, EnRoute, "stray", 1)], false).expect("apply");
+        let again = s
+            .apply_replica_checked(&[written(2, EnRoute, "stray", 1)], false)
+            .expect("apply");
         assert_eq!(again.conflicts, vec![DeliveryId(1)]);
         assert_eq!(statuses(&s), vec![(1, Confirmed), (2, PickedUp)]);
     }
@@ -1258,7 +1281,8 @@ mod tests {
         use DeliveryStatus::*;
         let s = Store::in_memory().expect("store");
         // A log from before epochs (or a delivery created here): everything at 0.
-        s.append(&[&entry(1, &[(1, Confirmed)], Some("a"), true)]).expect("append");
+        s.append(&[&entry(1, &[(1, Confirmed)], Some("a"), true)])
+            .expect("append");
         assert!(s.write_epochs([DeliveryId(1)]).expect("read").is_empty());
         assert_eq!(s.epochs_of(DeliveryId(1), [1]).expect("read"), (0, vec![0]));
         // A peer's copy says epoch 4 was seen: the takeover writes under 5, durably.
@@ -1266,14 +1290,24 @@ mod tests {
         peer.epoch = 4;
         s.apply_replica(&[peer]).expect("merge");
         assert_eq!(s.begin_epoch(DeliveryId(1)).expect("begin"), 5);
-        assert_eq!(s.write_epochs([DeliveryId(1)]).expect("read")[&DeliveryId(1)], 5);
-        s.append(&[&entry(1, &[(3, PickedUp)], Some("c"), false)]).expect("append");
-        assert_eq!(s.epochs_of(DeliveryId(1), [1, 2, 3]).expect("read"), (5, vec![0, 3, 5]));
+        assert_eq!(
+            s.write_epochs([DeliveryId(1)]).expect("read")[&DeliveryId(1)],
+            5
+        );
+        s.append(&[&entry(1, &[(3, PickedUp)], Some("c"), false)])
+            .expect("append");
+        assert_eq!(
+            s.epochs_of(DeliveryId(1), [1, 2, 3]).expect("read"),
+            (5, vec![0, 3, 5])
+        );
         // Copies merged later raise what is known, not the epoch this hub writes under.
         let mut later = written(4, Delivered, "d", 7);
         later.epoch = 7;
         s.apply_replica(&[later]).expect("merge");
-        assert_eq!(s.write_epochs([DeliveryId(1)]).expect("read")[&DeliveryId(1)], 5);
+        assert_eq!(
+            s.write_epochs([DeliveryId(1)]).expect("read")[&DeliveryId(1)],
+            5
+        );
         assert_eq!(s.begin_epoch(DeliveryId(1)).expect("begin"), 8);
     }
 

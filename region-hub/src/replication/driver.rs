@@ -94,7 +94,15 @@ pub(crate) async fn answer(hub: &Arc<dyn Host>, frame: ReplicaFrame) -> ReplicaF
             let held = hub.held(e.delivery_id);
             let doubt = cluster.in_doubt.lock().holds(e.delivery_id);
             let superseded = applied.superseded.contains(&e.delivery_id);
-            fencing::after_store(&cluster.me, cluster.view(), e, held, doubt, superseded, live)
+            fencing::after_store(
+                &cluster.me,
+                cluster.view(),
+                e,
+                held,
+                doubt,
+                superseded,
+                live,
+            )
         };
         for e in entries.iter().filter(|e| live_core(e) == LiveCore::Unload) {
             debug!(delivery_id = %e.delivery_id, %from, "another hub writes a delivery held here; unloaded");
@@ -104,6 +112,15 @@ pub(crate) async fn answer(hub: &Arc<dyn Host>, frame: ReplicaFrame) -> ReplicaF
         if entries.iter().any(|e| live_core(e) == LiveCore::Load) {
             let _one = cluster.takeover_lock.lock().await;
             for e in entries.iter().filter(|e| live_core(e) == LiveCore::Load) {
+                // A log with a hole is left to the rebalancer's takeover (it fetches first).
+                let (store, id) = (hub.store().clone(), e.delivery_id);
+                match tokio::task::spawn_blocking(move || takeover::has_hole(&store, id)).await {
+                    Ok(Ok(false)) => {}
+                    _ => {
+                        debug!(delivery_id = %id, "copy leaves a hole in the log; not loaded");
+                        continue;
+                    }
+                }
                 // Written here from now on: under a new epoch, above the sender's.
                 if !begin_epoch(hub, e.delivery_id).await {
                     continue;
@@ -360,7 +377,10 @@ async fn sync_copies(
         let store = hub.store().clone();
         let merged = tokio::task::spawn_blocking(move || {
             let applied = takeover::merge(&store, &copies)?;
-            Ok::<_, crate::durable::store::StoreError>((applied, takeover::ahead_of(&store, &copies)?))
+            Ok::<_, crate::durable::store::StoreError>((
+                applied,
+                takeover::ahead_of(&store, &copies)?,
+            ))
         });
         match merged.await {
             Ok(Ok((applied, ahead))) => {
@@ -476,7 +496,9 @@ async fn take_over(
     for (peer, mut copy) in copies {
         copy.retain(|e| !waiting.contains(&e.delivery_id) && !unwritable.contains(&e.delivery_id));
         let store = hub.store().clone();
-        let stale = match tokio::task::spawn_blocking(move || takeover::stale_copies(&store, &copy)).await {
+        let stale = match tokio::task::spawn_blocking(move || takeover::stale_copies(&store, &copy))
+            .await
+        {
             Ok(Ok(stale)) => stale,
             Ok(Err(e)) => {
                 warn!(peer = %peer.id, error = %e, "peer copies not compared");
@@ -495,8 +517,12 @@ async fn take_over(
             continue;
         }
         match cluster.send(&peer, &logs).await {
-            Ok(()) => info!(peer = %peer.id, deliveries = logs.len(), "sent the merged log to a peer holding strays"),
-            Err(e) => warn!(peer = %peer.id, error = %e, "merged log not sent to a peer holding strays"),
+            Ok(()) => {
+                info!(peer = %peer.id, deliveries = logs.len(), "sent the merged log to a peer holding strays")
+            }
+            Err(e) => {
+                warn!(peer = %peer.id, error = %e, "merged log not sent to a peer holding strays")
+            }
         }
     }
     // The history comes after: in the background for the rebalancer's bulk takeovers (serving

@@ -166,7 +166,13 @@ mod tests {
         let view = StaticView::of(&["a", "b", "c"]);
         let mine = owned_by(&view, "a");
         let theirs = owned_by(&view, "c");
-        let plan = ReplicationPlan::new("a", &view, 1, &[entry(mine, 1), entry(theirs, 1)], &HashMap::new());
+        let plan = ReplicationPlan::new(
+            "a",
+            &view,
+            1,
+            &[entry(mine, 1), entry(theirs, 1)],
+            &HashMap::new(),
+        );
         let succ = view.owners_of(DeliveryId(mine), 2)[1].id.clone();
         let mut targets: Vec<(String, Vec<DeliveryId>)> = plan
             .copies
@@ -208,7 +214,8 @@ mod tests {
     #[test]
     fn a_failed_copy_fails_its_status_changes_only_with_min_copies_2() {
         let view = StaticView::of(&["a", "b"]);
-        let plan = ReplicationPlan::new("a", &view, 2, &[entry(5, 1), entry(6, 1)], &HashMap::new());
+        let plan =
+            ReplicationPlan::new("a", &view, 2, &[entry(5, 1), entry(6, 1)], &HashMap::new());
         let copy = &plan.copies[0];
         let strict = settle(copy, &CopyOutcome::Failed, 2);
         assert_eq!(strict.refused.len(), 2);
@@ -221,7 +228,8 @@ mod tests {
     #[test]
     fn fenced_deliveries_fail_and_the_rest_count_as_replicated() {
         let view = StaticView::of(&["a", "b"]);
-        let plan = ReplicationPlan::new("a", &view, 1, &[entry(5, 1), entry(6, 1)], &HashMap::new());
+        let plan =
+            ReplicationPlan::new("a", &view, 1, &[entry(5, 1), entry(6, 1)], &HashMap::new());
         let s = settle(
             &plan.copies[0],
             &CopyOutcome::Stored {

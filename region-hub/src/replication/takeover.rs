@@ -174,6 +174,18 @@ pub fn ahead_of(store: &Store, copies: &[ReplicaEntry]) -> Result<Vec<DeliveryId
     Ok(ahead)
 }
 
+/// Whether the local log of `id` lacks an event below its last one (a copy that went to
+/// this hub past an event it never got). Such a log is not loaded from a copy
+/// ([`super::fencing::LiveCore::Load`]): the rebalancer's takeover, which fetches from every
+/// peer, loads it instead.
+pub fn has_hole(store: &Store, id: DeliveryId) -> Result<bool, StoreError> {
+    let events = store.events_after(id, 0)?;
+    Ok(events
+        .iter()
+        .enumerate()
+        .any(|(i, e)| e.event_seq != i as u64 + 1))
+}
+
 /// Taking `id` over, once every peer asked has answered and its copy is merged: this hub
 /// writes it from now on under a new write epoch, higher than any it or those peers knew
 /// (so a stray written under an earlier epoch loses to what this hub writes under its seq).

@@ -315,8 +315,10 @@ impl Sim {
             let superseded = applied.superseded.contains(&e.delivery_id);
             match fencing::after_store(&hub.id, &view, e, held, doubt, superseded, live) {
                 LiveCore::Load => {
-                    takeover::begin(&hub.store, e.delivery_id).map_err(err)?;
-                    load(hub, e.delivery_id)?
+                    if !takeover::has_hole(&hub.store, e.delivery_id).map_err(err)? {
+                        takeover::begin(&hub.store, e.delivery_id).map_err(err)?;
+                        load(hub, e.delivery_id)?
+                    }
                 }
                 LiveCore::Unload => {
                     hub.held.remove(&e.delivery_id);
@@ -519,7 +521,10 @@ impl Sim {
                 logs.extend(takeover::full_log(store, id).map_err(err)?);
             }
             if !logs.is_empty() {
-                self.log.push(format!("  {me} repairs {p}: {}", req_name(&Req::Handoff(logs.clone()))));
+                self.log.push(format!(
+                    "  {me} repairs {p}: {}",
+                    req_name(&Req::Handoff(logs.clone()))
+                ));
                 self.exchange(at, &p, Req::Handoff(logs))?;
             }
         }
