@@ -283,6 +283,22 @@ mod tests {
     }
 
     #[test]
+    fn a_log_missing_an_event_below_its_last_has_a_hole() {
+        // Seed 8045: a copy of #1 and #3 (#2 adopted by a takeover, never copied there) was
+        // handed to the owner, which loaded it and served the hole.
+        use protocol::status::DeliveryStatus::*;
+        let store = Store::in_memory().expect("store");
+        store
+            .apply_replica(&[copy(vec![event(1, Confirmed), event(3, PickedUp)], vec![])])
+            .expect("stored");
+        assert!(has_hole(&store, DeliveryId(5)).expect("read"));
+        store
+            .apply_replica(&[copy(vec![event(2, EnRoute)], vec![])])
+            .expect("stored");
+        assert!(!has_hole(&store, DeliveryId(5)).expect("read"));
+    }
+
+    #[test]
     fn a_delivery_whose_copy_went_unanswered_waits_for_that_hub() {
         let mut doubt = InDoubt::default();
         let (d, e) = (DeliveryId(1), DeliveryId(2));
