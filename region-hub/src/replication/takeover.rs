@@ -163,11 +163,7 @@ pub fn ahead_of(store: &Store, copies: &[ReplicaEntry]) -> Result<Vec<DeliveryId
     let mut ahead = Vec::new();
     for copy in copies {
         let theirs = copy.events.last().map_or(0, |e| e.event_seq);
-        if store
-            .events_after(copy.delivery_id, theirs)?
-            .first()
-            .is_some()
-        {
+        if !store.events_after(copy.delivery_id, theirs)?.is_empty() {
             ahead.push(copy.delivery_id);
         }
     }
@@ -261,11 +257,13 @@ mod tests {
         let store = Store::in_memory().expect("store");
         // Our copy: #1, and a stray #2 (epoch 1) whose write failed.
         let ours = copy(vec![event(1, Confirmed), event(2, EnRoute)], vec![0, 1]);
-        store.apply_replica(&[ours.clone()]).expect("stored");
+        store
+            .apply_replica(std::slice::from_ref(&ours))
+            .expect("stored");
         // A peer holds #2 as written by a later owner (epoch 2), and one an older #1 only.
         let later = copy(vec![event(1, Confirmed), event(2, PickedUp)], vec![0, 2]);
         let behind = copy(vec![event(1, Confirmed)], vec![0]);
-        let applied = merge(&store, &[later.clone()]).expect("merged");
+        let applied = merge(&store, std::slice::from_ref(&later)).expect("merged");
         assert_eq!(applied.superseded, vec![DeliveryId(5)]);
         assert_eq!(
             store.events_after(DeliveryId(5), 0).expect("events"),
