@@ -293,6 +293,8 @@ async fn replicas_fence_writes_from_a_hub_that_does_not_serve_the_delivery() {
         devices: Vec::new(),
         tracking: None,
         plan: None,
+        epochs: Vec::new(),
+        epoch: 0,
     };
 
     // The owner serves it: the next seq written by another hub is refused.

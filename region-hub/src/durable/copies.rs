@@ -27,6 +27,20 @@ pub struct ReplicaEntry {
     /// instead of planning again. Absent from copies sent by older hubs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<StoredPlan>,
+    /// The write epoch of each of `events`, in the same order (`docs/cluster.md`, *Write
+    /// epochs*): of two different events under one seq, the one under the higher epoch was
+    /// written by the later owner. Missing entries are 0 (copies from older hubs, events
+    /// written before epochs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub epochs: Vec<u64>,
+    /// The highest write epoch the sender knows of the delivery (a takeover that merges this
+    /// copy writes under a higher one). 0 from older hubs.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub epoch: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl From<&LogEntry> for ReplicaEntry {
@@ -57,11 +71,28 @@ impl From<&LogEntry> for ReplicaEntry {
             devices,
             tracking,
             plan,
+            epochs: Vec::new(),
+            epoch: 0,
         }
     }
 }
 
 impl ReplicaEntry {
+    /// A new log entry as copied by a hub writing its delivery under write epoch `epoch`.
+    pub fn written(e: &LogEntry, epoch: u64) -> Self {
+        let mut entry = Self::from(e);
+        if epoch > 0 {
+            entry.epochs = vec![epoch; entry.events.len()];
+            entry.epoch = epoch;
+        }
+        entry
+    }
+
+    /// The write epoch of `events[i]`.
+    pub fn epoch_of(&self, i: usize) -> u64 {
+        self.epochs.get(i).copied().unwrap_or(0)
+    }
+
     /// Whether it carries nothing to store.
     pub fn is_empty(&self) -> bool {
         self.record.is_none()
@@ -89,5 +120,23 @@ mod tests {
             !back.contains("tracking") && !back.contains("plan"),
             "{back}"
         );
+    }
+
+    #[test]
+    fn a_copy_without_epochs_decodes_at_epoch_0_and_one_with_them_round_trips() {
+        let old = r#"{"delivery_id":4,"record":null,"events":[{"delivery_id":4,"event_seq":1,"status":"confirmed","ts_ms":1,"source":"api","metadata":null}],"idempotency":[],"proofs":[],"devices":[]}"#;
+        let mut e: ReplicaEntry = serde_json::from_str(old).expect("decodes");
+        assert_eq!((e.epoch, e.epoch_of(0), e.epoch_of(5)), (0, 0, 0));
+        let back = serde_json::to_string(&e).expect("json");
+        assert!(
+            !back.contains("epoch"),
+            "sent as an older hub reads it: {back}"
+        );
+        e.epochs = vec![3];
+        e.epoch = 4;
+        let json = serde_json::to_string(&e).expect("json");
+        let again: ReplicaEntry = serde_json::from_str(&json).expect("decodes");
+        assert_eq!((again.epoch, again.epoch_of(0)), (4, 3));
+        assert_eq!(again, e);
     }
 }

@@ -33,6 +33,12 @@ const DEVICES: TableDefinition<(u64, &str), ()> = TableDefinition::new("devices"
 const ANOMALIES: TableDefinition<(u64, u64, u8), &[u8]> = TableDefinition::new("anomalies");
 /// `delivery_id` -> (version, JSON [`TrackingState`]): the newest zone and anomaly state.
 const TRACKING: TableDefinition<u64, (u64, &[u8])> = TableDefinition::new("tracking");
+/// `(delivery_id, event_seq)` -> the write epoch the event was written under, when above 0
+/// (absent: 0, which is also every event of a log from before epochs).
+const EVENT_EPOCHS: TableDefinition<(u64, u64), u64> = TableDefinition::new("event_epochs");
+/// `delivery_id` -> (the highest write epoch this hub knows of the delivery, the epoch this
+/// hub writes it under since its last takeover). See [`Store::begin_epoch`].
+const EPOCHS: TableDefinition<u64, (u64, u64)> = TableDefinition::new("epochs");
 
 /// Why the log could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +154,8 @@ impl Store {
         tx.open_table(PROOFS).map_err(StoreError::db)?;
         tx.open_table(DEVICES).map_err(StoreError::db)?;
         tx.open_table(TRACKING).map_err(StoreError::db)?;
+        tx.open_table(EVENT_EPOCHS).map_err(StoreError::db)?;
+        tx.open_table(EPOCHS).map_err(StoreError::db)?;
         crate::durable::plans::create_tables(&tx)?;
         tx.commit().map_err(StoreError::db)?;
         let store = Self {
@@ -242,7 +250,24 @@ impl Store {
             let mut devices = tx.open_table(DEVICES).map_err(StoreError::db)?;
             let mut tracking = tx.open_table(TRACKING).map_err(StoreError::db)?;
             let mut plans = crate::durable::plans::open_plans(&tx)?;
+            let mut event_epochs = tx.open_table(EVENT_EPOCHS).map_err(StoreError::db)?;
+            let epochs = tx.open_table(EPOCHS).map_err(StoreError::db)?;
             for entry in entries {
+                let epoch = if entry.events.is_empty() {
+                    0
+                } else {
+                    epochs
+                        .get(entry.delivery_id.0)
+                        .map_err(StoreError::db)?
+                        .map_or(0, |v| v.value().1)
+                };
+                if epoch > 0 {
+                    for ev in &entry.events {
+                        event_epochs
+                            .insert((entry.delivery_id.0, ev.event_seq), epoch)
+                            .map_err(StoreError::db)?;
+                    }
+                }
                 for side in &entry.side {
                     match side {
                         SideRecord::Anomaly(a) => {
@@ -384,7 +409,9 @@ impl Store {
 
 impl Store {
     /// Stores entries received from another hub (replication or hand-off) in ONE write
-    /// transaction, durable when this returns. Monotone: an event seq already stored is kept,
+    /// transaction, durable when this returns. Monotone: an event seq already stored is kept
+    /// (unless the copy's event under it has a higher write epoch: see
+    /// [`Store::apply_replica_checked`]),
     /// a record is replaced only when the entry reaches at least the stored last seq, and an
     /// idempotency key already stored is kept, so a stale copy never overwrites newer state.
     pub fn apply_replica(
@@ -395,16 +422,23 @@ impl Store {
     }
 
     /// [`Store::apply_replica`] that first checks each entry's events against the stored
-    /// ones: an entry holding an event whose seq is stored with different contents (another
-    /// hub wrote that seq) is a conflict. With `strict` (live replication) conflicting entries
-    /// are not stored and their deliveries are returned; otherwise (hand-off, takeover merge)
-    /// they are stored monotonically as usual and still returned, to be counted.
+    /// ones. With `strict` (live replication) an entry holding another event under a stored
+    /// seq is a conflict ([`Applied::conflicts`]) and is not stored at all: the writer is
+    /// fenced, whatever the epochs (two hubs both believing they own the delivery must not
+    /// overwrite each other's acknowledged events on the replica they share). Otherwise
+    /// (hand-off, takeover merge, a takeover's repair) two different events under one seq are
+    /// told apart by their write epochs (`docs/cluster.md`, *Write epochs*): a stored event
+    /// under a LOWER epoch than the copy's is a stray (its live copy went unanswered, so it
+    /// was never acknowledged; a later takeover wrote that seq again) and is replaced, with
+    /// every stored event after it under a lower epoch and their idempotency keys
+    /// ([`Applied::superseded`]); one under the same or a higher epoch is kept and reported
+    /// as a conflict, to be counted.
     pub fn apply_replica_checked(
         &self,
         entries: &[crate::durable::copies::ReplicaEntry],
         strict: bool,
-    ) -> Result<Vec<DeliveryId>, StoreError> {
-        let mut conflicts = Vec::new();
+    ) -> Result<Applied, StoreError> {
+        let mut applied = Applied::default();
         let tx = self.db()?.begin_write().map_err(StoreError::db)?;
         let fresh = {
             // A copy carries its webhook rows with it: a successor that takes the delivery
@@ -417,19 +451,27 @@ impl Store {
             let mut devices = tx.open_table(DEVICES).map_err(StoreError::db)?;
             let mut tracking = tx.open_table(TRACKING).map_err(StoreError::db)?;
             let mut plans = crate::durable::plans::open_plans(&tx)?;
+            let mut event_epochs = tx.open_table(EVENT_EPOCHS).map_err(StoreError::db)?;
+            let mut epochs = tx.open_table(EPOCHS).map_err(StoreError::db)?;
             for entry in entries {
                 let id = entry.delivery_id.0;
                 let mut conflict = false;
-                for ev in &entry.events {
+                for (i, ev) in entry.events.iter().enumerate() {
                     if let Some(stored) = events.get((id, ev.event_seq)).map_err(StoreError::db)? {
-                        if stored.value() != enc(ev)?.as_slice() {
+                        let ours = event_epochs
+                            .get((id, ev.event_seq))
+                            .map_err(StoreError::db)?
+                            .map_or(0, |v| v.value());
+                        if stored.value() != enc(ev)?.as_slice()
+                            && (strict || ours >= entry.epoch_of(i))
+                        {
                             conflict = true;
                             break;
                         }
                     }
                 }
                 if conflict {
-                    conflicts.push(entry.delivery_id);
+                    applied.conflicts.push(entry.delivery_id);
                     if strict {
                         continue;
                     }
@@ -451,16 +493,85 @@ impl Store {
                             .map_err(StoreError::db)?;
                     }
                 }
-                for ev in &entry.events {
-                    if events
+                let mut superseded = false;
+                for (i, ev) in entry.events.iter().enumerate() {
+                    let epoch = entry.epoch_of(i);
+                    let bytes = enc(ev)?;
+                    let stored = events
                         .get((id, ev.event_seq))
                         .map_err(StoreError::db)?
-                        .is_none()
-                    {
-                        events
-                            .insert((id, ev.event_seq), enc(ev)?.as_slice())
+                        .map(|v| v.value().to_vec());
+                    match stored {
+                        Some(s) if s == bytes => continue,
+                        Some(_) => {
+                            let ours = event_epochs
+                                .get((id, ev.event_seq))
+                                .map_err(StoreError::db)?
+                                .map_or(0, |v| v.value());
+                            if ours >= epoch {
+                                continue; // a conflict: ours kept
+                            }
+                            // A stray: it and every later event under a lower epoch go.
+                            let mut gone = Vec::new();
+                            for row in events
+                                .range((id, ev.event_seq)..=(id, u64::MAX))
+                                .map_err(StoreError::db)?
+                            {
+                                let (k, _) = row.map_err(StoreError::db)?;
+                                let seq = k.value().1;
+                                let e = event_epochs
+                                    .get((id, seq))
+                                    .map_err(StoreError::db)?
+                                    .map_or(0, |v| v.value());
+                                if e < epoch {
+                                    gone.push(seq);
+                                }
+                            }
+                            for seq in &gone {
+                                events.remove((id, *seq)).map_err(StoreError::db)?;
+                                event_epochs.remove((id, *seq)).map_err(StoreError::db)?;
+                            }
+                            let mut stale_keys = Vec::new();
+                            for row in keys.range((id, "")..).map_err(StoreError::db)? {
+                                let (k, v) = row.map_err(StoreError::db)?;
+                                let (kid, key) = k.value();
+                                if kid != id {
+                                    break;
+                                }
+                                if gone.contains(&v.value()) {
+                                    stale_keys.push(key.to_owned());
+                                }
+                            }
+                            for key in &stale_keys {
+                                keys.remove((id, key.as_str())).map_err(StoreError::db)?;
+                            }
+                            superseded = true;
+                        }
+                        None => {}
+                    }
+                    events
+                        .insert((id, ev.event_seq), bytes.as_slice())
+                        .map_err(StoreError::db)?;
+                    if epoch > 0 {
+                        event_epochs
+                            .insert((id, ev.event_seq), epoch)
                             .map_err(StoreError::db)?;
-                        hooks.status(ev)?;
+                    }
+                    hooks.status(ev)?;
+                }
+                if superseded {
+                    applied.superseded.push(entry.delivery_id);
+                }
+                let known = (0..entry.events.len())
+                    .map(|i| entry.epoch_of(i))
+                    .fold(entry.epoch, u64::max);
+                if known > 0 {
+                    let (k, w) = epochs
+                        .get(id)
+                        .map_err(StoreError::db)?
+                        .map_or((0, 0), |v| v.value());
+                    if known > k {
+                        epochs.insert(id, (known, w)).map_err(StoreError::db)?;
                     }
                 }
                 for (key, seq) in &entry.idempotency {
@@ -503,7 +614,76 @@ impl Store {
         };
         tx.commit().map_err(StoreError::db)?;
         self.publish_outbox(fresh);
-        Ok(conflicts)
+        Ok(applied)
+    }
+
+    /// Starts a new write epoch of `id` on taking it over (a takeover, or loading a hand-off):
+    /// one above every epoch this hub knows of it (its own earlier ones, and those of every
+    /// copy it stored or merged, so a takeover merges the peers' copies first). Durable when
+    /// this returns; the events this hub writes of `id` from now on carry it.
+    pub fn begin_epoch(&self, id: DeliveryId) -> Result<u64, StoreError> {
+        let tx = self.db()?.begin_write().map_err(StoreError::db)?;
+        let epoch = {
+            let mut epochs = tx.open_table(EPOCHS).map_err(StoreError::db)?;
+            let known = epochs
+                .get(id.0)
+                .map_err(StoreError::db)?
+                .map_or(0, |v| v.value().0);
+            let epoch = known.saturating_add(1);
+            epochs
+                .insert(id.0, (epoch, epoch))
+                .map_err(StoreError::db)?;
+            epoch
+        };
+        tx.commit().map_err(StoreError::db)?;
+        Ok(epoch)
+    }
+
+    /// The epochs this hub writes `ids` under (0 for a delivery it never took over: created
+    /// here, or a log from before epochs), for the copies of a batch.
+    pub fn write_epochs(
+        &self,
+        ids: impl IntoIterator<Item = DeliveryId>,
+    ) -> Result<HashMap<DeliveryId, u64>, StoreError> {
+        let tx = self.db()?.begin_read().map_err(StoreError::db)?;
+        let epochs = tx.open_table(EPOCHS).map_err(StoreError::db)?;
+        let mut out = HashMap::new();
+        for id in ids {
+            let w = epochs
+                .get(id.0)
+                .map_err(StoreError::db)?
+                .map_or(0, |v| v.value().1);
+            if w > 0 {
+                out.insert(id, w);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The highest write epoch this hub knows of `id`, and the write epoch of each of `seqs`
+    /// (0 when unrecorded), for a whole-log copy.
+    pub fn epochs_of(
+        &self,
+        id: DeliveryId,
+        seqs: impl IntoIterator<Item = u64>,
+    ) -> Result<(u64, Vec<u64>), StoreError> {
+        let tx = self.db()?.begin_read().map_err(StoreError::db)?;
+        let epochs = tx.open_table(EPOCHS).map_err(StoreError::db)?;
+        let event_epochs = tx.open_table(EVENT_EPOCHS).map_err(StoreError::db)?;
+        let known = epochs
+            .get(id.0)
+            .map_err(StoreError::db)?
+            .map_or(0, |v| v.value().0);
+        let mut per_event = Vec::new();
+        for seq in seqs {
+            per_event.push(
+                event_epochs
+                    .get((id.0, seq))
+                    .map_err(StoreError::db)?
+                    .map_or(0, |v| v.value()),
+            );
+        }
+        Ok((known, per_event))
     }
 
     /// One delivery's durable state (record, events, idempotency keys), for a takeover.
@@ -552,17 +732,47 @@ impl Store {
         Ok(idempotency)
     }
 
-    /// Ids of every delivery with a stored record (own and replicated ones).
+    /// Ids of every delivery with a stored record or stored events (own and replicated ones:
+    /// a replica that missed a delivery's creation holds events without the record), in order.
     pub fn delivery_ids(&self) -> Result<Vec<DeliveryId>, StoreError> {
         let tx = self.db()?.begin_read().map_err(StoreError::db)?;
         let table = tx.open_table(DELIVERIES).map_err(StoreError::db)?;
-        let mut out = Vec::new();
+        let mut out = std::collections::BTreeSet::new();
         for row in table.iter().map_err(StoreError::db)? {
             let (k, _) = row.map_err(StoreError::db)?;
-            out.push(DeliveryId(k.value()));
+            out.insert(k.value());
         }
-        Ok(out)
+        // One lookup per delivery, not per event: skip to the next delivery's first event.
+        let events = tx.open_table(EVENTS).map_err(StoreError::db)?;
+        let mut from = 0u64;
+        loop {
+            let next = events
+                .range((from, 0)..)
+                .map_err(StoreError::db)?
+                .next()
+                .transpose()
+                .map_err(StoreError::db)?
+                .map(|(k, _)| k.value().0);
+            let Some(id) = next else { break };
+            out.insert(id);
+            match id.checked_add(1) {
+                Some(n) => from = n,
+                None => break,
+            }
+        }
+        Ok(out.into_iter().map(DeliveryId).collect())
     }
+}
+
+/// What storing copies did ([`Store::apply_replica_checked`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Deliveries whose copy held another event under a seq stored here under the same or a
+    /// higher write epoch: ours is kept (with `strict`, nothing of the entry is stored).
+    pub conflicts: Vec<DeliveryId>,
+    /// Deliveries whose copy replaced a stray: an event stored here under a lower write epoch
+    /// than the copy's event under the same seq (with every later one under a lower epoch).
+    pub superseded: Vec<DeliveryId>,
 }
 
 /// Stores `t` unless a state of the same or a newer version is stored.
@@ -786,7 +996,13 @@ pub struct WriterConfig {
 pub trait Replicate: Send + Sync + 'static {
     /// Returns once the entries are durable on the replica, or replication was given up;
     /// the result names the deliveries whose entries must not be committed, and why.
-    fn replicate<'a>(&'a self, entries: &'a [LogEntry]) -> Refused<'a>;
+    /// `epochs`: the write epoch of each delivery ([`Store::write_epochs`]; absent: 0), which
+    /// the copies carry.
+    fn replicate<'a>(
+        &'a self,
+        entries: &'a [LogEntry],
+        epochs: &'a HashMap<DeliveryId, u64>,
+    ) -> Refused<'a>;
 }
 
 /// [`spawn_event_log_replicated`] without replication (a single hub).
@@ -855,12 +1071,20 @@ pub fn spawn_event_log_replicated(
             let mut fenced: HashMap<DeliveryId, Refusal> =
                 entries.iter().filter(|e| stale(e)).map(|e| (e.delivery_id, Refusal::Fenced)).collect();
             if let Some(r) = &replicator {
+                // The copies carry the epoch each delivery is written under (a small read).
+                let epochs = match store.write_epochs(entries.iter().filter(|e| !e.events.is_empty()).map(|e| e.delivery_id)) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "write epochs not read; copies carry epoch 0");
+                        HashMap::new()
+                    }
+                };
                 // The batch as it is in the common case (nothing stale), without copying it.
                 let refused = if fenced.is_empty() {
-                    r.replicate(&entries).await
+                    r.replicate(&entries, &epochs).await
                 } else {
                     let live: Vec<LogEntry> = entries.iter().filter(|e| !stale(e)).cloned().collect();
-                    if live.is_empty() { Vec::new() } else { r.replicate(&live).await }
+                    if live.is_empty() { Vec::new() } else { r.replicate(&live, &epochs).await }
                 };
                 for (id, why) in refused {
                     fenced.entry(id).or_insert(why);
@@ -939,6 +1163,7 @@ pub fn spawn_event_log_replicated(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::durable::copies::ReplicaEntry;
     use protocol::geo::LatLng;
     use protocol::status::DeliveryStatus;
 
@@ -981,6 +1206,136 @@ mod tests {
         }
     }
 
+    /// A copy of `seq` for delivery 1 with status `st` under write epoch `epoch`, keyed `key`.
+    fn written(seq: u64, st: DeliveryStatus, key: &str, epoch: u64) -> ReplicaEntry {
+        ReplicaEntry::written(&entry(1, &[(seq, st)], Some(key), false), epoch)
+    }
+
+    fn statuses(s: &Store) -> Vec<(u64, DeliveryStatus)> {
+        s.events_after(DeliveryId(1), 0)
+            .expect("events")
+            .iter()
+            .map(|e| (e.event_seq, e.status))
+            .collect()
+    }
+
+    #[test]
+    fn a_copy_under_a_later_epoch_replaces_a_stray_but_a_live_copy_is_fenced_whatever_its_epoch() {
+        // Seed 667 & co.: the replica stored #2 (epoch 1) from an owner whose write then failed
+        // (the answer was lost); a later takeover (epoch 2) wrote another #2.
+        use DeliveryStatus::*;
+        let s = Store::in_memory().expect("store");
+        let created = ReplicaEntry::written(&entry(1, &[(1, Confirmed)], Some("k1"), true), 0);
+        s.apply_replica(&[created]).expect("apply");
+        let stray = written(2, EnRoute, "stray", 1);
+        assert_eq!(
+            s.apply_replica_checked(&[stray], true).expect("apply"),
+            Applied::default()
+        );
+        let after_stray = written(3, Arriving, "stray-3", 1);
+        s.apply_replica_checked(&[after_stray], true)
+            .expect("apply");
+        let legit = written(2, PickedUp, "legit", 2);
+        // Live: fenced like any conflict (two hubs that both think they own the delivery must
+        // not overwrite each other's acknowledged events on the replica they share).
+        let live = s
+            .apply_replica_checked(std::slice::from_ref(&legit), true)
+            .expect("apply");
+        assert_eq!(live.conflicts, vec![DeliveryId(1)]);
+        assert_eq!(
+            statuses(&s),
+            vec![(1, Confirmed), (2, EnRoute), (3, Arriving)]
+        );
+        // The same seq under the same or a lower epoch, merged: ours kept, a conflict.
+        let same = s
+            .apply_replica_checked(&[written(2, PickedUp, "same", 1)], false)
+            .expect("apply");
+        assert_eq!(
+            (same.conflicts, same.superseded),
+            (vec![DeliveryId(1)], vec![])
+        );
+        assert_eq!(statuses(&s)[1], (2, EnRoute));
+        // Merged (hand-off, takeover, sync): the later epoch wins; the stray and every later
+        // event of a lower epoch go, with their idempotency keys.
+        let merged = s.apply_replica_checked(&[legit], false).expect("apply");
+        assert_eq!(merged.superseded, vec![DeliveryId(1)]);
+        assert!(merged.conflicts.is_empty());
+        assert_eq!(statuses(&s), vec![(1, Confirmed), (2, PickedUp)]);
+        let mut keys = s.idempotency_keys(DeliveryId(1)).expect("keys");
+        keys.sort();
+        assert_eq!(keys, vec![("k1".to_owned(), 1), ("legit".to_owned(), 2)]);
+        assert_eq!(
+            s.epochs_of(DeliveryId(1), [1, 2]).expect("epochs"),
+            (2, vec![0, 2])
+        );
+        // The stray arriving again (a late frame, a stale peer) does not come back.
+        let again = s
+            .apply_replica_checked(&[written(2, EnRoute, "stray", 1)], false)
+            .expect("apply");
+        assert_eq!(again.conflicts, vec![DeliveryId(1)]);
+        assert_eq!(statuses(&s), vec![(1, Confirmed), (2, PickedUp)]);
+    }
+
+    #[test]
+    fn a_takeover_writes_under_an_epoch_above_every_one_it_merged_and_old_logs_are_epoch_0() {
+        use DeliveryStatus::*;
+        let s = Store::in_memory().expect("store");
+        // A log from before epochs (or a delivery created here): everything at 0.
+        s.append(&[&entry(1, &[(1, Confirmed)], Some("a"), true)])
+            .expect("append");
+        assert!(s.write_epochs([DeliveryId(1)]).expect("read").is_empty());
+        assert_eq!(s.epochs_of(DeliveryId(1), [1]).expect("read"), (0, vec![0]));
+        // A peer's copy says epoch 4 was seen: the takeover writes under 5, durably.
+        let mut peer = written(2, EnRoute, "b", 3);
+        peer.epoch = 4;
+        s.apply_replica(&[peer]).expect("merge");
+        assert_eq!(s.begin_epoch(DeliveryId(1)).expect("begin"), 5);
+        assert_eq!(
+            s.write_epochs([DeliveryId(1)]).expect("read")[&DeliveryId(1)],
+            5
+        );
+        s.append(&[&entry(1, &[(3, PickedUp)], Some("c"), false)])
+            .expect("append");
+        assert_eq!(
+            s.epochs_of(DeliveryId(1), [1, 2, 3]).expect("read"),
+            (5, vec![0, 3, 5])
+        );
+        // Copies merged later raise what is known, not the epoch this hub writes under.
+        let mut later = written(4, Delivered, "d", 7);
+        later.epoch = 7;
+        s.apply_replica(&[later]).expect("merge");
+        assert_eq!(
+            s.write_epochs([DeliveryId(1)]).expect("read")[&DeliveryId(1)],
+            5
+        );
+        assert_eq!(s.begin_epoch(DeliveryId(1)).expect("begin"), 8);
+    }
+
+    #[test]
+    fn a_log_written_before_epochs_reopens_and_reads_at_epoch_0() {
+        use DeliveryStatus::*;
+        let path = temp_db("pre-epochs");
+        {
+            // The tables of a log from before epochs: no epoch tables at all.
+            std::fs::create_dir_all(path.parent().expect("dir")).expect("dir");
+            let db = Database::create(&path).expect("db");
+            let tx = db.begin_write().expect("tx");
+            {
+                let mut events = tx.open_table(EVENTS).expect("events");
+                let ev = &entry(1, &[(1, Confirmed)], None, false).events[0];
+                events
+                    .insert((1, 1), serde_json::to_vec(ev).expect("json").as_slice())
+                    .expect("insert");
+            }
+            tx.commit().expect("commit");
+        }
+        let s = Store::open(&path).expect("reopens");
+        assert_eq!(s.events_after(DeliveryId(1), 0).expect("events").len(), 1);
+        assert_eq!(s.epochs_of(DeliveryId(1), [1]).expect("read"), (0, vec![0]));
+        assert_eq!(s.delivery_ids().expect("ids"), vec![DeliveryId(1)]);
+        assert_eq!(s.begin_epoch(DeliveryId(1)).expect("begin"), 1);
+    }
+
     /// A replica that fences delivery 1 once, and records what it was sent.
     #[derive(Default)]
     struct FenceOnce {
@@ -989,7 +1344,11 @@ mod tests {
     }
 
     impl Replicate for FenceOnce {
-        fn replicate<'a>(&'a self, entries: &'a [LogEntry]) -> Refused<'a> {
+        fn replicate<'a>(
+            &'a self,
+            entries: &'a [LogEntry],
+            _epochs: &'a HashMap<DeliveryId, u64>,
+        ) -> Refused<'a> {
             Box::pin(async move {
                 let mut seen = self.seen.lock();
                 for e in entries {
@@ -1108,7 +1467,6 @@ mod tests {
 
     #[test]
     fn replicated_entries_merge_monotonically_and_keep_their_idempotency_keys() {
-        use crate::durable::copies::ReplicaEntry;
         let path = temp_db("replica");
         let s = Store::open(&path).expect("open");
         let copy = |e: &LogEntry, keys: &[(&str, u64)]| ReplicaEntry {
@@ -1200,7 +1558,6 @@ mod tests {
 
     #[test]
     fn zone_state_and_plans_are_logged_replicated_newest_first_and_loaded_with_the_delivery() {
-        use crate::durable::copies::ReplicaEntry;
         use crate::tracking::eta::StoredPlan;
         let path = temp_db("tracking");
         let s = Store::open(&path).expect("open");

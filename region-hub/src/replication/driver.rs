@@ -70,18 +70,22 @@ pub(crate) async fn answer(hub: &Arc<dyn Host>, frame: ReplicaFrame) -> ReplicaF
         let kept = kept.clone();
         tokio::task::spawn_blocking(move || store.apply_replica_checked(&kept, live)).await
     };
-    let conflicts = match stored {
-        Ok(Ok(c)) => c,
+    let applied = match stored {
+        Ok(Ok(a)) => a,
         Ok(Err(e)) => return refused(e.to_string()),
         Err(e) => return refused(e.to_string()),
     };
+    let conflicts = &applied.conflicts;
     if !conflicts.is_empty() {
         warn!(%from, deliveries = ?conflicts, live, "copy holds other events under seqs we hold");
         if let Some(c) = hub.cluster() {
             c.metrics.conflicts.inc_by(conflicts.len() as u64);
         }
     }
-    let (entries, fenced) = fencing::with_conflicts(kept, fenced, &conflicts, live);
+    if !applied.superseded.is_empty() {
+        info!(%from, deliveries = ?applied.superseded, "copy written under a later epoch replaced stray events");
+    }
+    let (entries, fenced) = fencing::with_conflicts(kept, fenced, conflicts, live);
     let n = entries.len() as u64;
     debug!(%from, entries = n, "stored replica entries");
     if let Some(cluster) = hub.cluster() {
@@ -89,7 +93,16 @@ pub(crate) async fn answer(hub: &Arc<dyn Host>, frame: ReplicaFrame) -> ReplicaF
         let live_core = |e: &ReplicaEntry| {
             let held = hub.held(e.delivery_id);
             let doubt = cluster.in_doubt.lock().holds(e.delivery_id);
-            fencing::after_store(&cluster.me, cluster.view(), e, held, doubt)
+            let superseded = applied.superseded.contains(&e.delivery_id);
+            fencing::after_store(
+                &cluster.me,
+                cluster.view(),
+                e,
+                held,
+                doubt,
+                superseded,
+                live,
+            )
         };
         for e in entries.iter().filter(|e| live_core(e) == LiveCore::Unload) {
             debug!(delivery_id = %e.delivery_id, %from, "another hub writes a delivery held here; unloaded");
@@ -99,6 +112,19 @@ pub(crate) async fn answer(hub: &Arc<dyn Host>, frame: ReplicaFrame) -> ReplicaF
         if entries.iter().any(|e| live_core(e) == LiveCore::Load) {
             let _one = cluster.takeover_lock.lock().await;
             for e in entries.iter().filter(|e| live_core(e) == LiveCore::Load) {
+                // A log with a hole is left to the rebalancer's takeover (it fetches first).
+                let (store, id) = (hub.store().clone(), e.delivery_id);
+                match tokio::task::spawn_blocking(move || takeover::has_hole(&store, id)).await {
+                    Ok(Ok(false)) => {}
+                    _ => {
+                        debug!(delivery_id = %id, "copy leaves a hole in the log; not loaded");
+                        continue;
+                    }
+                }
+                // Written here from now on: under a new epoch, above the sender's.
+                if !begin_epoch(hub, e.delivery_id).await {
+                    continue;
+                }
                 if load_into_core(hub, e.delivery_id).await {
                     debug!(delivery_id = %e.delivery_id, "loaded a delivery handed to us");
                 }
@@ -110,6 +136,26 @@ pub(crate) async fn answer(hub: &Arc<dyn Host>, frame: ReplicaFrame) -> ReplicaF
     } else {
         debug!(%from, deliveries = ?fenced, "fenced entries from another hub");
         ReplicaFrame::Fenced { ids: fenced }
+    }
+}
+
+/// Starts a new write epoch of `id` ([`takeover::begin`]) before it is loaded to be written
+/// here; false (and not to be loaded) when the log could not be written.
+async fn begin_epoch(hub: &Arc<dyn Host>, id: DeliveryId) -> bool {
+    let store = hub.store().clone();
+    match tokio::task::spawn_blocking(move || takeover::begin(&store, id)).await {
+        Ok(Ok(epoch)) => {
+            debug!(delivery_id = %id, epoch, "new write epoch");
+            true
+        }
+        Ok(Err(e)) => {
+            warn!(delivery_id = %id, error = %e, "write epoch not stored; delivery not loaded");
+            false
+        }
+        Err(e) => {
+            warn!(delivery_id = %id, error = %e, "write epoch not stored; delivery not loaded");
+            false
+        }
     }
 }
 
@@ -277,6 +323,9 @@ pub(crate) async fn run_rebalancer(
                 }
             }
         }
+        if !sync_copies(&hub, &cluster, &mut rebalancer, &pass.syncs).await {
+            dirty = true;
+        }
         cluster
             .handoff
             .send_replace((pass.draining_seen, outstanding));
@@ -294,6 +343,76 @@ pub(crate) async fn run_rebalancer(
         }
     }
     cluster.close();
+}
+
+/// Brings copies of deliveries other hubs own in step with their owner ([`Rebalancer`]'s
+/// `syncs`): fetches the owner's log ([`MAX_FETCH_IDS`] at a time) and merges it, so a stray
+/// held here (an event whose copy went unanswered, written again by a later owner that did
+/// not hear from this hub) is replaced; what this hub holds past the owner's log is sent to
+/// the owner, which merges it (as a takeover that heard from this hub would have). Returns
+/// false when some owner did not answer (retried at the next pass).
+async fn sync_copies(
+    hub: &Arc<dyn Host>,
+    cluster: &Arc<HubCluster>,
+    rebalancer: &mut Rebalancer,
+    syncs: &[super::rebalance::Transfer],
+) -> bool {
+    let mut by_owner: std::collections::BTreeMap<&str, Vec<&super::rebalance::Transfer>> =
+        std::collections::BTreeMap::new();
+    for s in syncs {
+        by_owner.entry(s.to.id.as_str()).or_default().push(s);
+    }
+    let mut all = true;
+    for batch in by_owner.values().flat_map(|v| v.chunks(MAX_FETCH_IDS)) {
+        let owner = &batch[0].to;
+        let ids: Vec<DeliveryId> = batch.iter().map(|s| s.id).collect();
+        let copies = match cluster.fetch(owner, &ids).await {
+            Ok(c) => c,
+            Err(e) => {
+                debug!(owner = %owner.id, error = %e, "copies not synced with their owner; retrying");
+                all = false;
+                continue;
+            }
+        };
+        let store = hub.store().clone();
+        let merged = tokio::task::spawn_blocking(move || {
+            let applied = takeover::merge(&store, &copies)?;
+            Ok::<_, crate::durable::store::StoreError>((
+                applied,
+                takeover::ahead_of(&store, &copies)?,
+            ))
+        });
+        match merged.await {
+            Ok(Ok((applied, ahead))) => {
+                if !applied.superseded.is_empty() {
+                    info!(owner = %owner.id, deliveries = ?applied.superseded, "synced with the owner: stray events replaced");
+                }
+                // Those we hold more of than the owner are synced again at the next pass, and
+                // the owner gets our log of them (it merges what it lacks).
+                for s in batch.iter().filter(|s| !ahead.contains(&s.id)) {
+                    rebalancer.handle_synced(s);
+                }
+                let mut logs = Vec::new();
+                for id in ahead {
+                    logs.extend(full_log(hub, id).await);
+                }
+                if !logs.is_empty() {
+                    if let Err(e) = cluster.send(owner, &logs).await {
+                        debug!(owner = %owner.id, error = %e, "log past the owner's not sent; retrying");
+                    }
+                }
+            }
+            Ok(Err(e)) => {
+                warn!(owner = %owner.id, error = %e, "owner's copies not stored");
+                all = false;
+            }
+            Err(e) => {
+                warn!(owner = %owner.id, error = %e, "owner's copies not stored");
+                all = false;
+            }
+        }
+    }
+    all
 }
 
 /// Becomes the serving hub of `ids`: merges the newest copy every live peer (and every hub
@@ -321,19 +440,25 @@ async fn take_over(
         .iter()
         .map(|p| async move { (p, cluster.fetch(p, ids).await) });
     let mut answered = Vec::new();
+    let mut copies: Vec<(HubInfo, Vec<ReplicaEntry>)> = Vec::new();
     for (peer, fetched) in futures::future::join_all(fetches).await {
         if fetched.is_ok() {
             answered.push(peer.id.clone());
         }
         match fetched {
             Ok(entries) if !entries.is_empty() => {
+                copies.push((peer.clone(), entries.clone()));
                 let store = hub.store().clone();
                 let n = entries.len();
                 match tokio::task::spawn_blocking(move || takeover::merge(&store, &entries)).await {
-                    Ok(Ok(conflicts)) => {
+                    Ok(Ok(applied)) => {
+                        let conflicts = applied.conflicts;
                         if !conflicts.is_empty() {
                             warn!(peer = %peer.id, deliveries = ?conflicts, "peer copy holds other events under seqs we hold; kept ours");
                             cluster.metrics.conflicts.inc_by(conflicts.len() as u64);
+                        }
+                        if !applied.superseded.is_empty() {
+                            info!(peer = %peer.id, deliveries = ?applied.superseded, "peer copy written under a later epoch replaced stray events");
                         }
                         debug!(peer = %peer.id, deliveries = n, "merged peer copies");
                     }
@@ -346,7 +471,7 @@ async fn take_over(
         }
     }
     let asked: Vec<String> = peers.iter().map(|p| p.id.clone()).collect();
-    let waiting = cluster
+    let mut waiting = cluster
         .in_doubt
         .lock()
         .handle_fetched(ids, &asked, &answered);
@@ -356,10 +481,48 @@ async fn take_over(
             "takeover postponed: a hub that may hold newer events did not answer"
         );
     }
+    let mut unwritable = Vec::new();
     for id in ids.iter().filter(|id| !waiting.contains(id)) {
+        if !begin_epoch(hub, *id).await {
+            unwritable.push(*id); // retried at the next pass
+            continue;
+        }
         if load_if_newer(hub, *id).await {
             info!(delivery_id = %id, "took over a delivery");
             cluster.metrics.takeovers.inc();
+        }
+    }
+    // A peer whose copy kept strays (or other events under our seqs) gets the merged log.
+    for (peer, mut copy) in copies {
+        copy.retain(|e| !waiting.contains(&e.delivery_id) && !unwritable.contains(&e.delivery_id));
+        let store = hub.store().clone();
+        let stale = match tokio::task::spawn_blocking(move || takeover::stale_copies(&store, &copy))
+            .await
+        {
+            Ok(Ok(stale)) => stale,
+            Ok(Err(e)) => {
+                warn!(peer = %peer.id, error = %e, "peer copies not compared");
+                continue;
+            }
+            Err(e) => {
+                warn!(peer = %peer.id, error = %e, "peer copies not compared");
+                continue;
+            }
+        };
+        let mut logs = Vec::new();
+        for id in stale {
+            logs.extend(full_log(hub, id).await);
+        }
+        if logs.is_empty() {
+            continue;
+        }
+        match cluster.send(&peer, &logs).await {
+            Ok(()) => {
+                info!(peer = %peer.id, deliveries = logs.len(), "sent the merged log to a peer holding strays")
+            }
+            Err(e) => {
+                warn!(peer = %peer.id, error = %e, "merged log not sent to a peer holding strays")
+            }
         }
     }
     // The history comes after: in the background for the rebalancer's bulk takeovers (serving
@@ -370,6 +533,7 @@ async fn take_over(
     } else {
         tokio::spawn(fetch);
     }
+    waiting.extend(unwritable);
     waiting
 }
 

@@ -60,21 +60,29 @@ pub enum LiveCore {
 /// us). A delivery in doubt here (`in_doubt`: a copy this hub sent of it went unanswered,
 /// [`super::takeover::InDoubt`]) is never loaded from a copy: the hub in doubt may hold an
 /// event under the next seq, so only a takeover that heard from it loads the delivery.
-/// `held_last_seq`: the last event seq of the live delivery, if held.
+/// `held_last_seq`: the last event seq of the live delivery, if held. `superseded`: the copy
+/// replaced events of the local log (strays under a lower write epoch,
+/// [`crate::durable::store::Applied::superseded`]): a live core holding them is unloaded,
+/// since a later owner wrote the delivery; it is taken over afresh when ours. `live`: the copy
+/// is live replication (`Append`): its sender writes the delivery, so one not held here is not
+/// loaded from it even when ours in our view (the views disagree; the local log may lack
+/// events the sender's successor got meanwhile): the rebalancer's takeover fetches first.
 pub fn after_store(
     me: &str,
     view: &dyn View,
     entry: &ReplicaEntry,
     held_last_seq: Option<u64>,
     in_doubt: bool,
+    superseded: bool,
+    live: bool,
 ) -> LiveCore {
     let ours = view.owner_of(entry.delivery_id).is_none_or(|h| h.id == me);
     let newest = entry.events.last().map_or(0, |ev| ev.event_seq);
     match held_last_seq {
-        Some(_) if !ours => LiveCore::Unload,
+        Some(_) if !ours || superseded => LiveCore::Unload,
         _ if in_doubt => LiveCore::Keep,
         Some(last) if newest > last => LiveCore::Load,
-        None if ours => LiveCore::Load,
+        None if ours && !live => LiveCore::Load,
         _ => LiveCore::Keep,
     }
 }
@@ -121,6 +129,8 @@ mod tests {
             devices: Vec::new(),
             tracking: None,
             plan: None,
+            epochs: Vec::new(),
+            epoch: 0,
         }
     }
 
@@ -164,19 +174,19 @@ mod tests {
         let mine = owned_by(&view, "a");
         let theirs = owned_by(&view, "b");
         assert_eq!(
-            after_store("a", &view, &copy(mine, 5), Some(4), false),
+            after_store("a", &view, &copy(mine, 5), Some(4), false, false, false),
             LiveCore::Load
         );
         assert_eq!(
-            after_store("a", &view, &copy(mine, 5), Some(5), false),
+            after_store("a", &view, &copy(mine, 5), Some(5), false, false, false),
             LiveCore::Keep
         );
         assert_eq!(
-            after_store("a", &view, &copy(mine, 5), None, false),
+            after_store("a", &view, &copy(mine, 5), None, false, false, false),
             LiveCore::Load
         );
         assert_eq!(
-            after_store("a", &view, &copy(theirs, 5), None, false),
+            after_store("a", &view, &copy(theirs, 5), None, false, false, false),
             LiveCore::Keep
         );
     }
@@ -190,11 +200,11 @@ mod tests {
         let view = StaticView::of(&["a", "b"]);
         let theirs = owned_by(&view, "b");
         assert_eq!(
-            after_store("a", &view, &copy(theirs, 8), Some(6), false),
+            after_store("a", &view, &copy(theirs, 8), Some(6), false, false, false),
             LiveCore::Unload
         );
         assert_eq!(
-            after_store("a", &view, &copy(theirs, 3), Some(6), false),
+            after_store("a", &view, &copy(theirs, 3), Some(6), false, false, false),
             LiveCore::Unload
         );
     }
@@ -207,17 +217,45 @@ mod tests {
         let view = StaticView::of(&["a", "b"]);
         let mine = owned_by(&view, "a");
         assert_eq!(
-            after_store("a", &view, &copy(mine, 3), None, true),
+            after_store("a", &view, &copy(mine, 3), None, true, false, false),
             LiveCore::Keep
         );
         assert_eq!(
-            after_store("a", &view, &copy(mine, 5), Some(3), true),
+            after_store("a", &view, &copy(mine, 5), Some(3), true, false, false),
             LiveCore::Keep
         );
         let theirs = owned_by(&view, "b");
         assert_eq!(
-            after_store("a", &view, &copy(theirs, 5), Some(3), true),
+            after_store("a", &view, &copy(theirs, 5), Some(3), true, false, false),
             LiveCore::Unload
+        );
+    }
+
+    #[test]
+    fn a_live_copy_of_a_delivery_owned_here_but_not_held_does_not_load_it() {
+        // Seed 6617: a flap made b believe it owned a delivery a still wrote; a's live copy
+        // of #7 loaded b's log, which lacked #6 (copied to another successor meanwhile).
+        let view = StaticView::of(&["a", "b"]);
+        let mine = owned_by(&view, "a");
+        assert_eq!(
+            after_store("a", &view, &copy(mine, 7), None, false, false, true),
+            LiveCore::Keep
+        );
+    }
+
+    #[test]
+    fn a_held_delivery_whose_events_a_later_epoch_replaced_is_unloaded() {
+        // The live core holds the stray the copy replaced: a later owner wrote the delivery.
+        let view = StaticView::of(&["a", "b"]);
+        let mine = owned_by(&view, "a");
+        assert_eq!(
+            after_store("a", &view, &copy(mine, 5), Some(5), false, true, false),
+            LiveCore::Unload
+        );
+        assert_eq!(
+            after_store("a", &view, &copy(mine, 5), None, false, true, false),
+            LiveCore::Load,
+            "not held and ours: loaded as before"
         );
     }
 

@@ -17,6 +17,7 @@ use crate::tracking::deliveries::LogEntry;
 use cluster::{ClusterNode, HubInfo};
 use prometheus_client::registry::Registry;
 use protocol::DeliveryId;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -270,8 +271,13 @@ impl HubCluster {
     /// Copies entries to their replicas before they are committed here, one exchange per
     /// replica, concurrently. Returns the deliveries whose entries must fail: fenced by their
     /// replica, or (with `min_copies` 2) status changes no replica stored in time.
-    pub async fn replicate(&self, entries: &[LogEntry]) -> Vec<(DeliveryId, Refusal)> {
-        let plan = ReplicationPlan::new(&self.me, self.view(), self.min_copies, entries);
+    /// `epochs`: the write epoch of each delivery, carried by its copy.
+    pub async fn replicate(
+        &self,
+        entries: &[LogEntry],
+        epochs: &HashMap<DeliveryId, u64>,
+    ) -> Vec<(DeliveryId, Refusal)> {
+        let plan = ReplicationPlan::new(&self.me, self.view(), self.min_copies, entries, epochs);
         let mut refused = plan.refused;
         if !refused.is_empty() {
             warn!(
@@ -356,10 +362,14 @@ impl HubCluster {
 pub(crate) struct ReplicaSlot(pub OnceLock<Arc<HubCluster>>);
 
 impl crate::durable::store::Replicate for ReplicaSlot {
-    fn replicate<'a>(&'a self, entries: &'a [LogEntry]) -> crate::durable::store::Refused<'a> {
+    fn replicate<'a>(
+        &'a self,
+        entries: &'a [LogEntry],
+        epochs: &'a HashMap<DeliveryId, u64>,
+    ) -> crate::durable::store::Refused<'a> {
         Box::pin(async move {
             match self.0.get() {
-                Some(c) => c.replicate(entries).await,
+                Some(c) => c.replicate(entries, epochs).await,
                 None => Vec::new(),
             }
         })

@@ -8,7 +8,7 @@ use crate::durable::store::Refusal;
 use crate::tracking::deliveries::LogEntry;
 use cluster::HubInfo;
 use protocol::DeliveryId;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// Where this hub's copy of `id` must go: the successor when we own it, else the owner.
 pub fn replica_target(me: &str, view: &dyn View, id: DeliveryId) -> Option<HubInfo> {
@@ -36,12 +36,20 @@ pub struct ReplicationPlan {
 }
 
 impl ReplicationPlan {
-    /// Plans the copies of `entries` committed by `me`.
-    pub fn new(me: &str, view: &dyn View, min_copies: u8, entries: &[LogEntry]) -> Self {
+    /// Plans the copies of `entries` committed by `me`, each carrying the write epoch of its
+    /// delivery (`epochs`; absent: 0).
+    pub fn new(
+        me: &str,
+        view: &dyn View,
+        min_copies: u8,
+        entries: &[LogEntry],
+        epochs: &HashMap<DeliveryId, u64>,
+    ) -> Self {
         let mut by_target: BTreeMap<String, ReplicaCopy> = BTreeMap::new();
         let mut plan = Self::default();
         for e in entries {
-            let entry = ReplicaEntry::from(e);
+            let epoch = epochs.get(&e.delivery_id).copied().unwrap_or(0);
+            let entry = ReplicaEntry::written(e, epoch);
             if entry.is_empty() {
                 continue;
             }
@@ -158,7 +166,13 @@ mod tests {
         let view = StaticView::of(&["a", "b", "c"]);
         let mine = owned_by(&view, "a");
         let theirs = owned_by(&view, "c");
-        let plan = ReplicationPlan::new("a", &view, 1, &[entry(mine, 1), entry(theirs, 1)]);
+        let plan = ReplicationPlan::new(
+            "a",
+            &view,
+            1,
+            &[entry(mine, 1), entry(theirs, 1)],
+            &HashMap::new(),
+        );
         let succ = view.owners_of(DeliveryId(mine), 2)[1].id.clone();
         let mut targets: Vec<(String, Vec<DeliveryId>)> = plan
             .copies
@@ -189,10 +203,10 @@ mod tests {
     #[test]
     fn alone_a_status_change_is_refused_with_min_copies_2_and_acknowledged_with_1() {
         let view = StaticView::of(&["a"]);
-        let plan = ReplicationPlan::new("a", &view, 2, &[entry(5, 1)]);
+        let plan = ReplicationPlan::new("a", &view, 2, &[entry(5, 1)], &HashMap::new());
         assert_eq!(plan.refused, vec![(DeliveryId(5), Refusal::NoReplica)]);
         assert!(plan.copies.is_empty());
-        let plan = ReplicationPlan::new("a", &view, 1, &[entry(5, 1)]);
+        let plan = ReplicationPlan::new("a", &view, 1, &[entry(5, 1)], &HashMap::new());
         assert!(plan.refused.is_empty());
         assert_eq!(plan.alone, 1);
     }
@@ -200,7 +214,8 @@ mod tests {
     #[test]
     fn a_failed_copy_fails_its_status_changes_only_with_min_copies_2() {
         let view = StaticView::of(&["a", "b"]);
-        let plan = ReplicationPlan::new("a", &view, 2, &[entry(5, 1), entry(6, 1)]);
+        let plan =
+            ReplicationPlan::new("a", &view, 2, &[entry(5, 1), entry(6, 1)], &HashMap::new());
         let copy = &plan.copies[0];
         let strict = settle(copy, &CopyOutcome::Failed, 2);
         assert_eq!(strict.refused.len(), 2);
@@ -213,7 +228,8 @@ mod tests {
     #[test]
     fn fenced_deliveries_fail_and_the_rest_count_as_replicated() {
         let view = StaticView::of(&["a", "b"]);
-        let plan = ReplicationPlan::new("a", &view, 1, &[entry(5, 1), entry(6, 1)]);
+        let plan =
+            ReplicationPlan::new("a", &view, 1, &[entry(5, 1), entry(6, 1)], &HashMap::new());
         let s = settle(
             &plan.copies[0],
             &CopyOutcome::Stored {

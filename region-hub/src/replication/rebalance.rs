@@ -33,6 +33,11 @@ pub struct Pass {
     pub draining_seen: bool,
     /// The first settled pass: the hub has claimed its deliveries and may say it is ready.
     pub announce: bool,
+    /// Copies of deliveries another hub owns, not yet brought in step with that owner: fetch
+    /// the owner's log and merge it (strays of an earlier write epoch are replaced). A hub
+    /// that was away (down, cut off) when the owner took a delivery over may hold an event
+    /// that owner never heard of, and may never be its successor again.
+    pub syncs: Vec<Transfer>,
 }
 
 /// The rebalancer's memory between passes.
@@ -54,6 +59,8 @@ pub struct Rebalancer {
     /// A copy sent earlier does not stand for a hand-off to the same hub: the consumers
     /// must still be redirected.
     sent_to: HashMap<DeliveryId, (String, bool)>,
+    /// Per delivery owned elsewhere: the owner whose log was last merged here ([`Pass::syncs`]).
+    synced: HashMap<DeliveryId, String>,
 }
 
 impl Rebalancer {
@@ -66,6 +73,7 @@ impl Rebalancer {
             owned: HashSet::new(),
             known: HashSet::new(),
             sent_to: HashMap::new(),
+            synced: HashMap::new(),
         }
     }
 
@@ -137,6 +145,12 @@ impl Rebalancer {
                 }
             } else if live {
                 self.push_send(&mut pass, id, owner, true);
+            } else if settled && self.synced.get(&id) != Some(&owner.id) {
+                pass.syncs.push(Transfer {
+                    id,
+                    to: owner.clone(),
+                    moving: false,
+                });
             }
         }
         if settled {
@@ -164,6 +178,11 @@ impl Rebalancer {
     pub fn handle_sent(&mut self, send: &Transfer) {
         self.sent_to
             .insert(send.id, (send.to.id.clone(), send.moving));
+    }
+
+    /// A sync of the pass was answered and merged: not repeated until the owner changes.
+    pub fn handle_synced(&mut self, sync: &Transfer) {
+        self.synced.insert(sync.id, sync.to.id.clone());
     }
 
     /// Deliveries this hub owned at the last pass.
@@ -309,6 +328,41 @@ mod tests {
         // Between two passes the successor was another hub, which got an event.
         r.handle_live_copy(mine, "elsewhere");
         assert_eq!(r.plan(3, &view, &[mine], |_| true).sends.len(), 1);
+    }
+
+    #[test]
+    fn a_copy_of_a_delivery_owned_elsewhere_is_synced_with_each_new_owner() {
+        // Seed 2668 & co.: this hub stored a stray (#2 of a write that failed) and was down
+        // while the owner took the delivery over and wrote another #2; it is not the
+        // successor, so nothing would ever send it that log.
+        let view = StaticView::of(&["a", "b", "c"]);
+        let theirs = owned_by(&view, "b", 0);
+        let mut r = Rebalancer::new("a", 0, 1_000);
+        assert!(
+            r.plan(0, &view, &[theirs], |_| false).syncs.is_empty(),
+            "not before join grace"
+        );
+        let pass = r.plan(1_000, &view, &[theirs], |_| false);
+        assert_eq!(pass.syncs.len(), 1);
+        assert_eq!(pass.syncs[0].to.id, "b");
+        // Not answered: asked again.
+        assert_eq!(r.plan(1_001, &view, &[theirs], |_| false).syncs.len(), 1);
+        r.handle_synced(&pass.syncs[0]);
+        assert!(r.plan(1_002, &view, &[theirs], |_| false).syncs.is_empty());
+        // Held live: handed off instead; owned here: taken over instead.
+        assert!(r.plan(1_003, &view, &[theirs], |_| true).syncs.is_empty());
+        // Another owner: synced with it.
+        let without_b = StaticView::of(&["a", "c"]);
+        let pass = r.plan(1_004, &without_b, &[theirs], |_| false);
+        let owner = without_b.owner_of(theirs).expect("owner").id;
+        if owner == "a" {
+            assert!(pass.syncs.is_empty());
+        } else {
+            assert_eq!(pass.syncs[0].to.id, owner);
+        }
+        // A restarted hub (a new rebalancer) syncs everything it holds again.
+        let mut fresh = Rebalancer::new("a", 0, 0);
+        assert_eq!(fresh.plan(0, &view, &[theirs], |_| false).syncs.len(), 1);
     }
 
     #[test]

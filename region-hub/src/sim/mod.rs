@@ -31,7 +31,7 @@ use crate::durable::store::Store;
 use crate::replication::fencing::{self, LiveCore};
 use crate::replication::placement::{self, Route};
 use crate::replication::plan::{settle, CopyOutcome, ReplicationPlan};
-use crate::replication::rebalance::Rebalancer;
+use crate::replication::rebalance::{self, Rebalancer};
 use crate::replication::takeover;
 use crate::replication::view::{hub_info, StaticView, View};
 use crate::tracking::deliveries::{DeliveryRecord, LogEntry};
@@ -304,16 +304,22 @@ impl Sim {
         let held = hub.held.clone();
         let (kept, fenced) =
             fencing::fence(&hub.id, &view, live, entries, |id| held.contains_key(&id));
-        let conflicts = match hub.store.apply_replica_checked(&kept, live) {
-            Ok(c) => c,
+        let applied = match hub.store.apply_replica_checked(&kept, live) {
+            Ok(a) => a,
             Err(_) => return Ok(Resp::Refused),
         };
-        let (stored, fenced) = fencing::with_conflicts(kept, fenced, &conflicts, live);
+        let (stored, fenced) = fencing::with_conflicts(kept, fenced, &applied.conflicts, live);
         for e in &stored {
             let held = hub.held.get(&e.delivery_id).copied();
             let doubt = hub.in_doubt.holds(e.delivery_id);
-            match fencing::after_store(&hub.id, &view, e, held, doubt) {
-                LiveCore::Load => load(hub, e.delivery_id)?,
+            let superseded = applied.superseded.contains(&e.delivery_id);
+            match fencing::after_store(&hub.id, &view, e, held, doubt, superseded, live) {
+                LiveCore::Load => {
+                    if !takeover::has_hole(&hub.store, e.delivery_id).map_err(err)? {
+                        takeover::begin(&hub.store, e.delivery_id).map_err(err)?;
+                        load(hub, e.delivery_id)?
+                    }
+                }
                 LiveCore::Unload => {
                     hub.held.remove(&e.delivery_id);
                     hub.rebalancer.handle_fenced(&[e.delivery_id]);
@@ -441,11 +447,16 @@ impl Sim {
     /// Copies `entry` as planned; whether it may be committed.
     fn replicate(&mut self, at: usize, entry: &LogEntry) -> Result<bool, String> {
         let view = self.view_of(at);
+        let epochs = self.hubs[at]
+            .store
+            .write_epochs([entry.delivery_id])
+            .map_err(err)?;
         let plan = ReplicationPlan::new(
             &self.hubs[at].id,
             &view,
             MIN_COPIES,
             std::slice::from_ref(entry),
+            &epochs,
         );
         let mut ok = plan.refused.is_empty();
         for copy in &plan.copies {
@@ -486,9 +497,11 @@ impl Sim {
         }
         let mut answered = Vec::new();
         let asked = peers.clone();
+        let mut fetched = Vec::new();
         for p in peers {
             if let Some(Resp::Entries(copies)) = self.exchange(at, &p, Req::Fetch(ids.to_vec()))? {
                 takeover::merge(&self.hubs[at].store, &copies).map_err(err)?;
+                fetched.push((p.clone(), copies));
                 answered.push(p);
             }
         }
@@ -496,7 +509,24 @@ impl Sim {
             .in_doubt
             .handle_fetched(ids, &asked, &answered);
         for id in ids.iter().filter(|id| !waiting.contains(id)) {
+            takeover::begin(&self.hubs[at].store, *id).map_err(err)?;
             load(&mut self.hubs[at], *id)?;
+        }
+        // A peer whose copy kept strays gets the merged log (`driver::take_over`).
+        for (p, mut copies) in fetched {
+            copies.retain(|e| !waiting.contains(&e.delivery_id));
+            let store = &self.hubs[at].store;
+            let mut logs = Vec::new();
+            for id in takeover::stale_copies(store, &copies).map_err(err)? {
+                logs.extend(takeover::full_log(store, id).map_err(err)?);
+            }
+            if !logs.is_empty() {
+                self.log.push(format!(
+                    "  {me} repairs {p}: {}",
+                    req_name(&Req::Handoff(logs.clone()))
+                ));
+                self.exchange(at, &p, Req::Handoff(logs))?;
+            }
         }
         if !waiting.is_empty() {
             self.hubs[at].rebalancer.handle_postponed(&waiting);
@@ -528,6 +558,42 @@ impl Sim {
             };
             if let Some(Resp::Ack) = self.exchange(at, &send.to.id, Req::Handoff(vec![entry]))? {
                 self.hubs[at].rebalancer.handle_sent(&send);
+            }
+        }
+        // Copies brought in step with their owner (`driver::run_rebalancer`): one fetch per owner.
+        let mut by_owner: BTreeMap<String, Vec<rebalance::Transfer>> = BTreeMap::new();
+        for sync in pass.syncs {
+            by_owner.entry(sync.to.id.clone()).or_default().push(sync);
+        }
+        for (owner, syncs) in by_owner {
+            let ids: Vec<DeliveryId> = syncs.iter().map(|s| s.id).collect();
+            self.log
+                .push(format!("  {} syncs {ids:?} with {owner}", self.hubs[at].id));
+            if let Some(Resp::Entries(copies)) = self.exchange(at, &owner, Req::Fetch(ids))? {
+                let applied = takeover::merge(&self.hubs[at].store, &copies).map_err(err)?;
+                if !applied.superseded.is_empty() {
+                    self.log.push(format!(
+                        "  {} synced {:?} from {owner}: strays replaced",
+                        self.hubs[at].id, applied.superseded
+                    ));
+                }
+                let ahead = takeover::ahead_of(&self.hubs[at].store, &copies).map_err(err)?;
+                for sync in syncs.iter().filter(|s| !ahead.contains(&s.id)) {
+                    self.hubs[at].rebalancer.handle_synced(sync);
+                }
+                // The owner gets what we hold past its log (`driver::sync_copies`).
+                let mut logs = Vec::new();
+                for id in ahead {
+                    logs.extend(takeover::full_log(&self.hubs[at].store, id).map_err(err)?);
+                }
+                if !logs.is_empty() {
+                    self.log.push(format!(
+                        "  {} sends {owner} what it holds past its log: {}",
+                        self.hubs[at].id,
+                        req_name(&Req::Handoff(logs.clone()))
+                    ));
+                    self.exchange(at, &owner, Req::Handoff(logs))?;
+                }
             }
         }
         Ok(())
@@ -798,9 +864,18 @@ impl Sim {
                     let k = key_of(&e);
                     match by_seq.get(&e.event_seq) {
                         Some((k0, h0)) if *k0 != k => {
+                            let epoch = |hub: &str| {
+                                let s = &self.hubs[self.idx(hub)].store;
+                                s.epochs_of(d, [e.event_seq])
+                                    .map(|(_, per)| per[0])
+                                    .unwrap_or(0)
+                            };
                             return Err(format!(
-                                "{d}#{} is {k0} at {h0} but {k} at {}",
-                                e.event_seq, h.id
+                                "{d}#{} is {k0} at {h0} but {k} at {} (write epochs {} and {})",
+                                e.event_seq,
+                                h.id,
+                                epoch(h0),
+                                epoch(&h.id)
                             ));
                         }
                         Some(_) => {}
