@@ -748,6 +748,17 @@ mod tests {
         }
     }
 
+    /// The Helsinki route START -> PICKUP -> DROPOFF, the pickup's segment and where the
+    /// pickup is on it.
+    fn route_via_pickup() -> (Route, usize, LatLng) {
+        let g = RoadGraph::default_city().expect("city");
+        let first = g.route(START, PICKUP).expect("leg");
+        let k = first.segments.len();
+        let route = Route::concat(&[first, g.route(PICKUP, DROPOFF).expect("leg")]);
+        let at = route.segments[k].start;
+        (route, k, LatLng::new(at.lat, at.lng))
+    }
+
     fn helsinki() -> EtaModel {
         let g = RoadGraph::default_city().expect("embedded city loads");
         EtaModel::new(Some(Arc::new(g)))
@@ -943,14 +954,7 @@ mod tests {
     #[test]
     fn the_dwell_counts_down_from_arrival_and_ends_when_the_driver_leaves_the_pickup() {
         let c = EtaConfig::default();
-        let g = RoadGraph::default_city().expect("city");
-        let route = Route::concat(&[
-            g.route(START, PICKUP).expect("leg"),
-            g.route(PICKUP, DROPOFF).expect("leg"),
-        ]);
-        let k = g.route(START, PICKUP).expect("leg").segments.len();
-        let at = route.segments[k].start;
-        let at = LatLng::new(at.lat, at.lng);
+        let (route, k, at) = route_via_pickup();
         let mut w = PickupWait::new(&route, k, at);
         let mut d = DwellModel::new(c.dwell.clone());
         let assigned = DeliveryStatus::DriverAssigned;
@@ -989,21 +993,15 @@ mod tests {
     #[test]
     fn driving_past_the_pickup_on_the_way_there_neither_starts_nor_ends_the_wait() {
         let c = EtaConfig::default();
-        let g = RoadGraph::default_city().expect("city");
-        let route = Route::concat(&[
-            g.route(START, PICKUP).expect("leg"),
-            g.route(PICKUP, DROPOFF).expect("leg"),
-        ]);
-        let k = g.route(START, PICKUP).expect("leg").segments.len();
-        let at = route.segments[k].start;
-        let at = LatLng::new(at.lat, at.lng);
+        let (route, k, at) = route_via_pickup();
         let mut w = PickupWait::new(&route, k, at);
         let mut d = DwellModel::new(c.dwell.clone());
         let assigned = DeliveryStatus::DriverAssigned;
         let near = LatLng::new(at.lat + 0.0003, at.lng); // ~33 m away
         let far = LatLng::new(at.lat + 0.002, at.lng); // ~220 m away
-                                                       // A loop of the route passes 33 m from the pickup 600 m before reaching it, then
-                                                       // leads away (the snapped progress says where the driver is on the route).
+
+        // A loop of the route passes 33 m from the pickup 600 m before reaching it, then
+        // leads away (the snapped progress says where the driver is on the route).
         let before = (w.progress_m - 600.0).max(0.0);
         assert_eq!(w.handle_fix(&c, &mut d, 0.0, near, before, assigned), 120.0);
         assert_eq!(
@@ -1024,14 +1022,7 @@ mod tests {
     #[test]
     fn the_dwell_ahead_is_learnt_from_the_hubs_own_pickups() {
         let c = EtaConfig::default();
-        let g = RoadGraph::default_city().expect("city");
-        let route = Route::concat(&[
-            g.route(START, PICKUP).expect("leg"),
-            g.route(PICKUP, DROPOFF).expect("leg"),
-        ]);
-        let k = g.route(START, PICKUP).expect("leg").segments.len();
-        let at = route.segments[k].start;
-        let at = LatLng::new(at.lat, at.lng);
+        let (route, k, at) = route_via_pickup();
         let far = LatLng::new(at.lat + 0.002, at.lng);
         let assigned = DeliveryStatus::DriverAssigned;
         let mut d = DwellModel::new(c.dwell.clone());
