@@ -12,6 +12,7 @@ use super::rebalance::Rebalancer;
 use super::takeover;
 use super::wire::{ReplicaFrame, MAX_FETCH_IDS};
 use crate::durable::copies::ReplicaEntry;
+use crate::durable::store::{Store, StoreError};
 use cluster::HubInfo;
 use protocol::DeliveryId;
 use std::sync::Arc;
@@ -65,15 +66,13 @@ pub(crate) async fn answer(hub: &Arc<dyn Host>, frame: ReplicaFrame) -> ReplicaF
         Some(c) => fencing::fence(&c.me, c.view(), live, entries, |id| hub.held(id).is_some()),
         None => (entries, Vec::new()),
     };
-    let store = hub.store().clone();
     let stored = {
         let kept = kept.clone();
-        tokio::task::spawn_blocking(move || store.apply_replica_checked(&kept, live)).await
+        on_store(hub, move |store| store.apply_replica_checked(&kept, live)).await
     };
     let applied = match stored {
-        Ok(Ok(a)) => a,
-        Ok(Err(e)) => return refused(e.to_string()),
-        Err(e) => return refused(e.to_string()),
+        Ok(a) => a,
+        Err(e) => return refused(e),
     };
     let conflicts = &applied.conflicts;
     if !conflicts.is_empty() {
@@ -113,9 +112,9 @@ pub(crate) async fn answer(hub: &Arc<dyn Host>, frame: ReplicaFrame) -> ReplicaF
             let _one = cluster.takeover_lock.lock().await;
             for e in entries.iter().filter(|e| live_core(e) == LiveCore::Load) {
                 // A log with a hole is left to the rebalancer's takeover (it fetches first).
-                let (store, id) = (hub.store().clone(), e.delivery_id);
-                match tokio::task::spawn_blocking(move || takeover::has_hole(&store, id)).await {
-                    Ok(Ok(false)) => {}
+                let id = e.delivery_id;
+                match on_store(hub, move |store| takeover::has_hole(store, id)).await {
+                    Ok(false) => {}
                     _ => {
                         debug!(delivery_id = %id, "copy leaves a hole in the log; not loaded");
                         continue;
@@ -139,18 +138,27 @@ pub(crate) async fn answer(hub: &Arc<dyn Host>, frame: ReplicaFrame) -> ReplicaF
     }
 }
 
+/// Runs `f` on the hub's store on a blocking thread (redb commits wait for the disk). A store
+/// error and a task that did not finish come back as one error, to report.
+async fn on_store<T: Send + 'static>(
+    hub: &Arc<dyn Host>,
+    f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, String> {
+    let store = hub.store().clone();
+    match tokio::task::spawn_blocking(move || f(&store)).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Starts a new write epoch of `id` ([`takeover::begin`]) before it is loaded to be written
 /// here; false (and not to be loaded) when the log could not be written.
 async fn begin_epoch(hub: &Arc<dyn Host>, id: DeliveryId) -> bool {
-    let store = hub.store().clone();
-    match tokio::task::spawn_blocking(move || takeover::begin(&store, id)).await {
-        Ok(Ok(epoch)) => {
+    match on_store(hub, move |store| takeover::begin(store, id)).await {
+        Ok(epoch) => {
             debug!(delivery_id = %id, epoch, "new write epoch");
             true
-        }
-        Ok(Err(e)) => {
-            warn!(delivery_id = %id, error = %e, "write epoch not stored; delivery not loaded");
-            false
         }
         Err(e) => {
             warn!(delivery_id = %id, error = %e, "write epoch not stored; delivery not loaded");
@@ -161,17 +169,12 @@ async fn begin_epoch(hub: &Arc<dyn Host>, id: DeliveryId) -> bool {
 
 /// Reads `id` from the local log into the live core (replacing what it held).
 async fn load_into_core(hub: &Arc<dyn Host>, id: DeliveryId) -> bool {
-    let store = hub.store().clone();
-    match tokio::task::spawn_blocking(move || store.load_delivery(id)).await {
-        Ok(Ok(Some(rec))) => {
+    match on_store(hub, move |store| store.load_delivery(id)).await {
+        Ok(Some(rec)) => {
             hub.restore(rec);
             true
         }
-        Ok(Ok(None)) => false,
-        Ok(Err(e)) => {
-            warn!(delivery_id = %id, error = %e, "delivery not loaded");
-            false
-        }
+        Ok(None) => false,
         Err(e) => {
             warn!(delivery_id = %id, error = %e, "delivery not loaded");
             false
@@ -182,9 +185,8 @@ async fn load_into_core(hub: &Arc<dyn Host>, id: DeliveryId) -> bool {
 /// Loads `id` from the local log into the live core unless the core already holds it at
 /// least as far (a takeover of a delivery held while another hub wrote to it).
 async fn load_if_newer(hub: &Arc<dyn Host>, id: DeliveryId) -> bool {
-    let store = hub.store().clone();
-    match tokio::task::spawn_blocking(move || store.load_delivery(id)).await {
-        Ok(Ok(Some(rec))) => {
+    match on_store(hub, move |store| store.load_delivery(id)).await {
+        Ok(Some(rec)) => {
             let last = rec.events.last().map_or(0, |e| e.event_seq);
             if hub.held(id).is_some_and(|held| held >= last) {
                 return false;
@@ -192,11 +194,7 @@ async fn load_if_newer(hub: &Arc<dyn Host>, id: DeliveryId) -> bool {
             hub.restore(rec);
             true
         }
-        Ok(Ok(None)) => false,
-        Ok(Err(e)) => {
-            warn!(delivery_id = %id, error = %e, "delivery not loaded");
-            false
-        }
+        Ok(None) => false,
         Err(e) => {
             warn!(delivery_id = %id, error = %e, "delivery not loaded");
             false
@@ -206,13 +204,8 @@ async fn load_if_newer(hub: &Arc<dyn Host>, id: DeliveryId) -> bool {
 
 /// A delivery's whole durable state, as a hand-off entry ([`takeover::full_log`]).
 async fn full_log(hub: &Arc<dyn Host>, id: DeliveryId) -> Option<ReplicaEntry> {
-    let store = hub.store().clone();
-    match tokio::task::spawn_blocking(move || takeover::full_log(&store, id)).await {
-        Ok(Ok(e)) => e,
-        Ok(Err(e)) => {
-            warn!(delivery_id = %id, error = %e, "delivery log not read");
-            None
-        }
+    match on_store(hub, move |store| takeover::full_log(store, id)).await {
+        Ok(e) => e,
         Err(e) => {
             warn!(delivery_id = %id, error = %e, "delivery log not read");
             None
@@ -269,14 +262,12 @@ pub(crate) async fn run_rebalancer(
         if !dirty {
             continue;
         }
-        let store = hub.store().clone();
-        let ids = match tokio::task::spawn_blocking(move || store.delivery_ids()).await {
-            Ok(Ok(ids)) => ids,
-            Ok(Err(e)) => {
+        let ids = match on_store(&hub, |store| store.delivery_ids()).await {
+            Ok(ids) => ids,
+            Err(e) => {
                 warn!(error = %e, "delivery ids not read");
                 continue;
             }
-            Err(_) => continue,
         };
         let pass = rebalancer.plan(now_ms(), cluster.view(), &ids, |id| hub.held(id).is_some());
         dirty = !pass.settled;
@@ -374,16 +365,13 @@ async fn sync_copies(
                 continue;
             }
         };
-        let store = hub.store().clone();
-        let merged = tokio::task::spawn_blocking(move || {
-            let applied = takeover::merge(&store, &copies)?;
-            Ok::<_, crate::durable::store::StoreError>((
-                applied,
-                takeover::ahead_of(&store, &copies)?,
-            ))
-        });
-        match merged.await {
-            Ok(Ok((applied, ahead))) => {
+        let merged = on_store(hub, move |store| {
+            let applied = takeover::merge(store, &copies)?;
+            Ok((applied, takeover::ahead_of(store, &copies)?))
+        })
+        .await;
+        match merged {
+            Ok((applied, ahead)) => {
                 if !applied.superseded.is_empty() {
                     info!(owner = %owner.id, deliveries = ?applied.superseded, "synced with the owner: stray events replaced");
                 }
@@ -401,10 +389,6 @@ async fn sync_copies(
                         debug!(owner = %owner.id, error = %e, "log past the owner's not sent; retrying");
                     }
                 }
-            }
-            Ok(Err(e)) => {
-                warn!(owner = %owner.id, error = %e, "owner's copies not stored");
-                all = false;
             }
             Err(e) => {
                 warn!(owner = %owner.id, error = %e, "owner's copies not stored");
@@ -448,10 +432,9 @@ async fn take_over(
         match fetched {
             Ok(entries) if !entries.is_empty() => {
                 copies.push((peer.clone(), entries.clone()));
-                let store = hub.store().clone();
                 let n = entries.len();
-                match tokio::task::spawn_blocking(move || takeover::merge(&store, &entries)).await {
-                    Ok(Ok(applied)) => {
+                match on_store(hub, move |store| takeover::merge(store, &entries)).await {
+                    Ok(applied) => {
                         let conflicts = applied.conflicts;
                         if !conflicts.is_empty() {
                             warn!(peer = %peer.id, deliveries = ?conflicts, "peer copy holds other events under seqs we hold; kept ours");
@@ -462,7 +445,6 @@ async fn take_over(
                         }
                         debug!(peer = %peer.id, deliveries = n, "merged peer copies");
                     }
-                    Ok(Err(e)) => warn!(peer = %peer.id, error = %e, "peer copies not stored"),
                     Err(e) => warn!(peer = %peer.id, error = %e, "peer copies not stored"),
                 }
             }
@@ -495,15 +477,8 @@ async fn take_over(
     // A peer whose copy kept strays (or other events under our seqs) gets the merged log.
     for (peer, mut copy) in copies {
         copy.retain(|e| !waiting.contains(&e.delivery_id) && !unwritable.contains(&e.delivery_id));
-        let store = hub.store().clone();
-        let stale = match tokio::task::spawn_blocking(move || takeover::stale_copies(&store, &copy))
-            .await
-        {
-            Ok(Ok(stale)) => stale,
-            Ok(Err(e)) => {
-                warn!(peer = %peer.id, error = %e, "peer copies not compared");
-                continue;
-            }
+        let stale = match on_store(hub, move |store| takeover::stale_copies(store, &copy)).await {
+            Ok(stale) => stale,
             Err(e) => {
                 warn!(peer = %peer.id, error = %e, "peer copies not compared");
                 continue;
